@@ -1,0 +1,1 @@
+"""edgepcap: on-demand packet captures from every edge machine."""

@@ -1,0 +1,122 @@
+"""Accounts, their prefixes and their credentials."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgepcap.credentials import hash_secret, new_id, new_secret
+from edgepcap.models import Account, Prefix
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be carried out; the message says why."""
+
+
+def parse_prefix(cidr: str) -> Network:
+    try:
+        net = ipaddress.ip_network(cidr, strict=True)
+    except ValueError as exc:
+        raise AccountError(
+            f"{cidr!r} is not a network prefix: give an address with its prefix length "
+            "and no host bits set, e.g. 203.0.113.0/24 or 2001:db8::/48"
+        ) from exc
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
+        raise AccountError(f"{cidr!r} is IPv4-mapped IPv6: give the IPv4 prefix itself")
+    return net
+
+
+@dataclass
+class Credentials:
+    api_token: str
+    api_key: str
+
+
+def _check_free(session: Session, nets: list[Network], account_id: str | None = None) -> None:
+    """Refuse prefixes that overlap another account's: a packet must have one owner."""
+    for i, net in enumerate(nets):
+        for other in nets[i + 1 :]:
+            if net.version == other.version and net.overlaps(other):  # type: ignore[arg-type]
+                raise AccountError(f"prefixes {net} and {other} overlap")
+    for row in session.scalars(select(Prefix)):
+        held = ipaddress.ip_network(row.cidr)
+        for net in nets:
+            if held.version == net.version and held.overlaps(net):  # type: ignore[arg-type]
+                owner = "this account" if row.account_id == account_id else "another account"
+                raise AccountError(f"prefix {net} overlaps {held}, which {owner} already holds")
+
+
+def create_account(
+    session: Session, name: str, prefixes: list[str], email: str | None = None
+) -> tuple[Account, Credentials]:
+    if not name.strip():
+        raise AccountError("the account name must not be empty")
+    nets = [parse_prefix(p) for p in prefixes]
+    if not nets:
+        raise AccountError("an account needs at least one prefix (--prefix CIDR)")
+    _check_free(session, nets)
+    account_id = new_id()
+    email = email or f"{account_id[:12]}@accounts.edgepcap.invalid"
+    if session.scalar(select(Account).where(Account.email == email)) is not None:
+        raise AccountError(f"email {email} already belongs to an account")
+    creds = Credentials(api_token=new_secret("ept"), api_key=new_secret("epk"))
+    account = Account(
+        id=account_id,
+        name=name.strip(),
+        email=email,
+        api_token_hash=hash_secret(creds.api_token),
+        api_key_hash=hash_secret(creds.api_key),
+        prefixes=[Prefix(cidr=str(n)) for n in nets],
+    )
+    session.add(account)
+    session.flush()
+    return account, creds
+
+
+def get_account(session: Session, account_id: str) -> Account:
+    account = session.get(Account, account_id)
+    if account is None:
+        raise AccountError(f"no account with id {account_id}")
+    return account
+
+
+def add_prefix(session: Session, account_id: str, cidr: str) -> Account:
+    account = get_account(session, account_id)
+    net = parse_prefix(cidr)
+    _check_free(session, [net], account_id)
+    account.prefixes.append(Prefix(cidr=str(net)))
+    session.flush()
+    return account
+
+
+def rotate_credentials(session: Session, account_id: str) -> tuple[Account, Credentials]:
+    """Replace both the API token and the API key; the old ones stop working at once."""
+    account = get_account(session, account_id)
+    creds = Credentials(api_token=new_secret("ept"), api_key=new_secret("epk"))
+    account.api_token_hash = hash_secret(creds.api_token)
+    account.api_key_hash = hash_secret(creds.api_key)
+    session.flush()
+    return account, creds
+
+
+def account_networks(account: Account) -> list[Network]:
+    return [ipaddress.ip_network(p.cidr) for p in account.prefixes]
+
+
+def describe(account: Account, creds: Credentials | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": account.id,
+        "name": account.name,
+        "prefixes": [p.cidr for p in account.prefixes],
+        "email": account.email,
+    }
+    if creds is not None:
+        out["api_token"] = creds.api_token
+        out["api_key"] = creds.api_key
+    return out

@@ -1,0 +1,1 @@
+"""The HTTP side of the control plane: the Cloudflare-compatible customer API."""

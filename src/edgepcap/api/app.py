@@ -1,0 +1,101 @@
+"""The FastAPI application: routers, envelope error handling and request guards."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgepcap.api import errors, ownership, pcaps
+from edgepcap.db import Database
+from edgepcap.destinations import StoreSettings
+
+PREFIX = "/client/v4"
+MAX_BODY = 64 * 1024
+log = logging.getLogger("edgepcap.api")
+
+
+class RequestGuard:
+    """Refuse oversized and non-JSON bodies before any parsing happens."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            await self._refuse(
+                send,
+                413,
+                errors.Code.BODY_TOO_LARGE,
+                f"request bodies are limited to {MAX_BODY} bytes",
+            )
+            return
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope["method"] == "POST" and ctype != b"application/json":
+            await self._refuse(
+                send,
+                415,
+                errors.Code.UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON with `Content-Type: application/json`",
+            )
+            return
+        seen = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY:
+                    raise errors.APIError(
+                        413,
+                        errors.Code.BODY_TOO_LARGE,
+                        f"request bodies are limited to {MAX_BODY} bytes",
+                    )
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, code: errors.Code, message: str) -> None:
+        response = errors.failure(status, [(code, message)])
+        await response({"type": "http"}, _never_receive, send)  # type: ignore[arg-type]
+
+
+async def _never_receive() -> Message:  # pragma: no cover - responses do not read
+    return {"type": "http.disconnect"}
+
+
+def create_app(db: Database, stores: StoreSettings) -> FastAPI:
+    app = FastAPI(
+        title="edgepcap",
+        version="0.1.0",
+        description="Cloudflare-compatible packet-capture API (Magic Transit PCAPs).",
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url=f"{PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.db = db
+    app.state.stores = stores
+    app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
+    app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
+    app.add_exception_handler(errors.APIError, errors.api_error_handler)
+    app.add_exception_handler(RequestValidationError, errors.validation_handler)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.add_exception_handler(Exception, errors.internal_error_handler)
+    app.add_middleware(RequestGuard)
+
+    @app.get(f"{PREFIX}/health", include_in_schema=False)
+    def health() -> dict[str, Any]:
+        return errors.envelope({"status": "ok"})
+
+    return app

@@ -1,0 +1,100 @@
+"""Routes of `/accounts/{account_id}/pcaps/ownership`: bucket challenges and their validation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+
+from edgepcap import ownership
+from edgepcap.api.auth import Caller, caller
+from edgepcap.api.errors import APIError, Code, envelope
+from edgepcap.api.pcaps import check_id
+from edgepcap.api.schemas import Envelope, OwnershipCreate, OwnershipOut, OwnershipValidate
+from edgepcap.api.timefmt import rfc3339
+from edgepcap.destinations import DestinationError
+from edgepcap.models import Bucket
+
+router = APIRouter()
+Account = Annotated[Caller, Depends(caller)]
+
+
+def render(bucket: Bucket) -> dict[str, Any]:
+    return {
+        "id": bucket.id,
+        "destination_conf": bucket.destination_conf,
+        "filename": bucket.filename,
+        "status": bucket.status,
+        "submitted": rfc3339(bucket.submitted),
+        "validated": rfc3339(bucket.validated),
+    }
+
+
+def _destination_error(exc: DestinationError) -> APIError:
+    text = str(exc)
+    code = (
+        Code.DESTINATION_UNREACHABLE if text.startswith("could not") else Code.DESTINATION_INVALID
+    )
+    return APIError(400, code, text)
+
+
+def _ownership_error(exc: ownership.OwnershipError) -> APIError:
+    if exc.kind == "not_found":
+        return APIError(404, Code.NOT_FOUND, str(exc))
+    return APIError(400, Code.CHALLENGE_MISMATCH, str(exc))
+
+
+@router.post("/accounts/{account_id}/pcaps/ownership", response_model=Envelope[OwnershipOut])
+def add_bucket(request: Request, who: Account, body: OwnershipCreate) -> dict[str, Any]:
+    """Write an ownership challenge file into the bucket; validate it next."""
+    state = request.app.state
+    with state.db.session() as session:
+        try:
+            bucket = ownership.add(session, who.account.id, body.destination_conf, state.stores)
+        except DestinationError as exc:
+            raise _destination_error(exc) from exc
+        return envelope(render(bucket))
+
+
+@router.get("/accounts/{account_id}/pcaps/ownership", response_model=Envelope[list[OwnershipOut]])
+def list_buckets(request: Request, who: Account) -> dict[str, Any]:
+    with request.app.state.db.session() as session:
+        return envelope([render(b) for b in ownership.list_buckets(session, who.account.id)])
+
+
+@router.post(
+    "/accounts/{account_id}/pcaps/ownership/validate", response_model=Envelope[OwnershipOut]
+)
+def validate_bucket(request: Request, who: Account, body: OwnershipValidate) -> dict[str, Any]:
+    """Prove ownership: send back the contents of the challenge file."""
+    state = request.app.state
+    with state.db.session() as session:
+        try:
+            bucket = ownership.validate(
+                session,
+                who.account.id,
+                body.destination_conf,
+                body.ownership_challenge,
+                state.stores,
+            )
+        except DestinationError as exc:
+            raise _destination_error(exc) from exc
+        except ownership.OwnershipError as exc:
+            session.commit()  # keep the recorded `failed` status
+            raise _ownership_error(exc) from exc
+        return envelope(render(bucket))
+
+
+@router.delete(
+    "/accounts/{account_id}/pcaps/ownership/{ownership_id}", response_model=Envelope[dict]
+)
+def delete_bucket(
+    request: Request, who: Account, ownership_id: Annotated[str, Path(max_length=64)]
+) -> dict[str, Any]:
+    check_id(ownership_id, "ownership_id")
+    with request.app.state.db.session() as session:
+        try:
+            ownership.delete(session, who.account.id, ownership_id)
+        except ownership.OwnershipError as exc:
+            raise _ownership_error(exc) from exc
+        return envelope({"id": ownership_id})

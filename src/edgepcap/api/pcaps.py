@@ -1,0 +1,132 @@
+"""Routes of `/accounts/{account_id}/pcaps`: create, list, get, stop, download."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import StreamingResponse
+
+from edgepcap import captures
+from edgepcap.api.auth import Caller, caller
+from edgepcap.api.errors import APIError, Code, envelope
+from edgepcap.api.schemas import CreatePcap, Envelope, PcapOut
+from edgepcap.api.timefmt import rfc3339
+from edgepcap.models import Pcap
+
+router = APIRouter()
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+Account = Annotated[Caller, Depends(caller)]
+PcapId = Annotated[str, Path(description="32 hexadecimal digits", max_length=64)]
+
+
+def check_id(value: str, what: str = "pcap_id") -> str:
+    if not ID_PATTERN.match(value):
+        raise APIError(
+            400, Code.INVALID_IDENTIFIER, f"`{what}` must be 32 lowercase hexadecimal digits"
+        )
+    return value
+
+
+def render(pcap: Pcap) -> dict[str, Any]:
+    return {
+        "id": pcap.id,
+        "submitted": rfc3339(pcap.submitted),
+        "filter_v1": pcap.filter_v1 or {},
+        "time_limit": pcap.time_limit,
+        "packet_limit": pcap.packet_limit,
+        "byte_limit": pcap.byte_limit,
+        "colo_name": pcap.colo_name,
+        "destination_conf": pcap.destination_conf,
+        "status": pcap.status,
+        "type": pcap.type,
+        "system": pcap.system,
+        "packets_captured": pcap.packets_captured,
+        "error_message": pcap.error_message,
+        "stop_requested": rfc3339(pcap.stop_requested),
+        "offset_time": rfc3339(pcap.offset_time),
+    }
+
+
+def raise_capture_error(exc: captures.CaptureError) -> None:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    status, code = {
+        "invalid": (400, Code.INVALID_VALUE),
+        "bucket": (400, Code.DESTINATION_NOT_VALIDATED),
+        "rate_limited": (429, Code.SAMPLE_RATE_LIMITED),
+        "busy": (429, Code.FULL_CAPTURE_ACTIVE),
+        "not_found": (404, Code.NOT_FOUND),
+        "state": (409, Code.WRONG_STATE),
+        "not_ready": (409, Code.NOT_READY),
+    }[exc.kind]
+    raise APIError(status, code, str(exc), headers=headers) from exc
+
+
+@router.post("/accounts/{account_id}/pcaps", response_model=Envelope[PcapOut])
+def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, Any]:
+    """Start a sample (`type: simple`) or full (`type: full`) packet capture."""
+    with request.app.state.db.session() as session:
+        try:
+            pcap = captures.create(session, who.account, body)
+        except captures.CaptureError as exc:
+            raise_capture_error(exc)
+        return envelope(render(pcap))
+
+
+@router.get("/accounts/{account_id}/pcaps", response_model=Envelope[list[PcapOut]])
+def list_pcaps(request: Request, who: Account) -> dict[str, Any]:
+    """The 50 newest captures of the account, newest first."""
+    with request.app.state.db.session() as session:
+        return envelope([render(p) for p in captures.list_recent(session, who.account.id)])
+
+
+@router.get("/accounts/{account_id}/pcaps/{pcap_id}", response_model=Envelope[PcapOut])
+def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
+    check_id(pcap_id)
+    with request.app.state.db.session() as session:
+        try:
+            return envelope(render(captures.get(session, who.account.id, pcap_id)))
+        except captures.CaptureError as exc:
+            raise_capture_error(exc)
+            raise
+
+
+@router.put("/accounts/{account_id}/pcaps/{pcap_id}/stop", response_model=Envelope[PcapOut])
+def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
+    """Stop a running full capture; it ends as `success` with what was captured."""
+    check_id(pcap_id)
+    with request.app.state.db.session() as session:
+        try:
+            return envelope(render(captures.stop(session, who.account.id, pcap_id)))
+        except captures.CaptureError as exc:
+            raise_capture_error(exc)
+            raise
+
+
+@router.get(
+    "/accounts/{account_id}/pcaps/{pcap_id}/download",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/vnd.tcpdump.pcap": {}}}},
+)
+def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> StreamingResponse:
+    """The capture as one PCAP file (full captures: all machines' files merged by time)."""
+    check_id(pcap_id)
+    with request.app.state.db.session() as session:
+        try:
+            pcap = captures.get(session, who.account.id, pcap_id)
+        except captures.CaptureError as exc:
+            raise_capture_error(exc)
+            raise
+    if pcap.status != "success":
+        detail = f" ({pcap.error_message})" if pcap.error_message else ""
+        raise APIError(
+            409,
+            Code.NOT_READY,
+            f"capture {pcap.id} is {pcap.status}{detail}: a download is available once "
+            "its status is success",
+        )
+    raise APIError(
+        409, Code.NOT_READY, f"capture {pcap.id} has no packet data stored on this server yet"
+    )

@@ -1,0 +1,138 @@
+"""Request and response bodies of the PCAPs API, shaped like Cloudflare's."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from edgepcap.filters import FilterV1, Integral
+
+T = TypeVar("T")
+
+SIMPLE_TIME_LIMIT = 300
+FULL_TIME_LIMIT = 86_400
+MAX_PACKET_LIMIT = 10_000
+MAX_BYTE_LIMIT = 1_000_000_000
+SAMPLE_HISTORY = dt.timedelta(hours=24)
+CLOCK_SKEW = dt.timedelta(seconds=5)
+
+
+def _in_range(name: str, value: int | None, low: int, high: int, unit: str, kind: str) -> None:
+    if value is not None and not low <= value <= high:
+        raise ValueError(
+            f"`{name}` must be between {low} and {high} {unit} for {kind} captures (got {value})"
+        )
+
+
+class CreatePcap(BaseModel):
+    """Body of `POST /accounts/{account_id}/pcaps` (sample: type simple; full: type full)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    system: Literal["magic-transit"]
+    type: Literal["simple", "full"]
+    time_limit: Integral
+    packet_limit: Integral | None = None
+    byte_limit: Integral | None = None
+    colo_name: str | None = Field(default=None, max_length=64)
+    colo: str | None = Field(default=None, max_length=64, description="Alias of colo_name")
+    destination_conf: str | None = Field(default=None, max_length=1024)
+    offset_time: AwareDatetime | None = None
+    filter_v1: FilterV1 | None = None
+
+    @model_validator(mode="after")
+    def _rules_of_type(self) -> CreatePcap:
+        if self.type == "simple":
+            _in_range("time_limit", self.time_limit, 1, SIMPLE_TIME_LIMIT, "seconds", "sample")
+            if self.packet_limit is None:
+                raise ValueError(
+                    f"`packet_limit` is required for sample captures (1 to {MAX_PACKET_LIMIT})"
+                )
+            _in_range("packet_limit", self.packet_limit, 1, MAX_PACKET_LIMIT, "packets", "sample")
+            for name in ("byte_limit", "colo_name", "colo", "destination_conf"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"`{name}` applies only to full captures (type: full)")
+            if self.offset_time is not None:
+                now = dt.datetime.now(dt.UTC)
+                if self.offset_time > now + CLOCK_SKEW:
+                    raise ValueError(
+                        "`offset_time` is in the future: give a time within the last 24 h"
+                    )
+                if self.offset_time < now - SAMPLE_HISTORY:
+                    raise ValueError(
+                        "`offset_time` is older than 24 h: sample history keeps the last 24 hours"
+                    )
+        else:
+            _in_range("time_limit", self.time_limit, 1, FULL_TIME_LIMIT, "seconds", "full")
+            _in_range("packet_limit", self.packet_limit, 1, MAX_PACKET_LIMIT, "packets", "full")
+            _in_range("byte_limit", self.byte_limit, 1, MAX_BYTE_LIMIT, "bytes", "full")
+            if self.colo_name and self.colo and self.colo_name != self.colo:
+                raise ValueError("`colo_name` and its alias `colo` disagree: send one of them")
+            self.colo_name = self.colo_name or self.colo
+            self.colo = None
+            if not self.colo_name:
+                raise ValueError(
+                    "`colo_name` is required for full captures: a colo (ORD) or a machine (ord02)"
+                )
+            if not self.destination_conf:
+                raise ValueError(
+                    "`destination_conf` is required for full captures: a bucket you have "
+                    "validated with POST /pcaps/ownership"
+                )
+            if self.offset_time is not None:
+                raise ValueError("`offset_time` applies only to sample captures (type: simple)")
+        return self
+
+
+class PcapOut(BaseModel):
+    """A capture as the API reports it (the fields of the SDK's PCAP and full response models)."""
+
+    id: str
+    submitted: str
+    filter_v1: dict[str, Any]
+    time_limit: int
+    packet_limit: int | None
+    byte_limit: int | None
+    colo_name: str | None
+    destination_conf: str | None
+    status: Literal["pending", "running", "success", "failed"]
+    type: Literal["simple", "full"]
+    system: Literal["magic-transit"]
+    packets_captured: int
+    error_message: str | None
+    stop_requested: str | None
+    offset_time: str | None
+
+
+class OwnershipCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    destination_conf: str = Field(max_length=1024)
+
+
+class OwnershipValidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    destination_conf: str = Field(max_length=1024)
+    ownership_challenge: str = Field(max_length=4096)
+
+
+class OwnershipOut(BaseModel):
+    id: str
+    destination_conf: str
+    filename: str
+    status: Literal["pending", "success", "failed"]
+    submitted: str
+    validated: str | None
+
+
+class ErrorItem(BaseModel):
+    code: int
+    message: str
+
+
+class Envelope(BaseModel, Generic[T]):
+    result: T | None
+    success: bool
+    errors: list[ErrorItem]
+    messages: list[Any]

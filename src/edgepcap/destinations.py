@@ -1,0 +1,184 @@
+"""Customer buckets (`destination_conf`): parsing, confinement and object I/O through obstore."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import obstore
+from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
+
+SCHEMES = ("file", "s3", "gs", "az")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,62}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._\-]+$")
+
+
+class DestinationError(ValueError):
+    """A destination that cannot be used; the message names the cause."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Server-side configuration of object stores; never taken from requests."""
+
+    bucket_root: Path
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, data_dir: Path) -> StoreSettings:
+        root = os.environ.get("EDGEPCAP_BUCKET_ROOT") or str(data_dir / "buckets")
+        return cls(
+            bucket_root=Path(root).resolve(),
+            s3_endpoint=os.environ.get("EDGEPCAP_S3_ENDPOINT") or None,
+            s3_region=os.environ.get("EDGEPCAP_S3_REGION", "us-east-1"),
+        )
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A parsed, confined `destination_conf` with the store that reaches it."""
+
+    conf: str
+    scheme: str
+    store: Any
+
+    def put(self, name: str, data: bytes) -> None:
+        try:
+            obstore.put(self.store, name, data)
+        except Exception as exc:
+            raise DestinationError(describe_failure(self, "write", name, exc)) from exc
+
+    def get(self, name: str, max_bytes: int = 1 << 20) -> bytes:
+        try:
+            result = obstore.get(self.store, name)
+            if result.meta["size"] > max_bytes:
+                raise DestinationError(f"{name} in {self.conf} is larger than {max_bytes} bytes")
+            return bytes(result.bytes())
+        except DestinationError:
+            raise
+        except Exception as exc:
+            raise DestinationError(describe_failure(self, "read", name, exc)) from exc
+
+    def delete(self, name: str) -> None:
+        try:
+            obstore.delete(self.store, name)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            if type(exc).__name__ != "NotFoundError":
+                raise DestinationError(describe_failure(self, "delete", name, exc)) from exc
+
+    def list(self, prefix: str | None = None) -> list[str]:
+        try:
+            return [m["path"] for batch in obstore.list(self.store, prefix) for m in batch]
+        except Exception as exc:
+            raise DestinationError(describe_failure(self, "list", prefix or "", exc)) from exc
+
+
+def describe_failure(dest: Destination, verb: str, name: str, exc: BaseException) -> str:
+    kind = type(exc).__name__
+    text = str(exc).splitlines()[0] if str(exc) else kind
+    if kind in ("NotFoundError",) or isinstance(exc, FileNotFoundError):
+        cause = "it does not exist"
+    elif kind in ("PermissionDeniedError", "UnauthenticatedError") or isinstance(
+        exc, PermissionError
+    ):
+        cause = "access denied"
+    elif isinstance(exc, OSError) and exc.errno == 28:
+        cause = "no space left on the device"
+    else:
+        cause = text[:300]
+    return f"could not {verb} {name!r} in {dest.conf}: {cause}"
+
+
+def _clean_prefix(path: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    for part in parts:
+        if part in (".", "..") or not _SEGMENT.match(part):
+            raise DestinationError(
+                f"path segment {part!r} is not allowed: use letters, digits, '.', '-' and '_'"
+            )
+    return "/".join(parts)
+
+
+def parse(conf: str, settings: StoreSettings) -> Destination:
+    """Parse a `destination_conf` URL into a Destination, refusing anything outside policy."""
+    if not isinstance(conf, str) or not conf or len(conf) > 1024:
+        raise DestinationError("destination_conf must be a bucket URL of at most 1024 characters")
+    try:
+        url = urlsplit(conf)
+    except ValueError as exc:
+        raise DestinationError(f"destination_conf {conf!r} is not a URL") from exc
+    scheme = url.scheme.lower()
+    if scheme not in SCHEMES:
+        raise DestinationError(
+            f"destination_conf scheme {url.scheme or '(none)'!r} is not supported: "
+            "use file:///dir, s3://bucket/dir, gs://bucket/dir or az://container/dir"
+        )
+    if url.fragment or url.username or url.password or url.port:
+        raise DestinationError(
+            "destination_conf must not carry credentials, ports or fragments: "
+            "credentials and endpoints are server configuration"
+        )
+    query = dict(parse_qsl(url.query, keep_blank_values=True))
+    if scheme == "file":
+        if url.netloc or query:
+            raise DestinationError("file destinations look like file:///absolute/dir")
+        return _file_destination(conf, url.path, settings)
+    bucket = url.netloc
+    if not _BUCKET_NAME.match(bucket):
+        raise DestinationError(f"{bucket!r} is not a valid bucket name")
+    prefix = _clean_prefix(url.path) or None
+    if scheme == "s3":
+        unknown = set(query) - {"region"}
+        if unknown:
+            raise DestinationError(
+                f"unknown destination_conf parameter(s) {sorted(unknown)}: only region is accepted"
+            )
+        region = query.get("region") or settings.s3_region
+        if not re.fullmatch(r"[a-z0-9\-]{2,32}", region):
+            raise DestinationError(f"region {region!r} is not a region name")
+        config: dict[str, Any] = {"region": region}
+        client: dict[str, Any] = {"timeout": "30s", "connect_timeout": "5s"}
+        if settings.s3_endpoint:
+            config["endpoint"] = settings.s3_endpoint
+            config["virtual_hosted_style_request"] = False
+            if settings.s3_endpoint.startswith("http://"):
+                client["allow_http"] = True
+        store: Any = S3Store(
+            bucket,
+            prefix=prefix,
+            config=config,
+            client_options=client,  # type: ignore[arg-type]
+            retry_config={
+                "max_retries": 2,
+                "backoff": {"init_backoff": 0.1, "max_backoff": 1},  # type: ignore[typeddict-item]
+                "retry_timeout": 10,
+            },
+        )
+    elif query:
+        raise DestinationError(f"{scheme}:// destinations take no parameters")
+    elif scheme == "gs":
+        store = GCSStore(bucket, prefix=prefix)
+    else:
+        store = AzureStore(bucket, prefix=prefix)
+    return Destination(conf=conf, scheme=scheme, store=store)
+
+
+def _file_destination(conf: str, path: str, settings: StoreSettings) -> Destination:
+    if not path.startswith("/"):
+        raise DestinationError("file destinations need an absolute path: file:///dir")
+    _clean_prefix(path)
+    root = settings.bucket_root
+    target = Path(path).resolve()
+    if target != root and root not in target.parents:
+        raise DestinationError(f"file destinations must lie under this server's bucket root {root}")
+    if not target.is_dir():
+        raise DestinationError(f"bucket directory {target} does not exist")
+    return Destination(conf=conf, scheme="file", store=LocalStore(prefix=target))

@@ -1,0 +1,103 @@
+"""The `filter_v1` capture filter: typed, validated fields and their match on a packet."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def integral(value: Any) -> int:
+    """Accept a JSON integer or a float with no fraction (the Cloudflare SDK sends floats)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise ValueError(f"must be a whole number, got {value!r}")
+    raise ValueError(f"must be a JSON number, got {type(value).__name__}")
+
+
+def _ranged(low: int, high: int) -> BeforeValidator:
+    def check(value: Any) -> int:
+        number = integral(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return BeforeValidator(check)
+
+
+Integral = Annotated[int, BeforeValidator(integral)]
+Port = Annotated[int, _ranged(0, 65535), Field(ge=0, le=65535)]
+Protocol = Annotated[int, _ranged(0, 255), Field(ge=0, le=255)]
+
+
+def parse_host(value: Any) -> IPAddress:
+    if not isinstance(value, str):
+        raise ValueError("must be an IP address in a JSON string")
+    if "/" in value:
+        raise ValueError(
+            f"{value!r} is a prefix: give one host address such as 203.0.113.7 or 2001:db8::7"
+        )
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            raise ValueError(
+                f"{value!r} is an IPv4-mapped IPv6 address: use the IPv4 form {addr.ipv4_mapped}"
+            )
+        if addr.scope_id:
+            raise ValueError(f"{value!r} has a zone index, which a capture filter cannot use")
+    return addr
+
+
+class FilterV1(BaseModel):
+    """Fields of `filter_v1`; an absent or null field matches everything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_address: str | None = None
+    destination_address: str | None = None
+    source_port: Port | None = None
+    destination_port: Port | None = None
+    protocol: Protocol | None = None
+
+    @field_validator("source_address", "destination_address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        return str(parse_host(value))
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+    @property
+    def source(self) -> IPAddress | None:
+        return ipaddress.ip_address(self.source_address) if self.source_address else None
+
+    @property
+    def destination(self) -> IPAddress | None:
+        return ipaddress.ip_address(self.destination_address) if self.destination_address else None
+
+    def summary(self) -> str:
+        """A one-line human reading, e.g. `203.0.113.7:80 -> any proto 6`."""
+        parts = []
+        src = self.source_address or "any"
+        dst = self.destination_address or "any"
+        if self.source_port is not None:
+            src += f" port {self.source_port}"
+        if self.destination_port is not None:
+            dst += f" port {self.destination_port}"
+        parts.append(f"{src} -> {dst}")
+        if self.protocol is not None:
+            parts.append(f"proto {self.protocol}")
+        return " ".join(parts) if self.as_dict() else "all packets"

@@ -1,0 +1,115 @@
+"""SQLAlchemy tables of the control plane: accounts, prefixes, captures, buckets."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Every timestamp in the database is naive UTC: SQLite keeps no zone, and one
+# convention for both engines keeps comparisons in SQL correct.
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    api_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    api_key_hash: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # The per-account sample rate limit lives here so that one conditional
+    # UPDATE decides it atomically, whichever API process asks.
+    last_sample_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+    prefixes: Mapped[list[Prefix]] = relationship(
+        back_populates="account", cascade="all, delete-orphan", order_by="Prefix.id"
+    )
+
+
+class Prefix(Base):
+    __tablename__ = "prefixes"
+    __table_args__ = (UniqueConstraint("cidr", name="uq_prefixes_cidr"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    cidr: Mapped[str] = mapped_column(String(43))
+
+    account: Mapped[Account] = relationship(back_populates="prefixes")
+
+
+ACTIVE_STATUSES = ("pending", "running")
+
+
+class Pcap(Base):
+    __tablename__ = "pcaps"
+    __table_args__ = (
+        Index("ix_pcaps_account_submitted", "account_id", "submitted"),
+        # "At most one pending or running full capture per account", enforced
+        # by the database so that racing API processes cannot both win.
+        Index(
+            "uq_pcaps_one_active_full",
+            "account_id",
+            unique=True,
+            sqlite_where=text("type = 'full' AND status IN ('pending', 'running')"),
+            postgresql_where=text("type = 'full' AND status IN ('pending', 'running')"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(16))
+    system: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32))
+    filter_v1: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    time_limit: Mapped[int] = mapped_column(Integer)
+    packet_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    byte_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    colo_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    destination_conf: Mapped[str | None] = mapped_column(Text, nullable=True)
+    offset_time: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    submitted: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    stop_requested: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    packets_captured: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_captured: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Bucket(Base):
+    """A destination an account asked to use, and the state of its ownership proof."""
+
+    __tablename__ = "buckets"
+    __table_args__ = (
+        UniqueConstraint("account_id", "destination_conf", name="uq_buckets_account_dest"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    destination_conf: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(String(128))
+    challenge_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    submitted: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    validated: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

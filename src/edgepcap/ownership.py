@@ -1,0 +1,93 @@
+"""Bucket ownership: a challenge file written into the bucket, proven by reading it back."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgepcap.credentials import hash_secret, matches, new_id
+from edgepcap.destinations import StoreSettings, parse
+from edgepcap.models import Bucket, utcnow
+
+
+class OwnershipError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def list_buckets(session: Session, account_id: str) -> list[Bucket]:
+    return list(
+        session.scalars(
+            select(Bucket).where(Bucket.account_id == account_id).order_by(Bucket.submitted)
+        )
+    )
+
+
+def add(session: Session, account_id: str, conf: str, settings: StoreSettings) -> Bucket:
+    """Write a fresh challenge into the bucket; a validated bucket is returned as it is."""
+    dest = parse(conf, settings)
+    bucket = session.scalar(
+        select(Bucket).where(Bucket.account_id == account_id, Bucket.destination_conf == conf)
+    )
+    if bucket is not None and bucket.status == "success":
+        return bucket
+    token = secrets.token_hex(32)
+    filename = f"ownership-challenge-{secrets.token_hex(8)}.txt"
+    dest.put(filename, token.encode())
+    if bucket is None:
+        bucket = Bucket(id=new_id(), account_id=account_id, destination_conf=conf)
+        session.add(bucket)
+    elif bucket.filename:
+        # The old challenge is void now; leave no stale file in the customer's bucket.
+        dest.delete(bucket.filename)
+    bucket.filename = filename
+    bucket.challenge_hash = hash_secret(token)
+    bucket.status = "pending"
+    bucket.submitted = utcnow()
+    bucket.validated = None
+    session.flush()
+    return bucket
+
+
+def validate(
+    session: Session, account_id: str, conf: str, challenge: str, settings: StoreSettings
+) -> Bucket:
+    bucket = session.scalar(
+        select(Bucket).where(Bucket.account_id == account_id, Bucket.destination_conf == conf)
+    )
+    if bucket is None:
+        raise OwnershipError(
+            "not_found", f"no bucket {conf!r} in this account: add it with POST /pcaps/ownership"
+        )
+    if bucket.status == "success":
+        return bucket
+    dest = parse(conf, settings)
+    stored = dest.get(bucket.filename).decode("utf-8", "replace").strip()
+    given = challenge.strip()
+    if (
+        not given
+        or not secrets.compare_digest(given.encode(), stored.encode())
+        or not matches(given, bucket.challenge_hash)
+    ):
+        bucket.status = "failed"
+        session.flush()
+        raise OwnershipError(
+            "mismatch",
+            f"`ownership_challenge` does not match the contents of {bucket.filename} in the "
+            "bucket: copy the file's contents exactly",
+        )
+    bucket.status = "success"
+    bucket.validated = utcnow()
+    session.flush()
+    return bucket
+
+
+def delete(session: Session, account_id: str, bucket_id: str) -> None:
+    bucket = session.get(Bucket, bucket_id)
+    if bucket is None or bucket.account_id != account_id:
+        raise OwnershipError("not_found", f"no bucket {bucket_id} in this account")
+    session.delete(bucket)
+    session.flush()
