@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what edgepcap needs on a fresh Debian machine (root): Debian packages,
+# uv, and the Python packages pinned in uv.lock. Usage: bootstrap.sh run|test
+set -euo pipefail
+profile=${1:-run}
+cd "$(dirname "$0")/.."
+
+packages=(nftables iproute2 tcpdump)
+if [ "$profile" = test ]; then
+    packages+=(tshark postgresql)
+fi
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # tshark asks whether non-root users may capture; answer no without a prompt.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v uv >/dev/null 2>&1; then
+    echo "bootstrap: installing uv" >&2
+    python3 -m pip install --quiet --root-user-action=ignore uv
+fi
+
+if [ "$profile" = test ]; then
+    uv sync --locked --quiet
+else
+    uv sync --locked --quiet --no-dev
+fi

@@ -1,0 +1,288 @@
+"""Fixtures that run the real thing: API server processes, PostgreSQL, an S3 server."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgepcap.accounts import create_account, describe
+from edgepcap.db import Database, open_database
+
+BIN = Path(sys.executable).parent
+EDGEPCAP = str(BIN / "edgepcap")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may raise until it holds
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} ({last_exc!r})")
+
+
+# --- PostgreSQL ----------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    port: int
+    socket_dir: Path
+    bindir: Path
+    counter: int = 0
+
+    def run(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(self.bindir / "psql"), "-h", "127.0.0.1",
+             "-p", str(self.port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", *args],
+            check=True, capture_output=True,
+        )
+
+    def new_database(self) -> str:
+        self.counter += 1
+        name = f"edgepcap_test_{os.getpid()}_{self.counter}"
+        self.run("-c", f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+
+def _pg_bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL is not installed: run scripts/bootstrap.sh test")
+    return Path(found[-1]).parent
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL server on loopback, owned by the test run."""
+    bindir = _pg_bindir()
+    # Not under pytest's 0700 temp dir: the postgres user must reach its files.
+    base = Path(tempfile.mkdtemp(prefix="edgepcap-pg-"))
+    data = base / "data"
+    sock = base / "sock"
+    sock.mkdir()
+    for path in (base, sock):
+        shutil.chown(path, "postgres")
+    port = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+         "--no-sync"],
+        check=True, capture_output=True,
+    )
+    subprocess.run(
+        [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"), "-w",
+         "-o", f"-h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=200",
+         "start"],
+        check=True, capture_output=True,
+    )
+    try:
+        yield Postgres(port=port, socket_dir=sock, bindir=bindir)
+    finally:
+        subprocess.run(
+            [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False, capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --- API server processes --------------------------------------------------------
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    database: str | None
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def api(self) -> str:
+        return self.url + "/client/v4"
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Account:
+    id: str
+    name: str
+    prefixes: list[str]
+    email: str
+    api_token: str
+    api_key: str
+
+    def host(self, index: int = 1, version: int = 4) -> str:
+        """An address inside the account's prefixes."""
+        net = next(ipaddress.ip_network(p) for p in self.prefixes
+                   if ipaddress.ip_network(p).version == version)
+        return str(net[index])
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_token}"}
+
+    @property
+    def key_headers(self) -> dict[str, str]:
+        return {"X-Auth-Email": self.email, "X-Auth-Key": self.api_key}
+
+
+@dataclass
+class Stack:
+    """An API server with its data dir, and helpers to drive it as a customer would."""
+
+    server: Server
+    environ: dict[str, str] = field(default_factory=dict)
+    _accounts: int = 0
+    _db: Database | None = None
+
+    @property
+    def api(self) -> str:
+        return self.server.api
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [EDGEPCAP, *args, "--data-dir", str(self.server.data_dir)]
+        if self.server.database:
+            cmd += ["--database", self.server.database]
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
+
+    def account(self, *prefixes: str) -> Account:
+        """A new account; by default with its own /30 of TEST-NET and /48 of 2001:db8::/32."""
+        self._accounts += 1
+        n = self._accounts
+        if not prefixes:
+            net = ("203.0.113", "198.51.100", "192.0.2")[n // 64 % 3]
+            prefixes = (f"{net}.{4 * (n % 64)}/30", f"2001:db8:{n:x}::/48")
+        if self._db is None:
+            self._db = open_database(self.server.data_dir, self.server.database)
+        with self._db.session() as session:
+            account, creds = create_account(session, f"acct{n}", list(prefixes))
+            info = describe(account, creds)
+        return Account(**info)
+
+    def client(self, account: Account, keys: bool = False) -> httpx.Client:
+        headers = account.key_headers if keys else account.bearer
+        return httpx.Client(base_url=f"{self.api}/accounts/{account.id}", headers=headers,
+                            timeout=30)
+
+
+    def validated_bucket(self, account: Account) -> str:
+        """A `file://` bucket of the account, proven through the ownership API."""
+        directory = self.server.data_dir / "buckets" / account.id
+        directory.mkdir(parents=True, exist_ok=True)
+        conf = f"file://{directory}"
+        with self.client(account) as c:
+            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+            assert r.status_code == 200, r.text
+            token = (directory / r.json()["result"]["filename"]).read_text()
+            r = c.post("/pcaps/ownership/validate",
+                       json={"destination_conf": conf, "ownership_challenge": token})
+            assert r.status_code == 200, r.text
+            assert r.json()["result"]["status"] == "success"
+        return conf
+
+
+def start_server(data_dir: Path, database: str | None, env: dict[str, str] | None = None) -> Server:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = data_dir / f"api-{port}.log"
+    cmd = [EDGEPCAP, "api", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    if database:
+        cmd += ["--database", database]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    server = Server(url=f"http://127.0.0.1:{port}", data_dir=data_dir, database=database,
+                    proc=proc, log=log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"api exited with {proc.returncode}:\n{server.logs()}")
+        return httpx.get(server.api + "/health", timeout=1).status_code == 200
+
+    try:
+        wait_for(ready, 30, "the api to answer")
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3-protocol server on loopback."""
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(url + "/moto-api/", timeout=1).status_code < 500, 30,
+                 "moto's S3 server")
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          s3_server: str) -> Iterator[Stack]:
+    """One API server per module and backend, reaching the S3 server as its object store."""
+    database = None
+    if request.param == "postgresql":
+        database = request.getfixturevalue("postgres").new_database()
+    data_dir = tmp_path_factory.mktemp(f"api-{request.param}")
+    env = {**S3_ENV, "EDGEPCAP_S3_ENDPOINT": s3_server}
+    server = start_server(data_dir, database, env)
+    stack = Stack(server=server, environ=env)
+    try:
+        yield stack
+    finally:
+        stop_server(server)
+        if stack._db is not None:
+            stack._db.close()
