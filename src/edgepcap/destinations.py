@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -64,6 +66,21 @@ class Destination:
             raise
         except Exception as exc:
             raise DestinationError(describe_failure(self, "read", name, exc)) from exc
+
+    def stream(self, name: str, chunk_size: int = 256 * 1024) -> Iterator[bytes]:
+        """The object's bytes in chunks; the first chunk is fetched before this returns."""
+        try:
+            chunks = iter(obstore.get(self.store, name).stream(min_chunk_size=chunk_size))
+            first = next(chunks, b"")
+        except Exception as exc:
+            raise DestinationError(describe_failure(self, "read", name, exc)) from exc
+
+        def rest() -> Iterator[bytes]:
+            yield bytes(first)
+            for chunk in chunks:
+                yield bytes(chunk)
+
+        return rest()
 
     def delete(self, name: str) -> None:
         try:
@@ -151,16 +168,16 @@ def parse(conf: str, settings: StoreSettings) -> Destination:
             config["virtual_hosted_style_request"] = False
             if settings.s3_endpoint.startswith("http://"):
                 client["allow_http"] = True
-        store: Any = S3Store(
-            bucket,
-            prefix=prefix,
-            config=config,
-            client_options=client,  # type: ignore[arg-type]
-            retry_config={
-                "max_retries": 2,
-                "backoff": {"init_backoff": 0.1, "max_backoff": 1},  # type: ignore[typeddict-item]
-                "retry_timeout": 10,
+        retry: Any = {
+            "max_retries": 2,
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=1),
             },
+            "retry_timeout": timedelta(seconds=10),
+        }
+        store: Any = S3Store(
+            bucket, prefix=prefix, config=config, client_options=client, retry_config=retry
         )
     elif query:
         raise DestinationError(f"{scheme}:// destinations take no parameters")

@@ -13,7 +13,9 @@ from edgepcap.api.auth import Caller, caller
 from edgepcap.api.errors import APIError, Code, envelope
 from edgepcap.api.schemas import CreatePcap, Envelope, PcapOut
 from edgepcap.api.timefmt import rfc3339
+from edgepcap.destinations import DestinationError, parse
 from edgepcap.models import Pcap
+from edgepcap.pcap import PcapError, Reader, merge
 
 router = APIRouter()
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -127,6 +129,29 @@ def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> StreamingR
             f"capture {pcap.id} is {pcap.status}{detail}: a download is available once "
             "its status is success",
         )
-    raise APIError(
-        409, Code.NOT_READY, f"capture {pcap.id} has no packet data stored on this server yet"
+    if pcap.type == "simple":
+        raise APIError(
+            409, Code.NOT_READY, f"capture {pcap.id} has no packet data stored on this server yet"
+        )
+    return _merged_download(request, pcap)
+
+
+def _merged_download(request: Request, pcap: Pcap) -> StreamingResponse:
+    """All machines' `<machine>/pcap_<id>.pcap` objects, merged by time while streaming."""
+    try:
+        dest = parse(pcap.destination_conf or "", request.app.state.stores)
+        suffix = f"/pcap_{pcap.id}.pcap"
+        names = sorted(n for n in dest.list() if n.endswith(suffix) and n.count("/") >= 1)
+        readers = [Reader(dest.stream(name), name) for name in names]
+        body = merge(readers)
+    except (DestinationError, PcapError) as exc:
+        raise APIError(
+            502,
+            Code.DESTINATION_UNREACHABLE,
+            f"cannot read capture {pcap.id} from its bucket: {exc}",
+        ) from exc
+    return StreamingResponse(
+        body,
+        media_type="application/vnd.tcpdump.pcap",
+        headers={"Content-Disposition": f'attachment; filename="pcap_{pcap.id}.pcap"'},
     )

@@ -1,0 +1,138 @@
+"""Bucket ownership over HTTP: `file://` buckets and a real S3-protocol server (moto)."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from tests.api.test_pcaps import error_of
+
+
+def s3_client(stack):
+    return boto3.client("s3", endpoint_url=stack.environ["EDGEPCAP_S3_ENDPOINT"],
+                        region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+def test_file_bucket_challenge_validate_list_delete(stack):
+    acct = stack.account()
+    directory = stack.server.data_dir / "buckets" / f"own-{acct.id}"
+    directory.mkdir(parents=True)
+    conf = f"file://{directory}/"
+    with stack.client(acct) as c:
+        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+        assert r.status_code == 200, r.text
+        bucket = r.json()["result"]
+        assert bucket["status"] == "pending" and bucket["validated"] is None
+        assert bucket["destination_conf"] == conf
+        assert bucket["filename"].startswith("ownership-challenge-")
+        assert bucket["filename"].endswith(".txt")
+        token = (directory / bucket["filename"]).read_text()
+        assert len(token) >= 32
+
+        r = c.post("/pcaps/ownership/validate",
+                   json={"destination_conf": conf, "ownership_challenge": "wrong"})
+        assert r.status_code == 400
+        code, message = error_of(r)
+        assert code == 1303 and bucket["filename"] in message
+        assert c.get("/pcaps/ownership").json()["result"][0]["status"] == "failed"
+
+        r = c.post("/pcaps/ownership/validate",
+                   json={"destination_conf": conf, "ownership_challenge": token})
+        assert r.status_code == 200, r.text
+        validated = r.json()["result"]
+        assert validated["status"] == "success" and validated["validated"]
+        assert validated["id"] == bucket["id"]
+
+        listed = c.get("/pcaps/ownership").json()["result"]
+        assert [b["id"] for b in listed] == [bucket["id"]]
+
+        r = c.delete(f"/pcaps/ownership/{bucket['id']}")
+        assert r.status_code == 200 and r.json()["success"] is True
+        assert c.get("/pcaps/ownership").json()["result"] == []
+        r = c.delete(f"/pcaps/ownership/{bucket['id']}")
+        assert r.status_code == 404
+
+
+def test_a_new_challenge_replaces_the_old_one(stack):
+    acct = stack.account()
+    directory = stack.server.data_dir / "buckets" / f"again-{acct.id}"
+    directory.mkdir(parents=True)
+    conf = f"file://{directory}"
+    with stack.client(acct) as c:
+        first = c.post("/pcaps/ownership", json={"destination_conf": conf}).json()["result"]
+        old = (directory / first["filename"]).read_text()
+        second = c.post("/pcaps/ownership", json={"destination_conf": conf}).json()["result"]
+        assert second["id"] == first["id"] and second["filename"] != first["filename"]
+        assert not (directory / first["filename"]).exists()
+        r = c.post("/pcaps/ownership/validate",
+                   json={"destination_conf": conf, "ownership_challenge": old})
+        assert r.status_code == 400
+
+
+def test_s3_bucket_through_a_real_s3_server(stack):
+    acct = stack.account()
+    s3 = s3_client(stack)
+    name = f"pcaps-{acct.id[:12]}"
+    s3.create_bucket(Bucket=name)
+    conf = f"s3://{name}/captures?region=us-east-1"
+    with stack.client(acct, keys=True) as c:
+        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+        assert r.status_code == 200, r.text
+        bucket = r.json()["result"]
+        obj = s3.get_object(Bucket=name, Key=f"captures/{bucket['filename']}")
+        token = obj["Body"].read().decode()
+        r = c.post("/pcaps/ownership/validate",
+                   json={"destination_conf": conf, "ownership_challenge": token})
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["status"] == "success"
+
+        r = c.post("/pcaps", json={"system": "magic-transit", "type": "full", "time_limit": 5,
+                                   "colo_name": "ORD", "destination_conf": conf})
+        assert r.status_code == 200, r.text
+
+
+def test_s3_bucket_that_does_not_exist_names_the_cause(stack):
+    acct = stack.account()
+    with stack.client(acct) as c:
+        r = c.post("/pcaps/ownership", json={"destination_conf": "s3://no-such-bucket-here/x"})
+        assert r.status_code == 400
+        code, message = error_of(r)
+        assert code == 1302
+        assert "no-such-bucket-here" in message and "could not write" in message
+
+
+@pytest.mark.parametrize(
+    ("conf", "needle"),
+    [
+        ("file:///etc", "bucket root"),
+        ("file:///tmp/../etc", "not allowed"),
+        ("file://host/dir", "file:///absolute/dir"),
+        ("file:relative", "absolute"),
+        ("http://example.com/bucket", "not supported"),
+        ("ftp://bucket/x", "not supported"),
+        ("nonsense", "not supported"),
+        ("s3://bucket/x?endpoint=http://127.0.0.1:1", "only region"),
+        ("s3://user:secret@bucket/x", "credentials"),
+        ("s3://bucket:9000/x", "ports"),
+        ("s3://Bad_Bucket!/x", "not a valid bucket name"),
+        ("s3://bucket/a/../b", "not allowed"),
+        ("gs://bucket/x?foo=bar", "no parameters"),
+        ("", "destination_conf"),
+    ],
+)
+def test_destinations_outside_policy_are_refused(stack, conf, needle):
+    acct = stack.account()
+    with stack.client(acct) as c:
+        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+        assert r.status_code == 400, r.text
+        code, message = error_of(r)
+        assert code in (1300, 1302) and needle in message, message
+
+
+def test_validate_unknown_bucket_is_404(stack):
+    acct = stack.account()
+    with stack.client(acct) as c:
+        r = c.post("/pcaps/ownership/validate",
+                   json={"destination_conf": "file:///nowhere", "ownership_challenge": "x"})
+        assert r.status_code == 404 and "POST /pcaps/ownership" in error_of(r)[1]

@@ -1,0 +1,99 @@
+"""The administrative command line: `edgepcap accounts …`, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import httpx
+import pytest
+
+from tests.conftest import EDGEPCAP, start_server, stop_server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def admin(request, tmp_path):
+    database = None
+    if request.param == "postgresql":
+        database = request.getfixturevalue("postgres").new_database()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [EDGEPCAP, *args, "--data-dir", str(tmp_path)]
+        if database:
+            cmd += ["--database", database]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    run.database = database  # type: ignore[attr-defined]
+    run.data_dir = tmp_path  # type: ignore[attr-defined]
+    return run
+
+
+def test_accounts_create_list_add_prefix(admin):
+    out = admin("accounts", "create", "acme", "--prefix", "203.0.113.0/25",
+                "--prefix", "2001:db8:aa::/48", "--email", "noc@acme.example")
+    assert out.returncode == 0, out.stderr
+    acct = json.loads(out.stdout)
+    assert set(acct) == {"id", "name", "prefixes", "api_token", "email", "api_key"}
+    assert re.fullmatch(r"[0-9a-f]{32}", acct["id"])
+    assert acct["prefixes"] == ["203.0.113.0/25", "2001:db8:aa::/48"]
+    assert acct["email"] == "noc@acme.example"
+
+    out = admin("accounts", "add-prefix", acct["id"], "198.51.100.0/24")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["prefixes"][-1] == "198.51.100.0/24"
+
+    listed = [json.loads(line) for line in admin("accounts", "list").stdout.splitlines()]
+    assert [a["id"] for a in listed] == [acct["id"]]
+    assert "api_token" not in listed[0] and "api_key" not in listed[0]
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "needle"),
+    [
+        (["203.0.113.0/24", "203.0.113.128/25"], "overlap"),
+        (["203.0.113.5/24"], "no host bits"),
+        (["not-a-prefix"], "not a network prefix"),
+        (["::ffff:203.0.113.0/120"], "IPv4-mapped"),
+    ],
+)
+def test_bad_prefixes_are_refused(admin, prefixes, needle):
+    out = admin("accounts", "create", "bad", *[a for p in prefixes for a in ("--prefix", p)])
+    assert out.returncode != 0
+    assert needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_prefixes_have_one_owner(admin):
+    first = json.loads(admin("accounts", "create", "one", "--prefix", "192.0.2.0/24").stdout)
+    out = admin("accounts", "create", "two", "--prefix", "192.0.2.64/26")
+    assert out.returncode != 0 and "another account" in out.stderr
+    out = admin("accounts", "add-prefix", first["id"], "192.0.2.0/25")
+    assert out.returncode != 0 and "this account already holds" in out.stderr
+    out = admin("accounts", "add-prefix", "0" * 32, "198.51.100.0/24")
+    assert out.returncode != 0 and "no account" in out.stderr
+
+
+def test_secrets_are_stored_hashed(admin):
+    acct = json.loads(admin("accounts", "create", "h", "--prefix", "192.0.2.0/24").stdout)
+    if admin.database is None:
+        blob = b"".join(p.read_bytes() for p in admin.data_dir.glob("edgepcap.db*"))
+    else:
+        import psycopg
+
+        with psycopg.connect(admin.database) as conn:
+            blob = repr(conn.execute("SELECT * FROM accounts").fetchall()).encode()
+    assert acct["id"].encode() in blob
+    assert acct["api_token"].encode() not in blob
+    assert acct["api_key"].encode() not in blob
+
+
+def test_api_runs_on_the_data_dir_and_database_given(admin):
+    acct = json.loads(admin("accounts", "create", "x", "--prefix", "192.0.2.0/24").stdout)
+    server = start_server(admin.data_dir, admin.database)
+    try:
+        r = httpx.get(f"{server.api}/accounts/{acct['id']}/pcaps",
+                      headers={"Authorization": f"Bearer {acct['api_token']}"})
+        assert r.status_code == 200 and r.json()["result"] == []
+        assert acct["api_token"] not in server.logs()
+    finally:
+        stop_server(server)
