@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import ipaddress
-import json
 import os
 import shutil
 import signal
@@ -61,9 +60,24 @@ class Postgres:
 
     def run(self, *args: str) -> None:
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(self.bindir / "psql"), "-h", "127.0.0.1",
-             "-p", str(self.port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", *args],
-            check=True, capture_output=True,
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(self.bindir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                *args,
+            ],
+            check=True,
+            capture_output=True,
         )
 
     def new_database(self) -> str:
@@ -94,22 +108,43 @@ def postgres() -> Iterator[Postgres]:
     port = free_port()
     as_pg = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
-        [*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-         "--no-sync"],
-        check=True, capture_output=True,
+        [
+            *as_pg,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
     )
     subprocess.run(
-        [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"), "-w",
-         "-o", f"-h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=200",
-         "start"],
-        check=True, capture_output=True,
+        [
+            *as_pg,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "pg.log"),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         yield Postgres(port=port, socket_dir=sock, bindir=bindir)
     finally:
         subprocess.run(
             [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
         shutil.rmtree(base, ignore_errors=True)
 
@@ -144,8 +179,11 @@ class Account:
 
     def host(self, index: int = 1, version: int = 4) -> str:
         """An address inside the account's prefixes."""
-        net = next(ipaddress.ip_network(p) for p in self.prefixes
-                   if ipaddress.ip_network(p).version == version)
+        net = next(
+            ipaddress.ip_network(p)
+            for p in self.prefixes
+            if ipaddress.ip_network(p).version == version
+        )
         return str(net[index])
 
     @property
@@ -192,9 +230,9 @@ class Stack:
 
     def client(self, account: Account, keys: bool = False) -> httpx.Client:
         headers = account.key_headers if keys else account.bearer
-        return httpx.Client(base_url=f"{self.api}/accounts/{account.id}", headers=headers,
-                            timeout=30)
-
+        return httpx.Client(
+            base_url=f"{self.api}/accounts/{account.id}", headers=headers, timeout=30
+        )
 
     def validated_bucket(self, account: Account) -> str:
         """A `file://` bucket of the account, proven through the ownership API."""
@@ -205,8 +243,10 @@ class Stack:
             r = c.post("/pcaps/ownership", json={"destination_conf": conf})
             assert r.status_code == 200, r.text
             token = (directory / r.json()["result"]["filename"]).read_text()
-            r = c.post("/pcaps/ownership/validate",
-                       json={"destination_conf": conf, "ownership_challenge": token})
+            r = c.post(
+                "/pcaps/ownership/validate",
+                json={"destination_conf": conf, "ownership_challenge": token},
+            )
             assert r.status_code == 200, r.text
             assert r.json()["result"]["status"] == "success"
         return conf
@@ -220,10 +260,12 @@ def start_server(data_dir: Path, database: str | None, env: dict[str, str] | Non
     if database:
         cmd += ["--database", database]
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
-    server = Server(url=f"http://127.0.0.1:{port}", data_dir=data_dir, database=database,
-                    proc=proc, log=log)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    server = Server(
+        url=f"http://127.0.0.1:{port}", data_dir=data_dir, database=database, proc=proc, log=log
+    )
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -252,12 +294,18 @@ def stop_server(server: Server) -> None:
 def s3_server() -> Iterator[str]:
     """moto's S3-protocol server on loopback."""
     port = free_port()
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: httpx.get(url + "/moto-api/", timeout=1).status_code < 500, 30,
-                 "moto's S3 server")
+        wait_for(
+            lambda: httpx.get(url + "/moto-api/", timeout=1).status_code < 500,
+            30,
+            "moto's S3 server",
+        )
         yield url
     finally:
         proc.terminate()
@@ -265,13 +313,17 @@ def s3_server() -> Iterator[str]:
             proc.wait(10)
 
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1"}
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-          s3_server: str) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, s3_server: str
+) -> Iterator[Stack]:
     """One API server per module and backend, reaching the S3 server as its object store."""
     database = None
     if request.param == "postgresql":

@@ -23,8 +23,9 @@ def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"x" * 32) 
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     body = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     if s.version == 4:
-        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, 64, 17, 0,
-                             s.packed, d.packed)
+        header = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, 64, 17, 0, s.packed, d.packed
+        )
         header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
         return header + body
     return struct.pack("!IHBB16s16s", 6 << 28, len(body), 17, 64, s.packed, d.packed) + body

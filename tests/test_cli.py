@@ -30,8 +30,17 @@ def admin(request, tmp_path):
 
 
 def test_accounts_create_list_add_prefix(admin):
-    out = admin("accounts", "create", "acme", "--prefix", "203.0.113.0/25",
-                "--prefix", "2001:db8:aa::/48", "--email", "noc@acme.example")
+    out = admin(
+        "accounts",
+        "create",
+        "acme",
+        "--prefix",
+        "203.0.113.0/25",
+        "--prefix",
+        "2001:db8:aa::/48",
+        "--email",
+        "noc@acme.example",
+    )
     assert out.returncode == 0, out.stderr
     acct = json.loads(out.stdout)
     assert set(acct) == {"id", "name", "prefixes", "api_token", "email", "api_key"}
@@ -91,8 +100,10 @@ def test_api_runs_on_the_data_dir_and_database_given(admin):
     acct = json.loads(admin("accounts", "create", "x", "--prefix", "192.0.2.0/24").stdout)
     server = start_server(admin.data_dir, admin.database)
     try:
-        r = httpx.get(f"{server.api}/accounts/{acct['id']}/pcaps",
-                      headers={"Authorization": f"Bearer {acct['api_token']}"})
+        r = httpx.get(
+            f"{server.api}/accounts/{acct['id']}/pcaps",
+            headers={"Authorization": f"Bearer {acct['api_token']}"},
+        )
         assert r.status_code == 200 and r.json()["result"] == []
         assert acct["api_token"] not in server.logs()
     finally:

@@ -34,16 +34,24 @@ def endpoints(account_id: str, things: dict) -> list[tuple[str, str, dict | None
         ("GET", f"{base}/pcaps/{things['sample']['id']}/download", None),
         ("POST", f"{base}/pcaps/ownership", {"destination_conf": things["conf"]}),
         ("GET", f"{base}/pcaps/ownership", None),
-        ("POST", f"{base}/pcaps/ownership/validate",
-         {"destination_conf": things["conf"], "ownership_challenge": "x"}),
+        (
+            "POST",
+            f"{base}/pcaps/ownership/validate",
+            {"destination_conf": things["conf"], "ownership_challenge": "x"},
+        ),
         ("DELETE", f"{base}/pcaps/ownership/{things['bucket']['id']}", None),
     ]
 
 
 def test_every_endpoint_with_another_accounts_credentials_is_403(stack, two_tenants):
     a, b, things = two_tenants
-    secrets_of_a = [a.id, things["full"]["id"], things["sample"]["id"], things["bucket"]["id"],
-                    things["conf"]]
+    secrets_of_a = [
+        a.id,
+        things["full"]["id"],
+        things["sample"]["id"],
+        things["bucket"]["id"],
+        things["conf"],
+    ]
     for keys in (False, True):
         with stack.client(b, keys=keys) as c:
             c.base_url = httpx.URL(stack.api)
@@ -64,7 +72,7 @@ def test_every_endpoint_with_another_accounts_credentials_is_403(stack, two_tena
 
 
 def test_another_accounts_ids_under_your_own_account_look_missing(stack, two_tenants):
-    a, b, things = two_tenants
+    _a, b, things = two_tenants
     with stack.client(b) as c:
         for pcap_id in (things["full"]["id"], things["sample"]["id"]):
             for suffix in ("", "/download"):
@@ -104,8 +112,9 @@ def test_missing_or_invalid_credentials_are_401(stack, two_tenants, headers):
 
 def test_right_email_wrong_key_is_401(stack, two_tenants):
     a, _b, _things = two_tenants
-    with httpx.Client(base_url=stack.api,
-                      headers={"X-Auth-Email": a.email, "X-Auth-Key": a.api_token}) as c:
+    with httpx.Client(
+        base_url=stack.api, headers={"X-Auth-Email": a.email, "X-Auth-Key": a.api_token}
+    ) as c:
         r = c.get(f"/accounts/{a.id}/pcaps")
         assert r.status_code == 401
 

@@ -13,8 +13,9 @@ from tests.packets import tshark_fields, udp, write_pcap
 def sdk(stack, account, keys: bool) -> Cloudflare:
     base = stack.api
     if keys:
-        return Cloudflare(api_email=account.email, api_key=account.api_key, base_url=base,
-                          max_retries=0)
+        return Cloudflare(
+            api_email=account.email, api_key=account.api_key, base_url=base, max_retries=0
+        )
     return Cloudflare(api_token=account.api_token, base_url=base, max_retries=0)
 
 
@@ -31,20 +32,33 @@ def test_sdk_drives_every_call(stack, keys, tmp_path):
     bucket = pcaps.ownership.create(account_id=acct.id, destination_conf=conf)
     assert bucket.status == "pending" and bucket.filename.startswith("ownership-challenge-")
     token = (directory / bucket.filename).read_text()
-    checked = pcaps.ownership.validate(account_id=acct.id, destination_conf=conf,
-                                       ownership_challenge=token)
+    checked = pcaps.ownership.validate(
+        account_id=acct.id, destination_conf=conf, ownership_challenge=token
+    )
     assert checked.status == "success" and checked.validated
     assert [b.id for b in pcaps.ownership.get(account_id=acct.id)] == [bucket.id]
 
     # Create both types (the SDK sends limits as floats).
-    sample = pcaps.create(account_id=acct.id, system="magic-transit", type="simple",
-                          time_limit=60, packet_limit=100,
-                          filter_v1={"destination_address": acct.host(1), "protocol": 17})
+    sample = pcaps.create(
+        account_id=acct.id,
+        system="magic-transit",
+        type="simple",
+        time_limit=60,
+        packet_limit=100,
+        filter_v1={"destination_address": acct.host(1), "protocol": 17},
+    )
     assert sample.type == "simple" and sample.status == "pending" and len(sample.id) == 32
-    capture = pcaps.create(account_id=acct.id, system="magic-transit", type="full",
-                           time_limit=300, colo_name="ORD", destination_conf=conf,
-                           packet_limit=1000, byte_limit=1_000_000,
-                           filter_v1={"source_port": 53})
+    capture = pcaps.create(
+        account_id=acct.id,
+        system="magic-transit",
+        type="full",
+        time_limit=300,
+        colo_name="ORD",
+        destination_conf=conf,
+        packet_limit=1000,
+        byte_limit=1_000_000,
+        filter_v1={"source_port": 53},
+    )
     assert capture.type == "full" and capture.colo_name == "ORD"
 
     # List and get.
@@ -55,19 +69,37 @@ def test_sdk_drives_every_call(stack, keys, tmp_path):
 
     # Errors come back as the SDK's typed exceptions with our message.
     with pytest.raises(cloudflare.RateLimitError, match="per minute"):
-        pcaps.create(account_id=acct.id, system="magic-transit", type="simple", time_limit=60,
-                     packet_limit=100)
+        pcaps.create(
+            account_id=acct.id,
+            system="magic-transit",
+            type="simple",
+            time_limit=60,
+            packet_limit=100,
+        )
     with pytest.raises(cloudflare.BadRequestError, match="time_limit"):
-        pcaps.create(account_id=acct.id, system="magic-transit", type="full", time_limit=0,
-                     colo_name="ORD", destination_conf=conf)
+        pcaps.create(
+            account_id=acct.id,
+            system="magic-transit",
+            type="full",
+            time_limit=0,
+            colo_name="ORD",
+            destination_conf=conf,
+        )
 
     # Two machines' files in the bucket, then stop and download the merged capture.
     t0 = 1_790_000_000_000_000_000
     for m, machine in enumerate(("ord01", "ord02")):
-        write_pcap(directory / machine / f"pcap_{capture.id}.pcap",
-                   [Packet(t0 + (2 * i + m) * 1000, 60,
-                           udp("198.51.100.9", acct.host(1), 53, 3000 + 2 * i + m))
-                    for i in range(10)])
+        write_pcap(
+            directory / machine / f"pcap_{capture.id}.pcap",
+            [
+                Packet(
+                    t0 + (2 * i + m) * 1000,
+                    60,
+                    udp("198.51.100.9", acct.host(1), 53, 3000 + 2 * i + m),
+                )
+                for i in range(10)
+            ],
+        )
     pcaps.stop(capture.id, account_id=acct.id)
     stopped = pcaps.get(capture.id, account_id=acct.id)
     assert stopped.status == "success" and stopped.stop_requested is not None

@@ -9,9 +9,13 @@ from tests.api.test_pcaps import error_of
 
 
 def s3_client(stack):
-    return boto3.client("s3", endpoint_url=stack.environ["EDGEPCAP_S3_ENDPOINT"],
-                        region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.environ["EDGEPCAP_S3_ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def test_file_bucket_challenge_validate_list_delete(stack):
@@ -30,15 +34,19 @@ def test_file_bucket_challenge_validate_list_delete(stack):
         token = (directory / bucket["filename"]).read_text()
         assert len(token) >= 32
 
-        r = c.post("/pcaps/ownership/validate",
-                   json={"destination_conf": conf, "ownership_challenge": "wrong"})
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": "wrong"},
+        )
         assert r.status_code == 400
         code, message = error_of(r)
         assert code == 1303 and bucket["filename"] in message
         assert c.get("/pcaps/ownership").json()["result"][0]["status"] == "failed"
 
-        r = c.post("/pcaps/ownership/validate",
-                   json={"destination_conf": conf, "ownership_challenge": token})
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": token},
+        )
         assert r.status_code == 200, r.text
         validated = r.json()["result"]
         assert validated["status"] == "success" and validated["validated"]
@@ -65,8 +73,9 @@ def test_a_new_challenge_replaces_the_old_one(stack):
         second = c.post("/pcaps/ownership", json={"destination_conf": conf}).json()["result"]
         assert second["id"] == first["id"] and second["filename"] != first["filename"]
         assert not (directory / first["filename"]).exists()
-        r = c.post("/pcaps/ownership/validate",
-                   json={"destination_conf": conf, "ownership_challenge": old})
+        r = c.post(
+            "/pcaps/ownership/validate", json={"destination_conf": conf, "ownership_challenge": old}
+        )
         assert r.status_code == 400
 
 
@@ -82,13 +91,23 @@ def test_s3_bucket_through_a_real_s3_server(stack):
         bucket = r.json()["result"]
         obj = s3.get_object(Bucket=name, Key=f"captures/{bucket['filename']}")
         token = obj["Body"].read().decode()
-        r = c.post("/pcaps/ownership/validate",
-                   json={"destination_conf": conf, "ownership_challenge": token})
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": token},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["result"]["status"] == "success"
 
-        r = c.post("/pcaps", json={"system": "magic-transit", "type": "full", "time_limit": 5,
-                                   "colo_name": "ORD", "destination_conf": conf})
+        r = c.post(
+            "/pcaps",
+            json={
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 5,
+                "colo_name": "ORD",
+                "destination_conf": conf,
+            },
+        )
         assert r.status_code == 200, r.text
 
 
@@ -133,6 +152,8 @@ def test_destinations_outside_policy_are_refused(stack, conf, needle):
 def test_validate_unknown_bucket_is_404(stack):
     acct = stack.account()
     with stack.client(acct) as c:
-        r = c.post("/pcaps/ownership/validate",
-                   json={"destination_conf": "file:///nowhere", "ownership_challenge": "x"})
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": "file:///nowhere", "ownership_challenge": "x"},
+        )
         assert r.status_code == 404 and "POST /pcaps/ownership" in error_of(r)[1]

@@ -10,16 +10,34 @@ import pytest
 
 SIMPLE = {"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 100}
 FIELDS = {
-    "id", "submitted", "filter_v1", "time_limit", "packet_limit", "byte_limit", "colo_name",
-    "destination_conf", "status", "type", "system", "packets_captured", "error_message",
-    "stop_requested", "offset_time",
+    "id",
+    "submitted",
+    "filter_v1",
+    "time_limit",
+    "packet_limit",
+    "byte_limit",
+    "colo_name",
+    "destination_conf",
+    "status",
+    "type",
+    "system",
+    "packets_captured",
+    "error_message",
+    "stop_requested",
+    "offset_time",
 }
 SUBMITTED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 
 def full(conf: str, **extra: object) -> dict[str, object]:
-    return {"system": "magic-transit", "type": "full", "time_limit": 300, "colo_name": "ORD",
-            "destination_conf": conf, **extra}
+    return {
+        "system": "magic-transit",
+        "type": "full",
+        "time_limit": 300,
+        "colo_name": "ORD",
+        "destination_conf": conf,
+        **extra,
+    }
 
 
 def error_of(r: httpx.Response) -> tuple[int, str]:
@@ -31,9 +49,16 @@ def error_of(r: httpx.Response) -> tuple[int, str]:
 
 def test_create_sample_then_get_and_list(stack):
     acct = stack.account()
-    body = {**SIMPLE, "filter_v1": {"source_address": "198.51.100.7", "source_port": 123,
-                                    "destination_address": acct.host(2),
-                                    "destination_port": 80, "protocol": 6}}
+    body = {
+        **SIMPLE,
+        "filter_v1": {
+            "source_address": "198.51.100.7",
+            "source_port": 123,
+            "destination_address": acct.host(2),
+            "destination_port": 80,
+            "protocol": 6,
+        },
+    }
     with stack.client(acct) as c:
         r = c.post("/pcaps", json=body)
         assert r.status_code == 200, r.text
@@ -59,8 +84,12 @@ def test_create_sample_then_get_and_list(stack):
 def test_floats_from_the_sdk_are_accepted_when_integral(stack):
     acct = stack.account()
     with stack.client(acct) as c:
-        body = {**SIMPLE, "time_limit": 30.0, "packet_limit": 5.0,
-                "filter_v1": {"protocol": 17.0, "destination_port": 53.0}}
+        body = {
+            **SIMPLE,
+            "time_limit": 30.0,
+            "packet_limit": 5.0,
+            "filter_v1": {"protocol": 17.0, "destination_port": 53.0},
+        }
         r = c.post("/pcaps", json=body)
         assert r.status_code == 200, r.text
         result = r.json()["result"]
@@ -86,45 +115,118 @@ NOW = dt.datetime.now(dt.UTC)
         ({**SIMPLE, "packet_limit": 0}, 1003, "between 1 and 10000 packets"),
         ({**SIMPLE, "packet_limit": 10001}, 1003, "between 1 and 10000 packets"),
         ({**SIMPLE, "packet_limit": -5}, 1003, "between 1 and 10000 packets"),
-        ({k: v for k, v in SIMPLE.items() if k != "packet_limit"}, 1003,
-         "`packet_limit` is required for sample captures"),
+        (
+            {k: v for k, v in SIMPLE.items() if k != "packet_limit"},
+            1003,
+            "`packet_limit` is required for sample captures",
+        ),
         ({**SIMPLE, "byte_limit": 100}, 1003, "`byte_limit` applies only to full captures"),
         ({**SIMPLE, "colo_name": "ORD"}, 1003, "`colo_name` applies only to full captures"),
         ({**SIMPLE, "bogus": 1}, 1001, "unknown field `bogus`"),
         ({**SIMPLE, "filter_v1": {"src": "1.2.3.4"}}, 1001, "unknown field `filter_v1.src`"),
         ({**SIMPLE, "filter_v1": {"source_address": "1.2.3.4/32"}}, 1003, "is a prefix"),
         ({**SIMPLE, "filter_v1": {"source_address": "1.2.3"}}, 1003, "not an IPv4 or IPv6"),
-        ({**SIMPLE, "filter_v1": {"source_address": "::ffff:203.0.113.5"}}, 1003,
-         "IPv4-mapped"),
+        ({**SIMPLE, "filter_v1": {"source_address": "::ffff:203.0.113.5"}}, 1003, "IPv4-mapped"),
         ({**SIMPLE, "filter_v1": {"source_port": 65536}}, 1003, "between 0 and 65535"),
         ({**SIMPLE, "filter_v1": {"destination_port": -1}}, 1003, "between 0 and 65535"),
         ({**SIMPLE, "filter_v1": {"protocol": 256}}, 1003, "between 0 and 255"),
         ({**SIMPLE, "filter_v1": {"protocol": 6.5}}, 1003, "whole number"),
-        ({**SIMPLE, "offset_time": (NOW + dt.timedelta(hours=1)).isoformat()}, 1003,
-         "in the future"),
-        ({**SIMPLE, "offset_time": (NOW - dt.timedelta(hours=25)).isoformat()}, 1003,
-         "older than 24 h"),
+        (
+            {**SIMPLE, "offset_time": (NOW + dt.timedelta(hours=1)).isoformat()},
+            1003,
+            "in the future",
+        ),
+        (
+            {**SIMPLE, "offset_time": (NOW - dt.timedelta(hours=25)).isoformat()},
+            1003,
+            "older than 24 h",
+        ),
         ({**SIMPLE, "offset_time": "2026-01-01T00:00:00"}, 1003, "timezone"),
         ({**SIMPLE, "offset_time": "yesterday"}, 1003, "offset_time"),
-        ({**SIMPLE, "filter_v1": {"source_address": "198.51.100.1",
-                                  "destination_address": "198.51.100.2"}}, 1003,
-         "could never match"),
-        ({"system": "magic-transit", "type": "full", "time_limit": 60,
-          "destination_conf": "file:///x"}, 1003, "`colo_name` is required"),
-        ({"system": "magic-transit", "type": "full", "time_limit": 60, "colo_name": "ORD"},
-         1003, "`destination_conf` is required"),
-        ({"system": "magic-transit", "type": "full", "time_limit": 86401, "colo_name": "ORD",
-          "destination_conf": "file:///x"}, 1003, "between 1 and 86400 seconds"),
-        ({"system": "magic-transit", "type": "full", "time_limit": 60, "colo_name": "ORD",
-          "destination_conf": "file:///x", "byte_limit": 1_000_000_001}, 1003,
-         "between 1 and 1000000000 bytes"),
-        ({"system": "magic-transit", "type": "full", "time_limit": 60, "colo_name": "ORD",
-          "colo": "SJC", "destination_conf": "file:///x"}, 1003, "disagree"),
-        ({"system": "magic-transit", "type": "full", "time_limit": 60, "colo_name": "ORD",
-          "destination_conf": "file:///x", "offset_time": NOW.isoformat()}, 1003,
-         "`offset_time` applies only to sample captures"),
-        ({"system": "magic-transit", "type": "full", "time_limit": 60, "colo_name": "ORD",
-          "destination_conf": "file:///not/registered"}, 1301, "not a bucket of this account"),
+        (
+            {
+                **SIMPLE,
+                "filter_v1": {
+                    "source_address": "198.51.100.1",
+                    "destination_address": "198.51.100.2",
+                },
+            },
+            1003,
+            "could never match",
+        ),
+        (
+            {
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 60,
+                "destination_conf": "file:///x",
+            },
+            1003,
+            "`colo_name` is required",
+        ),
+        (
+            {"system": "magic-transit", "type": "full", "time_limit": 60, "colo_name": "ORD"},
+            1003,
+            "`destination_conf` is required",
+        ),
+        (
+            {
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 86401,
+                "colo_name": "ORD",
+                "destination_conf": "file:///x",
+            },
+            1003,
+            "between 1 and 86400 seconds",
+        ),
+        (
+            {
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 60,
+                "colo_name": "ORD",
+                "destination_conf": "file:///x",
+                "byte_limit": 1_000_000_001,
+            },
+            1003,
+            "between 1 and 1000000000 bytes",
+        ),
+        (
+            {
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 60,
+                "colo_name": "ORD",
+                "colo": "SJC",
+                "destination_conf": "file:///x",
+            },
+            1003,
+            "disagree",
+        ),
+        (
+            {
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 60,
+                "colo_name": "ORD",
+                "destination_conf": "file:///x",
+                "offset_time": NOW.isoformat(),
+            },
+            1003,
+            "`offset_time` applies only to sample captures",
+        ),
+        (
+            {
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 60,
+                "colo_name": "ORD",
+                "destination_conf": "file:///not/registered",
+            },
+            1301,
+            "not a bucket of this account",
+        ),
     ],
 )
 def test_create_refuses_bad_input_with_a_clear_message(stack, body, code, needle):
@@ -148,8 +250,11 @@ def test_body_must_be_a_json_object(stack):
         assert r.status_code == 400 and error_of(r)[0] == 1000
         r = c.post("/pcaps", content=b"a=b", headers={"Content-Type": "text/plain"})
         assert r.status_code == 415 and "application/json" in error_of(r)[1]
-        r = c.post("/pcaps", content=b"{" + b" " * 70_000 + b"}",
-                   headers={"Content-Type": "application/json"})
+        r = c.post(
+            "/pcaps",
+            content=b"{" + b" " * 70_000 + b"}",
+            headers={"Content-Type": "application/json"},
+        )
         assert r.status_code == 413 and error_of(r)[0] == 1005
 
 
@@ -184,8 +289,10 @@ def test_full_capture_lifecycle_and_single_active_limit(stack):
     acct = stack.account()
     conf = stack.validated_bucket(acct)
     with stack.client(acct) as c:
-        r = c.post("/pcaps", json=full(conf, packet_limit=1000, byte_limit=10_000_000,
-                                       filter_v1={"protocol": 17}))
+        r = c.post(
+            "/pcaps",
+            json=full(conf, packet_limit=1000, byte_limit=10_000_000, filter_v1={"protocol": 17}),
+        )
         assert r.status_code == 200, r.text
         first = r.json()["result"]
         assert first["status"] == "pending" and first["colo_name"] == "ORD"
@@ -256,11 +363,13 @@ def test_openapi_document_is_served(stack):
     r = httpx.get(stack.api + "/openapi.json")
     assert r.status_code == 200
     paths = r.json()["paths"]
-    for path in ("/client/v4/accounts/{account_id}/pcaps",
-                 "/client/v4/accounts/{account_id}/pcaps/{pcap_id}",
-                 "/client/v4/accounts/{account_id}/pcaps/{pcap_id}/stop",
-                 "/client/v4/accounts/{account_id}/pcaps/{pcap_id}/download",
-                 "/client/v4/accounts/{account_id}/pcaps/ownership",
-                 "/client/v4/accounts/{account_id}/pcaps/ownership/validate",
-                 "/client/v4/accounts/{account_id}/pcaps/ownership/{ownership_id}"):
+    for path in (
+        "/client/v4/accounts/{account_id}/pcaps",
+        "/client/v4/accounts/{account_id}/pcaps/{pcap_id}",
+        "/client/v4/accounts/{account_id}/pcaps/{pcap_id}/stop",
+        "/client/v4/accounts/{account_id}/pcaps/{pcap_id}/download",
+        "/client/v4/accounts/{account_id}/pcaps/ownership",
+        "/client/v4/accounts/{account_id}/pcaps/ownership/validate",
+        "/client/v4/accounts/{account_id}/pcaps/ownership/{ownership_id}",
+    ):
         assert path in paths
