@@ -108,3 +108,34 @@ def test_api_runs_on_the_data_dir_and_database_given(admin):
         assert acct["api_token"] not in server.logs()
     finally:
         stop_server(server)
+
+
+def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
+    import os
+    import signal
+
+    from tests.conftest import free_port, wait_for
+
+    port = free_port()
+    data = tmp_path / "node"
+    proc = subprocess.Popen(
+        [EDGEPCAP, "up", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        api = f"http://127.0.0.1:{port}/client/v4"
+        wait_for(lambda: httpx.get(api + "/health", timeout=1).status_code == 200, 30, "up")
+        creds_file = data / "demo-account.json"
+        assert os.stat(creds_file).st_mode & 0o777 == 0o600
+        demo = json.loads(creds_file.read_text())
+        r = httpx.get(
+            f"{api}/accounts/{demo['id']}/pcaps",
+            headers={"X-Auth-Email": demo["email"], "X-Auth-Key": demo["api_key"]},
+        )
+        assert r.status_code == 200, r.text
+        assert (data / "buckets").is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0].decode()
+    assert str(creds_file) in out and demo["api_token"] not in out
