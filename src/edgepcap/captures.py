@@ -10,10 +10,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from edgepcap import execution
+from edgepcap import machines as fleet
 from edgepcap.accounts import account_networks
 from edgepcap.api.schemas import CreatePcap
 from edgepcap.credentials import new_id
-from edgepcap.models import ACTIVE_STATUSES, Account, Bucket, Pcap, utcnow
+from edgepcap.models import ACTIVE_STATUSES, MACHINE_ACTIVE, Account, Bucket, Pcap, utcnow
 
 SAMPLE_INTERVAL = dt.timedelta(minutes=1)
 # A full capture that outlives its time limit by this much without a machine
@@ -75,11 +77,18 @@ def create(session: Session, account: Account, req: CreatePcap) -> Pcap:
         packets_captured=0,
         bytes_captured=0,
     )
+    targets = []
     if req.type == "simple":
         _take_sample_slot(session, account, now)
     else:
         _require_validated_bucket(session, account, req.destination_conf or "")
+        try:
+            _name, targets = fleet.resolve(session, req.colo_name or "")
+        except fleet.FleetError as exc:
+            raise CaptureError("invalid", str(exc)) from None
         expire_overdue(session, account.id)
+        pcap.prefixes = [p.cidr for p in account.prefixes]
+        execution.assign(session, pcap, targets)
     session.add(pcap)
     try:
         session.flush()
@@ -164,12 +173,17 @@ def expire_overdue(session: Session, account_id: str) -> None:
     )
     for pcap in active:
         if pcap.submitted + dt.timedelta(seconds=pcap.time_limit) + OVERDUE_GRACE < now:
-            pcap.status = "failed"
-            pcap.finished = now
-            pcap.error_message = (
-                f"no machine of {pcap.colo_name} reported the capture finished within "
-                f"{pcap.time_limit} s (+{int(OVERDUE_GRACE.total_seconds())} s grace)"
+            reason = (
+                f"did not report the capture finished within {pcap.time_limit} s "
+                f"(+{int(OVERDUE_GRACE.total_seconds())} s grace)"
             )
+            for part in pcap.machines:
+                if part.state in MACHINE_ACTIVE:
+                    part.state, part.error, part.finished = "failed", reason, now
+            if not execution.finish_if_done(session, pcap):
+                pcap.status = "failed"
+                pcap.finished = now
+                pcap.error_message = f"no machine of {pcap.colo_name} {reason}"
     session.flush()
 
 
@@ -205,13 +219,5 @@ def stop(session: Session, account_id: str, pcap_id: str) -> Pcap:
         raise CaptureError(
             "state", f"capture {pcap.id} has already ended with status {pcap.status}"
         )
-    now = utcnow()
-    if pcap.stop_requested is None:
-        pcap.stop_requested = now
-    if pcap.status == "pending":
-        # No machine has started it: nothing to wait for.
-        pcap.status = "success"
-        pcap.finished = now
-        pcap.error_message = "stopped before any machine started capturing: no packets captured"
-    session.flush()
+    execution.stop(session, pcap)
     return pcap

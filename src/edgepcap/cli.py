@@ -14,6 +14,10 @@ from edgepcap import accounts as accounts_mod
 app = typer.Typer(help="edgepcap: on-demand packet captures at the edge.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Manage customer accounts (administration).", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
+agents_app = typer.Typer(
+    help="Manage edge agent credentials (administration).", no_args_is_help=True
+)
+app.add_typer(agents_app, name="agents")
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="Directory for the database, buckets and logs.")
@@ -171,6 +175,124 @@ def accounts_rotate_token(
         _fail(str(exc))
     finally:
         db.close()
+
+
+@agents_app.command("create-key")
+def agents_create_key(
+    data_dir: DataDir = Path("edgepcap-data"),
+    database: DatabaseUrl = None,
+    label: Annotated[str, typer.Option(help="A note on where the key is used.")] = "",
+) -> None:
+    """Mint an agent key; prints {"id", "agent_key"} once (stored hashed)."""
+    from edgepcap.machines import create_agent_key
+
+    db = _open(data_dir, database)
+    with db.session() as session:
+        row, key = create_agent_key(session, label)
+        typer.echo(json.dumps({"id": row.id, "agent_key": key}))
+    db.close()
+
+
+@app.command()
+def agent(
+    api: Annotated[str, typer.Option(help="Control-plane URL, e.g. http://10.0.0.1:8080")],
+    agent_key: Annotated[str, typer.Option(envvar="EDGEPCAP_AGENT_KEY", help="Agent key.")],
+    colo: Annotated[str, typer.Option(help="This machine's colo, e.g. ORD.")],
+    machine: Annotated[str, typer.Option(help="This machine's name, e.g. ord01.")],
+    netns: Annotated[
+        str | None, typer.Option(help="Capture in this network namespace (lab use).")
+    ] = None,
+    bucket_root: Annotated[
+        Path | None, typer.Option(help="Where file:// buckets may live (EDGEPCAP_BUCKET_ROOT).")
+    ] = None,
+) -> None:
+    """Run one edge machine's agent (as root: it installs nftables rules)."""
+    import logging
+
+    from edgepcap.agent.agent import run_agent
+    from edgepcap.destinations import StoreSettings
+    from edgepcap.machines import FleetError, check_names
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        colo, machine = check_names(colo, machine)
+    except FleetError as exc:
+        _fail(str(exc))
+    if bucket_root is not None:
+        os.environ["EDGEPCAP_BUCKET_ROOT"] = str(bucket_root)
+    stores = StoreSettings.from_env(Path("/var/lib/edgepcap"))
+    run_agent(api, agent_key, colo, machine, netns, stores)
+
+
+lab_app = typer.Typer(
+    help="The lab: edge machines and customers in network namespaces.", no_args_is_help=True
+)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("up")
+def lab_up(
+    data_dir: DataDir = Path("edgepcap-lab"),
+    colo: Annotated[str, typer.Option(help="The colo's name.")] = "ORD",
+    machines: Annotated[int, typer.Option(help="Edge machines (1-8).")] = 2,
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the api.")] = "127.0.0.1:8080",
+    database: DatabaseUrl = None,
+) -> None:
+    """Build the lab, start the api and one agent per machine; writes DIR/lab.json."""
+    from edgepcap.lab import lab
+
+    _parse_listen(listen)
+    try:
+        info = lab.up(data_dir, colo, machines, listen, database)
+    except lab.LabError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"lab is up: api {info['api']}, colo {info['colo']}, machines "
+        f"{', '.join(info['namespaces']['machines'])}; details in {data_dir}/lab.json"
+    )
+
+
+@lab_app.command("down")
+def lab_down(data_dir: DataDir = Path("edgepcap-lab")) -> None:
+    """Stop the lab's processes and remove its namespaces."""
+    from edgepcap.lab import lab
+
+    for line in lab.down(data_dir):
+        typer.echo(line)
+
+
+@lab_app.command("traffic")
+def lab_traffic(
+    data_dir: DataDir = Path("edgepcap-lab"),
+    count: Annotated[int, typer.Option(help="Packets per flow (1-100000).")] = 100,
+    size: Annotated[int, typer.Option(help="Payload bytes per packet (0-1400).")] = 100,
+    tenant: Annotated[str, typer.Option(help="customer, other or both.")] = "both",
+    proto: Annotated[list[str] | None, typer.Option(help="udp, tcp, icmp (repeat).")] = None,
+    v6: Annotated[bool, typer.Option(help="Also send IPv6 flows.")] = True,
+) -> None:
+    """Send bounded UDP/TCP/ICMP from client to customers; prints each 5-tuple's count (JSON)."""
+    from edgepcap.lab import traffic
+    from edgepcap.lab.lab import STATE
+    from edgepcap.lab.topology import Layout
+
+    state_file = data_dir.resolve() / STATE
+    if not state_file.exists():
+        _fail(f"no lab in {data_dir}: run `edgepcap lab up` first")
+    state = json.loads(state_file.read_text())
+    layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
+    tenants = ["customer", "other"] if tenant == "both" else [tenant]
+    if any(t not in ("customer", "other") for t in tenants):
+        _fail("--tenant must be customer, other or both")
+    protos = tuple(proto or ("udp", "tcp", "icmp"))
+    if any(p not in ("udp", "tcp", "icmp") for p in protos):
+        _fail("--proto must be udp, tcp or icmp")
+    try:
+        flows = traffic.send(layout, tenants, count, size, v6, protos)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"flows": [f.as_dict() for f in flows]}))
 
 
 def main() -> None:

@@ -95,6 +95,21 @@ class Pcap(Base):
     packets_captured: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_captured: Mapped[int] = mapped_column(BigInteger, default=0)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Budget not yet leased to any machine (None: no such limit). Leases are taken
+    # with compare-and-set updates so that the total is never exceeded.
+    packets_left: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bytes_left: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    started: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Set when the budget ran dry while machines still hold unused leases: they are
+    # asked to hand them back so that a machine with traffic can use them.
+    reclaim: Mapped[bool] = mapped_column(default=False)
+    # Why the capture ended: stop, time_limit, packet_limit, byte_limit, error.
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    prefixes: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    machines: Mapped[list[CaptureMachine]] = relationship(
+        back_populates="pcap", cascade="all, delete-orphan", order_by="CaptureMachine.machine"
+    )
 
 
 class Bucket(Base):
@@ -113,3 +128,57 @@ class Bucket(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     submitted: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     validated: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AgentKey(Base):
+    """A credential edge agents use on the internal agent API."""
+
+    __tablename__ = "agent_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Machine(Base):
+    """An edge machine; live while its agent's heartbeats arrive."""
+
+    __tablename__ = "machines"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    colo: Mapped[str] = mapped_column(String(16), index=True)
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    registered: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Changes on every agent start, so that reports of a previous run are recognised.
+    boot_id: Mapped[str] = mapped_column(String(32), default="")
+
+
+class CaptureMachine(Base):
+    """One machine's part of a full capture."""
+
+    __tablename__ = "capture_machines"
+
+    pcap_id: Mapped[str] = mapped_column(
+        ForeignKey("pcaps.id", ondelete="CASCADE"), primary_key=True
+    )
+    machine: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="assigned")
+    boot_id: Mapped[str] = mapped_column(String(32), default="")
+    packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    kernel_matched: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped: Mapped[int] = mapped_column(BigInteger, default=0)
+    overruns: Mapped[int] = mapped_column(BigInteger, default=0)
+    granted_packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    granted_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    object_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    last_report: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+    pcap: Mapped[Pcap] = relationship(back_populates="machines")
+
+
+MACHINE_ACTIVE = ("assigned", "running")

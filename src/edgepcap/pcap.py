@@ -32,7 +32,7 @@ class Header:
     nanosecond: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Packet:
     ts_ns: int
     orig_len: int

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -10,7 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgepcap.api import errors, ownership, pcaps
+from edgepcap import execution
+from edgepcap.api import agents, errors, ownership, pcaps
 from edgepcap.db import Database
 from edgepcap.destinations import StoreSettings
 
@@ -75,8 +79,44 @@ async def _never_receive() -> Message:  # pragma: no cover - responses do not re
     return {"type": "http.disconnect"}
 
 
+class Supervisor:
+    """Fails the parts of silent machines and closes captures, twice a second."""
+
+    def __init__(self, db: Database, every: float = 0.5) -> None:
+        self.db = db
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                with self.db.session() as session:
+                    execution.sweep(session)
+            except Exception:
+                log.exception("supervisor sweep failed; retrying")
+
+
 def create_app(db: Database, stores: StoreSettings) -> FastAPI:
+    supervisor = Supervisor(db)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        supervisor.start()
+        try:
+            yield
+        finally:
+            supervisor.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="edgepcap",
         version="0.1.0",
         description="Cloudflare-compatible packet-capture API (Magic Transit PCAPs).",
@@ -88,6 +128,7 @@ def create_app(db: Database, stores: StoreSettings) -> FastAPI:
     app.state.stores = stores
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
+    app.include_router(agents.router)
     app.add_exception_handler(errors.APIError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)

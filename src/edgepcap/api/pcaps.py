@@ -49,6 +49,20 @@ def render(pcap: Pcap) -> dict[str, Any]:
         "error_message": pcap.error_message,
         "stop_requested": rfc3339(pcap.stop_requested),
         "offset_time": rfc3339(pcap.offset_time),
+        "machines": [
+            {
+                "machine": m.machine,
+                "state": m.state,
+                "packets": m.packets,
+                "bytes": m.bytes,
+                "kernel_matched": m.kernel_matched,
+                "dropped": m.dropped,
+                "overruns": m.overruns,
+                "object": m.object_name,
+                "error": m.error,
+            }
+            for m in pcap.machines
+        ],
     }
 
 

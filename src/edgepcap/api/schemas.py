@@ -86,6 +86,20 @@ class CreatePcap(BaseModel):
         return self
 
 
+class MachinePart(BaseModel):
+    """One machine's part of a full capture (beyond Cloudflare's fields)."""
+
+    machine: str
+    state: Literal["assigned", "running", "done", "failed"]
+    packets: int
+    bytes: int
+    kernel_matched: int
+    dropped: int
+    overruns: int
+    object: str | None
+    error: str | None
+
+
 class PcapOut(BaseModel):
     """A capture as the API reports it (the fields of the SDK's PCAP and full response models)."""
 
@@ -104,6 +118,9 @@ class PcapOut(BaseModel):
     error_message: str | None
     stop_requested: str | None
     offset_time: str | None
+    machines: list[MachinePart] = Field(
+        default_factory=list, description="Per-machine progress and kernel drops (full captures)"
+    )
 
 
 class OwnershipCreate(BaseModel):

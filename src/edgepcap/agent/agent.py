@@ -1,0 +1,150 @@
+"""The agent process: registers, heartbeats, long-polls jobs and runs a worker per capture."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from edgepcap import nft
+from edgepcap.agent.client import ControlPlane, ControlPlaneError
+from edgepcap.agent.worker import CaptureWorker, Job
+from edgepcap.destinations import StoreSettings
+
+log = logging.getLogger("edgepcap.agent")
+GROUPS = range(1000, 2000)  # NFLOG groups for full captures; one per running capture
+
+
+class Agent:
+    def __init__(self, cp: ControlPlane, ns: str | None, stores: StoreSettings) -> None:
+        self.cp = cp
+        self.ns = ns
+        self.stores = stores
+        self.stopping = threading.Event()
+        self.workers: dict[str, CaptureWorker] = {}
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+        self.heartbeat_interval = 1.0
+
+    def run(self) -> None:
+        removed = nft.remove_stale(self.ns)
+        if removed:
+            log.warning("removed stale tables left by a previous run: %s", ", ".join(removed))
+        self._register()
+        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self._poll_jobs()
+        finally:
+            self.shutdown()
+
+    def _register(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                info = self.cp.register()
+                self.heartbeat_interval = float(info.get("heartbeat_interval", 1.0))
+                log.info("registered %s in %s", self.cp.machine, self.cp.colo)
+                return
+            except Exception as exc:
+                log.warning("registration failed (%s); retrying", exc)
+                self.stopping.wait(1.0)
+
+    def _heartbeats(self) -> None:
+        while not self.stopping.wait(self.heartbeat_interval):
+            try:
+                self.cp.heartbeat()
+            except ControlPlaneError as exc:
+                if str(exc) == "re-register":
+                    self._register()
+                else:
+                    log.warning("heartbeat failed: %s", exc)
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _poll_jobs(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                jobs = self.cp.jobs(wait=20)
+            except ControlPlaneError as exc:
+                if str(exc) == "re-register":
+                    self._register()
+                else:
+                    log.warning("job poll failed: %s", exc)
+                    self.stopping.wait(1.0)
+                continue
+            except Exception as exc:
+                log.warning("job poll failed: %s", exc)
+                self.stopping.wait(1.0)
+                continue
+            for raw in jobs:
+                self._start(raw)
+
+    def _start(self, raw: dict[str, Any]) -> None:
+        pcap_id = str(raw.get("id", ""))
+        with self.lock:
+            if pcap_id in self.seen:
+                return
+            self.seen.add(pcap_id)
+        try:
+            job = Job.parse(raw, self.cp.machine)
+        except Exception as exc:
+            log.error("refusing job %s: %s", pcap_id, exc)
+            self._refuse(pcap_id, f"agent refused the job: {exc}")
+            return
+        with self.lock:
+            used = {w.group for w in self.workers.values()}
+            group = next((g for g in GROUPS if g not in used), None)
+            if group is None:
+                self._refuse(pcap_id, "no free NFLOG group on this machine")
+                return
+            worker = CaptureWorker(job, self.cp, group, self.ns, self.stores, self._finished)
+            self.workers[job.id] = worker
+        log.info("starting capture %s on NFLOG group %d", job.id, group)
+        worker.start()
+
+    def _refuse(self, pcap_id: str, message: str) -> None:
+        if len(pcap_id) == 32:
+            try:
+                self.cp.report(
+                    pcap_id, {"state": "failed", "error": message, "end_reason": "error"}
+                )
+            except Exception as exc:
+                log.warning("could not report refusal of %s: %s", pcap_id, exc)
+
+    def _finished(self, worker: CaptureWorker) -> None:
+        with self.lock:
+            self.workers.pop(worker.job.id, None)
+        log.info("capture %s finished (%d packets)", worker.job.id, worker.written_packets)
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            workers = list(self.workers.values())
+        for w in workers:
+            w.request_stop("agent_shutdown")
+        deadline = time.monotonic() + 30
+        for w in workers:
+            w.join(max(0.1, deadline - time.monotonic()))
+        nft.remove_stale(self.ns)
+
+
+def run_agent(
+    api: str, key: str, colo: str, machine: str, ns: str | None, stores: StoreSettings
+) -> None:
+    cp = ControlPlane(api, key, colo, machine)
+    agent = Agent(cp, ns, stores)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping captures and exiting", signum)
+        agent.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    poller = threading.Thread(target=agent.run, name="agent", daemon=True)
+    poller.start()
+    while poller.is_alive() and not agent.stopping.is_set():
+        poller.join(0.5)
+    agent.shutdown()
+    cp.close()

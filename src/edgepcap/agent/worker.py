@@ -1,0 +1,347 @@
+"""One machine's part of one full capture: nft table → NFLOG → PCAP → bucket, with reporting."""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import obstore
+
+from edgepcap import netns, nft, pcap
+from edgepcap.agent.client import ControlPlane
+from edgepcap.destinations import DestinationError, StoreSettings, describe_failure, parse
+from edgepcap.filters import FilterV1
+from edgepcap.nflog import NflogSocket
+
+log = logging.getLogger("edgepcap.agent")
+REPORT_EVERY = 0.2
+PENDING_MAX_PACKETS = 200_000
+PENDING_MAX_BYTES = 64 << 20
+FLUSH_BYTES = 256 << 10
+
+
+@dataclass
+class Job:
+    """A capture job as the control plane sends it, checked before it reaches the kernel."""
+
+    id: str
+    prefixes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    filter: FilterV1
+    time_limit: int
+    packet_limit: int | None
+    byte_limit: int | None
+    destination_conf: str
+    object_name: str
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], machine: str) -> Job:
+        pcap_id = str(raw["id"])
+        if len(pcap_id) != 32 or any(c not in "0123456789abcdef" for c in pcap_id):
+            raise ValueError(f"job id {pcap_id!r} is not 32 hex digits")
+        prefixes = [ipaddress.ip_network(p, strict=True) for p in raw["prefixes"]]
+        if not prefixes:
+            raise ValueError("job has no account prefixes: refusing to capture everything")
+        time_limit = int(raw["time_limit"])
+        if not 1 <= time_limit <= 86_400:
+            raise ValueError(f"job time_limit {time_limit} out of range")
+        object_name = f"{machine}/pcap_{pcap_id}.pcap"
+        if raw.get("object_name") != object_name:
+            raise ValueError(f"job object name {raw.get('object_name')!r} is not {object_name}")
+        return cls(
+            id=pcap_id,
+            prefixes=prefixes,
+            filter=FilterV1.model_validate(raw.get("filter_v1") or {}),
+            time_limit=time_limit,
+            packet_limit=raw.get("packet_limit"),
+            byte_limit=raw.get("byte_limit"),
+            destination_conf=str(raw["destination_conf"]),
+            object_name=object_name,
+        )
+
+
+@dataclass
+class Budget:
+    """Leased packets and bytes this machine may still write (None: no such limit)."""
+
+    limited_packets: bool
+    limited_bytes: bool
+    packets: int = 0
+    bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def try_take(self, size: int) -> bool:
+        with self.lock:
+            if self.limited_packets and self.packets < 1:
+                return False
+            if self.limited_bytes and self.bytes < size:
+                return False
+            if self.limited_packets:
+                self.packets -= 1
+            if self.limited_bytes:
+                self.bytes -= size
+            return True
+
+    def add(self, packets: int, bytes_: int) -> None:
+        with self.lock:
+            self.packets += packets
+            self.bytes += bytes_
+
+    @property
+    def unlimited(self) -> bool:
+        return not (self.limited_packets or self.limited_bytes)
+
+
+class CaptureWorker(threading.Thread):
+    def __init__(
+        self,
+        job: Job,
+        cp: ControlPlane,
+        group: int,
+        ns: str | None,
+        stores: StoreSettings,
+        on_exit: Any,
+    ) -> None:
+        super().__init__(name=f"capture-{job.id[:8]}", daemon=True)
+        self.job = job
+        self.cp = cp
+        self.group = group
+        self.ns = ns
+        self.stores = stores
+        self.on_exit = on_exit
+        self.table = f"{nft.TABLE_PREFIX}{job.id}"
+        self.stop_event = threading.Event()
+        self.stop_reason: str | None = None
+        self.budget = Budget(job.packet_limit is not None, job.byte_limit is not None)
+        self.written_packets = 0
+        self.written_bytes = 0
+        self.budget_dropped = 0
+        self.pending: collections.deque[pcap.Packet] = collections.deque()
+        self.pending_bytes = 0
+        self.release_now = False
+        self.sock: NflogSocket | None = None
+        self._rate: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=8)
+        self._out: queue.Queue[bytes | None] = queue.Queue(maxsize=512)
+        self._writer_error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    # -- the capture -------------------------------------------------------------
+
+    def run(self) -> None:
+        error: str | None = None
+        writer_thread = None
+        reporter = threading.Thread(
+            target=self._report_loop, name=f"report-{self.job.id[:8]}", daemon=True
+        )
+        try:
+            dest = parse(self.job.destination_conf, self.stores)
+            _probe(dest, self.job.object_name)
+            self.sock = netns.run_in(self.ns, NflogSocket, self.group)
+            writer = obstore.open_writer(dest.store, self.job.object_name, buffer_size=8 << 20)
+            writer_thread = threading.Thread(
+                target=self._write_loop,
+                args=(writer, dest),
+                name=f"write-{self.job.id[:8]}",
+                daemon=True,
+            )
+            writer_thread.start()
+            self._out.put(pcap.global_header(pcap.LINKTYPE_RAW, 0xFFFF))
+            nft.install(
+                nft.CaptureRule(
+                    table=self.table,
+                    prefixes=self.job.prefixes,
+                    filter=self.job.filter,
+                    group=self.group,
+                ),
+                self.ns,
+            )
+            reporter.start()
+            self._read_loop()
+        except Exception as exc:
+            error = _describe(exc)
+            log.warning("capture %s failed: %s", self.job.id, error)
+            self.stop_event.set()
+        finally:
+            kernel = self._remove_table()
+            if self.sock is not None:
+                self.sock.close()
+            self._out.put(None)
+            if writer_thread is not None:
+                writer_thread.join()
+            if self._writer_error is not None and error is None:
+                error = str(self._writer_error)
+            if error is None and self.stop_reason == "agent_shutdown":
+                error = "the agent was shut down during the capture"
+            self.stop_event.set()
+            if reporter.is_alive():
+                reporter.join(5)
+            self._final_report(error, kernel)
+            self.on_exit(self)
+
+    def _read_loop(self) -> None:
+        assert self.sock is not None
+        deadline = time.monotonic() + self.job.time_limit
+        batch = bytearray()
+        while not self.stop_event.is_set():
+            if time.monotonic() >= deadline:
+                self.stop_reason = self.stop_reason or "time_limit"
+                break
+            if self._writer_error is not None:
+                raise self._writer_error
+            packets = self.sock.receive(0.05)
+            if self.budget.unlimited:
+                for p in packets:
+                    batch += pcap.record(p)
+                with self._lock:
+                    self.written_packets += len(packets)
+                    self.written_bytes += sum(len(p.data) for p in packets)
+            else:
+                self._budgeted(packets, batch)
+            if len(batch) >= FLUSH_BYTES or (batch and not packets):
+                self._out.put(bytes(batch))
+                batch.clear()
+        if batch:
+            self._out.put(bytes(batch))
+
+    def _budgeted(self, packets: list[Any], batch: bytearray) -> None:
+        pending = self.pending
+        for p in packets:
+            pending.append(p)
+            self.pending_bytes += len(p.data)
+        written = written_bytes = 0
+        while pending and self.budget.try_take(len(pending[0].data)):
+            p = pending.popleft()
+            self.pending_bytes -= len(p.data)
+            batch += pcap.record(p)
+            written += 1
+            written_bytes += len(p.data)
+        while len(pending) > PENDING_MAX_PACKETS or self.pending_bytes > PENDING_MAX_BYTES:
+            self.pending_bytes -= len(pending.popleft().data)
+            self.budget_dropped += 1
+        with self._lock:
+            self.written_packets += written
+            self.written_bytes += written_bytes
+
+    def _write_loop(self, writer: Any, dest: Any) -> None:
+        try:
+            while True:
+                chunk = self._out.get()
+                if chunk is None:
+                    break
+                writer.write(chunk)
+            if self._writer_error is None:
+                writer.close()
+        except Exception as exc:
+            self._writer_error = DestinationError(
+                describe_failure(dest, "write", self.job.object_name, exc)
+            )
+            self.stop_event.set()
+            # Keep draining so the reader never blocks on a full queue.
+            while self._out.get() is not None:
+                pass
+
+    def _remove_table(self) -> tuple[int, int]:
+        kernel = (0, 0)
+        try:
+            if self.table in nft.list_tables(self.ns):
+                kernel = nft.counters(self.table, self.ns)
+        except Exception:
+            log.exception("reading counters of %s", self.table)
+        for attempt in range(3):
+            try:
+                nft.remove(self.table, self.ns)
+                break
+            except Exception:
+                log.exception("removing %s (attempt %d)", self.table, attempt + 1)
+                time.sleep(0.2)
+        return kernel
+
+    # -- reporting -----------------------------------------------------------------
+
+    def _snapshot(self, state: str) -> dict[str, Any]:
+        sock = self.sock
+        with self._lock:
+            report: dict[str, Any] = {
+                "state": state,
+                "packets": self.written_packets,
+                "bytes": self.written_bytes,
+                "dropped": (sock.dropped if sock else 0) + self.budget_dropped,
+                "overruns": sock.overruns if sock else 0,
+            }
+        if state == "running" and not self.budget.unlimited:
+            now = time.monotonic()
+            self._rate.append((now, report["packets"], report["bytes"]))
+            t0, p0, b0 = self._rate[0]
+            span = max(now - t0, REPORT_EVERY)
+            # Ask for about a second of traffic at the recent rate, at least a little.
+            rate_p = (report["packets"] - p0) / span
+            rate_b = (report["bytes"] - b0) / span
+            with self.budget.lock:
+                have_p, have_b = self.budget.packets, self.budget.bytes
+                if self.release_now:
+                    report["release_packets"], report["release_bytes"] = have_p, have_b
+                    self.budget.packets = self.budget.bytes = 0
+                    have_p = have_b = 0
+                    self.release_now = False
+            head = self.pending[0] if self.pending else None
+            if head is not None:
+                report["need_packets"] = 1 if self.budget.limited_packets else 0
+                report["need_bytes"] = len(head.data) if self.budget.limited_bytes else 0
+                want_p = max(64, int(rate_p * 1.0), len(self.pending))
+                want_b = max(64 << 10, int(rate_b * 1.0), self.pending_bytes)
+                if self.budget.limited_packets:
+                    report["want_packets"] = max(0, want_p - have_p)
+                if self.budget.limited_bytes:
+                    report["want_bytes"] = max(0, want_b - have_b)
+        return report
+
+    def _report_loop(self) -> None:
+        while not self.stop_event.wait(REPORT_EVERY):
+            try:
+                answer = self.cp.report(self.job.id, self._snapshot("running"))
+            except Exception as exc:
+                log.warning("progress report for %s failed: %s", self.job.id, exc)
+                continue
+            self.budget.add(answer.get("grant_packets", 0), answer.get("grant_bytes", 0))
+            if answer.get("release"):
+                self.release_now = True
+            if answer.get("stop"):
+                self.stop_reason = self.stop_reason or answer.get("reason") or "stop"
+                self.stop_event.set()
+
+    def _final_report(self, error: str | None, kernel: tuple[int, int]) -> None:
+        report = self._snapshot("failed" if error else "done")
+        report["kernel_matched"] = kernel[0]
+        report["error"] = error
+        report["end_reason"] = "error" if error else self.stop_reason
+        report["object_name"] = None if error else self.job.object_name
+        for attempt in range(30):
+            try:
+                self.cp.report(self.job.id, report)
+                return
+            except Exception as exc:
+                log.warning("final report for %s failed (%s), retrying", self.job.id, exc)
+                time.sleep(min(2.0, 0.2 * (attempt + 1)))
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self.stop_event.set()
+
+
+def _probe(dest: Any, object_name: str) -> None:
+    """Fail fast when the bucket cannot be reached, before anything is captured."""
+    try:
+        stream = obstore.list(dest.store, object_name.rsplit("/", 1)[0], chunk_size=1)
+        next(iter(stream), None)
+    except Exception as exc:
+        raise DestinationError(describe_failure(dest, "list", object_name, exc)) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:500]

@@ -1,0 +1,135 @@
+"""The internal agent protocol (`/agent/v1`): registration, heartbeats, jobs and progress."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from edgepcap import execution
+from edgepcap import machines as fleet
+from edgepcap.api.errors import APIError, Code
+from edgepcap.models import Pcap
+
+router = APIRouter(prefix="/agent/v1", tags=["agents"], include_in_schema=False)
+MAX_WAIT = 30.0
+POLL_EVERY = 0.1
+
+
+def agent(request: Request) -> None:
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        raise APIError(401, Code.AUTHENTICATION, "agents authenticate with `Bearer <agent key>`")
+    with request.app.state.db.session() as session:
+        if not fleet.agent_key_valid(session, key.strip()):
+            raise APIError(401, Code.AUTHENTICATION, "invalid agent key")
+
+
+Agent = Annotated[None, Depends(agent)]
+
+
+class Hello(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    colo: str = Field(max_length=16)
+    machine: str = Field(max_length=64)
+    boot_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
+class Beat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    machine: str = Field(max_length=64)
+    boot_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
+class ReportIn(Beat):
+    state: str = Field(pattern=r"^(running|done|failed)$")
+    packets: int = Field(0, ge=0)
+    bytes: int = Field(0, ge=0)
+    kernel_matched: int = Field(0, ge=0)
+    dropped: int = Field(0, ge=0)
+    overruns: int = Field(0, ge=0)
+    want_packets: int = Field(0, ge=0)
+    want_bytes: int = Field(0, ge=0)
+    need_packets: int = Field(0, ge=0)
+    need_bytes: int = Field(0, ge=0)
+    release_packets: int = Field(0, ge=0)
+    release_bytes: int = Field(0, ge=0)
+    object_name: str | None = Field(None, max_length=1024)
+    error: str | None = Field(None, max_length=2000)
+    end_reason: str | None = Field(None, max_length=32)
+
+
+def job(pcap: Pcap, machine: str) -> dict[str, Any]:
+    return {
+        "id": pcap.id,
+        "account_id": pcap.account_id,
+        "prefixes": pcap.prefixes,
+        "filter_v1": pcap.filter_v1 or {},
+        "time_limit": pcap.time_limit,
+        "packet_limit": pcap.packet_limit,
+        "byte_limit": pcap.byte_limit,
+        "destination_conf": pcap.destination_conf,
+        "object_name": f"{machine}/pcap_{pcap.id}.pcap",
+    }
+
+
+@router.post("/register")
+def register(request: Request, _: Agent, body: Hello) -> dict[str, Any]:
+    with request.app.state.db.session() as session:
+        try:
+            machine = fleet.register(session, body.colo, body.machine, body.boot_id)
+        except fleet.FleetError as exc:
+            raise APIError(400, Code.INVALID_VALUE, str(exc)) from exc
+        execution.sweep(session)
+        return {
+            "machine": machine.name,
+            "colo": machine.colo,
+            "heartbeat_interval": fleet.HEARTBEAT_INTERVAL,
+        }
+
+
+@router.post("/heartbeat")
+def heartbeat(request: Request, _: Agent, body: Beat) -> dict[str, Any]:
+    with request.app.state.db.session() as session:
+        if fleet.heartbeat(session, body.machine, body.boot_id) is None:
+            raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+        return {"ok": True}
+
+
+def _poll(request: Request, machine: str, boot_id: str) -> list[dict[str, Any]] | None:
+    with request.app.state.db.session() as session:
+        if fleet.heartbeat(session, machine, boot_id) is None:
+            return None
+        return [job(p, machine) for p, _part in execution.jobs_for(session, machine)]
+
+
+@router.get("/jobs")
+async def jobs(
+    request: Request,
+    _: Agent,
+    machine: Annotated[str, Query(max_length=64)],
+    boot_id: Annotated[str, Query(pattern=r"^[0-9a-f]{32}$")],
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 20.0,
+) -> dict[str, Any]:
+    """Long poll: answers as soon as the machine has assigned jobs, or after `wait` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = await run_in_threadpool(_poll, request, machine, boot_id)
+        if found is None:
+            raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+        if found or time.monotonic() >= deadline:
+            return {"jobs": found}
+        await asyncio.sleep(POLL_EVERY)
+
+
+@router.post("/captures/{pcap_id}/report")
+def report(request: Request, _: Agent, pcap_id: str, body: ReportIn) -> dict[str, Any]:
+    rep = execution.Report(**body.model_dump(exclude={"machine", "boot_id"}))
+    with request.app.state.db.session() as session:
+        answer = execution.report(session, body.machine, body.boot_id, pcap_id, rep)
+        return asdict(answer)

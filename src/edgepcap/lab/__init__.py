@@ -1,0 +1,1 @@
+"""The lab: edge machines, a client and customers in network namespaces, with real agents."""

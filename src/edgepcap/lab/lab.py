@@ -1,0 +1,239 @@
+"""`edgepcap lab up|down`: the whole system on one host, in namespaces, with real agents."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgepcap import accounts
+from edgepcap.db import open_database
+from edgepcap.lab import topology
+from edgepcap.lab.topology import CLIENT4, CLIENT6, TENANTS, Layout
+from edgepcap.machines import create_agent_key, is_live
+from edgepcap.models import Machine
+
+STATE = "lab-state.json"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _edgepcap() -> str:
+    here = Path(sys.executable).parent / "edgepcap"
+    return str(here) if here.exists() else (shutil.which("edgepcap") or "edgepcap")
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.1)
+    raise LabError(f"timed out waiting for {what} ({last})")
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> int:
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | None) -> dict:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root: it creates network namespaces and nftables rules")
+    if not 1 <= machines <= 8:
+        raise LabError("--machines must be 1 to 8")
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if (data_dir / STATE).exists():
+        down(data_dir)
+    layout = Layout.create(data_dir, colo, machines)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    buckets = data_dir / "buckets"
+    buckets.mkdir(exist_ok=True)
+    state: dict[str, Any] = {
+        "tag": layout.tag,
+        "colo": layout.colo,
+        "machines": layout.machines,
+        "pids": [],
+    }
+    _save(data_dir, state)
+    try:
+        topology.build(layout)
+        host, _, port = listen.rpartition(":")
+        api = f"http://{host}:{port}"
+        env = {"EDGEPCAP_BUCKET_ROOT": str(buckets), "EDGEPCAP_ACCESS_LOG": "0"}
+        argv = [_edgepcap(), "api", "--listen", listen, "--data-dir", str(data_dir)]
+        if database:
+            argv += ["--database", database]
+        state["pids"].append(_spawn(argv, logs / "api.log", env))
+        _save(data_dir, state)
+        _wait(
+            lambda: httpx.get(f"{api}/client/v4/health", timeout=1).status_code == 200,
+            30,
+            "the api (see logs/api.log)",
+        )
+
+        db = open_database(data_dir, database)
+        try:
+            with db.session() as session:
+                _row, key = create_agent_key(session, f"lab {layout.tag}")
+                made = {}
+                for tenant, (v4, v6, _base) in TENANTS.items():
+                    acct, creds = accounts.create_account(session, f"lab-{tenant}", [v4, v6])
+                    made[tenant] = accounts.describe(acct, creds)
+            for machine in layout.machines:
+                argv = [
+                    _edgepcap(),
+                    "agent",
+                    "--api",
+                    api,
+                    "--colo",
+                    layout.colo,
+                    "--machine",
+                    machine,
+                    "--netns",
+                    layout.ns(machine),
+                    "--bucket-root",
+                    str(buckets),
+                ]
+                state["pids"].append(
+                    _spawn(argv, logs / f"{machine}.log", {**env, "EDGEPCAP_AGENT_KEY": key})
+                )
+                _save(data_dir, state)
+
+            def all_live() -> bool:
+                with db.session() as session:
+                    rows = [session.get(Machine, m) for m in layout.machines]
+                    return all(r is not None and is_live(r) for r in rows)
+
+            _wait(all_live, 30, "every agent to register (see logs/ord*.log)")
+        finally:
+            db.close()
+
+        info: dict[str, Any] = {}
+        for tenant, acct in made.items():
+            hosts = layout.hosts(tenant)
+            bucket = buckets / tenant
+            bucket.mkdir(exist_ok=True)
+            conf = _validate_bucket(api, acct, bucket)
+            info[tenant] = {
+                "api": api,
+                "account_id": acct["id"],
+                "api_token": acct["api_token"],
+                "email": acct["email"],
+                "api_key": acct["api_key"],
+                "prefixes": acct["prefixes"],
+                "destination_conf": conf,
+                "colo": layout.colo,
+                "namespaces": {
+                    "client": layout.ns("client"),
+                    "customer": layout.ns(tenant),
+                    "machines": {m: layout.ns(m) for m in layout.machines},
+                },
+                "addresses": {
+                    "client": CLIENT4,
+                    "customer": hosts[0][0],
+                    "client6": CLIENT6,
+                    "customer6": hosts[0][1],
+                },
+                "hosts": [
+                    {"v4": h4, "v6": h6, "machine": m}
+                    for (h4, h6), m in zip(hosts, layout.machines, strict=True)
+                ],
+            }
+        lab = {
+            **info["customer"],
+            "other": info["other"],
+            "data_dir": str(data_dir),
+            "database": database,
+        }
+        (data_dir / "lab.json").write_text(json.dumps(lab, indent=2))
+        os.chmod(data_dir / "lab.json", 0o600)
+        return lab
+    except BaseException:
+        down(data_dir)
+        raise
+
+
+def _validate_bucket(api: str, acct: dict[str, Any], bucket: Path) -> str:
+    conf = f"file://{bucket}"
+    with httpx.Client(
+        base_url=f"{api}/client/v4/accounts/{acct['id']}",
+        headers={"Authorization": f"Bearer {acct['api_token']}"},
+    ) as c:
+        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+        if r.status_code != 200:
+            raise LabError(f"adding bucket {conf}: {r.text}")
+        token = (bucket / r.json()["result"]["filename"]).read_text()
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": token},
+        )
+        if r.status_code != 200:
+            raise LabError(f"validating bucket {conf}: {r.text}")
+    return conf
+
+
+def _save(data_dir: Path, state: dict[str, Any]) -> None:
+    (data_dir / STATE).write_text(json.dumps(state))
+
+
+def _ours(pid: int) -> bool:
+    try:
+        return b"edgepcap" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def down(data_dir: Path) -> list[str]:
+    """Stop the lab's processes and remove every namespace it made; returns what it did."""
+    data_dir = data_dir.resolve()
+    done: list[str] = []
+    path = data_dir / STATE
+    state = json.loads(path.read_text()) if path.exists() else {}
+    pids = [p for p in state.get("pids", []) if _ours(p)]
+    # Agents first, so that they can finish files and report while the api still runs.
+    for group in (pids[1:], pids[:1]):
+        for pid in group:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for pid in group:
+            while _ours(pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                time.sleep(0.05)
+            if _ours(pid):
+                os.kill(pid, signal.SIGKILL)
+            done.append(f"stopped process {pid}")
+    tag = state.get("tag") or Layout.create(data_dir, "lab", 1).tag
+    for name in topology.stray_namespaces(tag):
+        from edgepcap import netns
+
+        netns.delete(name)
+        done.append(f"removed namespace {name}")
+    path.unlink(missing_ok=True)
+    return done

@@ -1,0 +1,225 @@
+"""NFLOG over netlink: bind a log group, receive packets in batches, count kernel drops.
+
+Hand-written because no maintained Python library speaks NFLOG with the batching and
+buffer tuning measured in shared/MEASUREMENTS.md (128 KiB batches, queue threshold,
+32 MiB receive buffer: 0 drops up to ~275 k pps here, beating tcpdump piped to Python).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+from edgepcap.pcap import Packet
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_ULOG = 4
+NFULNL_MSG_PACKET = 0
+NFULNL_MSG_CONFIG = 1
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSG_ERROR = 0x2
+NLMSG_DONE = 0x3
+
+NFULA_PACKET_HDR = 1
+NFULA_TIMESTAMP = 3
+NFULA_PAYLOAD = 9
+NFULA_SEQ = 12
+
+NFULA_CFG_CMD = 1
+NFULA_CFG_MODE = 2
+NFULA_CFG_NLBUFSIZ = 3
+NFULA_CFG_TIMEOUT = 4
+NFULA_CFG_QTHRESH = 5
+NFULA_CFG_FLAGS = 6
+CMD_BIND = 1
+CMD_UNBIND = 2
+COPY_PACKET = 2
+CFG_F_SEQ = 0x0001
+
+NLMSGHDR = struct.Struct("=IHHII")
+NFGENMSG = struct.Struct("!BBH")
+NLATTR = struct.Struct("=HH")
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+SOL_SOCKET = 1
+SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35
+
+
+class NflogError(OSError):
+    pass
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    length = NLATTR.size + len(value)
+    return NLATTR.pack(length, kind) + value + b"\0" * ((4 - length % 4) % 4)
+
+
+def original_length(data: bytes, proto: int) -> int:
+    """The packet's length on the wire from its IP header (NFLOG only gives the copy)."""
+    if proto == ETH_P_IP and len(data) >= 4:
+        return (data[2] << 8) | data[3]
+    if proto == ETH_P_IPV6 and len(data) >= 6:
+        return ((data[4] << 8) | data[5]) + 40
+    return len(data)
+
+
+class NflogSocket:
+    """One bound NFLOG group. Not thread-safe: one reader."""
+
+    def __init__(
+        self,
+        group: int,
+        snaplen: int = 0xFFFF,
+        rcvbuf: int = 32 << 20,
+        nlbufsiz: int = 128 << 10,
+        qthresh: int = 4096,
+        timeout_cs: int = 1,
+    ) -> None:
+        if not 0 <= group <= 0xFFFF:
+            raise ValueError(f"NFLOG group {group} out of range")
+        self.group = group
+        self.snaplen = snaplen
+        self.packets = 0
+        self.overruns = 0  # ENOBUFS: the socket buffer overflowed
+        self.seq_lost = 0  # packets the kernel numbered but never delivered
+        self._next_seq: int | None = None
+        self._seqno = 0
+        self._buf = bytearray(nlbufsiz * 2)
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self.sock.setsockopt(SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            self.sock.bind((0, 0))
+            # Kernel timestamps only exist once some socket asks for them.
+            self._stamp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._stamp.setsockopt(SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._config(_attr(NFULA_CFG_CMD, bytes([CMD_BIND])))
+            self._config(
+                _attr(NFULA_CFG_MODE, struct.pack("!IBB", snaplen, COPY_PACKET, 0))
+                + _attr(NFULA_CFG_NLBUFSIZ, struct.pack("!I", nlbufsiz))
+                + _attr(NFULA_CFG_QTHRESH, struct.pack("!I", qthresh))
+                + _attr(NFULA_CFG_TIMEOUT, struct.pack("!I", timeout_cs))
+                + _attr(NFULA_CFG_FLAGS, struct.pack("!H", CFG_F_SEQ))
+            )
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _config(self, attrs: bytes) -> None:
+        self._seqno += 1
+        body = NFGENMSG.pack(socket.AF_UNSPEC, 0, self.group) + attrs
+        msg_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
+        header = NLMSGHDR.pack(
+            NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK, self._seqno, 0
+        )
+        self.sock.send(header + body)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + NLMSGHDR.size <= len(data):
+                length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+                if kind == NLMSG_ERROR and seq == self._seqno:
+                    code = -struct.unpack_from("=i", data, offset + NLMSGHDR.size)[0]
+                    self.sock.settimeout(None)
+                    if code:
+                        hint = " (another process holds this group)" if code == errno.EBUSY else ""
+                        raise NflogError(
+                            code,
+                            f"NFLOG group {self.group}: {errno.errorcode.get(code, code)}{hint}",
+                        )
+                    return
+                offset += (length + 3) & ~3
+        raise NflogError(errno.ETIMEDOUT, f"NFLOG group {self.group}: no answer to config")
+
+    @property
+    def dropped(self) -> int:
+        return self.seq_lost
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self, timeout: float | None) -> list[Packet]:
+        """The packets of one receive call (possibly many), or [] on timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            n = self.sock.recv_into(self._buf)
+        except TimeoutError:
+            return []
+        except BlockingIOError:
+            return []
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                self.overruns += 1
+                return []
+            raise
+        return self._parse(memoryview(self._buf)[:n])
+
+    def _parse(self, data: memoryview) -> list[Packet]:
+        out: list[Packet] = []
+        offset = 0
+        end = len(data)
+        unpack_hdr = NLMSGHDR.unpack_from
+        unpack_attr = NLATTR.unpack_from
+        packet_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
+        while offset + 16 <= end:
+            length, kind, _flags, _seq, _pid = unpack_hdr(data, offset)
+            if length < 16:
+                break
+            if kind == packet_type:
+                pos = offset + 16 + 4
+                stop = offset + length
+                payload = None
+                ts_ns = 0
+                proto = 0
+                seq = None
+                while pos + 4 <= stop:
+                    alen, atype = unpack_attr(data, pos)
+                    if alen < 4:
+                        break
+                    atype &= 0x3FFF
+                    if atype == NFULA_PAYLOAD:
+                        payload = bytes(data[pos + 4 : pos + alen])
+                    elif atype == NFULA_TIMESTAMP:
+                        sec, usec = struct.unpack_from("!QQ", data, pos + 4)
+                        ts_ns = sec * 1_000_000_000 + usec * 1000
+                    elif atype == NFULA_PACKET_HDR:
+                        proto = struct.unpack_from("!H", data, pos + 4)[0]
+                    elif atype == NFULA_SEQ:
+                        seq = struct.unpack_from("!I", data, pos + 4)[0]
+                    pos += (alen + 3) & ~3
+                if seq is not None:
+                    if self._next_seq is not None and seq != self._next_seq:
+                        self.seq_lost += (seq - self._next_seq) & 0xFFFFFFFF
+                    self._next_seq = (seq + 1) & 0xFFFFFFFF
+                if payload is not None:
+                    if not ts_ns:
+                        ts_ns = time.time_ns()
+                    out.append(Packet(ts_ns, original_length(payload, proto), payload))
+            offset += (length + 3) & ~3
+        self.packets += len(out)
+        return out
+
+    def close(self) -> None:
+        try:
+            self._config(_attr(NFULA_CFG_CMD, bytes([CMD_UNBIND])))
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+            self._stamp.close()
+
+    def __enter__(self) -> NflogSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Packet]:
+        while True:
+            yield from self.receive(None)
