@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -338,3 +339,128 @@ def stack(
         stop_server(server)
         if stack._db is not None:
             stack._db.close()
+
+
+# --- The lab -----------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    """A running `edgepcap lab`: its lab.json, and helpers to drive it as a customer would."""
+
+    data_dir: Path
+    info: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.info[key]
+
+    def client(self, tenant: str = "customer") -> httpx.Client:
+        t = self.info if tenant == "customer" else self.info["other"]
+        return httpx.Client(
+            base_url=f"{t['api']}/client/v4/accounts/{t['account_id']}",
+            headers={"Authorization": f"Bearer {t['api_token']}"},
+            timeout=30,
+        )
+
+    def traffic(self, *args: str) -> list[dict[str, Any]]:
+        out = subprocess.run(
+            [EDGEPCAP, "lab", "traffic", "--data-dir", str(self.data_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["flows"]
+
+    def start_full(self, tenant: str = "customer", **fields: Any) -> dict[str, Any]:
+        t = self.info if tenant == "customer" else self.info["other"]
+        body = {
+            "system": "magic-transit",
+            "type": "full",
+            "time_limit": 60,
+            "colo_name": t["colo"],
+            "destination_conf": t["destination_conf"],
+            **fields,
+        }
+        with self.client(tenant) as c:
+            r = c.post("/pcaps", json=body)
+            assert r.status_code == 200, r.text
+            pcap = r.json()["result"]
+            # Traffic may only start once every machine captures.
+            wait_for(
+                lambda: self.get(pcap["id"], tenant)["status"] != "pending",
+                5,
+                "the capture to start",
+            )
+            return self.get(pcap["id"], tenant)
+
+    def get(self, pcap_id: str, tenant: str = "customer") -> dict[str, Any]:
+        with self.client(tenant) as c:
+            return c.get(f"/pcaps/{pcap_id}").json()["result"]
+
+    def wait_end(self, pcap_id: str, timeout: float = 30, tenant: str = "customer"):
+        return wait_for(
+            lambda: (p := self.get(pcap_id, tenant))["status"] in ("success", "failed") and p,
+            timeout,
+            f"capture {pcap_id} to end",
+        )
+
+    def files(self, pcap_id: str, tenant: str = "customer") -> dict[str, Path]:
+        t = self.info if tenant == "customer" else self.info["other"]
+        root = Path(t["destination_conf"].removeprefix("file://"))
+        return {p.parent.name: p for p in root.glob(f"*/pcap_{pcap_id}.pcap")}
+
+    def tables(self, machine: str) -> list[str]:
+        ns = self.info["namespaces"]["machines"][machine]
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "list", "tables"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [
+            line.split()[-1]
+            for line in out.stdout.splitlines()
+            if line.split()[-1].startswith("edgepcap_")
+        ]
+
+
+def lab_down(data_dir: Path) -> None:
+    subprocess.run(
+        [EDGEPCAP, "lab", "down", "--data-dir", str(data_dir)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """`edgepcap lab up` with two machines of ORD; always `lab down` afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("the lab tests need root (network namespaces, nftables)")
+    data_dir = tmp_path_factory.mktemp("lab")
+    port = free_port()
+    try:
+        out = subprocess.run(
+            [
+                EDGEPCAP,
+                "lab",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--colo",
+                "ORD",
+                "--machines",
+                "2",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        yield Lab(data_dir=data_dir, info=json.loads((data_dir / "lab.json").read_text()))
+    finally:
+        lab_down(data_dir)

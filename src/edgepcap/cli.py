@@ -216,6 +216,8 @@ def agent(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One line per HTTP request would bury what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         colo, machine = check_names(colo, machine)
     except FleetError as exc:

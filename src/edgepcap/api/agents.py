@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from edgepcap import execution
 from edgepcap import machines as fleet
 from edgepcap.api.errors import APIError, Code
-from edgepcap.models import Pcap
+from edgepcap.models import Machine, Pcap
 
 router = APIRouter(prefix="/agent/v1", tags=["agents"], include_in_schema=False)
 MAX_WAIT = 30.0
@@ -103,7 +103,8 @@ def heartbeat(request: Request, _: Agent, body: Beat) -> dict[str, Any]:
 
 def _poll(request: Request, machine: str, boot_id: str) -> list[dict[str, Any]] | None:
     with request.app.state.db.session() as session:
-        if fleet.heartbeat(session, machine, boot_id) is None:
+        known = session.get(Machine, machine)
+        if known is None or known.boot_id != boot_id:
             return None
         return [job(p, machine) for p, _part in execution.jobs_for(session, machine)]
 
@@ -117,12 +118,14 @@ async def jobs(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 20.0,
 ) -> dict[str, Any]:
     """Long poll: answers as soon as the machine has assigned jobs, or after `wait` s."""
+    # Only heartbeats keep a machine live: a poll held open for an agent that has
+    # died must not.
     deadline = time.monotonic() + wait
     while True:
         found = await run_in_threadpool(_poll, request, machine, boot_id)
         if found is None:
             raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
-        if found or time.monotonic() >= deadline:
+        if found or time.monotonic() >= deadline or await request.is_disconnected():
             return {"jobs": found}
         await asyncio.sleep(POLL_EVERY)
 

@@ -105,24 +105,9 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
                 for tenant, (v4, v6, _base) in TENANTS.items():
                     acct, creds = accounts.create_account(session, f"lab-{tenant}", [v4, v6])
                     made[tenant] = accounts.describe(acct, creds)
+            state.update(api=api, agent_key=key, buckets=str(buckets), env=env)
             for machine in layout.machines:
-                argv = [
-                    _edgepcap(),
-                    "agent",
-                    "--api",
-                    api,
-                    "--colo",
-                    layout.colo,
-                    "--machine",
-                    machine,
-                    "--netns",
-                    layout.ns(machine),
-                    "--bucket-root",
-                    str(buckets),
-                ]
-                state["pids"].append(
-                    _spawn(argv, logs / f"{machine}.log", {**env, "EDGEPCAP_AGENT_KEY": key})
-                )
+                state["pids"].append(_start_agent(data_dir, state, machine))
                 _save(data_dir, state)
 
             def all_live() -> bool:
@@ -179,6 +164,44 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         raise
 
 
+def _start_agent(data_dir: Path, state: dict[str, Any], machine: str) -> int:
+    layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
+    argv = [
+        _edgepcap(),
+        "agent",
+        "--api",
+        state["api"],
+        "--colo",
+        layout.colo,
+        "--machine",
+        machine,
+        "--netns",
+        layout.ns(machine),
+        "--bucket-root",
+        state["buckets"],
+    ]
+    env = {**state["env"], "EDGEPCAP_AGENT_KEY": state["agent_key"]}
+    return _spawn(argv, data_dir / "logs" / f"{machine}.log", env)
+
+
+def agent_pid(data_dir: Path, machine: str) -> int:
+    state = json.loads((data_dir.resolve() / STATE).read_text())
+    return int(state["pids"][1 + state["machines"].index(machine)])
+
+
+def restart_agent(data_dir: Path, machine: str) -> int:
+    """Start `machine`'s agent again (after it died); returns its new pid."""
+    data_dir = data_dir.resolve()
+    state = json.loads((data_dir / STATE).read_text())
+    index = 1 + state["machines"].index(machine)
+    old = state["pids"][index]
+    if _ours(old):
+        raise LabError(f"the agent of {machine} (pid {old}) is still running")
+    state["pids"][index] = _start_agent(data_dir, state, machine)
+    _save(data_dir, state)
+    return state["pids"][index]
+
+
 def _validate_bucket(api: str, acct: dict[str, Any], bucket: Path) -> str:
     conf = f"file://{bucket}"
     with httpx.Client(
@@ -199,7 +222,10 @@ def _validate_bucket(api: str, acct: dict[str, Any], bucket: Path) -> str:
 
 
 def _save(data_dir: Path, state: dict[str, Any]) -> None:
-    (data_dir / STATE).write_text(json.dumps(state))
+    # It holds the agent key: readable by root only.
+    path = data_dir / STATE
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(json.dumps(state))
 
 
 def _ours(pid: int) -> bool:

@@ -1,0 +1,183 @@
+"""Agents and destinations failing mid-capture, in the lab: defined ends, no rules left."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+
+from edgepcap.lab import lab as labmod
+from tests.agent.test_full_capture import captured, expected, in_prefixes
+from tests.conftest import wait_for
+from tests.packets import tshark_fields
+
+
+def test_colo_name_can_name_one_machine_or_nothing_known(lab):
+    pcap = lab.start_full(colo_name="ord02", filter_v1={"protocol": 17})
+    assert [m["machine"] for m in pcap["machines"]] == ["ord02"]
+    lab.traffic("--count", "10", "--proto", "udp", "--tenant", "customer", "--no-v6")
+    with lab.client() as c:
+        c.put(f"/pcaps/{pcap['id']}/stop")
+        lab.wait_end(pcap["id"])
+        assert set(lab.files(pcap["id"])) == {"ord02"}
+        assert sum(captured(lab, pcap["id"]).values()) == 10
+        r = c.post(
+            "/pcaps",
+            json={
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 5,
+                "colo_name": "SJC",
+                "destination_conf": lab["destination_conf"],
+            },
+        )
+        assert r.status_code == 400
+        assert "neither a colo nor a machine" in r.json()["errors"][0]["message"]
+        assert "ORD" in r.json()["errors"][0]["message"]
+
+
+def test_agent_killed_mid_capture_then_restarted(lab):
+    pcap = lab.start_full(filter_v1={"protocol": 17})
+    pid = labmod.agent_pid(lab.data_dir, "ord02")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not labmod._ours(pid), 5, "the agent to die")
+    # Its table is still in the kernel: nobody removed it.
+    assert lab.tables("ord02") == [f"edgepcap_{pcap['id']}"]
+    lab.traffic("--count", "15", "--proto", "udp", "--tenant", "customer", "--no-v6")
+    with lab.client() as c:
+        c.put(f"/pcaps/{pcap['id']}/stop")
+    done = lab.wait_end(pcap["id"], timeout=20)
+    # Documented: success with the surviving machines' files, the lost one named.
+    assert done["status"] == "success"
+    assert "ord02" in done["error_message"] and "heartbeats" in done["error_message"]
+    parts = {m["machine"]: m for m in done["machines"]}
+    assert parts["ord02"]["state"] == "failed" and parts["ord01"]["state"] == "done"
+    assert set(lab.files(pcap["id"])) == {"ord01"}  # no half file of ord02
+    assert sum(captured(lab, pcap["id"]).values()) == 15
+
+    # While ord02 is down, a capture on it alone fails at once, saying why.
+    with lab.client() as c:
+        r = c.post(
+            "/pcaps",
+            json={
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 5,
+                "colo_name": "ord02",
+                "destination_conf": lab["destination_conf"],
+            },
+        )
+        assert r.status_code == 200
+        failed = r.json()["result"]
+        assert failed["status"] == "failed" and "no live machine" in failed["error_message"]
+
+    labmod.restart_agent(lab.data_dir, "ord02")
+    wait_for(lambda: lab.tables("ord02") == [], 10, "the restarted agent to remove stale tables")
+    again = lab.start_full(colo_name="ord02", time_limit=1)
+    assert lab.wait_end(again["id"], timeout=10)["status"] == "success"
+
+
+def test_bucket_gone_before_the_capture_fails_it_naming_the_cause(lab):
+    root = lab["destination_conf"].removeprefix("file://")
+    moved = root + ".away"
+    os.rename(root, moved)
+    try:
+        with lab.client() as c:
+            r = c.post(
+                "/pcaps",
+                json={
+                    "system": "magic-transit",
+                    "type": "full",
+                    "time_limit": 30,
+                    "colo_name": "ORD",
+                    "destination_conf": lab["destination_conf"],
+                },
+            )
+        pcap = r.json()["result"]
+        done = lab.wait_end(pcap["id"], timeout=15)
+    finally:
+        os.rename(moved, root)
+    assert done["status"] == "failed"
+    assert "does not exist" in done["error_message"] and root in done["error_message"]
+    for machine in ("ord01", "ord02"):
+        assert lab.tables(machine) == []
+
+
+def test_tcpdump_on_the_edge_sees_the_same_packets(lab, tmp_path):
+    """The peer check: tcpdump with the equivalent BPF filter on every machine."""
+    client = lab["addresses"]["client"]
+    bpf = f"src host {client} and (udp or tcp)"
+    dumps = {}
+    procs = []
+    for machine, ns in lab["namespaces"]["machines"].items():
+        dumps[machine] = tmp_path / f"{machine}.pcap"
+        procs.append(
+            subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "tcpdump",
+                    "-Z",
+                    "root",
+                    "-i",
+                    "any",
+                    "-Q",
+                    "in",
+                    "-n",
+                    "-U",
+                    "--immediate-mode",
+                    # A small snaplen and a big buffer: with the default 256 KiB slots the
+                    # ring holds a handful of packets and a burst overflows it.
+                    "-s",
+                    "2048",
+                    "-B",
+                    "8192",
+                    "-w",
+                    str(dumps[machine]),
+                    bpf,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        for proc in procs:
+            wait_for(
+                lambda p=proc: "listening on" in (p.stderr.readline() or ""),
+                10,
+                "tcpdump to listen",
+            )
+        pcap = lab.start_full(filter_v1={"source_address": client})
+        flows = lab.traffic(
+            "--count", "30", "--proto", "udp", "--proto", "tcp", "--tenant", "customer", "--no-v6"
+        )
+        with lab.client() as c:
+            c.put(f"/pcaps/{pcap['id']}/stop")
+        lab.wait_end(pcap["id"])
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(10)
+    for proc in procs:
+        # tcpdump's own count must match what it wrote: nothing dropped on its side.
+        assert "0 packets dropped by kernel" in proc.stderr.read()
+    theirs: dict = {}
+    for path in dumps.values():
+        for src, dst, sp, dp in (
+            tshark_fields(path, "ip.src", "ip.dst", "udp.srcport", "udp.dstport") or []
+        ):
+            theirs[(src, dst, sp, dp)] = theirs.get((src, dst, sp, dp), 0) + 1
+    ours: dict = {}
+    for path in lab.files(pcap["id"]).values():
+        for src, dst, sp, dp in tshark_fields(
+            path, "ip.src", "ip.dst", "udp.srcport", "udp.dstport"
+        ):
+            ours[(src, dst, sp, dp)] = ours.get((src, dst, sp, dp), 0) + 1
+    assert ours == theirs
+    want = expected(flows, lambda k: k[0] == client and in_prefixes(k[1], lab["prefixes"]))
+    assert sum(ours.values()) == sum(want.values()) == 4 * 30
+    assert shutil.which("tcpdump")

@@ -1,0 +1,172 @@
+"""Full captures in the lab, against the real kernel: exact contents, limits, stop, tenancy."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from tests.packets import tshark_fields
+
+FIELDS = (
+    "ip.src",
+    "ipv6.src",
+    "ip.dst",
+    "ipv6.dst",
+    "ip.proto",
+    "ipv6.nxt",
+    "udp.srcport",
+    "tcp.srcport",
+    "udp.dstport",
+    "tcp.dstport",
+    "frame.len",
+    "frame.cap_len",
+)
+
+
+def packets_in(path) -> list[tuple]:
+    """(src, dst, proto, sport, dport, wire length, captured length) of every packet."""
+    rows = []
+    for r in tshark_fields(path, *FIELDS):
+        src, dst = r[0] or r[1], r[2] or r[3]
+        proto = int(r[4] or r[5])
+        sport = int(r[6] or r[7] or 0)
+        dport = int(r[8] or r[9] or 0)
+        rows.append((src, dst, proto, sport, dport, int(r[10]), int(r[11])))
+    return rows
+
+
+def expected(flows, keep) -> Counter:
+    """Packets per (src, dst, proto, sport, dport) the generator put on the wire, both ways."""
+    out: Counter = Counter()
+    protos = {"udp": 17, "tcp": 6}
+    for f in flows:
+        v6 = f["family"] == 6
+        if f["proto"] == "icmp":
+            fwd = (f["src"], f["dst"], 58 if v6 else 1, 0, 0)
+            back = (f["dst"], f["src"], 58 if v6 else 1, 0, 0)
+        else:
+            p = protos[f["proto"]]
+            fwd = (f["src"], f["dst"], p, f["sport"], f["dport"])
+            back = (f["dst"], f["src"], p, f["dport"], f["sport"])
+        if keep(fwd):
+            out[fwd] += f["packets"]
+        if f["reply_packets"] and keep(back):
+            out[back] += f["reply_packets"]
+    return +out
+
+
+def in_prefixes(addr: str, prefixes: list[str]) -> bool:
+    a = ipaddress.ip_address(addr)
+    return any(a.version == n.version and a in n for n in map(ipaddress.ip_network, prefixes))
+
+
+def captured(lab, pcap_id) -> Counter:
+    got: Counter = Counter()
+    for path in lab.files(pcap_id).values():
+        for src, dst, proto, sport, dport, wire, cap in packets_in(path):
+            assert wire == cap  # whole packets
+            got[(src, dst, proto, sport, dport)] += 1
+    return got
+
+
+def test_filtered_capture_holds_exactly_the_matching_packets(lab):
+    client = lab["addresses"]["client"]
+    pcap = lab.start_full(
+        filter_v1={"source_address": client, "destination_port": 80, "protocol": 6}
+    )
+    assert pcap["status"] == "running"
+    flows = lab.traffic("--count", "40")
+    with lab.client() as c:
+        assert c.put(f"/pcaps/{pcap['id']}/stop").status_code == 200
+    done = lab.wait_end(pcap["id"])
+    assert done["status"] == "success", done
+
+    want = expected(
+        flows,
+        lambda k: (
+            k[0] == client and k[2] == 6 and k[4] == 80 and in_prefixes(k[1], lab["prefixes"])
+        ),
+    )
+    assert sum(want.values()) == 2 * 40  # one SYN flow per customer host
+    files = lab.files(pcap["id"])
+    assert set(files) == {"ord01", "ord02"}
+    assert captured(lab, pcap["id"]) == want
+    assert done["packets_captured"] == sum(want.values())
+    wire_bytes = sum(
+        f["bytes"]
+        for f in flows
+        if f["proto"] == "tcp" and f["family"] == 4 and f["tenant"] == "customer"
+    )
+    assert sum(m["bytes"] for m in done["machines"]) == wire_bytes
+    assert all(m["dropped"] == 0 and m["state"] == "done" for m in done["machines"])
+    for machine in ("ord01", "ord02"):
+        assert lab.tables(machine) == []
+
+
+def test_empty_filter_sees_all_own_traffic_and_nothing_of_the_other_account(lab):
+    pcap = lab.start_full(filter_v1={})
+    flows = lab.traffic("--count", "25")
+    with lab.client() as c:
+        c.put(f"/pcaps/{pcap['id']}/stop")
+    done = lab.wait_end(pcap["id"])
+    mine = lab["prefixes"]
+    want = expected(flows, lambda k: in_prefixes(k[0], mine) or in_prefixes(k[1], mine))
+    got = captured(lab, pcap["id"])
+    assert got == want
+    other = lab["other"]["prefixes"]
+    assert not [k for k in got if in_prefixes(k[0], other) or in_prefixes(k[1], other)]
+    assert done["packets_captured"] == sum(want.values())
+
+
+def test_ipv6_filter(lab):
+    host6 = lab["addresses"]["customer6"]
+    pcap = lab.start_full(filter_v1={"destination_address": host6, "protocol": 58})
+    flows = lab.traffic("--count", "30", "--proto", "icmp", "--tenant", "customer")
+    with lab.client() as c:
+        c.put(f"/pcaps/{pcap['id']}/stop")
+    lab.wait_end(pcap["id"])
+    want = expected(flows, lambda k: k[1] == host6 and k[2] == 58)
+    assert sum(want.values()) == 30
+    assert captured(lab, pcap["id"]) == want
+
+
+def test_packet_limit_is_an_exact_total_across_machines(lab):
+    pcap = lab.start_full(packet_limit=333, filter_v1={"protocol": 17})
+    lab.traffic("--count", "400", "--proto", "udp", "--tenant", "customer")
+    done = lab.wait_end(pcap["id"])
+    assert done["status"] == "success"
+    assert done["packets_captured"] == 333
+    assert sum(captured(lab, pcap["id"]).values()) == 333
+
+
+def test_byte_limit_is_never_exceeded(lab):
+    # 128-byte IPv4 UDP packets: 100 fit exactly into 12 800 bytes.
+    pcap = lab.start_full(
+        byte_limit=12_800, filter_v1={"protocol": 17, "source_address": lab["addresses"]["client"]}
+    )
+    lab.traffic("--count", "300", "--proto", "udp", "--tenant", "customer", "--no-v6")
+    done = lab.wait_end(pcap["id"])
+    assert done["packets_captured"] == 100
+    assert sum(m["bytes"] for m in done["machines"]) == 12_800
+    assert sum(captured(lab, pcap["id"]).values()) == 100
+
+
+def test_time_limit_ends_the_capture_by_itself(lab):
+    pcap = lab.start_full(time_limit=2)
+    done = lab.wait_end(pcap["id"], timeout=10)
+    assert done["status"] == "success"
+    assert done["packets_captured"] == 0 and "no packets matched" in done["error_message"]
+    assert set(lab.files(pcap["id"])) == {"ord01", "ord02"}
+
+
+def test_stop_ends_every_machine_and_later_traffic_is_not_captured(lab):
+    pcap = lab.start_full(filter_v1={"protocol": 17})
+    lab.traffic("--count", "20", "--proto", "udp", "--tenant", "customer")
+    with lab.client() as c:
+        assert c.put(f"/pcaps/{pcap['id']}/stop").status_code == 200
+    done = lab.wait_end(pcap["id"], timeout=5)
+    assert done["status"] == "success" and done["stop_requested"]
+    lab.traffic("--count", "20", "--proto", "udp", "--tenant", "customer")
+    assert sum(captured(lab, pcap["id"]).values()) == 80
+    for machine in ("ord01", "ord02"):
+        assert lab.tables(machine) == []
