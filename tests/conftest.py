@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -253,6 +254,54 @@ class Stack:
         return conf
 
 
+class MachineHeartbeat:
+    """Keeps a machine registered and live through the real agent protocol.
+
+    The control-plane tests need a live colo to accept full captures; they do not
+    capture packets (the lab tests run real agents for that), so this speaks only the
+    registration and heartbeat part of `/agent/v1`.
+    """
+
+    def __init__(self, api_root: str, key: str, colo: str, machine: str) -> None:
+        self.http = httpx.Client(
+            base_url=api_root + "/agent/v1", headers={"Authorization": f"Bearer {key}"}, timeout=10
+        )
+        self.me = {"machine": machine, "boot_id": os.urandom(16).hex()}
+        r = self.http.post("/register", json={"colo": colo, **self.me})
+        assert r.status_code == 200, r.text
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(1.0):
+            with contextlib.suppress(httpx.HTTPError):
+                self.http.post("/heartbeat", json=self.me)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.http.close()
+
+
+def register_machine(server: Server, colo: str = "ORD", machine: str = "ord01"):
+    out = subprocess.run(
+        [
+            EDGEPCAP,
+            "agents",
+            "create-key",
+            "--data-dir",
+            str(server.data_dir),
+            *(["--database", server.database] if server.database else []),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return MachineHeartbeat(server.url, json.loads(out.stdout)["agent_key"], colo, machine)
+
+
 def start_server(data_dir: Path, database: str | None, env: dict[str, str] | None = None) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -333,9 +382,11 @@ def stack(
     env = {**S3_ENV, "EDGEPCAP_S3_ENDPOINT": s3_server}
     server = start_server(data_dir, database, env)
     stack = Stack(server=server, environ=env)
+    machine = register_machine(server)
     try:
         yield stack
     finally:
+        machine.stop()
         stop_server(server)
         if stack._db is not None:
             stack._db.close()

@@ -25,6 +25,7 @@ FIELDS = {
     "error_message",
     "stop_requested",
     "offset_time",
+    "machines",
 }
 SUBMITTED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 

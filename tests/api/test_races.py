@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.api.test_pcaps import SIMPLE, full
-from tests.conftest import S3_ENV, Stack, start_server, stop_server
+from tests.conftest import S3_ENV, Stack, register_machine, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,11 @@ def twin(postgres, tmp_path_factory, s3_server) -> Iterator[tuple[Stack, Stack]]
     except BaseException:
         stop_server(first)
         raise
+    machine = register_machine(first)
     try:
         yield Stack(server=first, environ=env), Stack(server=second, environ=env)
     finally:
+        machine.stop()
         stop_server(first)
         stop_server(second)
 
