@@ -107,8 +107,10 @@ def describe_failure(dest: Destination, verb: str, name: str, exc: BaseException
         exc, PermissionError
     ):
         cause = "access denied"
-    elif isinstance(exc, OSError) and exc.errno == 28:
+    elif (isinstance(exc, OSError) and exc.errno == 28) or "os error 28" in text:
         cause = "no space left on the device"
+    elif "os error 13" in text or "Permission denied" in text:
+        cause = "access denied"
     else:
         cause = text[:300]
     return f"could not {verb} {name!r} in {dest.conf}: {cause}"

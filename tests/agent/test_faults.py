@@ -181,3 +181,38 @@ def test_tcpdump_on_the_edge_sees_the_same_packets(lab, tmp_path):
     want = expected(flows, lambda k: k[0] == client and in_prefixes(k[1], lab["prefixes"]))
     assert sum(ours.values()) == sum(want.values()) == 4 * 30
     assert shutil.which("tcpdump")
+
+
+def test_disk_full_on_a_file_bucket_fails_the_capture_saying_so(lab):
+    root = lab["destination_conf"].removeprefix("file://")
+    tiny = root + "-tiny"
+    os.makedirs(tiny, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", tiny], check=True)
+    try:
+        conf = f"file://{tiny}"
+        with lab.client() as c:
+            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+            with open(os.path.join(tiny, r.json()["result"]["filename"])) as fh:
+                token = fh.read()
+            r = c.post(
+                "/pcaps/ownership/validate",
+                json={"destination_conf": conf, "ownership_challenge": token},
+            )
+            assert r.status_code == 200, r.text
+        pcap = lab.start_full(destination_conf=conf, filter_v1={"protocol": 17})
+        lab.traffic("--count", "300", "--size", "1400", "--proto", "udp", "--tenant", "customer")
+        with lab.client() as c:
+            c.put(f"/pcaps/{pcap['id']}/stop")
+        done = lab.wait_end(pcap["id"])
+        assert done["status"] == "failed"
+        assert "no space left on the device" in done["error_message"]
+        assert not [
+            n for n in os.listdir(tiny) if n.startswith("ord") and os.listdir(os.path.join(tiny, n))
+        ]  # no half files
+        for machine in ("ord01", "ord02"):
+            assert lab.tables(machine) == []
+    finally:
+        subprocess.run(["umount", tiny], check=False)
+    # The service takes new captures after.
+    again = lab.start_full(time_limit=1)
+    assert lab.wait_end(again["id"], timeout=10)["status"] == "success"

@@ -126,7 +126,7 @@ class CaptureWorker(threading.Thread):
         self.release_now = False
         self.sock: NflogSocket | None = None
         self._rate: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=8)
-        self._out: queue.Queue[bytes | None] = queue.Queue(maxsize=512)
+        self._out: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
         self._writer_error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -228,21 +228,22 @@ class CaptureWorker(threading.Thread):
             self.written_bytes += written_bytes
 
     def _write_loop(self, writer: Any, dest: Any) -> None:
+        finished = False
         try:
             while True:
                 chunk = self._out.get()
                 if chunk is None:
+                    finished = True
                     break
                 writer.write(chunk)
-            if self._writer_error is None:
-                writer.close()
+            writer.close()
         except Exception as exc:
             self._writer_error = DestinationError(
                 describe_failure(dest, "write", self.job.object_name, exc)
             )
             self.stop_event.set()
-            # Keep draining so the reader never blocks on a full queue.
-            while self._out.get() is not None:
+            # Keep draining so that the reader never blocks on a full queue.
+            while not finished and self._out.get() is not None:
                 pass
 
     def _remove_table(self) -> tuple[int, int]:
