@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from edgepcap import accounts as accounts_mod
-
 app = typer.Typer(help="edgepcap: on-demand packet captures at the edge.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Manage customer accounts (administration).", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
@@ -85,6 +83,8 @@ def up(
     database: DatabaseUrl = None,
 ) -> None:
     """Single node: the API with embedded storage, and a demo account on first start."""
+    from edgepcap import accounts as accounts_mod
+
     db = _open(data_dir, database)
     creds_file = data_dir / "demo-account.json"
     if not creds_file.exists():
@@ -117,6 +117,8 @@ def accounts_create(
     ] = None,
 ) -> None:
     """Create an account; prints its id, prefixes and credentials once, as JSON."""
+    from edgepcap import accounts as accounts_mod
+
     db = _open(data_dir, database)
     try:
         with db.session() as session:
@@ -133,6 +135,7 @@ def accounts_list(data_dir: DataDir = Path("edgepcap-data"), database: DatabaseU
     """List accounts as JSON lines (no secrets: they are stored hashed)."""
     from sqlalchemy import select
 
+    from edgepcap import accounts as accounts_mod
     from edgepcap.models import Account
 
     db = _open(data_dir, database)
@@ -150,6 +153,8 @@ def accounts_add_prefix(
     database: DatabaseUrl = None,
 ) -> None:
     """Give an account another prefix."""
+    from edgepcap import accounts as accounts_mod
+
     db = _open(data_dir, database)
     try:
         with db.session() as session:
@@ -166,6 +171,8 @@ def accounts_rotate_token(
     account_id: str, data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl = None
 ) -> None:
     """Replace the account's API token and API key; prints the new ones once."""
+    from edgepcap import accounts as accounts_mod
+
     db = _open(data_dir, database)
     try:
         with db.session() as session:

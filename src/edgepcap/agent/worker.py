@@ -121,12 +121,14 @@ class CaptureWorker(threading.Thread):
         self.written_packets = 0
         self.written_bytes = 0
         self.budget_dropped = 0
+        self.over_limit = 0  # matched after the limit was reached: not written, not lost
         self.pending: collections.deque[pcap.Packet] = collections.deque()
         self.pending_bytes = 0
         self.release_now = False
         self.sock: NflogSocket | None = None
+        self.table_installed = False
         self._rate: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=8)
-        self._out: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._out: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
         self._writer_error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -134,6 +136,7 @@ class CaptureWorker(threading.Thread):
 
     def run(self) -> None:
         error: str | None = None
+        kernel = (0, 0)
         writer_thread = None
         reporter = threading.Thread(
             target=self._report_loop, name=f"report-{self.job.id[:8]}", daemon=True
@@ -142,7 +145,9 @@ class CaptureWorker(threading.Thread):
             dest = parse(self.job.destination_conf, self.stores)
             _probe(dest, self.job.object_name)
             self.sock = netns.run_in(self.ns, NflogSocket, self.group)
-            writer = obstore.open_writer(dest.store, self.job.object_name, buffer_size=8 << 20)
+            writer = obstore.open_writer(
+                dest.store, self.job.object_name, buffer_size=5 << 20, max_concurrency=2
+            )
             writer_thread = threading.Thread(
                 target=self._write_loop,
                 args=(writer, dest),
@@ -151,6 +156,7 @@ class CaptureWorker(threading.Thread):
             )
             writer_thread.start()
             self._out.put(pcap.global_header(pcap.LINKTYPE_RAW, 0xFFFF))
+            self.table_installed = True
             nft.install(
                 nft.CaptureRule(
                     table=self.table,
@@ -162,12 +168,17 @@ class CaptureWorker(threading.Thread):
             )
             reporter.start()
             self._read_loop()
+            # No new packets once the table is gone; what the kernel queued before that
+            # is part of the capture.
+            kernel = self._remove_table()
+            self._drain()
         except Exception as exc:
             error = _describe(exc)
             log.warning("capture %s failed: %s", self.job.id, error)
             self.stop_event.set()
         finally:
-            kernel = self._remove_table()
+            if self.table_installed:
+                kernel = self._remove_table()
             if self.sock is not None:
                 self.sock.close()
             self._out.put(None)
@@ -194,19 +205,41 @@ class CaptureWorker(threading.Thread):
             if self._writer_error is not None:
                 raise self._writer_error
             packets = self.sock.receive(0.05)
-            if self.budget.unlimited:
-                for p in packets:
-                    batch += pcap.record(p)
-                with self._lock:
-                    self.written_packets += len(packets)
-                    self.written_bytes += sum(len(p.data) for p in packets)
-            else:
-                self._budgeted(packets, batch)
+            self._take(packets, batch)
             if len(batch) >= FLUSH_BYTES or (batch and not packets):
                 self._out.put(bytes(batch))
                 batch.clear()
         if batch:
             self._out.put(bytes(batch))
+
+    def _drain(self) -> None:
+        assert self.sock is not None
+        batch = bytearray()
+        while packets := self.sock.receive(0):
+            self._take(packets, batch)
+            if len(batch) >= FLUSH_BYTES:
+                self._out.put(bytes(batch))
+                batch.clear()
+        if batch:
+            self._out.put(bytes(batch))
+        if self.stop_reason in ("packet_limit", "byte_limit"):
+            self.over_limit += len(self.pending)
+        else:
+            # Matched, but the capture ended before a lease for them arrived.
+            self.budget_dropped += len(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+
+    def _take(self, packets: list[Any], batch: bytearray) -> None:
+        """Append what may be written of `packets` to `batch` as PCAP records."""
+        if not self.budget.unlimited:
+            self._budgeted(packets, batch)
+            return
+        for p in packets:
+            batch += pcap.record(p)
+        with self._lock:
+            self.written_packets += len(packets)
+            self.written_bytes += sum(len(p.data) for p in packets)
 
     def _budgeted(self, packets: list[Any], batch: bytearray) -> None:
         pending = self.pending
@@ -247,6 +280,7 @@ class CaptureWorker(threading.Thread):
                 pass
 
     def _remove_table(self) -> tuple[int, int]:
+        self.table_installed = False
         kernel = (0, 0)
         try:
             if self.table in nft.list_tables(self.ns):
@@ -318,6 +352,10 @@ class CaptureWorker(threading.Thread):
     def _final_report(self, error: str | None, kernel: tuple[int, int]) -> None:
         report = self._snapshot("failed" if error else "done")
         report["kernel_matched"] = kernel[0]
+        # The rule's counter is the truth: losses at the very end leave no gap in the
+        # NFLOG sequence numbers to see.
+        unaccounted = kernel[0] - report["packets"] - self.over_limit
+        report["dropped"] = max(report["dropped"], unaccounted)
         report["error"] = error
         report["end_reason"] = "error" if error else self.stop_reason
         report["object_name"] = None if error else self.job.object_name
