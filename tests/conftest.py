@@ -401,6 +401,7 @@ class Lab:
 
     data_dir: Path
     info: dict[str, Any]
+    s3: str = ""
 
     def __getitem__(self, key: str) -> Any:
         return self.info[key]
@@ -486,8 +487,11 @@ def lab_down(data_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """`edgepcap lab up` with two machines of ORD; always `lab down` afterwards."""
+def lab(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[Lab]:
+    """`edgepcap lab up` with two machines of ORD; always `lab down` afterwards.
+
+    Its api and agents reach moto's S3 server as their S3 endpoint.
+    """
     if os.geteuid() != 0:
         pytest.fail("the lab tests need root (network namespaces, nftables)")
     data_dir = tmp_path_factory.mktemp("lab")
@@ -510,8 +514,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             capture_output=True,
             text=True,
             timeout=120,
+            env={**os.environ, **S3_ENV, "EDGEPCAP_S3_ENDPOINT": s3_server},
         )
         assert out.returncode == 0, out.stderr[-3000:]
-        yield Lab(data_dir=data_dir, info=json.loads((data_dir / "lab.json").read_text()))
+        yield Lab(
+            data_dir=data_dir, info=json.loads((data_dir / "lab.json").read_text()), s3=s3_server
+        )
     finally:
         lab_down(data_dir)

@@ -109,8 +109,10 @@ def describe_failure(dest: Destination, verb: str, name: str, exc: BaseException
         cause = "access denied"
     elif (isinstance(exc, OSError) and exc.errno == 28) or "os error 28" in text:
         cause = "no space left on the device"
-    elif "os error 13" in text or "Permission denied" in text:
+    elif "os error 13" in text or "Permission denied" in text or "os error 1)" in text:
         cause = "access denied"
+    elif "os error 30" in text:
+        cause = "access denied: the bucket is read-only"
     else:
         cause = text[:300]
     return f"could not {verb} {name!r} in {dest.conf}: {cause}"
@@ -154,6 +156,9 @@ def parse(conf: str, settings: StoreSettings) -> Destination:
     if not _BUCKET_NAME.match(bucket):
         raise DestinationError(f"{bucket!r} is not a valid bucket name")
     prefix = _clean_prefix(url.path) or None
+    if scheme != "s3" and query:
+        raise DestinationError(f"{scheme}:// destinations take no parameters")
+    _require_credentials(scheme)
     if scheme == "s3":
         unknown = set(query) - {"region"}
         if unknown:
@@ -181,13 +186,49 @@ def parse(conf: str, settings: StoreSettings) -> Destination:
         store: Any = S3Store(
             bucket, prefix=prefix, config=config, client_options=client, retry_config=retry
         )
-    elif query:
-        raise DestinationError(f"{scheme}:// destinations take no parameters")
     elif scheme == "gs":
         store = GCSStore(bucket, prefix=prefix)
     else:
         store = AzureStore(bucket, prefix=prefix)
     return Destination(conf=conf, scheme=scheme, store=store)
+
+
+# Without configured credentials the cloud SDKs fall back to instance-metadata
+# endpoints (169.254.169.254 and friends). A server that was not given credentials
+# must say so instead of probing addresses nobody configured.
+CREDENTIAL_ENV = {
+    "s3": (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ),
+    "gs": (
+        "GOOGLE_SERVICE_ACCOUNT",
+        "GOOGLE_SERVICE_ACCOUNT_PATH",
+        "GOOGLE_SERVICE_ACCOUNT_KEY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    ),
+    "az": (
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_SAS_KEY",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_STORAGE_USE_EMULATOR",
+    ),
+}
+
+
+def _require_credentials(scheme: str) -> None:
+    if os.environ.get("EDGEPCAP_CLOUD_METADATA") == "1":
+        return
+    names = CREDENTIAL_ENV[scheme]
+    if not any(os.environ.get(n) for n in names):
+        raise DestinationError(
+            f"this server has no credentials for {scheme}:// buckets (set one of "
+            f"{', '.join(names)} in its environment, or EDGEPCAP_CLOUD_METADATA=1 to use "
+            "the cloud's instance metadata)"
+        )
 
 
 def _file_destination(conf: str, path: str, settings: StoreSettings) -> Destination:

@@ -216,3 +216,32 @@ def test_disk_full_on_a_file_bucket_fails_the_capture_saying_so(lab):
     # The service takes new captures after.
     again = lab.start_full(time_limit=1)
     assert lab.wait_end(again["id"], timeout=10)["status"] == "success"
+
+
+def test_read_only_bucket_fails_the_capture_as_access_denied(lab):
+    root = lab["destination_conf"].removeprefix("file://")
+    subprocess.run(["mount", "--bind", root, root], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", root], check=True)
+        with lab.client() as c:
+            r = c.post(
+                "/pcaps",
+                json={
+                    "system": "magic-transit",
+                    "type": "full",
+                    "time_limit": 30,
+                    "colo_name": "ORD",
+                    "destination_conf": lab["destination_conf"],
+                },
+            )
+        pcap = r.json()["result"]
+        lab.traffic("--count", "10", "--proto", "udp", "--tenant", "customer", "--no-v6")
+        with lab.client() as c:
+            c.put(f"/pcaps/{pcap['id']}/stop")
+        done = lab.wait_end(pcap["id"])
+    finally:
+        subprocess.run(["umount", root], check=False)
+    assert done["status"] == "failed"
+    assert "access denied" in done["error_message"], done["error_message"]
+    for machine in ("ord01", "ord02"):
+        assert lab.tables(machine) == []

@@ -170,3 +170,45 @@ def test_stop_ends_every_machine_and_later_traffic_is_not_captured(lab):
     assert sum(captured(lab, pcap["id"]).values()) == 80
     for machine in ("ord01", "ord02"):
         assert lab.tables(machine) == []
+
+
+def test_full_capture_streams_into_an_s3_bucket(lab, tmp_path):
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=lab.s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket="lab-captures")
+    conf = "s3://lab-captures/edge?region=us-east-1"
+    with lab.client() as c:
+        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+        assert r.status_code == 200, r.text
+        name = r.json()["result"]["filename"]
+        token = s3.get_object(Bucket="lab-captures", Key=f"edge/{name}")["Body"].read().decode()
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": token},
+        )
+        assert r.status_code == 200, r.text
+    pcap = lab.start_full(destination_conf=conf, filter_v1={"protocol": 17})
+    flows = lab.traffic("--count", "50", "--proto", "udp", "--tenant", "customer")
+    with lab.client() as c:
+        c.put(f"/pcaps/{pcap['id']}/stop")
+    done = lab.wait_end(pcap["id"])
+    assert done["status"] == "success", done
+    total = 0
+    for machine in ("ord01", "ord02"):
+        path = tmp_path / f"{machine}.pcap"
+        body = s3.get_object(Bucket="lab-captures", Key=f"edge/{machine}/pcap_{pcap['id']}.pcap")
+        path.write_bytes(body["Body"].read())
+        total += len(packets_in(path))
+    assert total == sum(f["packets"] for f in flows) == done["packets_captured"]
+    # The merged download streams the same packets back from the bucket.
+    with lab.client() as c:
+        merged = tmp_path / "merged.pcap"
+        merged.write_bytes(c.get(f"/pcaps/{pcap['id']}/download").content)
+    assert len(packets_in(merged)) == total

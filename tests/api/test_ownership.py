@@ -137,6 +137,8 @@ def test_s3_bucket_that_does_not_exist_names_the_cause(stack):
         ("s3://Bad_Bucket!/x", "not a valid bucket name"),
         ("s3://bucket/a/../b", "not allowed"),
         ("gs://bucket/x?foo=bar", "no parameters"),
+        ("gs://bucket/x", "no credentials for gs://"),
+        ("az://container/x", "no credentials for az://"),
         ("", "destination_conf"),
     ],
 )
