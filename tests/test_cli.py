@@ -135,6 +135,47 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
         )
         assert r.status_code == 200, r.text
         assert (data / "buckets").is_dir()
+        assert (data / "agent-key").stat().st_mode & 0o777 == 0o600
+
+        # The agent of this host captures a full capture on colo LOCAL into a bucket.
+        headers = {"Authorization": f"Bearer {demo['api_token']}"}
+        with httpx.Client(base_url=f"{api}/accounts/{demo['id']}", headers=headers) as c:
+            bucket = data / "buckets" / "mine"
+            bucket.mkdir()
+            conf = f"file://{bucket}"
+            name = c.post("/pcaps/ownership", json={"destination_conf": conf}).json()["result"]
+            token = (bucket / name["filename"]).read_text()
+            c.post(
+                "/pcaps/ownership/validate",
+                json={"destination_conf": conf, "ownership_challenge": token},
+            )
+            body = {
+                "system": "magic-transit",
+                "type": "full",
+                "time_limit": 1,
+                "colo_name": "LOCAL",
+                "destination_conf": conf,
+            }
+            created = wait_for(
+                lambda: (
+                    (r := c.post("/pcaps", json=body)).status_code == 200 and r.json()["result"]
+                ),
+                30,
+                "the agent to register",
+            )
+            done = wait_for(
+                lambda: (
+                    (p := c.get(f"/pcaps/{created['id']}").json()["result"])["status"]
+                    in ("success", "failed")
+                    and p
+                ),
+                30,
+                "the capture",
+            )
+            assert done["status"] == "success", done
+            assert list(bucket.glob(f"*/pcap_{created['id']}.pcap"))
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+        assert "edgepcap_" not in tables.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()

@@ -63,6 +63,8 @@ def serve(listen: str, data_dir: Path, database: str | None, workers: int = 1) -
         port=port,
         log_level="info",
         access_log=os.environ.get("EDGEPCAP_ACCESS_LOG", "1") == "1",
+        # Agents hold long polls open; do not wait for them on shutdown.
+        timeout_graceful_shutdown=2,
     )
 
 
@@ -81,27 +83,76 @@ def up(
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
     data_dir: DataDir = Path("edgepcap-data"),
     database: DatabaseUrl = None,
+    colo: Annotated[str, typer.Option(help="The colo this host belongs to.")] = "LOCAL",
+    machine: Annotated[
+        str | None, typer.Option(help="This host's machine name (default: from hostname).")
+    ] = None,
+    agent: Annotated[bool, typer.Option(help="Run an agent on this host too (root).")] = True,
 ) -> None:
-    """Single node: the API with embedded storage, and a demo account on first start."""
-    from edgepcap import accounts as accounts_mod
+    """Single node: the API, an agent on this host, a demo account on first start."""
+    import re
+    import socket
+    import subprocess
+    import sys
 
+    from edgepcap import accounts as accounts_mod
+    from edgepcap.machines import create_agent_key
+
+    data_dir = data_dir.resolve()
     db = _open(data_dir, database)
     creds_file = data_dir / "demo-account.json"
-    if not creds_file.exists():
-        with db.session() as session:
+    key_file = data_dir / "agent-key"
+    with db.session() as session:
+        if not creds_file.exists():
             account, creds = accounts_mod.create_account(session, "demo", ["203.0.113.0/24"])
-            info = accounts_mod.describe(account, creds)
-        fd = os.open(creds_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh, indent=2)
+            _write_secret(creds_file, json.dumps(accounts_mod.describe(account, creds), indent=2))
+        if not key_file.exists():
+            _write_secret(key_file, create_agent_key(session, "edgepcap up")[1])
     db.close()
     info = json.loads(creds_file.read_text())
+    host, port = _parse_listen(listen)
+    name = machine or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
+    if not re.match(r"^[a-z]", name):
+        name = f"m-{name}"
     typer.echo(
         f"edgepcap is up on http://{listen}/client/v4\n"
         f"  demo account {info['id']} (prefix {', '.join(info['prefixes'])})\n"
-        f"  credentials in {creds_file} (api_token, or email + api_key)"
+        f"  credentials in {creds_file} (api_token, or email + api_key)\n"
+        + (f"  agent: machine {name[:63]} in colo {colo.upper()}" if agent else "  no agent")
     )
-    serve(listen, data_dir, database)
+    child = None
+    if agent:
+        api_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+        argv = [
+            str(Path(sys.executable).parent / "edgepcap"),
+            "agent",
+            "--api",
+            f"http://{api_host}:{port}",
+            "--colo",
+            colo,
+            "--machine",
+            name[:63],
+            "--bucket-root",
+            str(data_dir / "buckets"),
+        ]
+        env = {**os.environ, "EDGEPCAP_AGENT_KEY": key_file.read_text().strip()}
+        with (data_dir / "agent.log").open("ab") as log:
+            child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        serve(listen, data_dir, database)
+    finally:
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 @accounts_app.command("create")
