@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(nftables iproute2 tcpdump)
 if [ "$profile" = test ]; then
-    packages+=(tshark postgresql)
+    packages+=(tshark postgresql clickhouse-server)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -462,6 +462,52 @@ class Lab:
         root = Path(t["destination_conf"].removeprefix("file://"))
         return {p.parent.name: p for p in root.glob(f"*/pcap_{pcap_id}.pcap")}
 
+    def sample(self, tenant: str = "customer", **fields: Any) -> dict[str, Any]:
+        body = {
+            "system": "magic-transit",
+            "type": "simple",
+            "time_limit": 300,
+            "packet_limit": 10000,
+            **fields,
+        }
+        with self.client(tenant) as c:
+            r = c.post("/pcaps", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["result"]
+
+    def download(self, pcap_id: str, path: Path, tenant: str = "customer") -> Path:
+        with self.client(tenant) as c:
+            r = c.get(f"/pcaps/{pcap_id}/download")
+            assert r.status_code == 200, r.text
+            path.write_bytes(r.content)
+        return path
+
+    def sampler_stats(self) -> dict[str, dict[str, int]]:
+        text = httpx.get(f"{self.info['api']}/metrics", timeout=10).text
+        out: dict[str, dict[str, int]] = {}
+        for line in text.splitlines():
+            if line.startswith("edgepcap_sampler_"):
+                name, value = line.rsplit(" ", 1)
+                key = name.split("{")[0].removeprefix("edgepcap_sampler_").removesuffix("_total")
+                machine = name.split('machine="')[1].split('"')[0]
+                out.setdefault(machine, {})[key] = int(value)
+        return out
+
+    def samples_settled(self) -> dict[str, dict[str, int]]:
+        """Wait until every sampler has shipped everything it took and is quiet."""
+        last: list[Any] = [None]
+
+        def settled() -> Any:
+            stats = self.sampler_stats()
+            quiet = all(
+                s.get("backlog", 1) == 0 and s["shipped"] == s["attributed"] for s in stats.values()
+            )
+            same = stats == last[0]
+            last[0] = stats
+            return quiet and same and stats
+
+        return wait_for(settled, 20, "the samplers to ship everything", interval=1.2)
+
     def tables(self, machine: str) -> list[str]:
         ns = self.info["namespaces"]["machines"][machine]
         out = subprocess.run(
@@ -514,7 +560,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[La
             capture_output=True,
             text=True,
             timeout=120,
-            env={**os.environ, **S3_ENV, "EDGEPCAP_S3_ENDPOINT": s3_server},
+            # Sample captures are tested filter by filter: no one-per-minute wait here
+            # (the limit itself is tested against the api).
+            env={
+                **os.environ,
+                **S3_ENV,
+                "EDGEPCAP_S3_ENDPOINT": s3_server,
+                "EDGEPCAP_SAMPLE_INTERVAL": "0",
+            },
         )
         assert out.returncode == 0, out.stderr[-3000:]
         yield Lab(

@@ -175,8 +175,11 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
             assert done["status"] == "success", done
             assert list(bucket.glob(f"*/pcap_{created['id']}.pcap"))
         tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
-        assert "edgepcap_" not in tables.stdout
+        assert f"edgepcap_{created['id']}" not in tables.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()
+    # Stopping `up` stops its agent, which takes its sampler table with it.
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    assert "edgepcap_" not in tables.stdout
     assert str(creds_file) in out and demo["api_token"] not in out

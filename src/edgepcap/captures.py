@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
+import os
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -12,10 +13,22 @@ from sqlalchemy.orm import Session
 
 from edgepcap import execution
 from edgepcap import machines as fleet
+from edgepcap import pcap as pcap_format
 from edgepcap.accounts import account_networks
 from edgepcap.api.schemas import CreatePcap
 from edgepcap.credentials import new_id
-from edgepcap.models import ACTIVE_STATUSES, MACHINE_ACTIVE, Account, Bucket, Pcap, utcnow
+from edgepcap.filters import FilterV1
+from edgepcap.models import (
+    ACTIVE_STATUSES,
+    MACHINE_ACTIVE,
+    Account,
+    Bucket,
+    Pcap,
+    PcapBlob,
+    utcnow,
+)
+from edgepcap.samples.records import SNAPLEN
+from edgepcap.samples.store import SampleQuery, SampleStore
 
 SAMPLE_INTERVAL = dt.timedelta(minutes=1)
 # A full capture that outlives its time limit by this much without a machine
@@ -23,6 +36,7 @@ SAMPLE_INTERVAL = dt.timedelta(minutes=1)
 # full-capture slot forever.
 OVERDUE_GRACE = dt.timedelta(seconds=60)
 LIST_LIMIT = 50
+SAMPLE_RATE = 100
 
 
 class CaptureError(Exception):
@@ -57,7 +71,9 @@ def check_filter_reachable(account: Account, req: CreatePcap) -> None:
         )
 
 
-def create(session: Session, account: Account, req: CreatePcap) -> Pcap:
+def create(
+    session: Session, account: Account, req: CreatePcap, samples: SampleStore | None = None
+) -> Pcap:
     check_filter_reachable(account, req)
     now = utcnow()
     pcap = Pcap(
@@ -95,13 +111,49 @@ def create(session: Session, account: Account, req: CreatePcap) -> Pcap:
     except IntegrityError:
         session.rollback()
         raise _full_capture_busy(session, account.id) from None
+    if req.type == "simple" and samples is not None:
+        answer_sample(session, pcap, samples, req.filter_v1 or FilterV1())
     return pcap
+
+
+def _ns(naive_utc: dt.datetime) -> int:
+    delta = naive_utc - dt.datetime(1970, 1, 1)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def answer_sample(session: Session, pcap: Pcap, samples: SampleStore, flt: FilterV1) -> None:
+    """Answer a sample capture from history at once: the newest matching samples."""
+    end = pcap.offset_time or pcap.submitted
+    start = end - dt.timedelta(seconds=pcap.time_limit)
+    to_ns = lambda t: int(t.replace(tzinfo=dt.UTC).timestamp() * 1e6) * 1000  # noqa: E731
+    rows = samples.query(
+        SampleQuery(pcap.account_id, to_ns(start), to_ns(end), flt, pcap.packet_limit or 1)
+    )
+    body = bytearray(pcap_format.global_header(pcap_format.LINKTYPE_RAW, SNAPLEN))
+    for row in rows:
+        cap = int(row["cap_len"])
+        body += pcap_format.record(
+            pcap_format.Packet(int(row["ts"]), int(row["orig_len"]), row["data"][:cap].tobytes())
+        )
+    session.add(PcapBlob(pcap_id=pcap.id, data=bytes(body)))
+    pcap.status = "success"
+    pcap.finished = utcnow()
+    pcap.packets_captured = len(rows)
+    pcap.bytes_captured = int(rows["cap_len"].sum()) if len(rows) else 0
+    if not len(rows):
+        pcap.error_message = (
+            f"no sampled packets of this account matched the filter between "
+            f"{start:%Y-%m-%dT%H:%M:%S}Z and {end:%Y-%m-%dT%H:%M:%S}Z "
+            f"(1 in {SAMPLE_RATE} packets are sampled)"
+        )
+    session.flush()
 
 
 def _take_sample_slot(session: Session, account: Account, now: dt.datetime) -> None:
     # One conditional UPDATE decides the race: whichever process sets
     # last_sample_at first wins; the database serialises the rest.
-    cutoff = now - SAMPLE_INTERVAL
+    interval = sample_interval()
+    cutoff = now - interval
     result = session.execute(
         update(Account)
         .where(Account.id == account.id)
@@ -112,13 +164,24 @@ def _take_sample_slot(session: Session, account: Account, now: dt.datetime) -> N
     if result.rowcount == 1:  # type: ignore[attr-defined]
         return
     last = session.scalar(select(Account.last_sample_at).where(Account.id == account.id))
-    wait = SAMPLE_INTERVAL - (now - last) if last else SAMPLE_INTERVAL
+    wait = interval - (now - last) if last else interval
     seconds = max(1, math.ceil(wait.total_seconds()))
     raise CaptureError(
         "rate_limited",
-        f"one sample capture per minute per account: retry in {seconds} s",
+        f"one sample capture per {_interval_words(interval)} per account: retry in {seconds} s",
         retry_after=seconds,
     )
+
+
+def sample_interval() -> dt.timedelta:
+    """One sample request per this interval per account (EDGEPCAP_SAMPLE_INTERVAL seconds)."""
+    value = os.environ.get("EDGEPCAP_SAMPLE_INTERVAL")
+    return dt.timedelta(seconds=float(value)) if value else SAMPLE_INTERVAL
+
+
+def _interval_words(interval: dt.timedelta) -> str:
+    seconds = interval.total_seconds()
+    return "minute" if seconds == 60 else f"{seconds:g} s"
 
 
 def _require_validated_bucket(session: Session, account: Account, conf: str) -> None:

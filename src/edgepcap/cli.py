@@ -29,6 +29,16 @@ DatabaseUrl = Annotated[
 ]
 
 
+SampleStoreUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--sample-store",
+        help="clickhouse://HOST:PORT/DB for ClickHouse. "
+        "Default: segment files in DATA_DIR/samples.",
+    ),
+]
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -47,18 +57,22 @@ def _open(data_dir: Path, database: str | None):  # type: ignore[no-untyped-def]
     return open_database(data_dir, database or os.environ.get("EDGEPCAP_DATABASE"))
 
 
-def serve(listen: str, data_dir: Path, database: str | None, workers: int = 1) -> None:
+def serve(
+    listen: str, data_dir: Path, database: str | None, sample_store: str | None = None
+) -> None:
     import uvicorn
 
     from edgepcap.api.app import create_app
     from edgepcap.destinations import StoreSettings
+    from edgepcap.samples.store import open_store
 
     host, port = _parse_listen(listen)
     db = _open(data_dir, database)
     stores = StoreSettings.from_env(data_dir)
     stores.bucket_root.mkdir(parents=True, exist_ok=True)
+    samples = open_store(sample_store or os.environ.get("EDGEPCAP_SAMPLE_STORE"), data_dir)
     uvicorn.run(
-        create_app(db, stores),
+        create_app(db, stores, samples),
         host=host,
         port=port,
         log_level="info",
@@ -73,9 +87,10 @@ def api(
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
     data_dir: DataDir = Path("edgepcap-data"),
     database: DatabaseUrl = None,
+    sample_store: SampleStoreUrl = None,
 ) -> None:
     """Run the control-plane API in the foreground."""
-    serve(listen, data_dir, database)
+    serve(listen, data_dir, database, sample_store)
 
 
 @app.command()
@@ -263,6 +278,9 @@ def agent(
     bucket_root: Annotated[
         Path | None, typer.Option(help="Where file:// buckets may live (EDGEPCAP_BUCKET_ROOT).")
     ] = None,
+    sample_rate: Annotated[
+        int, typer.Option(help="Sample 1 in N packets for sample captures (0: no sampler).")
+    ] = 100,
 ) -> None:
     """Run one edge machine's agent (as root: it installs nftables rules)."""
     import logging
@@ -283,7 +301,9 @@ def agent(
     if bucket_root is not None:
         os.environ["EDGEPCAP_BUCKET_ROOT"] = str(bucket_root)
     stores = StoreSettings.from_env(Path("/var/lib/edgepcap"))
-    run_agent(api, agent_key, colo, machine, netns, stores)
+    if sample_rate < 0 or sample_rate > 1_000_000:
+        _fail("--sample-rate must be 0 (off) to 1000000")
+    run_agent(api, agent_key, colo, machine, netns, stores, sample_rate)
 
 
 lab_app = typer.Typer(

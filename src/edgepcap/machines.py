@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import re
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgepcap.credentials import hash_secret, new_id, new_secret
-from edgepcap.models import AgentKey, Machine, utcnow
+from edgepcap.models import AgentKey, Machine, Prefix, utcnow
 
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = dt.timedelta(seconds=5)
@@ -58,11 +61,15 @@ def register(session: Session, colo: str, machine: str, boot_id: str) -> Machine
     return row
 
 
-def heartbeat(session: Session, machine: str, boot_id: str) -> Machine | None:
+def heartbeat(
+    session: Session, machine: str, boot_id: str, stats: dict[str, int] | None = None
+) -> Machine | None:
     row = session.get(Machine, machine)
     if row is None or row.boot_id != boot_id:
         return None
     row.last_seen = utcnow()
+    if stats is not None:
+        row.stats = stats
     session.flush()
     return row
 
@@ -85,3 +92,14 @@ def resolve(session: Session, colo_name: str) -> tuple[str, list[Machine]]:
     known = sorted({m.colo for m in session.scalars(select(Machine))})
     hint = f"known colos: {', '.join(known)}" if known else "no machine has registered yet"
     raise FleetError(f"`colo_name` {colo_name!r} is neither a colo nor a machine ({hint})")
+
+
+def prefix_map(session: Session) -> dict[str, Any]:
+    """Every account's prefixes, with a version that changes whenever any of them does."""
+    accounts: dict[str, list[str]] = {}
+    for account_id, cidr in session.execute(
+        select(Prefix.account_id, Prefix.cidr).order_by(Prefix.account_id, Prefix.cidr)
+    ):
+        accounts.setdefault(account_id, []).append(cidr)
+    version = hashlib.sha256(json.dumps(accounts, sort_keys=True).encode()).hexdigest()[:16]
+    return {"version": version, "accounts": accounts}

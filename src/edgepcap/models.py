@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -152,6 +153,8 @@ class Machine(Base):
     registered: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     # Changes on every agent start, so that reports of a previous run are recognised.
     boot_id: Mapped[str] = mapped_column(String(32), default="")
+    # The agent's sampler counters, as of its last heartbeat.
+    stats: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
 
 
 class CaptureMachine(Base):
@@ -182,3 +185,14 @@ class CaptureMachine(Base):
 
 
 MACHINE_ACTIVE = ("assigned", "running")
+
+
+class PcapBlob(Base):
+    """The finished PCAP of a sample capture, served by the download endpoint."""
+
+    __tablename__ = "pcap_blobs"
+
+    pcap_id: Mapped[str] = mapped_column(
+        ForeignKey("pcaps.id", ondelete="CASCADE"), primary_key=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)

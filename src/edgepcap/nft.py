@@ -181,6 +181,14 @@ def install(rule: CaptureRule, ns: str | None = None) -> None:
     _nft(ns, ruleset(rule))
 
 
+def replace(rule: CaptureRule, ns: str | None = None) -> None:
+    """Create or replace the table in one transaction: no moment without it."""
+    document = ruleset(rule)
+    ident = {"family": "inet", "name": rule.table}
+    head = [{"add": {"table": ident}}, {"delete": {"table": ident}}]
+    _nft(ns, {"nftables": [document["nftables"][0], *head, *document["nftables"][1:]]})
+
+
 def remove(table: str, ns: str | None = None) -> bool:
     """Delete the table if it exists; True when it existed."""
     if table not in list_tables(ns):

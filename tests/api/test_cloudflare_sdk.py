@@ -47,7 +47,10 @@ def test_sdk_drives_every_call(stack, keys, tmp_path):
         packet_limit=100,
         filter_v1={"destination_address": acct.host(1), "protocol": 17},
     )
-    assert sample.type == "simple" and sample.status == "pending" and len(sample.id) == 32
+    assert sample.type == "simple" and sample.status == "success" and len(sample.id) == 32
+    empty = tmp_path / "sample.pcap"
+    pcaps.download.get(sample.id, account_id=acct.id).write_to_file(empty)
+    assert tshark_fields(empty, "frame.number") == []  # valid PCAP, nothing sampled here
     capture = pcaps.create(
         account_id=acct.id,
         system="magic-transit",

@@ -70,7 +70,9 @@ def test_create_sample_then_get_and_list(stack):
         assert set(pcap) == FIELDS
         assert re.fullmatch(r"[0-9a-f]{32}", pcap["id"])
         assert SUBMITTED.match(pcap["submitted"])
-        assert pcap["status"] == "pending"
+        # Answered from history at once; this server has no samples for it.
+        assert pcap["status"] == "success"
+        assert "no sampled packets" in pcap["error_message"]
         assert pcap["type"] == "simple" and pcap["system"] == "magic-transit"
         assert pcap["filter_v1"] == body["filter_v1"]
         assert pcap["time_limit"] == 60 and pcap["packet_limit"] == 100
@@ -330,7 +332,9 @@ def test_stop_applies_to_full_captures_only(stack):
         r = c.put(f"/pcaps/{pcap['id']}/stop")
         assert r.status_code == 409 and "only full captures" in error_of(r)[1]
         r = c.get(f"/pcaps/{pcap['id']}/download")
-        assert r.status_code == 409 and error_of(r)[0] == 1101
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/vnd.tcpdump.pcap"
+        assert len(r.content) == 24  # a valid, empty PCAP: nothing was sampled
 
 
 def test_list_holds_the_50_newest_newest_first(stack):

@@ -10,6 +10,7 @@ from typing import Any
 
 from edgepcap import nft
 from edgepcap.agent.client import ControlPlane, ControlPlaneError
+from edgepcap.agent.sampler import Sampler
 from edgepcap.agent.worker import CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
 
@@ -18,8 +19,11 @@ GROUPS = range(1000, 2000)  # NFLOG groups for full captures; one per running ca
 
 
 class Agent:
-    def __init__(self, cp: ControlPlane, ns: str | None, stores: StoreSettings) -> None:
+    def __init__(
+        self, cp: ControlPlane, ns: str | None, stores: StoreSettings, sample_rate: int = 100
+    ) -> None:
         self.cp = cp
+        self.sampler = Sampler(cp, ns, sample_rate) if sample_rate else None
         self.ns = ns
         self.stores = stores
         self.stopping = threading.Event()
@@ -33,6 +37,8 @@ class Agent:
         if removed:
             log.warning("removed stale tables left by a previous run: %s", ", ".join(removed))
         self._register()
+        if self.sampler is not None:
+            self.sampler.start()
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beat.start()
         try:
@@ -54,7 +60,7 @@ class Agent:
     def _heartbeats(self) -> None:
         while not self.stopping.wait(self.heartbeat_interval):
             try:
-                self.cp.heartbeat()
+                self.cp.heartbeat(self.sampler.snapshot() if self.sampler else None)
             except ControlPlaneError as exc:
                 if str(exc) == "re-register":
                     self._register()
@@ -124,6 +130,9 @@ class Agent:
             workers = list(self.workers.values())
         for w in workers:
             w.request_stop("agent_shutdown")
+        if self.sampler is not None and self.sampler.is_alive():
+            self.sampler.stop()
+            self.sampler.join(10)
         deadline = time.monotonic() + 30
         for w in workers:
             w.join(max(0.1, deadline - time.monotonic()))
@@ -131,10 +140,16 @@ class Agent:
 
 
 def run_agent(
-    api: str, key: str, colo: str, machine: str, ns: str | None, stores: StoreSettings
+    api: str,
+    key: str,
+    colo: str,
+    machine: str,
+    ns: str | None,
+    stores: StoreSettings,
+    sample_rate: int = 100,
 ) -> None:
     cp = ControlPlane(api, key, colo, machine)
-    agent = Agent(cp, ns, stores)
+    agent = Agent(cp, ns, stores, sample_rate)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping captures and exiting", signum)

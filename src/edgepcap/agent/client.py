@@ -42,8 +42,20 @@ class ControlPlane:
     def register(self) -> dict[str, Any]:
         return self._call("POST", "/register", json={"colo": self.colo, **self.me})
 
-    def heartbeat(self) -> None:
-        self._call("POST", "/heartbeat", json=self.me)
+    def heartbeat(self, stats: dict[str, int] | None = None) -> None:
+        self._call("POST", "/heartbeat", json={**self.me, "stats": stats or {}})
+
+    def prefixes(self) -> dict[str, Any]:
+        return self._call("GET", "/prefixes")
+
+    def samples(self, body: bytes) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            "/samples",
+            params=self.me,
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
     def jobs(self, wait: float) -> list[dict[str, Any]]:
         params = {**self.me, "wait": wait}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from dataclasses import asdict
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +17,7 @@ from edgepcap import execution
 from edgepcap import machines as fleet
 from edgepcap.api.errors import APIError, Code
 from edgepcap.models import Machine, Pcap
+from edgepcap.samples import records
 
 router = APIRouter(prefix="/agent/v1", tags=["agents"], include_in_schema=False)
 MAX_WAIT = 30.0
@@ -44,6 +47,10 @@ class Beat(BaseModel):
     model_config = ConfigDict(extra="forbid")
     machine: str = Field(max_length=64)
     boot_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
+class BeatIn(Beat):
+    stats: dict[str, int] = Field(default_factory=dict, max_length=32)
 
 
 class ReportIn(Beat):
@@ -94,9 +101,9 @@ def register(request: Request, _: Agent, body: Hello) -> dict[str, Any]:
 
 
 @router.post("/heartbeat")
-def heartbeat(request: Request, _: Agent, body: Beat) -> dict[str, Any]:
+def heartbeat(request: Request, _: Agent, body: BeatIn) -> dict[str, Any]:
     with request.app.state.db.session() as session:
-        if fleet.heartbeat(session, body.machine, body.boot_id) is None:
+        if fleet.heartbeat(session, body.machine, body.boot_id, body.stats) is None:
             raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
         return {"ok": True}
 
@@ -136,3 +143,44 @@ def report(request: Request, _: Agent, pcap_id: str, body: ReportIn) -> dict[str
     with request.app.state.db.session() as session:
         answer = execution.report(session, body.machine, body.boot_id, pcap_id, rep)
         return asdict(answer)
+
+
+@router.get("/prefixes")
+def prefixes(request: Request, _: Agent) -> dict[str, Any]:
+    """What the samplers sample: every account's prefixes, versioned."""
+    with request.app.state.db.session() as session:
+        return fleet.prefix_map(session)
+
+
+@router.post("/samples")
+async def samples(
+    request: Request,
+    _: Agent,
+    machine: Annotated[str, Query(max_length=64)],
+    boot_id: Annotated[str, Query(pattern=r"^[0-9a-f]{32}$")],
+) -> dict[str, Any]:
+    """A batch of sample records; each is kept only if its account owns its source or
+    destination (the agent attributes, the control plane checks)."""
+    body = await request.body()
+    size = records.WIRE.itemsize
+    if len(body) % size:
+        raise APIError(400, Code.INVALID_VALUE, f"sample batches are whole {size}-byte records")
+    wire = np.frombuffer(body, dtype=records.WIRE)
+    kept, rejected = await run_in_threadpool(_keep_samples, request, wire)
+    return {"kept": kept, "rejected": rejected}
+
+
+def _keep_samples(request: Request, wire: np.ndarray) -> tuple[int, int]:
+    with request.app.state.db.session() as session:
+        owned = fleet.prefix_map(session)["accounts"]
+    ok = np.zeros(len(wire), dtype=bool)
+    for account in np.unique(wire["account"]):
+        mine = wire["account"] == account
+        for cidr in owned.get(bytes(account).hex(), []):
+            net = ipaddress.ip_network(cidr)
+            ok |= mine & (
+                records.in_network(wire["src_hi"], wire["src_lo"], net)
+                | records.in_network(wire["dst_hi"], wire["dst_lo"], net)
+            )
+    kept = request.app.state.samples.append(wire[ok]) if ok.any() else 0
+    return kept, int(len(wire) - ok.sum())

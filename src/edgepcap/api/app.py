@@ -5,21 +5,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgepcap import execution
 from edgepcap.api import agents, errors, ownership, pcaps
+from edgepcap.api.metrics import render_metrics
 from edgepcap.db import Database
 from edgepcap.destinations import StoreSettings
+from edgepcap.samples.store import SampleStore
 
 PREFIX = "/client/v4"
 MAX_BODY = 64 * 1024
+MAX_SAMPLE_BATCH = 32 << 20
+EXPIRE_EVERY = 10.0
 log = logging.getLogger("edgepcap.api")
 
 
@@ -34,22 +40,22 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        # Sample batches from agents are binary and larger than any customer request.
+        binary = scope["path"] == "/agent/v1/samples"
+        limit = MAX_SAMPLE_BATCH if binary else MAX_BODY
+        wanted = b"application/octet-stream" if binary else b"application/json"
+        too_large = f"request bodies are limited to {limit} bytes"
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            await self._refuse(
-                send,
-                413,
-                errors.Code.BODY_TOO_LARGE,
-                f"request bodies are limited to {MAX_BODY} bytes",
-            )
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._refuse(send, 413, errors.Code.BODY_TOO_LARGE, too_large)
             return
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if scope["method"] == "POST" and ctype != b"application/json":
+        if scope["method"] == "POST" and ctype != wanted:
             await self._refuse(
                 send,
                 415,
                 errors.Code.UNSUPPORTED_MEDIA_TYPE,
-                "send the body as JSON with `Content-Type: application/json`",
+                f"send the body with `Content-Type: {wanted.decode()}`",
             )
             return
         seen = 0
@@ -59,12 +65,8 @@ class RequestGuard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > MAX_BODY:
-                    raise errors.APIError(
-                        413,
-                        errors.Code.BODY_TOO_LARGE,
-                        f"request bodies are limited to {MAX_BODY} bytes",
-                    )
+                if seen > limit:
+                    raise errors.APIError(413, errors.Code.BODY_TOO_LARGE, too_large)
             return message
 
         await self.app(scope, bounded_receive, send)
@@ -82,8 +84,10 @@ async def _never_receive() -> Message:  # pragma: no cover - responses do not re
 class Supervisor:
     """Fails the parts of silent machines and closes captures, twice a second."""
 
-    def __init__(self, db: Database, every: float = 0.5) -> None:
+    def __init__(self, db: Database, samples: SampleStore, every: float = 0.5) -> None:
         self.db = db
+        self.samples = samples
+        self._next_expiry = 0.0
         self.every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
@@ -100,12 +104,15 @@ class Supervisor:
             try:
                 with self.db.session() as session:
                     execution.sweep(session)
+                if time.monotonic() >= self._next_expiry:
+                    self.samples.expire(time.time_ns())
+                    self._next_expiry = time.monotonic() + EXPIRE_EVERY
             except Exception:
                 log.exception("supervisor sweep failed; retrying")
 
 
-def create_app(db: Database, stores: StoreSettings) -> FastAPI:
-    supervisor = Supervisor(db)
+def create_app(db: Database, stores: StoreSettings, samples: SampleStore) -> FastAPI:
+    supervisor = Supervisor(db, samples)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +133,7 @@ def create_app(db: Database, stores: StoreSettings) -> FastAPI:
     )
     app.state.db = db
     app.state.stores = stores
+    app.state.samples = samples
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(agents.router)
@@ -134,6 +142,11 @@ def create_app(db: Database, stores: StoreSettings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.add_exception_handler(Exception, errors.internal_error_handler)
     app.add_middleware(RequestGuard)
+
+    @app.get("/metrics", include_in_schema=False, response_class=PlainTextResponse)
+    def metrics() -> str:
+        """Per-machine liveness and sampler counters, in Prometheus' text format."""
+        return render_metrics(db)
 
     @app.get(f"{PREFIX}/health", include_in_schema=False)
     def health() -> dict[str, Any]:

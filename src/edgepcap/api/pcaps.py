@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from edgepcap import captures
 from edgepcap.api.auth import Caller, caller
@@ -14,7 +14,7 @@ from edgepcap.api.errors import APIError, Code, envelope
 from edgepcap.api.schemas import CreatePcap, Envelope, PcapOut
 from edgepcap.api.timefmt import rfc3339
 from edgepcap.destinations import DestinationError, parse
-from edgepcap.models import Pcap
+from edgepcap.models import Pcap, PcapBlob
 from edgepcap.pcap import PcapError, Reader, merge
 
 router = APIRouter()
@@ -85,7 +85,7 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
     """Start a sample (`type: simple`) or full (`type: full`) packet capture."""
     with request.app.state.db.session() as session:
         try:
-            pcap = captures.create(session, who.account, body)
+            pcap = captures.create(session, who.account, body, request.app.state.samples)
         except captures.CaptureError as exc:
             raise_capture_error(exc)
         return envelope(render(pcap))
@@ -126,7 +126,7 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
     response_class=StreamingResponse,
     responses={200: {"content": {"application/vnd.tcpdump.pcap": {}}}},
 )
-def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> StreamingResponse:
+def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> Response:
     """The capture as one PCAP file (full captures: all machines' files merged by time)."""
     check_id(pcap_id)
     with request.app.state.db.session() as session:
@@ -144,8 +144,15 @@ def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> StreamingR
             "its status is success",
         )
     if pcap.type == "simple":
-        raise APIError(
-            409, Code.NOT_READY, f"capture {pcap.id} has no packet data stored on this server yet"
+        with request.app.state.db.session() as session:
+            blob = session.get(PcapBlob, pcap.id)
+            if blob is None:
+                raise APIError(409, Code.NOT_READY, f"capture {pcap.id} has no packet data")
+            data = blob.data
+        return Response(
+            data,
+            media_type="application/vnd.tcpdump.pcap",
+            headers={"Content-Disposition": f'attachment; filename="pcap_{pcap.id}.pcap"'},
         )
     return _merged_download(request, pcap)
 

@@ -1,0 +1,41 @@
+"""`/metrics`: machine liveness and sampler counters in Prometheus' text format."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from edgepcap.db import Database
+from edgepcap.machines import is_live
+from edgepcap.models import Machine, utcnow
+
+SAMPLER_COUNTERS = {
+    "sampled": "samples the kernel delivered to the sampler",
+    "attributed": "samples attributed to an account",
+    "shipped": "samples delivered to the sample store",
+    "kernel_dropped": "samples lost in the kernel (NFLOG sequence gaps)",
+    "overruns": "NFLOG socket overruns (ENOBUFS)",
+    "backlog_dropped": "samples given up because the store was unreachable too long",
+    "backlog": "samples waiting to be shipped",
+    "ship_errors": "failed attempts to ship a batch",
+}
+
+
+def render_metrics(db: Database) -> str:
+    lines = [
+        "# HELP edgepcap_machine_up 1 while the machine's heartbeats arrive",
+        "# TYPE edgepcap_machine_up gauge",
+    ]
+    with db.session() as session:
+        machines = list(session.scalars(select(Machine).order_by(Machine.name)))
+        now = utcnow()
+        for m in machines:
+            lines.append(
+                f'edgepcap_machine_up{{machine="{m.name}",colo="{m.colo}"}} {int(is_live(m, now))}'
+            )
+        for key, help_text in SAMPLER_COUNTERS.items():
+            kind = "gauge" if key == "backlog" else "counter"
+            name = f"edgepcap_sampler_{key}" + ("" if kind == "gauge" else "_total")
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            for m in machines:
+                lines.append(f'{name}{{machine="{m.name}"}} {int((m.stats or {}).get(key, 0))}')
+    return "\n".join(lines) + "\n"

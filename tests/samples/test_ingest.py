@@ -1,0 +1,104 @@
+"""Sample ingestion over the agent protocol: tenancy checked by the control plane, retention."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from edgepcap.samples import records
+from tests.conftest import EDGEPCAP, MachineHeartbeat, start_server, stop_server, wait_for
+from tests.packets import udp
+
+
+@pytest.fixture
+def short_retention(tmp_path):
+    env = {
+        "EDGEPCAP_SAMPLE_RETENTION": "3",
+        "EDGEPCAP_SAMPLE_PARTITION": "1",
+        "EDGEPCAP_SAMPLE_INTERVAL": "0",
+    }
+    server = start_server(tmp_path / "api", None, env)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def cli(server, *args):
+    out = subprocess.run(
+        [EDGEPCAP, *args, "--data-dir", str(server.data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(out.stdout)
+
+
+def test_samples_are_checked_kept_queried_and_expired(short_retention):
+    server = short_retention
+    a = cli(server, "accounts", "create", "a", "--prefix", "203.0.113.0/25")
+    b = cli(server, "accounts", "create", "b", "--prefix", "203.0.113.128/25")
+    key = cli(server, "agents", "create-key")["agent_key"]
+    machine = MachineHeartbeat(server.url, key, "ORD", "ord01")
+    try:
+        now = time.time_ns()
+        snaps = [udp("198.51.100.1", "203.0.113.10", 1000 + i, 53) for i in range(40)]
+        rows = records.parse(snaps, [now - i * 1000 for i in range(40)], [len(s) for s in snaps])
+        honest = records.attribute(rows, {a["id"]: [ipaddress.ip_network("203.0.113.0/25")]})
+        # The same samples claimed for account B, whose prefixes they are not in.
+        forged = records.attribute(rows, {b["id"]: [ipaddress.ip_network("203.0.113.0/25")]})
+        body = honest.tobytes() + forged.tobytes()
+        r = httpx.post(
+            f"{server.url}/agent/v1/samples",
+            params=machine.me,
+            content=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json() == {"kept": 40, "rejected": 40}
+        r = httpx.post(
+            f"{server.url}/agent/v1/samples",
+            params=machine.me,
+            content=b"x" * 10,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 400
+        r = httpx.post(
+            f"{server.url}/agent/v1/samples",
+            params=machine.me,
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status_code == 401
+
+        def sample(account):
+            r = httpx.post(
+                f"{server.api}/accounts/{account['id']}/pcaps",
+                headers={"Authorization": f"Bearer {account['api_token']}"},
+                json={
+                    "system": "magic-transit",
+                    "type": "simple",
+                    "time_limit": 60,
+                    "packet_limit": 100,
+                },
+            )
+            assert r.status_code == 200, r.text
+            return r.json()["result"]
+
+        assert sample(a)["packets_captured"] == 40
+        assert sample(b)["packets_captured"] == 0
+
+        store = server.data_dir / "samples"
+        assert list(store.rglob("*.seg"))
+        # Retention 3 s, 1 s partitions: whole partitions go, and their disk space with them.
+        wait_for(lambda: not list(store.rglob("*.seg")), 30, "old samples to be dropped")
+        assert not [p for p in store.iterdir() if p.is_dir()]
+        assert sample(a)["packets_captured"] == 0
+    finally:
+        machine.stop()
