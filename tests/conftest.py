@@ -161,6 +161,7 @@ class Server:
     database: str | None
     proc: subprocess.Popen[bytes]
     log: Path
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> str:
@@ -314,7 +315,12 @@ def start_server(data_dir: Path, database: str | None, env: dict[str, str] | Non
             cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
     server = Server(
-        url=f"http://127.0.0.1:{port}", data_dir=data_dir, database=database, proc=proc, log=log
+        url=f"http://127.0.0.1:{port}",
+        data_dir=data_dir,
+        database=database,
+        proc=proc,
+        log=log,
+        env=env or {},
     )
 
     def ready() -> bool:

@@ -15,14 +15,18 @@ from tests.conftest import EDGEPCAP, MachineHeartbeat, start_server, stop_server
 from tests.packets import udp
 
 
-@pytest.fixture
-def short_retention(tmp_path):
+@pytest.fixture(params=["segments", "clickhouse"])
+def short_retention(request, tmp_path):
     env = {
         "EDGEPCAP_SAMPLE_RETENTION": "3",
         "EDGEPCAP_SAMPLE_PARTITION": "1",
         "EDGEPCAP_SAMPLE_INTERVAL": "0",
     }
+    if request.param == "clickhouse":
+        host = request.getfixturevalue("clickhouse")
+        env["EDGEPCAP_SAMPLE_STORE"] = f"clickhouse://{host}/ingest_{int(time.time() * 1000)}"
     server = start_server(tmp_path / "api", None, env)
+    server.store = request.param  # type: ignore[attr-defined]
     try:
         yield server
     finally:
@@ -94,11 +98,32 @@ def test_samples_are_checked_kept_queried_and_expired(short_retention):
         assert sample(a)["packets_captured"] == 40
         assert sample(b)["packets_captured"] == 0
 
-        store = server.data_dir / "samples"
-        assert list(store.rglob("*.seg"))
         # Retention 3 s, 1 s partitions: whole partitions go, and their disk space with them.
-        wait_for(lambda: not list(store.rglob("*.seg")), 30, "old samples to be dropped")
-        assert not [p for p in store.iterdir() if p.is_dir()]
+        if server.store == "segments":
+            store = server.data_dir / "samples"
+            assert list(store.rglob("*.seg"))
+            wait_for(lambda: not list(store.rglob("*.seg")), 30, "old samples to be dropped")
+            assert not [p for p in store.iterdir() if p.is_dir()]
+        else:
+            from clickhouse_driver import Client
+
+            url = server.env["EDGEPCAP_SAMPLE_STORE"].removeprefix("clickhouse://")
+            hostport, database = url.split("/")
+            host, port = hostport.split(":")
+            ch = Client(host, port=int(port), database=database)
+            assert ch.execute("SELECT count() FROM samples")[0][0] == 40
+            wait_for(
+                lambda: (
+                    ch.execute(
+                        "SELECT count() FROM system.parts WHERE database = "
+                        "%(d)s AND table = 'samples' AND active",
+                        {"d": database},
+                    )[0][0]
+                    == 0
+                ),
+                30,
+                "old partitions to be dropped",
+            )
         assert sample(a)["packets_captured"] == 0
     finally:
         machine.stop()

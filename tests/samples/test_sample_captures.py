@@ -157,3 +157,30 @@ def test_prefix_changes_reach_the_sampler_without_a_restart(lab):
         return "192.0.2.0/24" in listing
 
     wait_for(sampler_has_it, 10, "the new prefix in the sampler's set")
+
+
+def test_samples_survive_a_control_plane_outage(lab, tmp_path):
+    from edgepcap.lab import lab as labmod
+
+    lab.samples_settled()
+    before = lab.sampler_stats()
+    start = dt.datetime.now(dt.UTC)
+    labmod.stop_api(lab.data_dir)
+    try:
+        flows = lab.traffic(
+            "--count", "3000", "--proto", "udp", "--tenant", "customer", "--no-v6", "--size", "20"
+        )
+        time.sleep(1.5)  # at least two failed shipping rounds while the api is down
+    finally:
+        labmod.start_api(lab.data_dir)
+    after = lab.samples_settled()
+    for machine, stats in after.items():
+        assert stats["ship_errors"] > before[machine]["ship_errors"]
+        assert stats["backlog_dropped"] == before[machine]["backlog_dropped"] == 0
+    seconds = math.ceil((dt.datetime.now(dt.UTC) - start).total_seconds()) + 1
+    pcap = lab.sample(
+        time_limit=seconds, filter_v1={"protocol": 17, "source_address": lab["addresses"]["client"]}
+    )
+    _, rows = sampled_rows(lab, pcap, tmp_path)
+    low, high = binomial_interval(sum(f["packets"] for f in flows))
+    assert low <= len(rows) <= high

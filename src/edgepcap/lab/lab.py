@@ -89,6 +89,7 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         argv = [_edgepcap(), "api", "--listen", listen, "--data-dir", str(data_dir)]
         if database:
             argv += ["--database", database]
+        state["api_argv"] = argv
         state["pids"].append(_spawn(argv, logs / "api.log", env))
         _save(data_dir, state)
         _wait(
@@ -200,6 +201,29 @@ def restart_agent(data_dir: Path, machine: str) -> int:
     state["pids"][index] = _start_agent(data_dir, state, machine)
     _save(data_dir, state)
     return state["pids"][index]
+
+
+def stop_api(data_dir: Path) -> None:
+    """Stop the lab's api (agents keep running); `start_api` brings it back."""
+    state = json.loads((data_dir.resolve() / STATE).read_text())
+    pid = state["pids"][0]
+    if _ours(pid):
+        os.kill(pid, signal.SIGTERM)
+        _wait(lambda: not _ours(pid), 15, "the api to stop")
+
+
+def start_api(data_dir: Path) -> None:
+    data_dir = data_dir.resolve()
+    state = json.loads((data_dir / STATE).read_text())
+    if _ours(state["pids"][0]):
+        raise LabError("the api is still running")
+    state["pids"][0] = _spawn(state["api_argv"], data_dir / "logs" / "api.log", state["env"])
+    _save(data_dir, state)
+    _wait(
+        lambda: httpx.get(f"{state['api']}/client/v4/health", timeout=1).status_code == 200,
+        30,
+        "the api (see logs/api.log)",
+    )
 
 
 def _validate_bucket(api: str, acct: dict[str, Any], bucket: Path) -> str:
