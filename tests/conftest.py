@@ -515,6 +515,7 @@ class Lab:
         return wait_for(settled, 20, "the samplers to ship everything", interval=1.2)
 
     def tables(self, machine: str) -> list[str]:
+        """The capture tables (`edgepcap_<id>`) in a machine; the sampler's is always there."""
         ns = self.info["namespaces"]["machines"][machine]
         out = subprocess.run(
             ["ip", "netns", "exec", ns, "nft", "list", "tables"],
@@ -522,11 +523,8 @@ class Lab:
             text=True,
             check=True,
         )
-        return [
-            line.split()[-1]
-            for line in out.stdout.splitlines()
-            if line.split()[-1].startswith("edgepcap_")
-        ]
+        names = [line.split()[-1] for line in out.stdout.splitlines()]
+        return [n for n in names if n.startswith("edgepcap_") and n != "edgepcap_sampler"]
 
 
 def lab_down(data_dir: Path) -> None:

@@ -12,6 +12,10 @@ import typer
 app = typer.Typer(help="edgepcap: on-demand packet captures at the edge.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Manage customer accounts (administration).", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
+from edgepcap.customer_cli import buckets_app, pcaps_app  # noqa: E402
+
+app.add_typer(pcaps_app, name="pcaps")
+app.add_typer(buckets_app, name="buckets")
 agents_app = typer.Typer(
     help="Manage edge agent credentials (administration).", no_args_is_help=True
 )

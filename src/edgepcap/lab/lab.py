@@ -85,7 +85,9 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         topology.build(layout)
         host, _, port = listen.rpartition(":")
         api = f"http://{host}:{port}"
-        env = {"EDGEPCAP_BUCKET_ROOT": str(buckets), "EDGEPCAP_ACCESS_LOG": "0"}
+        # What the lab's processes are started with, kept so that a restart gets the same.
+        inherited = {k: v for k, v in os.environ.items() if k.startswith(("EDGEPCAP_", "AWS_"))}
+        env = {**inherited, "EDGEPCAP_BUCKET_ROOT": str(buckets), "EDGEPCAP_ACCESS_LOG": "0"}
         argv = [_edgepcap(), "api", "--listen", listen, "--data-dir", str(data_dir)]
         if database:
             argv += ["--database", database]

@@ -1,0 +1,117 @@
+"""A small typed client of the edgepcap (Cloudflare-compatible) PCAPs API, for the CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class ClientError(Exception):
+    """The API refused a request; the message is the API's own."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Settings:
+    api: str
+    account: str
+    token: str
+
+    @classmethod
+    def resolve(cls, api: str | None, account: str | None, token: str | None) -> Settings:
+        api = api or os.environ.get("EDGEPCAP_API")
+        account = account or os.environ.get("EDGEPCAP_ACCOUNT")
+        token = token or os.environ.get("EDGEPCAP_TOKEN")
+        missing = [
+            name
+            for name, value in (
+                ("EDGEPCAP_API / --api", api),
+                ("EDGEPCAP_ACCOUNT / --account", account),
+                ("EDGEPCAP_TOKEN / --token", token),
+            )
+            if not value
+        ]
+        if missing:
+            raise ClientError(0, "missing " + ", ".join(missing))
+        base = api.rstrip("/")  # type: ignore[union-attr]
+        if not base.endswith("/client/v4"):
+            base += "/client/v4"
+        return cls(api=base, account=account, token=token)  # type: ignore[arg-type]
+
+
+class Client:
+    def __init__(self, settings: Settings) -> None:
+        self.http = httpx.Client(
+            base_url=f"{settings.api}/accounts/{settings.account}",
+            headers={"Authorization": f"Bearer {settings.token}"},
+            timeout=httpx.Timeout(30.0, read=120.0),
+        )
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(0, f"cannot reach the API: {exc}") from exc
+        return _result(r)
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/pcaps", json=body)
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/pcaps")
+
+    def get(self, pcap_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/pcaps/{pcap_id}")
+
+    def stop(self, pcap_id: str) -> dict[str, Any]:
+        return self._call("PUT", f"/pcaps/{pcap_id}/stop")
+
+    def download(self, pcap_id: str) -> Iterator[tuple[int | None, bytes]]:
+        """Chunks of the capture's PCAP, with the total size when the server knows it."""
+        try:
+            with self.http.stream("GET", f"/pcaps/{pcap_id}/download") as r:
+                if r.status_code != 200:
+                    r.read()
+                    _result(r)
+                total = int(r.headers["content-length"]) if "content-length" in r.headers else None
+                for chunk in r.iter_bytes(256 * 1024):
+                    yield total, chunk
+        except httpx.HTTPError as exc:
+            raise ClientError(0, f"download interrupted: {exc}") from exc
+
+    def buckets(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/pcaps/ownership")
+
+    def add_bucket(self, conf: str) -> dict[str, Any]:
+        return self._call("POST", "/pcaps/ownership", json={"destination_conf": conf})
+
+    def validate_bucket(self, conf: str, challenge: str) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": challenge},
+        )
+
+    def delete_bucket(self, bucket_id: str) -> Any:
+        return self._call("DELETE", f"/pcaps/ownership/{bucket_id}")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _result(r: httpx.Response) -> Any:
+    try:
+        body = r.json()
+    except ValueError:
+        raise ClientError(r.status_code, f"HTTP {r.status_code}: {r.text[:200]}") from None
+    if r.status_code >= 400 or not body.get("success"):
+        messages = "; ".join(e.get("message", "") for e in body.get("errors") or [])
+        raise ClientError(r.status_code, messages or f"HTTP {r.status_code}")
+    return body["result"]

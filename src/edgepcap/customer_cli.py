@@ -1,0 +1,375 @@
+"""`edgepcap pcaps …` and `edgepcap buckets …`: the API from a terminal, for people and scripts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from edgepcap.client import Client, ClientError, Settings
+
+pcaps_app = typer.Typer(
+    help="Packet captures: create, watch, stop, download.", no_args_is_help=True
+)
+buckets_app = typer.Typer(
+    help="Buckets for full captures: add, validate, list, delete.", no_args_is_help=True
+)
+out = Console()
+err = Console(stderr=True)
+
+Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
+AccountId = Annotated[str | None, typer.Option("--account", help="Account id (EDGEPCAP_ACCOUNT).")]
+Token = Annotated[str | None, typer.Option("--token", help="API token (EDGEPCAP_TOKEN).")]
+Json = Annotated[bool, typer.Option("--json", help="Print the API's JSON result.")]
+END = ("success", "failed")
+
+
+def _client(api: str | None, account: str | None, token: str | None) -> Client:
+    try:
+        return Client(Settings.resolve(api, account, token))
+    except ClientError as exc:
+        _die(str(exc), 2)
+        raise
+
+
+def _die(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _run(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ClientError as exc:
+        _die(str(exc))
+
+
+def _filter_summary(f: dict[str, Any]) -> str:
+    if not f:
+        return "all packets"
+    src = f.get("source_address", "any") + (f":{f['source_port']}" if "source_port" in f else "")
+    dst = f.get("destination_address", "any") + (
+        f":{f['destination_port']}" if "destination_port" in f else ""
+    )
+    proto = f" proto {f['protocol']}" if "protocol" in f else ""
+    return f"{src} → {dst}{proto}"
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _show(p: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    for key in (
+        "id",
+        "type",
+        "status",
+        "submitted",
+        "colo_name",
+        "destination_conf",
+        "time_limit",
+        "packet_limit",
+        "byte_limit",
+        "offset_time",
+        "stop_requested",
+        "packets_captured",
+        "error_message",
+    ):
+        if p.get(key) is not None:
+            table.add_row(f"[bold]{key}[/bold]", str(p[key]))
+    table.add_row("[bold]filter[/bold]", _filter_summary(p.get("filter_v1") or {}))
+    out.print(table)
+    if p.get("machines"):
+        machines = Table("machine", "state", "packets", "bytes", "dropped", "file / error")
+        for m in p["machines"]:
+            machines.add_row(
+                m["machine"],
+                m["state"],
+                str(m["packets"]),
+                str(m["bytes"]),
+                str(m["dropped"]),
+                m.get("error") or m.get("object") or "",
+            )
+        out.print(machines)
+
+
+@pcaps_app.command("create")
+def create(
+    type_: Annotated[str, typer.Option("--type", help="simple (sampled history) or full.")],
+    time_limit: Annotated[float, typer.Option(help="Seconds (simple 1-300, full 1-86400).")],
+    packet_limit: Annotated[float | None, typer.Option(help="Packets (1-10000).")] = None,
+    byte_limit: Annotated[float | None, typer.Option(help="Bytes, full only.")] = None,
+    colo: Annotated[str | None, typer.Option(help="Full: a colo (ORD) or machine (ord02).")] = None,
+    destination: Annotated[
+        str | None, typer.Option(help="Full: a validated bucket (destination_conf).")
+    ] = None,
+    offset_time: Annotated[str | None, typer.Option(help="Simple: RFC 3339 end of window.")] = None,
+    src: Annotated[str | None, typer.Option(help="filter_v1.source_address")] = None,
+    dst: Annotated[str | None, typer.Option(help="filter_v1.destination_address")] = None,
+    sport: Annotated[int | None, typer.Option(help="filter_v1.source_port")] = None,
+    dport: Annotated[int | None, typer.Option(help="filter_v1.destination_port")] = None,
+    proto: Annotated[int | None, typer.Option(help="filter_v1.protocol (6 tcp, 17 udp …)")] = None,
+    wait: Annotated[bool, typer.Option(help="Show progress until the capture ends.")] = False,
+    as_json: Json = False,
+    api: Api = None,
+    account: AccountId = None,
+    token: Token = None,
+) -> None:
+    """Start a capture; the flags mirror the API's fields."""
+    client = _client(api, account, token)
+    flt = {
+        k: v
+        for k, v in (
+            ("source_address", src),
+            ("destination_address", dst),
+            ("source_port", sport),
+            ("destination_port", dport),
+            ("protocol", proto),
+        )
+        if v is not None
+    }
+    body: dict[str, Any] = {
+        "system": "magic-transit",
+        "type": type_,
+        "time_limit": time_limit,
+        "filter_v1": flt,
+    }
+    for key, value in (
+        ("packet_limit", packet_limit),
+        ("byte_limit", byte_limit),
+        ("colo_name", colo),
+        ("destination_conf", destination),
+        ("offset_time", offset_time),
+    ):
+        if value is not None:
+            body[key] = value
+    pcap = _run(client.create, body)
+    if wait and pcap["status"] not in END:
+        pcap = _watch(client, pcap)
+    if as_json:
+        _print_json(pcap)
+    else:
+        _show(pcap)
+    if pcap["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _watch(client: Client, pcap: dict[str, Any]) -> dict[str, Any]:
+    limit = pcap.get("packet_limit")
+    with Progress(
+        TextColumn("{task.fields[status]:>8}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f} packets"),
+        TextColumn("{task.fields[left]}"),
+        console=err,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("capture", total=limit, status=pcap["status"], left="")
+        while pcap["status"] not in END:
+            time.sleep(0.5)
+            pcap = _run(client.get, pcap["id"])
+            left = ""
+            if pcap["status"] == "running":
+                started = dt.datetime.fromisoformat(pcap["submitted"].replace("Z", "+00:00"))
+                remaining = pcap["time_limit"] - (dt.datetime.now(dt.UTC) - started).total_seconds()
+                left = f"≤ {max(0, remaining):.0f} s left"
+            bar.update(task, completed=pcap["packets_captured"], status=pcap["status"], left=left)
+    return pcap
+
+
+@pcaps_app.command("list")
+def list_(
+    as_json: Json = False, api: Api = None, account: AccountId = None, token: Token = None
+) -> None:
+    """The 50 newest captures, newest first."""
+    pcaps = _run(_client(api, account, token).list)
+    if as_json:
+        _print_json(pcaps)
+        return
+    table = Table("id", "type", "colo", "filter", "submitted", "status", "packets")
+    for p in pcaps:
+        style = {"success": "green", "failed": "red", "running": "yellow"}.get(p["status"], "")
+        table.add_row(
+            p["id"],
+            p["type"],
+            p.get("colo_name") or "-",
+            _filter_summary(p.get("filter_v1") or {}),
+            p["submitted"],
+            f"[{style}]{p['status']}[/{style}]" if style else p["status"],
+            str(p["packets_captured"]),
+        )
+    out.print(table)
+
+
+@pcaps_app.command("get")
+def get(
+    pcap_id: str,
+    as_json: Json = False,
+    api: Api = None,
+    account: AccountId = None,
+    token: Token = None,
+) -> None:
+    """One capture, with each machine's progress for full captures."""
+    pcap = _run(_client(api, account, token).get, pcap_id)
+    _print_json(pcap) if as_json else _show(pcap)
+
+
+@pcaps_app.command("stop")
+def stop(
+    pcap_id: str,
+    as_json: Json = False,
+    api: Api = None,
+    account: AccountId = None,
+    token: Token = None,
+) -> None:
+    """Stop a running full capture."""
+    pcap = _run(_client(api, account, token).stop, pcap_id)
+    _print_json(pcap) if as_json else _show(pcap)
+
+
+@pcaps_app.command("download")
+def download(
+    pcap_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the PCAP.")],
+    api: Api = None,
+    account: AccountId = None,
+    token: Token = None,
+) -> None:
+    """Download a capture (full captures: all machines merged by time)."""
+    client = _client(api, account, token)
+    partial = output.with_name(f".{output.name}.part")
+    written = 0
+    try:
+        with (
+            partial.open("wb") as fh,
+            Progress(
+                TextColumn("download"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=err,
+            ) as bar,
+        ):
+            task = bar.add_task("download", total=None)
+            for total, chunk in client.download(pcap_id):
+                fh.write(chunk)
+                written += len(chunk)
+                bar.update(task, completed=written, total=total)
+        partial.replace(output)  # never leave a half file under the name asked for
+    except ClientError as exc:
+        partial.unlink(missing_ok=True)
+        _die(str(exc))
+    err.print(f"wrote {written} bytes to {output}")
+
+
+@pcaps_app.command("summary")
+def summary(file: Path, as_json: Json = False) -> None:
+    """Top talkers, protocols and time span of a PCAP file (no Wireshark needed)."""
+    from edgepcap.packets import summarise
+    from edgepcap.pcap import PcapError, Reader
+
+    def chunks() -> Any:
+        with file.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                yield block
+
+    if not file.is_file():
+        _die(f"{file}: no such file")
+    try:
+        reader = Reader(chunks(), str(file))
+        result = summarise(reader, reader.header.linktype)
+    except PcapError as exc:
+        _die(str(exc))
+    if as_json:
+        _print_json(result)
+        return
+    span = ""
+    if result["packets"]:
+        first = dt.datetime.fromtimestamp(result["first_ns"] / 1e9, dt.UTC)
+        span = f" from {first:%Y-%m-%d %H:%M:%S.%f} UTC over {result['seconds']:.3f} s"
+    out.print(f"[bold]{file}[/bold]: {result['packets']} packets, {result['bytes']} bytes{span}")
+    protocols = Table("protocol", "packets", "bytes", title="protocols")
+    for p in result["protocols"]:
+        protocols.add_row(p["protocol"], str(p["packets"]), str(p["bytes"]))
+    talkers = Table("source", "bytes", title="top talkers")
+    for t in result["top_sources"]:
+        talkers.add_row(t["source"], str(t["bytes"]))
+    conversations = Table("source", "destination", "packets", title="top conversations")
+    for c in result["top_conversations"]:
+        conversations.add_row(c["source"], c["destination"], str(c["packets"]))
+    out.print(protocols, talkers, conversations)
+
+
+@buckets_app.command("add")
+def bucket_add(
+    destination: str,
+    as_json: Json = False,
+    api: Api = None,
+    account: AccountId = None,
+    token: Token = None,
+) -> None:
+    """Register a bucket: a challenge file is written into it."""
+    bucket = _run(_client(api, account, token).add_bucket, destination)
+    if as_json:
+        _print_json(bucket)
+        return
+    out.print(
+        f"bucket {bucket['id']} is {bucket['status']}: read [bold]{bucket['filename']}"
+        f"[/bold] in {destination} and run\n  edgepcap buckets validate {destination} "
+        "--challenge <its contents>"
+    )
+
+
+@buckets_app.command("validate")
+def bucket_validate(
+    destination: str,
+    challenge: Annotated[str | None, typer.Option(help="The challenge file's contents.")] = None,
+    challenge_file: Annotated[
+        Path | None, typer.Option(help="Read the challenge from this file.")
+    ] = None,
+    as_json: Json = False,
+    api: Api = None,
+    account: AccountId = None,
+    token: Token = None,
+) -> None:
+    """Prove you own the bucket by sending back the challenge."""
+    if challenge_file is not None:
+        challenge = challenge_file.read_text().strip()
+    if not challenge:
+        _die("give --challenge or --challenge-file", 2)
+    bucket = _run(_client(api, account, token).validate_bucket, destination, challenge)
+    _print_json(bucket) if as_json else out.print(f"bucket {bucket['id']} is {bucket['status']}")
+
+
+@buckets_app.command("list")
+def bucket_list(
+    as_json: Json = False, api: Api = None, account: AccountId = None, token: Token = None
+) -> None:
+    """Buckets of the account and their ownership status."""
+    buckets = _run(_client(api, account, token).buckets)
+    if as_json:
+        _print_json(buckets)
+        return
+    table = Table("id", "destination", "status", "challenge file", "validated")
+    for b in buckets:
+        table.add_row(
+            b["id"], b["destination_conf"], b["status"], b["filename"], b.get("validated") or "-"
+        )
+    out.print(table)
+
+
+@buckets_app.command("delete")
+def bucket_delete(
+    bucket_id: str, api: Api = None, account: AccountId = None, token: Token = None
+) -> None:
+    """Remove a bucket."""
+    _run(_client(api, account, token).delete_bucket, bucket_id)
+    out.print(f"deleted bucket {bucket_id}")
