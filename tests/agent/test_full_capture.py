@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections import Counter
 
 from tests.packets import tshark_fields
@@ -212,3 +213,43 @@ def test_full_capture_streams_into_an_s3_bucket(lab, tmp_path):
         merged = tmp_path / "merged.pcap"
         merged.write_bytes(c.get(f"/pcaps/{pcap['id']}/download").content)
     assert len(packets_in(merged)) == total
+
+
+def test_cli_create_wait_follows_the_capture_to_its_end(lab):
+    import json
+    import subprocess
+
+    from tests.conftest import EDGEPCAP
+
+    env = {
+        **os.environ,
+        "EDGEPCAP_API": lab["api"],
+        "EDGEPCAP_ACCOUNT": lab["account_id"],
+        "EDGEPCAP_TOKEN": lab["api_token"],
+    }
+    out = subprocess.run(
+        [
+            EDGEPCAP,
+            "pcaps",
+            "create",
+            "--type",
+            "full",
+            "--time-limit",
+            "2",
+            "--colo",
+            "ORD",
+            "--destination",
+            lab["destination_conf"],
+            "--wait",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    done = json.loads(out.stdout)
+    assert done["status"] == "success"
+    assert {m["machine"] for m in done["machines"]} == {"ord01", "ord02"}
+    assert "packets" in out.stderr  # the progress display

@@ -1,0 +1,165 @@
+"""`edgepcap pcaps …` / `edgepcap buckets …` against a real server: output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from edgepcap.pcap import Packet
+from tests.conftest import EDGEPCAP
+from tests.packets import udp, write_pcap
+
+
+def run(stack, account, *args, token=None, env_extra=None):
+    env = {
+        **os.environ,
+        "EDGEPCAP_API": stack.server.url,
+        "EDGEPCAP_ACCOUNT": account.id,
+        "EDGEPCAP_TOKEN": token or account.api_token,
+        "COLUMNS": "200",
+        **(env_extra or {}),
+    }
+    return subprocess.run([EDGEPCAP, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_buckets_and_captures_from_the_command_line(stack, tmp_path):
+    acct = stack.account()
+    directory = stack.server.data_dir / "buckets" / f"cli-{acct.id}"
+    directory.mkdir(parents=True)
+    conf = f"file://{directory}"
+
+    out = run(stack, acct, "buckets", "add", conf)
+    assert out.returncode == 0, out.stderr
+    assert "ownership-challenge-" in out.stdout and "buckets validate" in out.stdout
+    challenge_file = next(directory.glob("ownership-challenge-*.txt"))
+
+    out = run(stack, acct, "buckets", "validate", conf, "--challenge", "nope")
+    assert out.returncode == 1
+    assert "does not match" in out.stderr and "Traceback" not in out.stderr
+    out = run(stack, acct, "buckets", "validate", conf, "--challenge-file", str(challenge_file))
+    assert out.returncode == 0 and "success" in out.stdout
+    buckets = json.loads(run(stack, acct, "buckets", "list", "--json").stdout)
+    assert [b["status"] for b in buckets] == ["success"]
+
+    out = run(
+        stack,
+        acct,
+        "pcaps",
+        "create",
+        "--type",
+        "simple",
+        "--time-limit",
+        "60",
+        "--packet-limit",
+        "100",
+        "--proto",
+        "17",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    sample = json.loads(out.stdout)
+    assert sample["status"] == "success" and sample["filter_v1"] == {"protocol": 17}
+
+    out = run(
+        stack,
+        acct,
+        "pcaps",
+        "create",
+        "--type",
+        "full",
+        "--time-limit",
+        "300",
+        "--colo",
+        "ORD",
+        "--destination",
+        conf,
+        "--dport",
+        "53",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    full = json.loads(out.stdout)
+    assert full["status"] == "pending" and full["filter_v1"] == {"destination_port": 53}
+
+    listing = run(stack, acct, "pcaps", "list")
+    assert listing.returncode == 0 and full["id"] in listing.stdout
+    assert sample["id"] in listing.stdout
+    listed = json.loads(run(stack, acct, "pcaps", "list", "--json").stdout)
+    assert [p["id"] for p in listed] == [full["id"], sample["id"]]
+
+    got = run(stack, acct, "pcaps", "get", full["id"])
+    assert got.returncode == 0 and "pending" in got.stdout and "ORD" in got.stdout
+
+    write_pcap(
+        directory / "ord01" / f"pcap_{full['id']}.pcap",
+        [
+            Packet(
+                1_790_000_000_000_000_000 + i * 1000,
+                60,
+                udp("198.51.100.9", acct.host(1), 4000 + i % 3, 53),
+            )
+            for i in range(30)
+        ],
+    )
+    out = run(stack, acct, "pcaps", "stop", full["id"], "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "success"
+
+    target = tmp_path / "capture.pcap"
+    out = run(stack, acct, "pcaps", "download", full["id"], "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    assert target.stat().st_size == 24 + 30 * (16 + 60)
+
+    summary = json.loads(run(stack, acct, "pcaps", "summary", str(target), "--json").stdout)
+    assert summary["packets"] == 30 and summary["protocols"][0]["protocol"] == "UDP"
+    assert summary["top_sources"][0]["source"] == "198.51.100.9"
+    assert summary["top_conversations"][0]["destination"] == acct.host(1)
+    text = run(stack, acct, "pcaps", "summary", str(target))
+    assert "30 packets" in text.stdout and "top talkers" in text.stdout
+
+    bucket_id = buckets[0]["id"]
+    assert run(stack, acct, "buckets", "delete", bucket_id).returncode == 0
+    assert json.loads(run(stack, acct, "buckets", "list", "--json").stdout) == []
+
+
+def test_errors_print_the_apis_message_and_exit_non_zero(stack, tmp_path):
+    acct = stack.account()
+    out = run(
+        stack,
+        acct,
+        "pcaps",
+        "create",
+        "--type",
+        "simple",
+        "--time-limit",
+        "301",
+        "--packet-limit",
+        "5",
+    )
+    assert out.returncode == 1
+    assert "between 1 and 300 seconds" in out.stderr and "Traceback" not in out.stderr
+
+    out = run(stack, acct, "pcaps", "list", token="ept_wrong")
+    assert out.returncode == 1 and "invalid API token" in out.stderr
+
+    out = run(stack, acct, "pcaps", "get", "0" * 32)
+    assert out.returncode == 1 and "no packet capture" in out.stderr
+
+    target = tmp_path / "never.pcap"
+    out = run(stack, acct, "pcaps", "download", "0" * 32, "-o", str(target))
+    assert out.returncode == 1 and not target.exists()
+    assert not list(tmp_path.glob(".*part"))
+
+    out = subprocess.run(
+        [EDGEPCAP, "pcaps", "list"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("EDGEPCAP_")},
+        timeout=60,
+    )
+    assert out.returncode == 2 and "EDGEPCAP_API" in out.stderr
+
+    broken = tmp_path / "broken.pcap"
+    broken.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 10)
+    out = run(stack, acct, "pcaps", "summary", str(broken))
+    assert out.returncode == 1 and "too short" in out.stderr
