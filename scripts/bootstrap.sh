@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(nftables iproute2 tcpdump)
 if [ "$profile" = test ]; then
-    packages+=(tshark postgresql clickhouse-server)
+    packages+=(tshark postgresql clickhouse-server chromium)
 fi
 missing=()
 for p in "${packages[@]}"; do

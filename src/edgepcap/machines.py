@@ -103,3 +103,14 @@ def prefix_map(session: Session) -> dict[str, Any]:
         accounts.setdefault(account_id, []).append(cidr)
     version = hashlib.sha256(json.dumps(accounts, sort_keys=True).encode()).hexdigest()[:16]
     return {"version": version, "accounts": accounts}
+
+
+def colos(session: Session) -> list[dict[str, Any]]:
+    """Every colo with its machines and whether each is live now."""
+    now = utcnow()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in session.scalars(select(Machine).order_by(Machine.colo, Machine.name)):
+        out.setdefault(m.colo, []).append({"name": m.name, "live": is_live(m, now)})
+    return [
+        {"colo": c, "machines": ms, "live": sum(m["live"] for m in ms)} for c, ms in out.items()
+    ]

@@ -32,6 +32,8 @@ def endpoints(account_id: str, things: dict) -> list[tuple[str, str, dict | None
         ("GET", f"{base}/pcaps/{pcap}", None),
         ("PUT", f"{base}/pcaps/{pcap}/stop", None),
         ("GET", f"{base}/pcaps/{things['sample']['id']}/download", None),
+        ("GET", f"{base}/pcaps/{things['sample']['id']}/preview", None),
+        ("GET", f"{base}/pcaps/colos", None),
         ("POST", f"{base}/pcaps/ownership", {"destination_conf": things["conf"]}),
         ("GET", f"{base}/pcaps/ownership", None),
         (

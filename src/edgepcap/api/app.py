@@ -7,11 +7,13 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -147,6 +149,13 @@ def create_app(db: Database, stores: StoreSettings, samples: SampleStore) -> Fas
     def metrics() -> str:
         """Per-machine liveness and sampler counters, in Prometheus' text format."""
         return render_metrics(db)
+
+    dashboard = Path(__file__).resolve().parent.parent / "dashboard"
+    app.mount("/static", StaticFiles(directory=dashboard), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(dashboard / "index.html")
 
     @app.get(f"{PREFIX}/health", include_in_schema=False)
     def health() -> dict[str, Any]:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from edgepcap import captures
+from edgepcap import machines as fleet
 from edgepcap.api.auth import Caller, caller
 from edgepcap.api.errors import APIError, Code, envelope
 from edgepcap.api.schemas import CreatePcap, Envelope, PcapOut
 from edgepcap.api.timefmt import rfc3339
 from edgepcap.destinations import DestinationError, parse
 from edgepcap.models import Pcap, PcapBlob
+from edgepcap.packets import preview
 from edgepcap.pcap import PcapError, Reader, merge
 
 router = APIRouter()
@@ -98,6 +100,13 @@ def list_pcaps(request: Request, who: Account) -> dict[str, Any]:
         return envelope([render(p) for p in captures.list_recent(session, who.account.id)])
 
 
+@router.get("/accounts/{account_id}/pcaps/colos")
+def list_colos(request: Request, who: Account) -> dict[str, Any]:
+    """Colos and their machines, with liveness: where a full capture can run (beyond Cloudflare)."""
+    with request.app.state.db.session() as session:
+        return envelope(fleet.colos(session))
+
+
 @router.get("/accounts/{account_id}/pcaps/{pcap_id}", response_model=Envelope[PcapOut])
 def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
     check_id(pcap_id)
@@ -107,6 +116,51 @@ def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
         except captures.CaptureError as exc:
             raise_capture_error(exc)
             raise
+
+
+@router.get("/accounts/{account_id}/pcaps/{pcap_id}/preview")
+def preview_pcap(
+    request: Request,
+    who: Account,
+    pcap_id: PcapId,
+    count: Annotated[int, Query(ge=1, le=100)] = 100,
+) -> dict[str, Any]:
+    """The first packets of a finished capture, decoded (time, addresses, protocol, ports,
+    length, bytes in hex): a look without downloading (beyond Cloudflare)."""
+    check_id(pcap_id)
+    with request.app.state.db.session() as session:
+        try:
+            pcap = captures.get(session, who.account.id, pcap_id)
+        except captures.CaptureError as exc:
+            raise_capture_error(exc)
+            raise
+        if pcap.status != "success":
+            raise APIError(
+                409,
+                Code.NOT_READY,
+                f"capture {pcap.id} is {pcap.status}: a preview needs status success",
+            )
+        blob = session.get(PcapBlob, pcap.id) if pcap.type == "simple" else None
+        data = blob.data if blob is not None else None
+    try:
+        if pcap.type == "simple":
+            reader = Reader([data or pcap_format_empty()], f"pcap_{pcap.id}.pcap")
+        else:
+            reader = Reader(_merged_bytes(request, pcap), f"pcap_{pcap.id}.pcap")
+        rows = preview(reader, count)
+    except PcapError as exc:
+        raise APIError(
+            502, Code.DESTINATION_UNREACHABLE, f"cannot read the capture: {exc}"
+        ) from exc
+    return envelope(
+        {"linktype": reader.header.linktype, "snaplen": reader.header.snaplen, "packets": rows}
+    )
+
+
+def pcap_format_empty() -> bytes:
+    from edgepcap.pcap import global_header
+
+    return global_header()
 
 
 @router.put("/accounts/{account_id}/pcaps/{pcap_id}/stop", response_model=Envelope[PcapOut])
@@ -157,14 +211,18 @@ def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> Response:
     return _merged_download(request, pcap)
 
 
-def _merged_download(request: Request, pcap: Pcap) -> StreamingResponse:
+def _merged_bytes(request: Request, pcap: Pcap) -> Any:
     """All machines' `<machine>/pcap_<id>.pcap` objects, merged by time while streaming."""
+    dest = parse(pcap.destination_conf or "", request.app.state.stores)
+    suffix = f"/pcap_{pcap.id}.pcap"
+    names = sorted(n for n in dest.list() if n.endswith(suffix) and n.count("/") >= 1)
+    readers = [Reader(dest.stream(name), name) for name in names]
+    return merge(readers)
+
+
+def _merged_download(request: Request, pcap: Pcap) -> StreamingResponse:
     try:
-        dest = parse(pcap.destination_conf or "", request.app.state.stores)
-        suffix = f"/pcap_{pcap.id}.pcap"
-        names = sorted(n for n in dest.list() if n.endswith(suffix) and n.count("/") >= 1)
-        readers = [Reader(dest.stream(name), name) for name in names]
-        body = merge(readers)
+        body = _merged_bytes(request, pcap)
     except (DestinationError, PcapError) as exc:
         raise APIError(
             502,
