@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -180,6 +181,18 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()
     # Stopping `up` stops its agent, which takes its sampler table with it.
+    def agents_left() -> list[str]:
+        found = []
+        for proc_dir in Path("/proc").iterdir():
+            try:
+                cmd = (proc_dir / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"agent" in cmd and str(data).encode() in cmd:
+                found.append(proc_dir.name)
+        return found
+
+    wait_for(lambda: not agents_left(), 15, "the agent of `up` to exit")
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
     assert "edgepcap_" not in tables.stdout
     assert str(creds_file) in out and demo["api_token"] not in out

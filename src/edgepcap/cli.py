@@ -156,7 +156,9 @@ def up(
         ]
         env = {**os.environ, "EDGEPCAP_AGENT_KEY": key_file.read_text().strip()}
         with (data_dir / "agent.log").open("ab") as log:
-            child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
     try:
         serve(listen, data_dir, database)
     finally:
@@ -166,6 +168,15 @@ def up(
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _die_with_parent() -> None:
+    # uvicorn re-raises SIGTERM after its shutdown, so `up` may end before any `finally`
+    # runs: the kernel then stops the agent (which removes its tables) for us.
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _write_secret(path: Path, text: str) -> None:

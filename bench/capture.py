@@ -1,0 +1,187 @@
+"""Capture-path figures: edgepcap's agent worker against tcpdump on the same nftables rule."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.topology import DST, Topology, counting_table, pair, routed
+from edgepcap import netns, nft
+from edgepcap.agent.worker import CaptureWorker, Job
+from edgepcap.destinations import StoreSettings
+from edgepcap.filters import FilterV1
+from edgepcap.pcap import Reader
+
+PREFIX = [ipaddress.ip_network(f"{DST}/32")]
+FILTER = FilterV1(protocol=17, destination_port=5000)
+
+
+class LocalControlPlane:
+    """What the worker reports to, kept in memory: the benchmark has no api in the loop."""
+
+    machine = "bench01"
+
+    def __init__(self) -> None:
+        self.final: dict[str, Any] = {}
+
+    def report(self, _pcap_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        if report["state"] != "running":
+            self.final = report
+        return {}
+
+
+def count_packets(path: Path) -> int:
+    def chunks():
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                yield block
+
+    return sum(1 for _ in Reader(chunks(), str(path)))
+
+
+def _wait_quiet(read: Any, quiet: float = 0.5, limit: float = 20.0) -> None:
+    """Wait until `read()` stops changing for `quiet` seconds."""
+    deadline = time.monotonic() + limit
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
+def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="edgepcap-bench-"))
+    job = Job(
+        id="b" * 32,
+        prefixes=PREFIX,
+        filter=FILTER,
+        time_limit=600,
+        packet_limit=None,
+        byte_limit=None,
+        destination_conf=f"file://{root}",
+        object_name="bench01/x.pcap",
+    )
+    (root / "bench01").mkdir()
+    cp = LocalControlPlane()
+    done = threading.Event()
+    worker = CaptureWorker(
+        job,
+        cp,
+        1500,
+        topo.rx,
+        StoreSettings(bucket_root=root),  # type: ignore[arg-type]
+        lambda _w: done.set(),
+    )
+    worker.start()
+    table = f"{nft.TABLE_PREFIX}{job.id}"
+    deadline = time.monotonic() + 10
+    while table not in nft.list_tables(topo.rx) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    seconds = topo.trafgen(count, payload, rate=rate)
+    _wait_quiet(lambda: worker.written_packets)
+    worker.request_stop("stop")
+    done.wait(30)
+    written = count_packets(root / "bench01" / "x.pcap")
+    report = cp.final
+    return {
+        "offered": report.get("kernel_matched", 0),
+        "written": written,
+        "dropped": report.get("dropped", 0),
+        "gen_seconds": seconds,
+    }
+
+
+def run_tcpdump(topo: Topology, count: int, payload: int, rate: str | None = None) -> dict:
+    group = 1501
+    table = f"{nft.TABLE_PREFIX}tcpdump"
+    nft.install(
+        nft.CaptureRule(table=table, prefixes=PREFIX, filter=FILTER, group=group, snaplen=None),
+        topo.rx,
+    )
+    out = Path(tempfile.mkstemp(suffix=".pcap")[1])
+    proc = subprocess.Popen(
+        netns.argv(
+            topo.rx, ["tcpdump", "-Z", "root", "-B", "4096", "-i", f"nflog:{group}", "-w", str(out)]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while "listening" not in (proc.stderr.readline() or "listening"):
+            pass
+        time.sleep(0.2)
+        seconds = topo.trafgen(count, payload, rate=rate)
+        _wait_quiet(lambda: out.stat().st_size)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+    offered = topo.counter(topo.rx, table)
+    nft.remove(table, topo.rx)
+    written = count_packets(out)
+    out.unlink()
+    return {
+        "offered": offered,
+        "written": written,
+        "dropped": offered - written,
+        "gen_seconds": seconds,
+    }
+
+
+def capture_ratio(count: int, payload: int, reps: int) -> dict:
+    """Packets written / offered at the generator's top rate, alternating ours and tcpdump."""
+    ours, theirs = [], []
+    with pair() as topo:
+        for _ in range(reps):
+            ours.append(run_ours(topo, count, payload))
+            theirs.append(run_tcpdump(topo, count, payload))
+    return {"ours": ours, "tcpdump": theirs}
+
+
+def max_lossless_rate(count: int, payload: int, steps: int, low: int, high: int) -> dict:
+    """Binary search of the highest offered rate (pps) each side keeps with 0 drops."""
+    result = {}
+    with pair() as topo:
+        for name, run in (("ours", run_ours), ("tcpdump", run_tcpdump)):
+            lo, hi = low, high
+            for _ in range(steps):
+                mid = (lo + hi) // 2
+                r = run(topo, count, payload, rate=f"{mid // 1000}kpps")
+                if r["written"] >= r["offered"] > 0:
+                    lo = mid
+                else:
+                    hi = mid
+            result[name] = lo
+    return result
+
+
+def forwarding(count: int, payload: int, reps: int) -> dict:
+    """Forwarded pps through a router with no rule and with an active capture (and reader)."""
+    plain, captured = [], []
+    with routed() as topo:
+        counting_table(topo.rx, "bench_sink")
+        assert topo.router is not None
+        for _ in range(reps):
+            before = topo.counter(topo.rx, "bench_sink")
+            seconds = topo.trafgen(count, payload)
+            time.sleep(0.3)
+            plain.append((topo.counter(topo.rx, "bench_sink") - before) / seconds)
+            router_topo = Topology(
+                gen=topo.gen, rx=topo.router, router=None, dev=topo.dev, next_mac=topo.next_mac
+            )
+            before = topo.counter(topo.rx, "bench_sink")
+            start = time.monotonic()
+            result = run_ours(router_topo, count, payload)
+            del start
+            time.sleep(0.3)
+            captured.append((topo.counter(topo.rx, "bench_sink") - before) / result["gen_seconds"])
+    return {"plain_pps": plain, "captured_pps": captured}

@@ -1,0 +1,229 @@
+"""Benchmark namespaces: a generator and a receiver (and a router), always removed after."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepcap import netns, nft
+
+GEN_MAC, RX_MAC, RT_IN_MAC, RT_OUT_MAC = (
+    "02:00:00:00:00:01",
+    "02:00:00:00:00:02",
+    "02:00:00:00:00:03",
+    "02:00:00:00:00:04",
+)
+DST = "203.0.113.77"
+
+
+@dataclass
+class Topology:
+    gen: str
+    rx: str
+    router: str | None
+    dev: str  # the generator's device
+    next_mac: str  # where the generator's frames go
+
+    def trafgen(
+        self, count: int, payload: int, seconds: float = 60, rate: str | None = None
+    ) -> float:
+        """Send `count` UDP packets as fast as one core can; returns the seconds it took."""
+        conf = Path(tempfile.mkstemp(suffix=".cfg")[1])
+        conf.write_text(
+            "{\n"
+            f"  eth(da={self.next_mac}, sa={GEN_MAC}, type=0x0800),\n"
+            f"  ipv4(saddr=198.18.200.1, daddr={DST}, ttl=64, proto=17),\n"
+            "  udp(sp=4000, dp=5000),\n"
+            f"  fill(0xab, {payload})\n"
+            "}\n"
+        )
+        try:
+            out = subprocess.run(
+                netns.argv(
+                    self.gen,
+                    [
+                        "trafgen",
+                        "--dev",
+                        self.dev,
+                        "--conf",
+                        str(conf),
+                        "-n",
+                        str(count),
+                        "--cpus",
+                        "1",
+                        "-q",
+                        *(["-b", rate] if rate else []),
+                    ],
+                ),
+                capture_output=True,
+                text=True,
+                timeout=seconds,
+                check=True,
+            )
+        finally:
+            conf.unlink(missing_ok=True)
+        for line in out.stdout.splitlines():
+            if "usec on CPU" in line:
+                sec, usec = line.split()[0], line.split()[2]
+                return int(sec) + int(usec) / 1e6
+        return 0.0
+
+    def counter(self, ns: str, table: str) -> int:
+        data = json.loads(
+            subprocess.run(
+                netns.argv(ns, ["nft", "-j", "list", "table", "inet", table]),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        return sum(
+            e["counter"]["packets"]
+            for item in data["nftables"]
+            for e in item.get("rule", {}).get("expr", [])
+            if "counter" in e
+        )
+
+
+def counting_table(
+    ns: str,
+    name: str,
+    hook: str = "prerouting",
+    log_group: int | None = None,
+    snaplen: int | None = None,
+) -> None:
+    """A table that counts (and optionally logs) the benchmark's UDP in `ns`."""
+    expr: list[dict] = [
+        {
+            "match": {
+                "op": "==",
+                "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                "right": 5000,
+            }
+        },
+        {"counter": None},
+    ]
+    if log_group is not None:
+        log = {"group": log_group}
+        if snaplen:
+            log["snaplen"] = snaplen
+        expr.append({"log": log})
+    nft.apply(
+        ns,
+        {
+            "nftables": [
+                {"add": {"table": {"family": "inet", "name": name}}},
+                {
+                    "add": {
+                        "chain": {
+                            "family": "inet",
+                            "table": name,
+                            "name": "c",
+                            "type": "filter",
+                            "hook": hook,
+                            "prio": -300,
+                            "policy": "accept",
+                        }
+                    }
+                },
+                {"add": {"rule": {"family": "inet", "table": name, "chain": "c", "expr": expr}}},
+            ]
+        },
+    )
+
+
+@contextlib.contextmanager
+def pair() -> Iterator[Topology]:
+    """gen ──veth── rx: every frame the generator sends arrives in rx's prerouting."""
+    tag = secrets.token_hex(3)
+    gen, rx = f"epbench{tag}-gen", f"epbench{tag}-rx"
+    try:
+        for n in (gen, rx):
+            netns.add(n)
+            netns.ip(n, "link", "set", "lo", "up")
+        netns.ip(
+            None,
+            "link",
+            "add",
+            "g0",
+            "netns",
+            gen,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "r0",
+            "netns",
+            rx,
+        )
+        netns.ip(gen, "link", "set", "g0", "address", GEN_MAC, "up")
+        netns.ip(rx, "link", "set", "r0", "address", RX_MAC, "up")
+        yield Topology(gen=gen, rx=rx, router=None, dev="g0", next_mac=RX_MAC)
+    finally:
+        for n in (gen, rx):
+            netns.delete(n)
+
+
+@contextlib.contextmanager
+def routed() -> Iterator[Topology]:
+    """gen ── router ── rx: the router forwards to rx, where arrivals are counted."""
+    tag = secrets.token_hex(3)
+    gen, router, rx = f"epbench{tag}-gen", f"epbench{tag}-rt", f"epbench{tag}-rx"
+    try:
+        for n in (gen, router, rx):
+            netns.add(n)
+            netns.ip(n, "link", "set", "lo", "up")
+        netns.ip(
+            None,
+            "link",
+            "add",
+            "g0",
+            "netns",
+            gen,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "i0",
+            "netns",
+            router,
+        )
+        netns.ip(
+            None,
+            "link",
+            "add",
+            "o0",
+            "netns",
+            router,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "r0",
+            "netns",
+            rx,
+        )
+        netns.ip(gen, "link", "set", "g0", "address", GEN_MAC, "up")
+        netns.ip(router, "link", "set", "i0", "address", RT_IN_MAC, "up")
+        netns.ip(router, "link", "set", "o0", "address", RT_OUT_MAC, "up")
+        netns.ip(rx, "link", "set", "r0", "address", RX_MAC, "up")
+        netns.ip(router, "addr", "add", "198.18.200.2/30", "dev", "i0")
+        netns.ip(router, "addr", "add", "198.18.201.1/30", "dev", "o0")
+        netns.ip(rx, "addr", "add", "198.18.201.2/30", "dev", "r0")
+        netns.ip(router, "route", "add", f"{DST}/32", "via", "198.18.201.2")
+        netns.ip(router, "neigh", "add", "198.18.201.2", "lladdr", RX_MAC, "dev", "o0")
+        subprocess.run(netns.argv(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]), check=True)
+        for n in (router, rx):
+            subprocess.run(
+                netns.argv(n, ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]), check=True
+            )
+        yield Topology(gen=gen, rx=rx, router=router, dev="g0", next_mac=RT_IN_MAC)
+    finally:
+        for n in (gen, router, rx):
+            netns.delete(n)
