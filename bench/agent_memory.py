@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def main() -> int:
         return 0
     finally:
         labmod.down(data)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -91,6 +92,7 @@ def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) 
     worker.request_stop("stop")
     done.wait(30)
     written = count_packets(root / "bench01" / "x.pcap")
+    shutil.rmtree(root, ignore_errors=True)
     report = cp.final
     return {
         "offered": report.get("kernel_matched", 0),
@@ -155,7 +157,7 @@ def max_lossless_rate(count: int, payload: int, steps: int, low: int, high: int)
             lo, hi = low, high
             for _ in range(steps):
                 mid = (lo + hi) // 2
-                r = run(topo, count, payload, rate=f"{mid // 1000}kpps")
+                r = run(topo, count, payload, rate=f"{mid}pps")
                 if r["written"] >= r["offered"] > 0:
                     lo = mid
                 else:
@@ -179,9 +181,7 @@ def forwarding(count: int, payload: int, reps: int) -> dict:
                 gen=topo.gen, rx=topo.router, router=None, dev=topo.dev, next_mac=topo.next_mac
             )
             before = topo.counter(topo.rx, "bench_sink")
-            start = time.monotonic()
             result = run_ours(router_topo, count, payload)
-            del start
             time.sleep(0.3)
             captured.append((topo.counter(topo.rx, "bench_sink") - before) / result["gen_seconds"])
     return {"plain_pps": plain, "captured_pps": captured}

@@ -96,9 +96,8 @@ def _pg_bindir() -> Path:
     return Path(found[-1]).parent
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """A throwaway PostgreSQL server on loopback, owned by the test run."""
+def start_postgres() -> tuple[Postgres, Callable[[], None]]:
+    """A throwaway PostgreSQL server on loopback, and the function that removes it."""
     bindir = _pg_bindir()
     # Not under pytest's 0700 temp dir: the postgres user must reach its files.
     base = Path(tempfile.mkdtemp(prefix="edgepcap-pg-"))
@@ -140,15 +139,26 @@ def postgres() -> Iterator[Postgres]:
         check=True,
         capture_output=True,
     )
-    try:
-        yield Postgres(port=port, socket_dir=sock, bindir=bindir)
-    finally:
+
+    def stop() -> None:
         subprocess.run(
             [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
             check=False,
             capture_output=True,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+    return Postgres(port=port, socket_dir=sock, bindir=bindir), stop
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL server on loopback, owned by the test run."""
+    server, stop = start_postgres()
+    try:
+        yield server
+    finally:
+        stop()
 
 
 # --- API server processes --------------------------------------------------------

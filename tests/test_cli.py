@@ -180,6 +180,7 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()
+
     # Stopping `up` stops its agent, which takes its sampler table with it.
     def agents_left() -> list[str]:
         found = []

@@ -1,0 +1,366 @@
+"""`bench/run [--quick]`: every figure of edgepcap against its baseline, in one run.
+
+Prints one line per figure: figure, edgepcap value, baseline value, ratio, target, PASS/FAIL;
+writes bench/results.json and the table of BENCHMARKS.md. Needs root (namespaces, nftables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import capture, samples
+from edgepcap.accounts import create_account
+from edgepcap.db import open_database
+from edgepcap.machines import create_agent_key
+
+ROOT = Path(__file__).resolve().parent.parent
+EDGEPCAP = str(Path(sys.executable).parent / "edgepcap")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Figure:
+    def __init__(
+        self,
+        name: str,
+        ours: float,
+        baseline: float | None,
+        target: str,
+        ok: bool,
+        unit: str,
+        limits: str,
+        detail: Any,
+    ) -> None:
+        self.name, self.ours, self.baseline, self.target = name, ours, baseline, target
+        self.ok, self.unit, self.limits, self.detail = ok, unit, limits, detail
+
+    @property
+    def ratio(self) -> float | None:
+        return self.ours / self.baseline if self.baseline else None
+
+    def line(self) -> str:
+        base = "-" if self.baseline is None else f"{self.baseline:.4g}"
+        ratio = "-" if self.ratio is None else f"{self.ratio:.3f}"
+        return (
+            f"{self.name}\t{self.ours:.4g} {self.unit}\t{base}\t{ratio}\t{self.target}\t"
+            f"{'PASS' if self.ok else 'FAIL'}"
+        )
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
+
+
+def fig_capture(quick: bool) -> list[Figure]:
+    out = []
+    for payload, count, name, need in (
+        (
+            64,
+            200_000 if quick else 1_000_000,
+            "full capture 64 B, written/offered at top rate",
+            0.95,
+        ),
+        (
+            1400,
+            100_000 if quick else 500_000,
+            "full capture 1400 B, written/offered at top rate",
+            0.9,
+        ),
+    ):
+        r = capture.capture_ratio(count, payload, 1 if quick else 3)
+        ours = median([x["written"] / max(1, x["offered"]) for x in r["ours"]])
+        theirs = median([x["written"] / max(1, x["offered"]) for x in r["tcpdump"]])
+        counted = all(x["offered"] == x["written"] + x["dropped"] for x in r["ours"])
+        zero_where = all(x["dropped"] == 0 for x in r["ours"]) or not all(
+            x["dropped"] == 0 for x in r["tcpdump"]
+        )
+        ok = ours >= need * theirs and counted and (zero_where or payload == 1400)
+        out.append(
+            Figure(
+                name,
+                ours,
+                theirs,
+                f">= {need}x tcpdump, drops counted",
+                ok,
+                "kept",
+                "one core per side: the generator and the reader share 2 cores",
+                r,
+            )
+        )
+    return out
+
+
+def fig_max_rate(quick: bool) -> Figure:
+    r = capture.max_lossless_rate(
+        100_000 if quick else 300_000, 64, 3 if quick else 6, 50_000, 450_000
+    )
+    return Figure(
+        "max rate with 0 drops (64 B)",
+        r["ours"],
+        r["tcpdump"],
+        ">= 0.95x tcpdump",
+        r["ours"] >= 0.95 * r["tcpdump"],
+        "pps",
+        "binary search on trafgen -b",
+        r,
+    )
+
+
+def fig_forwarding(quick: bool) -> Figure:
+    r = capture.forwarding(200_000 if quick else 1_000_000, 64, 1 if quick else 3)
+    ours, plain = median(r["captured_pps"]), median(r["plain_pps"])
+    return Figure(
+        "forwarding with an active capture rule",
+        ours,
+        plain,
+        ">= 0.85x no rule",
+        ours >= 0.85 * plain,
+        "pps",
+        "kernel NFLOG cost per logged packet",
+        r,
+    )
+
+
+class Api:
+    """An `edgepcap api` process on a fresh data dir (SQLite, or the given database)."""
+
+    def __init__(self, database: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="edgepcap-bench-api-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database = database
+        cmd = [EDGEPCAP, "api", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir)]
+        if database:
+            cmd += ["--database", database]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "EDGEPCAP_ACCESS_LOG": "0", **(env or {})},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/client/v4/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.db = open_database(self.dir, database)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.db.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def fig_api(quick: bool) -> list[Figure]:
+    from tests.conftest import start_postgres
+
+    out = []
+    pg, stop_pg = start_postgres()
+    try:
+        for backend, database in (("SQLite", None), ("PostgreSQL", pg.new_database())):
+            api = Api(database)
+            try:
+                with api.db.session() as s:
+                    account, creds = create_account(s, "load", ["203.0.113.0/24"])
+                    account_id = account.id
+                r = httpx.post(
+                    f"{api.url}/client/v4/accounts/{account_id}/pcaps",
+                    headers={"Authorization": f"Bearer {creds.api_token}"},
+                    json={
+                        "system": "magic-transit",
+                        "type": "simple",
+                        "time_limit": 60,
+                        "packet_limit": 10,
+                    },
+                )
+                pcap_id = r.json()["result"]["id"]
+                load = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.api_load",
+                        api.url,
+                        account_id,
+                        creds.api_token,
+                        pcap_id,
+                        "3" if quick else "10",
+                        "50",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    cwd=ROOT,
+                )
+                res = json.loads(load.stdout)
+                ok = res["rps"] >= 1500 and res["p99_ms"] < 50 and res["errors"] == 0
+                out.append(
+                    Figure(
+                        f"API GET/list, 50 clients, {backend}",
+                        res["rps"],
+                        None,
+                        ">= 1500 req/s, p99 < 50 ms",
+                        ok,
+                        "req/s",
+                        f"p99 {res['p99_ms']:.0f} ms; one uvicorn process",
+                        res,
+                    )
+                )
+            finally:
+                api.close()
+    finally:
+        stop_pg()
+    return out
+
+
+def fig_samples(quick: bool) -> list[Figure]:
+    api = Api(env={"EDGEPCAP_SAMPLE_INTERVAL": "0"})
+    try:
+        tokens, ids = {}, []
+        with api.db.session() as s:
+            for i in range(samples.ACCOUNTS):
+                account, creds = create_account(s, f"z{i}", [str(samples.account_net(i))])
+                ids.append(account.id)
+                tokens[account.id] = creds.api_token
+            _row, key = create_agent_key(s, "bench")
+        machine = {"machine": "bench01", "boot_id": "c" * 32}
+        httpx.post(
+            f"{api.url}/agent/v1/register",
+            json={"colo": "BEN", **machine},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        n, hours = (1_000_000, 1.0) if quick else (50_000_000, 24.0)
+        wire, now = samples.fill(api.dir / "samples", n, hours, ids)
+        hour_pcap = api.dir / "hour.pcap"
+        samples.write_hour_pcap(wire, now, hour_pcap)
+        del wire
+        lat = samples.query_latency(api.url, tokens, ids, hour_pcap, 20 if quick else 100)
+        ours, theirs = lat["ours_ms"], lat["tcpdump_ms"]
+        p50, p99 = ours[len(ours) // 2], ours[min(len(ours) - 1, int(0.99 * len(ours)))]
+        b50 = theirs[len(theirs) // 2]
+        query = Figure(
+            f"sample capture create+download, {n / 1e6:g} M samples / {hours:g} h",
+            p50,
+            b50,
+            "p50 < 50 ms, p99 < 200 ms, faster than tcpdump -r",
+            p50 < 50 and p99 < 200 and p50 < b50,
+            "ms p50",
+            f"p99 {p99:.1f} ms; tcpdump -r reads the whole hour",
+            lat,
+        )
+        ing = samples.ingest_rate(api.url, key, machine, ids, 30_000, 3 if quick else 20)
+        ingest = Figure(
+            "sampler ingest, sustained",
+            ing["kept_per_s"],
+            None,
+            ">= 30000 samples/s, 0 loss",
+            ing["kept"] == ing["offered"] and ing["kept_per_s"] >= 29_000,
+            "samples/s",
+            f"largest batch {ing['max_batch_ms']:.0f} ms",
+            ing,
+        )
+        return [query, ingest]
+    finally:
+        api.close()
+
+
+def fig_memory(quick: bool) -> Figure:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "agent_memory.py"),
+            "--gigabytes",
+            "0.2" if quick else "1.0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    peak = max(r["rss_peak_mib"].values())
+    return Figure(
+        f"agent peak RSS, {r['captured_bytes'] / 1e9:.2f} GB full capture",
+        peak,
+        None,
+        "< 100 MiB",
+        peak < 100,
+        "MiB",
+        "interpreter + libraries ~50 MiB",
+        r,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small runs, under a minute")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/run needs root (network namespaces, nftables)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    figures: list[Figure] = []
+    steps = [
+        lambda: fig_capture(args.quick),
+        lambda: [fig_max_rate(args.quick)],
+        lambda: [fig_forwarding(args.quick)],
+        lambda: fig_samples(args.quick),
+        lambda: fig_api(args.quick),
+        lambda: [fig_memory(args.quick)],
+    ]
+    failed = False
+    for step in steps:
+        try:
+            for f in step():
+                figures.append(f)
+                print(f.line(), flush=True)
+        except Exception as exc:  # a figure that could not be measured
+            failed = True
+            print(f"could not measure: {exc!r}", file=sys.stderr, flush=True)
+    record = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "machine": f"{os.cpu_count()} CPU, {platform.machine()}, Linux {platform.release()}",
+        "seconds": round(time.monotonic() - started, 1),
+        "figures": [
+            {
+                "figure": f.name,
+                "edgepcap": f.ours,
+                "baseline": f.baseline,
+                "ratio": f.ratio,
+                "unit": f.unit,
+                "target": f.target,
+                "pass": f.ok,
+                "limits": f.limits,
+                "detail": f.detail,
+            }
+            for f in figures
+        ],
+    }
+    (ROOT / "bench" / "results.json").write_text(json.dumps(record, indent=2, default=str))
+    return 1 if failed or not figures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
