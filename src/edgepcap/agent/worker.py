@@ -204,8 +204,15 @@ class CaptureWorker(threading.Thread):
                 break
             if self._writer_error is not None:
                 raise self._writer_error
-            packets = self.sock.receive(0.05)
-            self._take(packets, batch)
+            if self.budget.unlimited:
+                got, size = self.sock.receive_records(0.05, batch)
+                with self._lock:
+                    self.written_packets += got
+                    self.written_bytes += size
+                packets: Any = got
+            else:
+                packets = self.sock.receive(0.05)
+                self._take(packets, batch)
             if len(batch) >= FLUSH_BYTES or (batch and not packets):
                 self._out.put(bytes(batch))
                 batch.clear()
