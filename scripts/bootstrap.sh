@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what edgepcap needs on a fresh Debian machine (root): Debian packages,
-# uv, and the Python packages pinned in uv.lock. Usage: bootstrap.sh run|test
+# uv, and the Python packages pinned in uv.lock. Usage: bootstrap.sh run|test|bench
 set -euo pipefail
 profile=${1:-run}
 cd "$(dirname "$0")/.."
 
 packages=(nftables iproute2 tcpdump)
-if [ "$profile" = test ]; then
-    packages+=(tshark postgresql clickhouse-server chromium)
+if [ "$profile" = test ] || [ "$profile" = bench ]; then
+    # netsniff-ng brings trafgen, the benchmarks' (and their tests') traffic generator.
+    packages+=(tshark postgresql clickhouse-server chromium netsniff-ng)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -27,7 +28,7 @@ if ! command -v uv >/dev/null 2>&1; then
     python3 -m pip install --quiet --root-user-action=ignore uv
 fi
 
-if [ "$profile" = test ]; then
+if [ "$profile" != run ]; then
     uv sync --locked --quiet
 else
     uv sync --locked --quiet --no-dev
