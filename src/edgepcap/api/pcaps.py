@@ -82,6 +82,16 @@ def raise_capture_error(exc: captures.CaptureError) -> None:
     raise APIError(status, code, str(exc), headers=headers) from exc
 
 
+def owned(session: Any, who: Caller, pcap_id: str) -> Pcap:
+    """The caller's capture `pcap_id`; a bad id is a 400 and another account's is a 404."""
+    check_id(pcap_id)
+    try:
+        return captures.get(session, who.account.id, pcap_id)
+    except captures.CaptureError as exc:
+        raise_capture_error(exc)
+        raise
+
+
 @router.post("/accounts/{account_id}/pcaps", response_model=Envelope[PcapOut])
 def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, Any]:
     """Start a sample (`type: simple`) or full (`type: full`) packet capture."""
@@ -109,13 +119,8 @@ def list_colos(request: Request, who: Account) -> dict[str, Any]:
 
 @router.get("/accounts/{account_id}/pcaps/{pcap_id}", response_model=Envelope[PcapOut])
 def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
-    check_id(pcap_id)
     with request.app.state.db.session() as session:
-        try:
-            return envelope(render(captures.get(session, who.account.id, pcap_id)))
-        except captures.CaptureError as exc:
-            raise_capture_error(exc)
-            raise
+        return envelope(render(owned(session, who, pcap_id)))
 
 
 @router.get("/accounts/{account_id}/pcaps/{pcap_id}/preview")
@@ -127,13 +132,8 @@ def preview_pcap(
 ) -> dict[str, Any]:
     """The first packets of a finished capture, decoded (time, addresses, protocol, ports,
     length, bytes in hex): a look without downloading (beyond Cloudflare)."""
-    check_id(pcap_id)
     with request.app.state.db.session() as session:
-        try:
-            pcap = captures.get(session, who.account.id, pcap_id)
-        except captures.CaptureError as exc:
-            raise_capture_error(exc)
-            raise
+        pcap = owned(session, who, pcap_id)
         if pcap.status != "success":
             raise APIError(
                 409,
@@ -182,13 +182,8 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
 )
 def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> Response:
     """The capture as one PCAP file (full captures: all machines' files merged by time)."""
-    check_id(pcap_id)
     with request.app.state.db.session() as session:
-        try:
-            pcap = captures.get(session, who.account.id, pcap_id)
-        except captures.CaptureError as exc:
-            raise_capture_error(exc)
-            raise
+        pcap = owned(session, who, pcap_id)
     if pcap.status != "success":
         detail = f" ({pcap.error_message})" if pcap.error_message else ""
         raise APIError(
