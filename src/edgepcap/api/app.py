@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -29,6 +30,51 @@ MAX_BODY = 64 * 1024
 MAX_SAMPLE_BATCH = 32 << 20
 EXPIRE_EVERY = 10.0
 log = logging.getLogger("edgepcap.api")
+
+
+MAX_DEPTH = 32
+
+
+def check_json(body: bytes) -> str | None:
+    """Why a JSON body must be refused before parsing proper, or None."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"the request body is not UTF-8 (byte {exc.start})"
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:  # a cheap scan: nesting depth outside strings
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                return f"the request body nests deeper than {MAX_DEPTH} levels"
+        elif ch in "]}":
+            depth -= 1
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        for k in keys:
+            if keys.count(k) > 1:
+                raise ValueError(f"duplicate key `{k}` in the request body")
+        return dict(pairs)
+
+    try:
+        json.loads(text, object_pairs_hook=no_duplicates)
+    except ValueError as exc:
+        if "duplicate key" in str(exc):
+            return str(exc)
+        return None  # not JSON at all: the validation error says so
+    return None
 
 
 class RequestGuard:
@@ -60,18 +106,48 @@ class RequestGuard:
                 f"send the body with `Content-Type: {wanted.decode()}`",
             )
             return
-        seen = 0
+        if binary:
+            seen = 0
 
-        async def bounded_receive() -> Message:
-            nonlocal seen
+            async def bounded_receive() -> Message:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > limit:
+                        raise errors.APIError(413, errors.Code.BODY_TOO_LARGE, too_large)
+                return message
+
+            await self.app(scope, bounded_receive, send)
+            return
+        # JSON bodies are small: read them whole, and refuse what json.loads would let
+        # through quietly (duplicate keys: last one wins) or choke on (deep nesting).
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise errors.APIError(413, errors.Code.BODY_TOO_LARGE, too_large)
-            return message
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if len(body) > limit:
+                await self._refuse(send, 413, errors.Code.BODY_TOO_LARGE, too_large)
+                return
+            if not message.get("more_body"):
+                break
+        if body:
+            problem = check_json(bytes(body))
+            if problem:
+                await self._refuse(send, 400, errors.Code.INVALID_JSON, problem)
+                return
+        replayed = False
 
-        await self.app(scope, bounded_receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     @staticmethod
     async def _refuse(send: Send, status: int, code: errors.Code, message: str) -> None:

@@ -11,6 +11,7 @@ from edgepcap.filters import FilterV1, Integral
 
 T = TypeVar("T")
 
+PORT_PROTOCOLS = (6, 17, 33, 132, 136)
 SIMPLE_TIME_LIMIT = 300
 FULL_TIME_LIMIT = 86_400
 MAX_PACKET_LIMIT = 10_000
@@ -44,6 +45,17 @@ class CreatePcap(BaseModel):
 
     @model_validator(mode="after")
     def _rules_of_type(self) -> CreatePcap:
+        f = self.filter_v1
+        if (
+            f is not None
+            and f.protocol is not None
+            and (f.source_port is not None or f.destination_port is not None)
+            and f.protocol not in PORT_PROTOCOLS
+        ):
+            raise ValueError(
+                f"`filter_v1.protocol` {f.protocol} has no ports: a port filter needs TCP (6), "
+                "UDP (17), DCCP (33), SCTP (132) or UDP-Lite (136)"
+            )
         if self.type == "simple":
             _in_range("time_limit", self.time_limit, 1, SIMPLE_TIME_LIMIT, "seconds", "sample")
             if self.packet_limit is None:
