@@ -10,7 +10,7 @@ import os
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from edgepcap import execution
 from edgepcap import machines as fleet
@@ -264,6 +264,7 @@ def list_recent(session: Session, account_id: str) -> list[Pcap]:
     return list(
         session.scalars(
             select(Pcap)
+            .options(selectinload(Pcap.machines))
             .where(Pcap.account_id == account_id)
             .order_by(Pcap.submitted.desc(), Pcap.id.desc())
             .limit(LIST_LIMIT)
@@ -272,7 +273,7 @@ def list_recent(session: Session, account_id: str) -> list[Pcap]:
 
 
 def get(session: Session, account_id: str, pcap_id: str) -> Pcap:
-    pcap = session.get(Pcap, pcap_id)
+    pcap = session.get(Pcap, pcap_id, options=[selectinload(Pcap.machines)])
     # Another account's capture looks exactly like a missing one.
     if pcap is None or pcap.account_id != account_id:
         raise CaptureError("not_found", f"no packet capture {pcap_id} in this account")

@@ -50,7 +50,7 @@ def add_bucket(request: Request, who: Account, body: OwnershipCreate) -> dict[st
     state = request.app.state
     with state.db.session() as session:
         try:
-            bucket = ownership.add(session, who.account.id, body.destination_conf, state.stores)
+            bucket = ownership.add(session, who.account_id, body.destination_conf, state.stores)
         except DestinationError as exc:
             raise _destination_error(exc) from exc
         return envelope(render(bucket))
@@ -59,7 +59,7 @@ def add_bucket(request: Request, who: Account, body: OwnershipCreate) -> dict[st
 @router.get("/accounts/{account_id}/pcaps/ownership", response_model=Envelope[list[OwnershipOut]])
 def list_buckets(request: Request, who: Account) -> dict[str, Any]:
     with request.app.state.db.session() as session:
-        return envelope([render(b) for b in ownership.list_buckets(session, who.account.id)])
+        return envelope([render(b) for b in ownership.list_buckets(session, who.account_id)])
 
 
 @router.post(
@@ -72,7 +72,7 @@ def validate_bucket(request: Request, who: Account, body: OwnershipValidate) -> 
         try:
             bucket = ownership.validate(
                 session,
-                who.account.id,
+                who.account_id,
                 body.destination_conf,
                 body.ownership_challenge,
                 state.stores,
@@ -94,7 +94,7 @@ def delete_bucket(
     check_id(ownership_id, "ownership_id")
     with request.app.state.db.session() as session:
         try:
-            ownership.delete(session, who.account.id, ownership_id)
+            ownership.delete(session, who.account_id, ownership_id)
         except ownership.OwnershipError as exc:
             raise _ownership_error(exc) from exc
         return envelope({"id": ownership_id})

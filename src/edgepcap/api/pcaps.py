@@ -15,6 +15,7 @@ from edgepcap.api.errors import APIError, Code, envelope
 from edgepcap.api.schemas import CreatePcap, Envelope, PcapOut
 from edgepcap.api.timefmt import rfc3339
 from edgepcap.destinations import DestinationError, parse
+from edgepcap.models import Account as AccountRow
 from edgepcap.models import Pcap, PcapBlob
 from edgepcap.packets import preview
 from edgepcap.pcap import PcapError, Reader, merge
@@ -86,7 +87,7 @@ def owned(session: Any, who: Caller, pcap_id: str) -> Pcap:
     """The caller's capture `pcap_id`; a bad id is a 400 and another account's is a 404."""
     check_id(pcap_id)
     try:
-        return captures.get(session, who.account.id, pcap_id)
+        return captures.get(session, who.account_id, pcap_id)
     except captures.CaptureError as exc:
         raise_capture_error(exc)
         raise
@@ -97,7 +98,8 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
     """Start a sample (`type: simple`) or full (`type: full`) packet capture."""
     with request.app.state.db.session() as session:
         try:
-            pcap = captures.create(session, who.account, body, request.app.state.samples)
+            account = session.get(AccountRow, who.account_id)
+            pcap = captures.create(session, account, body, request.app.state.samples)
         except captures.CaptureError as exc:
             raise_capture_error(exc)
         return envelope(render(pcap))
@@ -107,7 +109,7 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
 def list_pcaps(request: Request, who: Account) -> dict[str, Any]:
     """The 50 newest captures of the account, newest first."""
     with request.app.state.db.session() as session:
-        return envelope([render(p) for p in captures.list_recent(session, who.account.id)])
+        return envelope([render(p) for p in captures.list_recent(session, who.account_id)])
 
 
 @router.get("/accounts/{account_id}/pcaps/colos")
@@ -169,7 +171,7 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
     check_id(pcap_id)
     with request.app.state.db.session() as session:
         try:
-            return envelope(render(captures.stop(session, who.account.id, pcap_id)))
+            return envelope(render(captures.stop(session, who.account_id, pcap_id)))
         except captures.CaptureError as exc:
             raise_capture_error(exc)
             raise
