@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(nftables iproute2 tcpdump)
 if [ "$profile" = test ] || [ "$profile" = bench ]; then
     # netsniff-ng brings trafgen, the benchmarks' (and their tests') traffic generator.
-    packages+=(tshark postgresql clickhouse-server chromium netsniff-ng)
+    packages+=(tshark postgresql clickhouse-server chromium firefox-esr netsniff-ng)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -32,4 +32,9 @@ if [ "$profile" != run ]; then
     uv sync --locked --quiet
 else
     uv sync --locked --quiet --no-dev
+fi
+
+if [ "$profile" = test ]; then
+    # puppeteer-core drives Debian's Firefox in the dashboard tests (no browser download).
+    npm ci --prefix tests/dashboard/firefox --silent --no-audit --no-fund
 fi
