@@ -7,16 +7,8 @@ import struct
 import subprocess
 from pathlib import Path
 
+from edgepcap.lab.traffic import checksum
 from edgepcap.pcap import Packet, global_header, record
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"x" * 32) -> bytes:

@@ -40,7 +40,8 @@ class Flow:
         return asdict(self)
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -54,7 +55,7 @@ def _syn(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if s.version == 4:
         pseudo = s.packed + d.packed + struct.pack("!BBH", 0, 6, len(header))
-        csum = _checksum(pseudo + header)
+        csum = checksum(pseudo + header)
         header = header[:16] + struct.pack("!H", csum) + header[18:]
     return header
 
@@ -174,7 +175,7 @@ def _icmp(
         while sent < count and time.monotonic() < deadline:
             body = struct.pack("!BBHHH", kind, 0, 0, ident & 0xFFFF, sent & 0xFFFF) + payload
             if v4:
-                body = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+                body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
             s.sendto(body, (dst, 0))
             sent += 1
         replies = 0
