@@ -150,19 +150,22 @@ class NflogSocket:
 
     def receive(self, timeout: float | None) -> list[Packet]:
         """The packets of one receive call (possibly many), or [] on timeout."""
+        data = self._recv(timeout)
+        return [] if data is None else self._parse(data)
+
+    def _recv(self, timeout: float | None) -> memoryview | None:
+        """One netlink read (many packets), or None on timeout or a counted overrun."""
         self.sock.settimeout(timeout)
         try:
             n = self.sock.recv_into(self._buf)
-        except TimeoutError:
-            return []
-        except BlockingIOError:
-            return []
+        except (TimeoutError, BlockingIOError):
+            return None
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:
                 self.overruns += 1
-                return []
+                return None
             raise
-        return self._parse(memoryview(self._buf)[:n])
+        return memoryview(self._buf)[:n]
 
     def receive_records(self, timeout: float | None, out: bytearray) -> tuple[int, int]:
         """Append PCAP records (LINKTYPE_RAW, microseconds) of one receive to `out`.
@@ -170,17 +173,10 @@ class NflogSocket:
         The fast path for captures without a budget: no per-packet objects, the payload is
         copied once from the netlink buffer into the record stream. Returns (packets, bytes).
         """
-        self.sock.settimeout(timeout)
-        try:
-            n = self.sock.recv_into(self._buf)
-        except (TimeoutError, BlockingIOError):
+        data = self._recv(timeout)
+        if data is None:
             return 0, 0
-        except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
-                self.overruns += 1
-                return 0, 0
-            raise
-        data = memoryview(self._buf)[:n]
+        n = len(data)
         offset = count = total = 0
         unpack_hdr = NLMSGHDR.unpack_from
         unpack_attr = NLATTR.unpack_from

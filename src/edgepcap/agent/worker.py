@@ -204,15 +204,7 @@ class CaptureWorker(threading.Thread):
                 break
             if self._writer_error is not None:
                 raise self._writer_error
-            if self.budget.unlimited:
-                got, size = self.sock.receive_records(0.05, batch)
-                with self._lock:
-                    self.written_packets += got
-                    self.written_bytes += size
-                packets: Any = got
-            else:
-                packets = self.sock.receive(0.05)
-                self._take(packets, batch)
+            packets = self._read_once(0.05, batch)
             if len(batch) >= FLUSH_BYTES or (batch and not packets):
                 self._out.put(bytes(batch))
                 batch.clear()
@@ -222,8 +214,7 @@ class CaptureWorker(threading.Thread):
     def _drain(self) -> None:
         assert self.sock is not None
         batch = bytearray()
-        while packets := self.sock.receive(0):
-            self._take(packets, batch)
+        while self._read_once(0, batch):
             if len(batch) >= FLUSH_BYTES:
                 self._out.put(bytes(batch))
                 batch.clear()
@@ -237,16 +228,18 @@ class CaptureWorker(threading.Thread):
         self.pending.clear()
         self.pending_bytes = 0
 
-    def _take(self, packets: list[Any], batch: bytearray) -> None:
-        """Append what may be written of `packets` to `batch` as PCAP records."""
-        if not self.budget.unlimited:
-            self._budgeted(packets, batch)
-            return
-        for p in packets:
-            batch += pcap.record(p)
-        with self._lock:
-            self.written_packets += len(packets)
-            self.written_bytes += sum(len(p.data) for p in packets)
+    def _read_once(self, timeout: float, batch: bytearray) -> int:
+        """One receive: append what may be written as PCAP records; returns packets received."""
+        assert self.sock is not None
+        if self.budget.unlimited:
+            got, size = self.sock.receive_records(timeout, batch)
+            with self._lock:
+                self.written_packets += got
+                self.written_bytes += size
+            return got
+        packets = self.sock.receive(timeout)
+        self._budgeted(packets, batch)
+        return len(packets)
 
     def _budgeted(self, packets: list[Any], batch: bytearray) -> None:
         pending = self.pending
