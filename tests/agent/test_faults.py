@@ -9,6 +9,7 @@ import subprocess
 
 from edgepcap.lab import lab as labmod
 from tests.agent.test_full_capture import captured, expected, in_prefixes
+from tests.api.test_pcaps import full
 from tests.conftest import wait_for
 from tests.packets import tshark_fields
 
@@ -24,13 +25,7 @@ def test_colo_name_can_name_one_machine_or_nothing_known(lab):
         assert sum(captured(lab, pcap["id"]).values()) == 10
         r = c.post(
             "/pcaps",
-            json={
-                "system": "magic-transit",
-                "type": "full",
-                "time_limit": 5,
-                "colo_name": "SJC",
-                "destination_conf": lab["destination_conf"],
-            },
+            json=full(lab["destination_conf"], time_limit=5, colo_name="SJC"),
         )
         assert r.status_code == 400
         assert "neither a colo nor a machine" in r.json()["errors"][0]["message"]
@@ -60,13 +55,7 @@ def test_agent_killed_mid_capture_then_restarted(lab):
     with lab.client() as c:
         r = c.post(
             "/pcaps",
-            json={
-                "system": "magic-transit",
-                "type": "full",
-                "time_limit": 5,
-                "colo_name": "ord02",
-                "destination_conf": lab["destination_conf"],
-            },
+            json=full(lab["destination_conf"], time_limit=5, colo_name="ord02"),
         )
         assert r.status_code == 200
         failed = r.json()["result"]
@@ -86,13 +75,7 @@ def test_bucket_gone_before_the_capture_fails_it_naming_the_cause(lab):
         with lab.client() as c:
             r = c.post(
                 "/pcaps",
-                json={
-                    "system": "magic-transit",
-                    "type": "full",
-                    "time_limit": 30,
-                    "colo_name": "ORD",
-                    "destination_conf": lab["destination_conf"],
-                },
+                json=full(lab["destination_conf"], time_limit=30, colo_name="ORD"),
             )
         pcap = r.json()["result"]
         done = lab.wait_end(pcap["id"], timeout=15)
@@ -226,13 +209,7 @@ def test_read_only_bucket_fails_the_capture_as_access_denied(lab):
         with lab.client() as c:
             r = c.post(
                 "/pcaps",
-                json={
-                    "system": "magic-transit",
-                    "type": "full",
-                    "time_limit": 30,
-                    "colo_name": "ORD",
-                    "destination_conf": lab["destination_conf"],
-                },
+                json=full(lab["destination_conf"], time_limit=30, colo_name="ORD"),
             )
         pcap = r.json()["result"]
         lab.traffic("--count", "10", "--proto", "udp", "--tenant", "customer", "--no-v6")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from tests.api.test_pcaps import error_of
+from tests.api.test_pcaps import error_of, full
 
 
 def s3_client(stack):
@@ -100,13 +100,7 @@ def test_s3_bucket_through_a_real_s3_server(stack):
 
         r = c.post(
             "/pcaps",
-            json={
-                "system": "magic-transit",
-                "type": "full",
-                "time_limit": 5,
-                "colo_name": "ORD",
-                "destination_conf": conf,
-            },
+            json=full(conf, time_limit=5, colo_name="ORD"),
         )
         assert r.status_code == 200, r.text
 
