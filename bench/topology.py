@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepcap import netns, nft
+from edgepcap.lab.topology import link
 
 GEN_MAC, RX_MAC, RT_IN_MAC, RT_OUT_MAC = (
     "02:00:00:00:00:01",
@@ -147,23 +148,9 @@ def pair() -> Iterator[Topology]:
         for n in (gen, rx):
             netns.add(n)
             netns.ip(n, "link", "set", "lo", "up")
-        netns.ip(
-            None,
-            "link",
-            "add",
-            "g0",
-            "netns",
-            gen,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "r0",
-            "netns",
-            rx,
-        )
-        netns.ip(gen, "link", "set", "g0", "address", GEN_MAC, "up")
-        netns.ip(rx, "link", "set", "r0", "address", RX_MAC, "up")
+        link(gen, "g0", rx, "r0")
+        netns.ip(gen, "link", "set", "g0", "address", GEN_MAC)
+        netns.ip(rx, "link", "set", "r0", "address", RX_MAC)
         yield Topology(gen=gen, rx=rx, router=None, dev="g0", next_mac=RX_MAC)
     finally:
         for n in (gen, rx):
@@ -179,40 +166,12 @@ def routed() -> Iterator[Topology]:
         for n in (gen, router, rx):
             netns.add(n)
             netns.ip(n, "link", "set", "lo", "up")
-        netns.ip(
-            None,
-            "link",
-            "add",
-            "g0",
-            "netns",
-            gen,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "i0",
-            "netns",
-            router,
-        )
-        netns.ip(
-            None,
-            "link",
-            "add",
-            "o0",
-            "netns",
-            router,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "r0",
-            "netns",
-            rx,
-        )
-        netns.ip(gen, "link", "set", "g0", "address", GEN_MAC, "up")
-        netns.ip(router, "link", "set", "i0", "address", RT_IN_MAC, "up")
-        netns.ip(router, "link", "set", "o0", "address", RT_OUT_MAC, "up")
-        netns.ip(rx, "link", "set", "r0", "address", RX_MAC, "up")
+        link(gen, "g0", router, "i0")
+        link(router, "o0", rx, "r0")
+        netns.ip(gen, "link", "set", "g0", "address", GEN_MAC)
+        netns.ip(router, "link", "set", "i0", "address", RT_IN_MAC)
+        netns.ip(router, "link", "set", "o0", "address", RT_OUT_MAC)
+        netns.ip(rx, "link", "set", "r0", "address", RX_MAC)
         netns.ip(router, "addr", "add", "198.18.200.2/30", "dev", "i0")
         netns.ip(router, "addr", "add", "198.18.201.1/30", "dev", "o0")
         netns.ip(rx, "addr", "add", "198.18.201.2/30", "dev", "r0")

@@ -61,7 +61,8 @@ def _sysctl(ns: str, *settings: str) -> None:
         subprocess.run(netns.argv(ns, ["sysctl", "-qw", setting]), check=True, capture_output=True)
 
 
-def _link(a_ns: str, a_name: str, b_ns: str, b_name: str) -> None:
+def link(a_ns: str, a_name: str, b_ns: str, b_name: str) -> None:
+    """A veth pair with one end in each namespace, both up."""
     netns.ip(
         None,
         "link",
@@ -142,7 +143,7 @@ def build(layout: Layout) -> None:
     for i, machine in enumerate(layout.machines, start=1):
         mns = layout.ns(machine)
         _sysctl(mns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-        _link(client, f"to-{machine}", mns, "client")
+        link(client, f"to-{machine}", mns, "client")
         _addr(client, f"to-{machine}", f"198.18.{i}.1/30")
         _addr(mns, "client", f"198.18.{i}.2/30")
         _addr(client, f"to-{machine}", f"2001:db8:ff:{i:x}::1/64")
@@ -152,7 +153,7 @@ def build(layout: Layout) -> None:
         for tenant, (_v4, _v6, base) in TENANTS.items():
             tns = layout.ns(tenant)
             o = 64 + i if base == 0 else 128 + i
-            _link(mns, tenant, tns, f"to-{machine}")
+            link(mns, tenant, tns, f"to-{machine}")
             _addr(mns, tenant, f"198.18.{o}.1/30")
             _addr(tns, f"to-{machine}", f"198.18.{o}.2/30")
             _addr(mns, tenant, f"2001:db8:ff:{o:x}::1/64")
