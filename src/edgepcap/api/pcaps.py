@@ -18,7 +18,7 @@ from edgepcap.destinations import DestinationError, parse
 from edgepcap.models import Account as AccountRow
 from edgepcap.models import Pcap, PcapBlob
 from edgepcap.packets import preview
-from edgepcap.pcap import PcapError, Reader, merge
+from edgepcap.pcap import PcapError, Reader, global_header, merge
 
 router = APIRouter()
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -146,7 +146,7 @@ def preview_pcap(
         data = blob.data if blob is not None else None
     try:
         if pcap.type == "simple":
-            reader = Reader([data or pcap_format_empty()], f"pcap_{pcap.id}.pcap")
+            reader = Reader([data or global_header()], f"pcap_{pcap.id}.pcap")
         else:
             reader = Reader(_merged_bytes(request, pcap), f"pcap_{pcap.id}.pcap")
         rows = preview(reader, count)
@@ -157,12 +157,6 @@ def preview_pcap(
     return envelope(
         {"linktype": reader.header.linktype, "snaplen": reader.header.snaplen, "packets": rows}
     )
-
-
-def pcap_format_empty() -> bytes:
-    from edgepcap.pcap import global_header
-
-    return global_header()
 
 
 @router.put("/accounts/{account_id}/pcaps/{pcap_id}/stop", response_model=Envelope[PcapOut])
