@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgepcap import execution
+from edgepcap import captures, execution
 from edgepcap.api import agents, errors, ownership, pcaps
 from edgepcap.api.metrics import render_metrics
 from edgepcap.db import Database
@@ -182,6 +182,7 @@ class Supervisor:
             try:
                 with self.db.session() as session:
                     execution.sweep(session)
+                    captures.expire_overdue(session)
                 if time.monotonic() >= self._next_expiry:
                     self.samples.expire(time.time_ns())
                     self._next_expiry = time.monotonic() + EXPIRE_EVERY

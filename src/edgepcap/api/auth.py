@@ -6,7 +6,7 @@ import hmac
 from dataclasses import dataclass
 
 from fastapi import Path, Request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from edgepcap.api.errors import APIError, Code
 from edgepcap.credentials import hash_secret
@@ -22,27 +22,29 @@ def _unauthorized(message: str) -> APIError:
     return APIError(401, Code.AUTHENTICATION, message, headers={"WWW-Authenticate": "Bearer"})
 
 
+# Built once: statements reused as objects skip SQLAlchemy's per-call cache-key work.
+BY_TOKEN = select(Account.id).where(Account.api_token_hash == bindparam("token_hash"))
+BY_EMAIL = select(Account.id, Account.api_key_hash).where(Account.email == bindparam("email"))
+
+
 def authenticate(request: Request) -> str:
     """The id of the account the request's credentials belong to (one indexed lookup)."""
     auth = request.headers.get("authorization")
     email = request.headers.get("x-auth-email")
     key = request.headers.get("x-auth-key")
     db = request.app.state.db
-    with db.session() as session:
+    # A bare connection, not an ORM session: this runs on every request.
+    with db.engine.connect() as conn:
         if auth:
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise _unauthorized("Authorization must be `Bearer <api_token>`")
-            account_id = session.scalar(
-                select(Account.id).where(Account.api_token_hash == hash_secret(token.strip()))
-            )
+            account_id = conn.execute(BY_TOKEN, {"token_hash": hash_secret(token.strip())}).scalar()
             if account_id is None:
                 raise _unauthorized("invalid API token")
             return account_id
         if email and key:
-            row = session.execute(
-                select(Account.id, Account.api_key_hash).where(Account.email == email.strip())
-            ).first()
+            row = conn.execute(BY_EMAIL, {"email": email.strip()}).first()
             # Compare a hash even when the email is unknown, so timing tells nothing.
             stored = row.api_key_hash if row else "0" * 64
             if not hmac.compare_digest(hash_secret(key.strip()), stored) or row is None:
@@ -54,8 +56,11 @@ def authenticate(request: Request) -> str:
     )
 
 
-def caller(request: Request, account_id: str = Path(max_length=64)) -> Caller:
-    """The authenticated account, which must be the account named in the path."""
+async def caller(request: Request, account_id: str = Path(max_length=64)) -> Caller:
+    """The authenticated account, which must be the account named in the path.
+
+    Runs on the event loop, not in the thread pool: one indexed lookup is cheaper than the
+    hand-over to a thread, and every request pays it (see BENCHMARKS.md, API figure)."""
     authenticated = authenticate(request)
     if account_id != authenticated:
         # The same answer whether or not that account exists.

@@ -35,36 +35,37 @@ def check_id(value: str, what: str = "pcap_id") -> str:
     return value
 
 
-def render(pcap: Pcap) -> dict[str, Any]:
+def render(view: captures.View) -> dict[str, Any]:
+    pcap, machines = view
     return {
-        "id": pcap.id,
-        "submitted": rfc3339(pcap.submitted),
-        "filter_v1": pcap.filter_v1 or {},
-        "time_limit": pcap.time_limit,
-        "packet_limit": pcap.packet_limit,
-        "byte_limit": pcap.byte_limit,
-        "colo_name": pcap.colo_name,
-        "destination_conf": pcap.destination_conf,
-        "status": pcap.status,
-        "type": pcap.type,
-        "system": pcap.system,
-        "packets_captured": pcap.packets_captured,
-        "error_message": pcap.error_message,
-        "stop_requested": rfc3339(pcap.stop_requested),
-        "offset_time": rfc3339(pcap.offset_time),
+        "id": pcap["id"],
+        "submitted": rfc3339(pcap["submitted"]),
+        "filter_v1": pcap["filter_v1"] or {},
+        "time_limit": pcap["time_limit"],
+        "packet_limit": pcap["packet_limit"],
+        "byte_limit": pcap["byte_limit"],
+        "colo_name": pcap["colo_name"],
+        "destination_conf": pcap["destination_conf"],
+        "status": pcap["status"],
+        "type": pcap["type"],
+        "system": pcap["system"],
+        "packets_captured": pcap["packets_captured"],
+        "error_message": pcap["error_message"],
+        "stop_requested": rfc3339(pcap["stop_requested"]),
+        "offset_time": rfc3339(pcap["offset_time"]),
         "machines": [
             {
-                "machine": m.machine,
-                "state": m.state,
-                "packets": m.packets,
-                "bytes": m.bytes,
-                "kernel_matched": m.kernel_matched,
-                "dropped": m.dropped,
-                "overruns": m.overruns,
-                "object": m.object_name,
-                "error": m.error,
+                "machine": m["machine"],
+                "state": m["state"],
+                "packets": m["packets"],
+                "bytes": m["bytes"],
+                "kernel_matched": m["kernel_matched"],
+                "dropped": m["dropped"],
+                "overruns": m["overruns"],
+                "object": m["object_name"],
+                "error": m["error"],
             }
-            for m in pcap.machines
+            for m in machines
         ],
     }
 
@@ -102,14 +103,15 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
             pcap = captures.create(session, account, body, request.app.state.samples)
         except captures.CaptureError as exc:
             raise_capture_error(exc)
-        return envelope(render(pcap))
+        session.flush()
+        return envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
 
 
 @router.get("/accounts/{account_id}/pcaps", response_model=Envelope[list[PcapOut]])
-def list_pcaps(request: Request, who: Account) -> dict[str, Any]:
+async def list_pcaps(request: Request, who: Account) -> dict[str, Any]:
     """The 50 newest captures of the account, newest first."""
-    with request.app.state.db.session() as session:
-        return envelope([render(p) for p in captures.list_recent(session, who.account_id)])
+    with request.app.state.db.engine.connect() as conn:
+        return envelope([render(v) for v in captures.views(conn, who.account_id)])
 
 
 @router.get("/accounts/{account_id}/pcaps/colos")
@@ -120,9 +122,14 @@ def list_colos(request: Request, who: Account) -> dict[str, Any]:
 
 
 @router.get("/accounts/{account_id}/pcaps/{pcap_id}", response_model=Envelope[PcapOut])
-def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
-    with request.app.state.db.session() as session:
-        return envelope(render(owned(session, who, pcap_id)))
+async def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
+    check_id(pcap_id)
+    with request.app.state.db.engine.connect() as conn:
+        try:
+            return envelope(render(captures.view(conn, who.account_id, pcap_id)))
+        except captures.CaptureError as exc:
+            raise_capture_error(exc)
+            raise
 
 
 @router.get("/accounts/{account_id}/pcaps/{pcap_id}/preview")
@@ -165,7 +172,9 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
     check_id(pcap_id)
     with request.app.state.db.session() as session:
         try:
-            return envelope(render(captures.stop(session, who.account_id, pcap_id)))
+            pcap = captures.stop(session, who.account_id, pcap_id)
+            session.flush()
+            return envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
         except captures.CaptureError as exc:
             raise_capture_error(exc)
             raise
