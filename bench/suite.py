@@ -110,9 +110,7 @@ def fig_capture(quick: bool) -> list[Figure]:
 
 
 def fig_max_rate(quick: bool) -> Figure:
-    r = capture.max_lossless_rate(
-        100_000 if quick else 300_000, 64, 3 if quick else 6, 50_000, 450_000
-    )
+    r = capture.max_lossless_rate(1.0 if quick else 2.0, 64, 3 if quick else 6, 50_000, 450_000)
     return Figure(
         "max rate with 0 drops (64 B)",
         r["ours"],
@@ -120,7 +118,7 @@ def fig_max_rate(quick: bool) -> Figure:
         ">= 0.95x tcpdump",
         r["ours"] >= 0.95 * r["tcpdump"],
         "pps",
-        "binary search on trafgen -b",
+        "binary search on trafgen -b; the rate is measured, not asked for",
         r,
     )
 
@@ -143,7 +141,9 @@ def fig_forwarding(quick: bool) -> Figure:
 class Api:
     """An `edgepcap api` process on a fresh data dir (SQLite, or the given database)."""
 
-    def __init__(self, database: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, database: str | None = None, env: dict[str, str] | None = None, workers: int = 1
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="edgepcap-bench-api-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -151,6 +151,7 @@ class Api:
         cmd = [EDGEPCAP, "api", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.dir)]
         if database:
             cmd += ["--database", database]
+        cmd += ["--workers", str(workers)]
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.DEVNULL,
@@ -173,6 +174,33 @@ class Api:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def wrk_load(url: str, account: str, token: str, pcap_id: str, seconds: float) -> dict:
+    """50 clients of `wrk` (C, one thread: it leaves the server most of the second core)."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            "-c50",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(ROOT / "bench" / "api_load.lua"),
+            url,
+            "--",
+            token,
+            account,
+            pcap_id,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["rps"] = res["requests"] / res["seconds"]
+    return res
+
+
 def fig_api(quick: bool) -> list[Figure]:
     from tests.conftest import start_postgres
 
@@ -180,55 +208,43 @@ def fig_api(quick: bool) -> list[Figure]:
     pg, stop_pg = start_postgres()
     try:
         for backend, database in (("SQLite", None), ("PostgreSQL", pg.new_database())):
-            api = Api(database)
-            try:
-                with api.db.session() as s:
-                    account, creds = create_account(s, "load", ["203.0.113.0/24"])
-                    account_id = account.id
-                r = httpx.post(
-                    f"{api.url}/client/v4/accounts/{account_id}/pcaps",
-                    headers={"Authorization": f"Bearer {creds.api_token}"},
-                    json={
-                        "system": "magic-transit",
-                        "type": "simple",
-                        "time_limit": 60,
-                        "packet_limit": 10,
-                    },
-                )
-                pcap_id = r.json()["result"]["id"]
-                load = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.api_load",
-                        api.url,
-                        account_id,
-                        creds.api_token,
-                        pcap_id,
-                        "3" if quick else "10",
-                        "50",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    cwd=ROOT,
-                )
-                res = json.loads(load.stdout)
-                ok = res["rps"] >= 1500 and res["p99_ms"] < 50 and res["errors"] == 0
-                out.append(
-                    Figure(
-                        f"API GET/list, 50 clients, {backend}",
-                        res["rps"],
-                        None,
-                        ">= 1500 req/s, p99 < 50 ms",
-                        ok,
-                        "req/s",
-                        f"p99 {res['p99_ms']:.0f} ms; one uvicorn process",
-                        res,
+            for workers in (1, 2):
+                api = Api(database, workers=workers)
+                try:
+                    with api.db.session() as s:
+                        account, creds = create_account(s, "load", ["203.0.113.0/24"])
+                        account_id = account.id
+                    r = httpx.post(
+                        f"{api.url}/client/v4/accounts/{account_id}/pcaps",
+                        headers={"Authorization": f"Bearer {creds.api_token}"},
+                        json={
+                            "system": "magic-transit",
+                            "type": "simple",
+                            "time_limit": 60,
+                            "packet_limit": 10,
+                        },
                     )
-                )
-            finally:
-                api.close()
+                    pcap_id = r.json()["result"]["id"]
+                    # Warm up: connection pools, prepared statements, the workers' caches.
+                    wrk_load(api.url, account_id, creds.api_token, pcap_id, 1)
+                    seconds = 3 if quick else 10
+                    res = wrk_load(api.url, account_id, creds.api_token, pcap_id, seconds)
+                    errors = res["non_2xx"] + res["socket_errors"]
+                    ok = res["rps"] >= 1500 and res["p99_ms"] < 50 and errors == 0
+                    out.append(
+                        Figure(
+                            f"API GET/list, 50 clients, {backend}, {workers} worker(s)",
+                            res["rps"],
+                            None,
+                            ">= 1500 req/s, p99 < 50 ms",
+                            ok,
+                            "req/s",
+                            f"p99 {res['p99_ms']:.0f} ms, {errors} errors; wrk on the same 2 cores",
+                            res,
+                        )
+                    )
+                finally:
+                    api.close()
     finally:
         stop_pg()
     return out

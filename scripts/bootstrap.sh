@@ -10,6 +10,9 @@ if [ "$profile" = test ] || [ "$profile" = bench ]; then
     # netsniff-ng brings trafgen, the benchmarks' (and their tests') traffic generator.
     packages+=(tshark postgresql clickhouse-server chromium firefox-esr netsniff-ng)
 fi
+if [ "$profile" = bench ]; then
+    packages+=(wrk)  # the API figure's load generator
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

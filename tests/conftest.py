@@ -313,11 +313,16 @@ def register_machine(server: Server, colo: str = "ORD", machine: str = "ord01"):
     return MachineHeartbeat(server.url, json.loads(out.stdout)["agent_key"], colo, machine)
 
 
-def start_server(data_dir: Path, database: str | None, env: dict[str, str] | None = None) -> Server:
+def start_server(
+    data_dir: Path,
+    database: str | None,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = data_dir / f"api-{port}.log"
-    cmd = [EDGEPCAP, "api", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    cmd = [EDGEPCAP, "api", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *args]
     if database:
         cmd += ["--database", database]
     with log.open("wb") as fh:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -62,28 +62,36 @@ def _open(data_dir: Path, database: str | None):  # type: ignore[no-untyped-def]
 
 
 def serve(
-    listen: str, data_dir: Path, database: str | None, sample_store: str | None = None
+    listen: str,
+    data_dir: Path,
+    database: str | None,
+    sample_store: str | None = None,
+    workers: int = 1,
 ) -> None:
     import uvicorn
 
-    from edgepcap.api.app import create_app
-    from edgepcap.destinations import StoreSettings
-    from edgepcap.samples.store import open_store
+    from edgepcap.api.app import open_app
 
     host, port = _parse_listen(listen)
-    db = _open(data_dir, database)
-    stores = StoreSettings.from_env(data_dir)
-    stores.bucket_root.mkdir(parents=True, exist_ok=True)
-    samples = open_store(sample_store or os.environ.get("EDGEPCAP_SAMPLE_STORE"), data_dir)
-    uvicorn.run(
-        create_app(db, stores, samples),
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=os.environ.get("EDGEPCAP_ACCESS_LOG", "1") == "1",
+    database = database or os.environ.get("EDGEPCAP_DATABASE")
+    sample_store = sample_store or os.environ.get("EDGEPCAP_SAMPLE_STORE")
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "access_log": os.environ.get("EDGEPCAP_ACCESS_LOG", "1") == "1",
         # Agents hold long polls open; do not wait for them on shutdown.
-        timeout_graceful_shutdown=2,
-    )
+        "timeout_graceful_shutdown": 2,
+    }
+    if workers == 1:
+        uvicorn.run(open_app(data_dir, database, sample_store), **options)
+        return
+    # Migrate once here, so that workers starting together do not race on the schema.
+    _open(data_dir, database).close()
+    os.environ["EDGEPCAP_DATA_DIR"] = str(data_dir.resolve())
+    os.environ["EDGEPCAP_DATABASE"] = database or ""
+    os.environ["EDGEPCAP_SAMPLE_STORE"] = sample_store or ""
+    uvicorn.run("edgepcap.api.app:from_environment", factory=True, workers=workers, **options)
 
 
 @app.command()
@@ -92,9 +100,17 @@ def api(
     data_dir: DataDir = Path("edgepcap-data"),
     database: DatabaseUrl = None,
     sample_store: SampleStoreUrl = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="API worker processes sharing the port (one per core is a good start).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the control-plane API in the foreground."""
-    serve(listen, data_dir, database, sample_store)
+    serve(listen, data_dir, database, sample_store, workers)
 
 
 @app.command()
@@ -298,27 +314,34 @@ def agent(
     ] = 100,
 ) -> None:
     """Run one edge machine's agent (as root: it installs nftables rules)."""
-    import logging
+    import sys
 
-    from edgepcap.agent.agent import run_agent
-    from edgepcap.destinations import StoreSettings
     from edgepcap.machines import FleetError, check_names
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # One line per HTTP request would bury what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         colo, machine = check_names(colo, machine)
     except FleetError as exc:
         _fail(str(exc))
-    if bucket_root is not None:
-        os.environ["EDGEPCAP_BUCKET_ROOT"] = str(bucket_root)
-    stores = StoreSettings.from_env(Path("/var/lib/edgepcap"))
     if sample_rate < 0 or sample_rate > 1_000_000:
         _fail("--sample-rate must be 0 (off) to 1000000")
-    run_agent(api, agent_key, colo, machine, netns, stores, sample_rate)
+    if bucket_root is not None:
+        os.environ["EDGEPCAP_BUCKET_ROOT"] = str(bucket_root.resolve())
+    # The agent runs for months: it execs into a process without the CLI's libraries
+    # (Typer, Rich, the database models), which were a sixth of its memory. Same pid; the
+    # key stays in the environment, out of the command line.
+    os.environ["EDGEPCAP_AGENT_KEY"] = agent_key
+    config = {
+        "api": api,
+        "colo": colo,
+        "machine": machine,
+        "netns": netns,
+        "sample_rate": sample_rate,
+        "bucket_root": os.environ.get("EDGEPCAP_BUCKET_ROOT"),
+    }
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, "-m", "edgepcap.agent", json.dumps(config)]
+    os.execv(sys.executable, argv)  # noqa: S606 - an argv list, no shell
 
 
 lab_app = typer.Typer(

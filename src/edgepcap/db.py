@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 def database_url(data_dir: Path, url: str | None) -> str:
@@ -24,7 +27,7 @@ def database_url(data_dir: Path, url: str | None) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, ping: bool = True) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -39,7 +42,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=ping)
 
 
 def migrate(engine: Engine) -> None:
@@ -55,13 +58,30 @@ def migrate(engine: Engine) -> None:
 
 
 class Database:
-    """An engine with its session factory, migrated on open."""
+    """An engine with its session factory, migrated on open (unless the opener knows that
+    another process just did: API workers)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, migrated: bool = False) -> None:
         self.url = url
         self.engine = make_engine(url)
-        migrate(self.engine)
+        if not migrated:
+            migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads on every request (auth, GETs) skip the pre-ping round trip, which doubled
+        # their cost on PostgreSQL; `read` retries once on a connection found dead instead.
+        self._reads = self.engine if self.engine.name == "sqlite" else make_engine(url, False)
+
+    def read(self, query: Callable[[Connection], T]) -> T:
+        """`query` on a pooled connection; once more on a fresh one if the pooled connection
+        turned out dead (the database restarted): reads are safe to repeat."""
+        try:
+            with self._reads.connect() as conn:
+                return query(conn)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        with self._reads.connect() as conn:
+            return query(conn)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -75,6 +95,7 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+        self._reads.dispose()
 
 
 def open_database(data_dir: Path, url: str | None) -> Database:

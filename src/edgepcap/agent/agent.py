@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import signal
 import threading
@@ -139,6 +141,21 @@ class Agent:
         nft.remove_stale(self.ns)
 
 
+def bound_malloc() -> None:
+    """Keep the heap of a long-running agent small: glibc otherwise gives each thread
+    (ours and the uploader's Rust threads) its own arena and keeps freed upload parts."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    libc.mallopt(m_arena_max, 2)
+    # Fixed thresholds: big buffers (record batches, 5 MiB parts) are mapped and returned
+    # to the kernel when freed, instead of the dynamic threshold moving them to the heap.
+    libc.mallopt(m_mmap_threshold, 256 * 1024)
+    libc.mallopt(m_trim_threshold, 1024 * 1024)
+
+
 def run_agent(
     api: str,
     key: str,
@@ -148,6 +165,7 @@ def run_agent(
     stores: StoreSettings,
     sample_rate: int = 100,
 ) -> None:
+    bound_malloc()
     cp = ControlPlane(api, key, colo, machine)
     agent = Agent(cp, ns, stores, sample_rate)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,9 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgepcap import captures, execution
 from edgepcap.api import agents, errors, ownership, pcaps
 from edgepcap.api.metrics import render_metrics
-from edgepcap.db import Database
+from edgepcap.db import Database, database_url
 from edgepcap.destinations import StoreSettings
-from edgepcap.samples.store import SampleStore
+from edgepcap.samples.store import SampleStore, open_store
 
 PREFIX = "/client/v4"
 MAX_BODY = 64 * 1024
@@ -162,9 +164,13 @@ async def _never_receive() -> Message:  # pragma: no cover - responses do not re
 class Supervisor:
     """Fails the parts of silent machines and closes captures, twice a second."""
 
-    def __init__(self, db: Database, samples: SampleStore, every: float = 0.5) -> None:
+    def __init__(
+        self, db: Database, samples: SampleStore, lock: Path | None, every: float = 0.5
+    ) -> None:
         self.db = db
         self.samples = samples
+        self.lock = lock
+        self._lock_fd: int | None = None
         self._next_expiry = 0.0
         self.every = every
         self._stop = threading.Event()
@@ -176,9 +182,28 @@ class Supervisor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _leads(self) -> bool:
+        """Whether this process sweeps: one worker per data dir does (a lock file, so that
+        another takes over when it dies); sweeps are safe to repeat, but not free."""
+        if self.lock is None or self._lock_fd is not None:
+            return True
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
+            if not self._leads():
+                continue
             try:
                 with self.db.session() as session:
                     execution.sweep(session)
@@ -190,8 +215,35 @@ class Supervisor:
                 log.exception("supervisor sweep failed; retrying")
 
 
-def create_app(db: Database, stores: StoreSettings, samples: SampleStore) -> FastAPI:
-    supervisor = Supervisor(db, samples)
+def open_app(
+    data_dir: Path, database: str | None, sample_store: str | None, migrated: bool = False
+) -> FastAPI:
+    """The app on a data dir, its database and sample store."""
+    db = Database(database_url(data_dir, database), migrated=migrated)
+    stores = StoreSettings.from_env(data_dir)
+    stores.bucket_root.mkdir(parents=True, exist_ok=True)
+    samples = open_store(sample_store, data_dir)
+    return create_app(db, stores, samples, supervisor_lock=data_dir / "supervisor.lock")
+
+
+def from_environment() -> FastAPI:
+    """The app of one `edgepcap api --workers N` worker: the parent passes its settings in
+    the environment (uvicorn starts workers from an import string) and has migrated."""
+    return open_app(
+        Path(os.environ["EDGEPCAP_DATA_DIR"]),
+        os.environ.get("EDGEPCAP_DATABASE") or None,
+        os.environ.get("EDGEPCAP_SAMPLE_STORE") or None,
+        migrated=True,
+    )
+
+
+def create_app(
+    db: Database,
+    stores: StoreSettings,
+    samples: SampleStore,
+    supervisor_lock: Path | None = None,
+) -> FastAPI:
+    supervisor = Supervisor(db, samples, supervisor_lock)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

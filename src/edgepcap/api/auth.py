@@ -32,24 +32,26 @@ def authenticate(request: Request) -> str:
     auth = request.headers.get("authorization")
     email = request.headers.get("x-auth-email")
     key = request.headers.get("x-auth-key")
-    db = request.app.state.db
-    # A bare connection, not an ORM session: this runs on every request.
-    with db.engine.connect() as conn:
-        if auth:
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise _unauthorized("Authorization must be `Bearer <api_token>`")
-            account_id = conn.execute(BY_TOKEN, {"token_hash": hash_secret(token.strip())}).scalar()
-            if account_id is None:
-                raise _unauthorized("invalid API token")
-            return account_id
-        if email and key:
-            row = conn.execute(BY_EMAIL, {"email": email.strip()}).first()
-            # Compare a hash even when the email is unknown, so timing tells nothing.
-            stored = row.api_key_hash if row else "0" * 64
-            if not hmac.compare_digest(hash_secret(key.strip()), stored) or row is None:
-                raise _unauthorized("invalid X-Auth-Email / X-Auth-Key")
-            return row.id
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("Authorization must be `Bearer <api_token>`")
+        digest = hash_secret(token.strip())
+        account_id = request.app.state.db.read(
+            lambda conn: conn.execute(BY_TOKEN, {"token_hash": digest}).scalar()
+        )
+        if account_id is None:
+            raise _unauthorized("invalid API token")
+        return account_id
+    if email and key:
+        row = request.app.state.db.read(
+            lambda conn: conn.execute(BY_EMAIL, {"email": email.strip()}).first()
+        )
+        # Compare a hash even when the email is unknown, so timing tells nothing.
+        stored = row.api_key_hash if row else "0" * 64
+        if not hmac.compare_digest(hash_secret(key.strip()), stored) or row is None:
+            raise _unauthorized("invalid X-Auth-Email / X-Auth-Key")
+        return row.id
     raise _unauthorized(
         "missing credentials: send `Authorization: Bearer <api_token>` "
         "or `X-Auth-Email` and `X-Auth-Key`"

@@ -110,8 +110,8 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
 @router.get("/accounts/{account_id}/pcaps", response_model=Envelope[list[PcapOut]])
 async def list_pcaps(request: Request, who: Account) -> dict[str, Any]:
     """The 50 newest captures of the account, newest first."""
-    with request.app.state.db.engine.connect() as conn:
-        return envelope([render(v) for v in captures.views(conn, who.account_id)])
+    views = request.app.state.db.read(lambda conn: captures.views(conn, who.account_id))
+    return envelope([render(v) for v in views])
 
 
 @router.get("/accounts/{account_id}/pcaps/colos")
@@ -124,12 +124,12 @@ def list_colos(request: Request, who: Account) -> dict[str, Any]:
 @router.get("/accounts/{account_id}/pcaps/{pcap_id}", response_model=Envelope[PcapOut])
 async def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
     check_id(pcap_id)
-    with request.app.state.db.engine.connect() as conn:
-        try:
-            return envelope(render(captures.view(conn, who.account_id, pcap_id)))
-        except captures.CaptureError as exc:
-            raise_capture_error(exc)
-            raise
+    try:
+        view = request.app.state.db.read(lambda c: captures.view(c, who.account_id, pcap_id))
+    except captures.CaptureError as exc:
+        raise_capture_error(exc)
+        raise
+    return envelope(render(view))
 
 
 @router.get("/accounts/{account_id}/pcaps/{pcap_id}/preview")
