@@ -128,7 +128,7 @@ class CaptureWorker(threading.Thread):
         self.sock: NflogSocket | None = None
         self.table_installed = False
         self._rate: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=8)
-        self._out: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
+        self._out: queue.Queue[bytearray | None] = queue.Queue(maxsize=32)
         self._writer_error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -206,20 +206,21 @@ class CaptureWorker(threading.Thread):
                 raise self._writer_error
             packets = self._read_once(0.05, batch)
             if len(batch) >= FLUSH_BYTES or (batch and not packets):
-                self._out.put(bytes(batch))
-                batch.clear()
+                # The batch itself goes to the writer (no copy); reading goes on in a new one.
+                self._out.put(batch)
+                batch = bytearray()
         if batch:
-            self._out.put(bytes(batch))
+            self._out.put(batch)
 
     def _drain(self) -> None:
         assert self.sock is not None
         batch = bytearray()
         while self._read_once(0, batch):
             if len(batch) >= FLUSH_BYTES:
-                self._out.put(bytes(batch))
-                batch.clear()
+                self._out.put(batch)
+                batch = bytearray()
         if batch:
-            self._out.put(bytes(batch))
+            self._out.put(batch)
         if self.stop_reason in ("packet_limit", "byte_limit"):
             self.over_limit += len(self.pending)
         else:
