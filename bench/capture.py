@@ -182,8 +182,9 @@ def max_lossless_rate(seconds: float, payload: int, steps: int, low: int, high: 
 
 
 def forwarding(count: int, payload: int, reps: int) -> dict:
-    """Forwarded pps through a router with no rule and with an active capture (and reader)."""
-    plain, captured = [], []
+    """Forwarded pps through a router with no rule, with an active capture (and its reader),
+    and with tcpdump reading the same rule."""
+    plain, captured, tcpdump = [], [], []
     with routed() as topo:
         counting_table(topo.rx, "bench_sink")
         assert topo.router is not None
@@ -199,4 +200,9 @@ def forwarding(count: int, payload: int, reps: int) -> dict:
             result = run_ours(router_topo, count, payload)
             time.sleep(0.3)
             captured.append((topo.counter(topo.rx, "bench_sink") - before) / result["gen_seconds"])
-    return {"plain_pps": plain, "captured_pps": captured}
+            # tcpdump reading the same rule: what the kernel's NFLOG path costs any reader.
+            before = topo.counter(topo.rx, "bench_sink")
+            result = run_tcpdump(router_topo, count, payload)
+            time.sleep(0.3)
+            tcpdump.append((topo.counter(topo.rx, "bench_sink") - before) / result["gen_seconds"])
+    return {"plain_pps": plain, "captured_pps": captured, "tcpdump_pps": tcpdump}
