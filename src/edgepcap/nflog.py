@@ -40,6 +40,7 @@ CMD_UNBIND = 2
 COPY_PACKET = 2
 CFG_F_SEQ = 0x0001
 
+PACKET_TYPE = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
 NLMSGHDR = struct.Struct("=IHHII")
 NFGENMSG = struct.Struct("!BBH")
 NLATTR = struct.Struct("=HH")
@@ -78,42 +79,35 @@ class _Layout:
     The kernel builds every message of a group alike (same attributes, same sizes before
     the payload) while packets come through the same interface and link header, so once
     learnt from one message, one check of the attribute headers replaces the walk through
-    them for the next: the reader's per-packet cost drops by half (BENCHMARKS.md).
+    them for the next: the reader's per-packet cost halves (BENCHMARKS.md).
     """
 
     def __init__(self, hdr: int, ts: int, seq: int, payload: int, heads: tuple[int, ...]):
         self.payload = payload
-        self.size = payload + 4
-        # Attribute headers (length, type) in native order; the last two are the payload's.
-        self._heads = _fields("=", [(p, "HH") for p in (*sorted((hdr, ts, seq)), payload)])
+        self.size = payload + 4 + 6  # through the payload's first 6 bytes (IP lengths)
+        # The message header (length, type), then the attribute headers (length, type)
+        # of the protocol, timestamp, sequence number and payload, in native order.
+        self.heads = _fields("=", [(0, "IH"), *((p, "HH") for p in (hdr, ts, seq, payload))])
         self.expect = heads[:6]
         self.payload_type = heads[7]
-        # Values in network order: protocol, timestamp seconds and microseconds, sequence.
-        fields = sorted([(hdr + 4, "H", "proto"), (ts + 4, "QQ", "ts"), (seq + 4, "I", "seq")])
-        self._values = _fields("!", [(at, kind) for at, kind, _ in fields])
-        index, i = {}, 0
-        for _, kind, name in fields:
-            index[name] = i
-            i += len(kind)
-        self._pick = (index["proto"], index["ts"], index["ts"] + 1, index["seq"])
+        # Values in network order: protocol, timestamp, sequence number, and the first
+        # three 16-bit words of the packet (IPv4 total length, IPv6 payload length).
+        self.values = _fields(
+            "!", [(hdr + 4, "H"), (ts + 4, "QQ"), (seq + 4, "I"), (payload + 4, "HHH")]
+        )
 
     @classmethod
     def learn(cls, data: memoryview, offset: int, at: dict[int, int]) -> _Layout | None:
         needed = (NFULA_PACKET_HDR, NFULA_TIMESTAMP, NFULA_SEQ, NFULA_PAYLOAD)
-        if any(k not in at for k in needed) or at[NFULA_PAYLOAD] < max(at.values()):
+        if any(k not in at for k in needed):
             return None
         hdr, ts, seq, payload = (at[k] - offset for k in needed)
-        heads = [*sum((NLATTR.unpack_from(data, offset + p) for p in sorted((hdr, ts, seq))), ())]
-        heads += NLATTR.unpack_from(data, offset + payload)
-        return cls(hdr, ts, seq, payload, tuple(heads))
-
-    def heads(self, data: memoryview, offset: int) -> tuple[int, ...]:
-        return self._heads.unpack_from(data, offset)
-
-    def values(self, data: memoryview, offset: int) -> tuple[int, int, int, int]:
-        v = self._values.unpack_from(data, offset)
-        p, t, u, q = self._pick
-        return v[p], v[t], v[u], v[q]
+        if not hdr < ts < seq < payload or payload < max(at.values()) - offset:
+            return None  # not the kernel's order: walk every message
+        heads: tuple[int, ...] = ()
+        for p in (hdr, ts, seq, payload):
+            heads += NLATTR.unpack_from(data, offset + p)
+        return cls(hdr, ts, seq, payload, heads)
 
 
 def _fields(order: str, fields: list[tuple[int, str]]) -> struct.Struct:
@@ -264,56 +258,62 @@ class NflogSocket:
         """Append the PCAP records of the packet messages in `data` (one netlink read)."""
         n = len(data)
         offset = count = total = 0
-        unpack_hdr = NLMSGHDR.unpack_from
         pack_record = RECORD.pack
-        packet_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
         layout = self._layout
+        next_seq, lost = self._next_seq, 0
         while offset + 16 <= n:
-            length, kind = unpack_hdr(data, offset)[:2]
-            if length < 16:
-                break
-            if kind == packet_type:
-                stop = offset + length
-                if stop > n:
-                    break  # cut short: never a record of bytes that are not there
-                heads = None
-                if layout is not None and offset + layout.size <= stop:
-                    # One check instead of the attribute walk: same attributes at the
-                    # same places as the message the layout was learnt from.
-                    heads = layout.heads(data, offset)
-                    if (
-                        heads[:6] != layout.expect
-                        or heads[7] != layout.payload_type
-                        or not 4 <= heads[6] <= length - layout.payload
-                    ):
-                        heads = None
-                if heads is not None:
-                    start = offset + layout.payload + 4
-                    end = offset + layout.payload + heads[6]
-                    proto, sec, usec, seq = layout.values(data, offset)
-                else:
-                    start, end, proto, sec, usec, seq, layout = _walk(data, offset, stop)
-                if seq is not None:
-                    if self._next_seq is not None and seq != self._next_seq:
-                        self.seq_lost += (seq - self._next_seq) & 0xFFFFFFFF
-                    self._next_seq = (seq + 1) & 0xFFFFFFFF
-                if start >= 0:
-                    caplen = end - start
-                    if proto == ETH_P_IP and caplen >= 4:
-                        orig = (data[start + 2] << 8) | data[start + 3]
-                    elif proto == ETH_P_IPV6 and caplen >= 6:
-                        orig = ((data[start + 4] << 8) | data[start + 5]) + 40
+            if layout is not None and offset + layout.size <= n:
+                # The fast path: one check that the message has its attributes where the
+                # layout says, then its values in one read. Anything else is walked.
+                heads = layout.heads.unpack_from(data, offset)
+                length, caplen = heads[0], heads[8] - 4
+                if (
+                    heads[1] == PACKET_TYPE
+                    and heads[2:8] == layout.expect
+                    and heads[9] == layout.payload_type
+                    and 6 <= caplen <= length - layout.payload - 4
+                    and offset + length <= n
+                ):
+                    proto, sec, usec, seq, _w0, w1, w2 = layout.values.unpack_from(data, offset)
+                    if next_seq is not None and seq != next_seq:
+                        lost += (seq - next_seq) & 0xFFFFFFFF
+                    next_seq = (seq + 1) & 0xFFFFFFFF
+                    if proto == ETH_P_IP:
+                        orig = w1
+                    elif proto == ETH_P_IPV6:
+                        orig = w2 + 40
                     else:
                         orig = caplen
                     if not sec:
-                        now = time.time_ns()
-                        sec, usec = divmod(now // 1000, 1_000_000)
+                        sec, usec = divmod(time.time_ns() // 1000, 1_000_000)
+                    start = offset + layout.payload + 4
                     out += pack_record(sec, usec, caplen, orig)
+                    out += data[start : start + caplen]
+                    count += 1
+                    total += caplen
+                    offset += (length + 3) & ~3
+                    continue
+            length, kind = NLMSGHDR.unpack_from(data, offset)[:2]
+            if length < 16 or offset + length > n:
+                break  # cut short: never a record of bytes that are not there
+            if kind == PACKET_TYPE:
+                start, end, proto, sec, usec, seq, layout = _walk(data, offset, offset + length)
+                if seq is not None:
+                    if next_seq is not None and seq != next_seq:
+                        lost += (seq - next_seq) & 0xFFFFFFFF
+                    next_seq = (seq + 1) & 0xFFFFFFFF
+                if start >= 0:
+                    caplen = end - start
+                    if not sec:
+                        sec, usec = divmod(time.time_ns() // 1000, 1_000_000)
+                    out += pack_record(sec, usec, caplen, original_length(data[start:end], proto))
                     out += data[start:end]
                     count += 1
                     total += caplen
             offset += (length + 3) & ~3
         self._layout = layout
+        self._next_seq = next_seq
+        self.seq_lost += lost
         self.packets += count
         return count, total
 
