@@ -67,9 +67,14 @@ class Database:
         if not migrated:
             migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # Reads on every request (auth, GETs) skip the pre-ping round trip, which doubled
-        # their cost on PostgreSQL; `read` retries once on a connection found dead instead.
-        self._reads = self.engine if self.engine.name == "sqlite" else make_engine(url, False)
+        # Reads on every request (auth, GETs) on PostgreSQL: no pre-ping and no transaction
+        # (BEGIN, ROLLBACK), round trips that tripled their cost; `read` retries once on a
+        # connection found dead instead.
+        self._reads = (
+            self.engine
+            if self.engine.name == "sqlite"
+            else make_engine(url, False).execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     def read(self, query: Callable[[Connection], T]) -> T:
         """`query` on a pooled connection; once more on a fresh one if the pooled connection
