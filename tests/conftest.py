@@ -524,6 +524,37 @@ class Lab:
 
         return wait_for(settled, 20, "the samplers to ship everything", interval=1.2)
 
+    def send(
+        self,
+        count: int,
+        tenants: tuple[str, ...] = ("customer",),
+        size: int = 100,
+        v6: bool = False,
+        protos: tuple[str, ...] = ("udp",),
+    ) -> list[dict[str, Any]]:
+        """`lab traffic` from this process (no process start): flows as `traffic` gives them."""
+        from edgepcap.lab import traffic
+        from edgepcap.lab.topology import Layout
+
+        state = json.loads((self.data_dir / "lab-state.json").read_text())
+        layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
+        flows = traffic.send(layout, list(tenants), count, size, v6, protos)
+        return [f.as_dict() for f in flows]
+
+    def machines_up(self) -> dict[str, bool]:
+        """Which machines the control plane sees live (`edgepcap_machine_up`)."""
+        text = httpx.get(f"{self.info['api']}/metrics", timeout=10).text
+        return {
+            line.split('machine="')[1].split('"')[0]: line.endswith(" 1")
+            for line in text.splitlines()
+            if line.startswith("edgepcap_machine_up{")
+        }
+
+    def registrations(self, machine: str) -> int:
+        """How often the machine's agent has registered (from its log)."""
+        log = self.data_dir / "logs" / f"{machine}.log"
+        return log.read_text(errors="replace").count(f"registered {machine} in ")
+
     def tables(self, machine: str) -> list[str]:
         """The capture tables (`edgepcap_<id>`) in a machine; the sampler's is always there."""
         ns = self.info["namespaces"]["machines"][machine]

@@ -296,6 +296,13 @@ def agent(
     sample_rate: Annotated[
         int, typer.Option(help="Sample 1 in N packets for sample captures (0: no sampler).")
     ] = 100,
+    nflog_rcvbuf: Annotated[
+        int,
+        typer.Option(
+            envvar="EDGEPCAP_NFLOG_RCVBUF",
+            help="Receive buffer of each capture's NFLOG socket, bytes (the kernel doubles it).",
+        ),
+    ] = 32 << 20,
 ) -> None:
     """Run one edge machine's agent (as root: it installs nftables rules)."""
     import logging
@@ -318,7 +325,9 @@ def agent(
     stores = StoreSettings.from_env(Path("/var/lib/edgepcap"))
     if sample_rate < 0 or sample_rate > 1_000_000:
         _fail("--sample-rate must be 0 (off) to 1000000")
-    run_agent(api, agent_key, colo, machine, netns, stores, sample_rate)
+    if not 4096 <= nflog_rcvbuf <= 1 << 30:
+        _fail("--nflog-rcvbuf must be 4096 to 1073741824 bytes")
+    run_agent(api, agent_key, colo, machine, netns, stores, sample_rate, nflog_rcvbuf)
 
 
 lab_app = typer.Typer(

@@ -282,9 +282,15 @@ def stop(session: Session, pcap: Pcap) -> None:
     session.flush()
 
 
-def sweep(session: Session) -> int:
-    """Fail the parts of machines that went silent; returns how many parts were failed."""
+def sweep(session: Session, hearing_since: dt.datetime | None = None) -> int:
+    """Fail the parts of machines that went silent; returns how many parts were failed.
+
+    `hearing_since` is when this control plane became able to hear agents (its start, or
+    the end of its database outage): silence before then is the control plane's own
+    blindness, not the machine's, so it is not held against the machine.
+    """
     now = utcnow()
+    since = hearing_since or dt.datetime.min
     failed = 0
     rows = session.execute(
         select(CaptureMachine, Machine)
@@ -294,7 +300,7 @@ def sweep(session: Session) -> int:
     touched: dict[str, Pcap] = {}
     for part, machine in rows:
         reason = None
-        if not fleet.is_live(machine, now):
+        if not fleet.is_live(machine, now) and now - since > fleet.HEARTBEAT_TIMEOUT:
             reason = (
                 f"agent stopped sending heartbeats at {machine.last_seen:%H:%M:%S} UTC; "
                 "its part of the capture is lost"
@@ -302,7 +308,9 @@ def sweep(session: Session) -> int:
         elif part.state == "running" and part.boot_id and part.boot_id != machine.boot_id:
             reason = "agent restarted during the capture; its part of the capture is lost"
         elif (
-            part.state == "running" and part.last_report and now - part.last_report > REPORT_TIMEOUT
+            part.state == "running"
+            and part.last_report
+            and now - max(part.last_report, since) > REPORT_TIMEOUT
         ):
             reason = "agent stopped reporting progress; its part of the capture is lost"
         if reason:

@@ -6,12 +6,16 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
+from edgepcap import machines as fleet
 from edgepcap.lab import lab as labmod
-from tests.agent.test_full_capture import captured, expected, in_prefixes
+from tests.agent.test_full_capture import captured, expected, in_prefixes, packets_in
 from tests.api.test_pcaps import full
 from tests.conftest import wait_for
 from tests.packets import tshark_fields
+
+MACHINES = ("ord01", "ord02")
 
 
 def test_colo_name_can_name_one_machine_or_nothing_known(lab):
@@ -222,3 +226,54 @@ def test_read_only_bucket_fails_the_capture_as_access_denied(lab):
     assert "access denied" in done["error_message"], done["error_message"]
     for machine in ("ord01", "ord02"):
         assert lab.tables(machine) == []
+
+
+def _count_in(lab, pcap_id: str, tenant: str = "customer") -> int:
+    return sum(len(packets_in(path)) for path in lab.files(pcap_id, tenant).values())
+
+
+def test_control_plane_restart_mid_capture_loses_nothing(lab):
+    """The api goes away for longer than the heartbeat timeout while two captures run:
+    one is stopped after the api is back, the other's time limit ends during the outage.
+    Agents keep capturing, keep their end reports until the api listens again, and the
+    restarted api does not blame them for its own absence."""
+    mine = lab.start_full(filter_v1={"protocol": 17})
+    theirs = lab.start_full("other", filter_v1={"protocol": 17}, time_limit=4)
+    sent = lab.send(20, tenants=("customer", "other"))
+    down = time.monotonic()
+    labmod.stop_api(lab.data_dir)
+    try:
+        sent += lab.send(30)
+        # The other capture ends by its time limit while nobody listens: its tables go.
+        wait_for(
+            lambda: all(lab.tables(m) == [f"edgepcap_{mine['id']}"] for m in ("ord01", "ord02")),
+            20,
+            "the time-limited capture to end on the agents",
+        )
+        # The fault itself: an outage longer than the heartbeat timeout.
+        outage = fleet.HEARTBEAT_TIMEOUT.total_seconds() + 1
+        time.sleep(max(0.0, down + outage - time.monotonic()))
+    finally:
+        labmod.start_api(lab.data_dir)
+    sent += lab.send(10)
+    with lab.client() as c:
+        assert c.put(f"/pcaps/{mine['id']}/stop").status_code == 200
+    done = lab.wait_end(mine["id"], timeout=30)
+    other = lab.wait_end(theirs["id"], timeout=30, tenant="other")
+
+    assert done["status"] == "success" and done["error_message"] is None, done
+    assert done["submitted"] == mine["submitted"] and done["stop_requested"]
+    assert {m["machine"]: m["state"] for m in done["machines"]} == dict.fromkeys(MACHINES, "done")
+    want = expected(sent, lambda k: in_prefixes(k[1], lab["prefixes"]))
+    assert sum(want.values()) == 2 * (20 + 30 + 10)
+    assert captured(lab, mine["id"]) == want
+    assert done["packets_captured"] == sum(want.values())
+
+    assert other["status"] == "success" and other["error_message"] is None, other
+    assert other["packets_captured"] == 2 * 20 == _count_in(lab, theirs["id"], "other")
+    assert all(m["state"] == "done" for m in other["machines"])
+    for machine in ("ord01", "ord02"):
+        assert lab.tables(machine) == []
+    wait_for(lambda: all(lab.machines_up().values()), 10, "every machine to be live again")
+    again = lab.start_full(time_limit=1)
+    assert lab.wait_end(again["id"], timeout=10)["status"] == "success"

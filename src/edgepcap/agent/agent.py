@@ -11,7 +11,7 @@ from typing import Any
 from edgepcap import nft
 from edgepcap.agent.client import ControlPlane, ControlPlaneError
 from edgepcap.agent.sampler import Sampler
-from edgepcap.agent.worker import CaptureWorker, Job
+from edgepcap.agent.worker import NFLOG_RCVBUF, CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
 
 log = logging.getLogger("edgepcap.agent")
@@ -20,9 +20,15 @@ GROUPS = range(1000, 2000)  # NFLOG groups for full captures; one per running ca
 
 class Agent:
     def __init__(
-        self, cp: ControlPlane, ns: str | None, stores: StoreSettings, sample_rate: int = 100
+        self,
+        cp: ControlPlane,
+        ns: str | None,
+        stores: StoreSettings,
+        sample_rate: int = 100,
+        nflog_rcvbuf: int = NFLOG_RCVBUF,
     ) -> None:
         self.cp = cp
+        self.nflog_rcvbuf = nflog_rcvbuf
         self.sampler = Sampler(cp, ns, sample_rate) if sample_rate else None
         self.ns = ns
         self.stores = stores
@@ -105,7 +111,9 @@ class Agent:
             if group is None:
                 self._refuse(pcap_id, "no free NFLOG group on this machine")
                 return
-            worker = CaptureWorker(job, self.cp, group, self.ns, self.stores, self._finished)
+            worker = CaptureWorker(
+                job, self.cp, group, self.ns, self.stores, self._finished, self.nflog_rcvbuf
+            )
             self.workers[job.id] = worker
         log.info("starting capture %s on NFLOG group %d", job.id, group)
         worker.start()
@@ -147,9 +155,10 @@ def run_agent(
     ns: str | None,
     stores: StoreSettings,
     sample_rate: int = 100,
+    nflog_rcvbuf: int = NFLOG_RCVBUF,
 ) -> None:
     cp = ControlPlane(api, key, colo, machine)
-    agent = Agent(cp, ns, stores, sample_rate)
+    agent = Agent(cp, ns, stores, sample_rate, nflog_rcvbuf)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping captures and exiting", signum)

@@ -92,7 +92,7 @@ def register(request: Request, _: Agent, body: Hello) -> dict[str, Any]:
             machine = fleet.register(session, body.colo, body.machine, body.boot_id)
         except fleet.FleetError as exc:
             raise APIError(400, Code.INVALID_VALUE, str(exc)) from exc
-        execution.sweep(session)
+        execution.sweep(session, request.app.state.supervisor.listening_since())
         return {
             "machine": machine.name,
             "colo": machine.colo,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from edgepcap.api import agents, errors, ownership, pcaps
 from edgepcap.api.metrics import render_metrics
 from edgepcap.db import Database
 from edgepcap.destinations import StoreSettings
+from edgepcap.models import utcnow
 from edgepcap.samples.store import SampleStore
 
 PREFIX = "/client/v4"
@@ -160,13 +162,19 @@ async def _never_receive() -> Message:  # pragma: no cover - responses do not re
 
 
 class Supervisor:
-    """Fails the parts of silent machines and closes captures, twice a second."""
+    """Fails the parts of silent machines and closes captures, twice a second.
+
+    It judges silence only over time in which it could hear the agents: from its own start,
+    and again from the end of any database outage it saw (heartbeats cannot be recorded
+    while the database is down, so machines would all look silent).
+    """
 
     def __init__(self, db: Database, samples: SampleStore, every: float = 0.5) -> None:
         self.db = db
         self.samples = samples
         self._next_expiry = 0.0
         self.every = every
+        self.hearing_since: dt.datetime | None = utcnow()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
 
@@ -177,16 +185,30 @@ class Supervisor:
         self._stop.set()
         self._thread.join(5)
 
+    def listening_since(self) -> dt.datetime:
+        """Since when agents could be heard (now, while the database is unreachable)."""
+        return self.hearing_since or utcnow()
+
     def _run(self) -> None:
         while not self._stop.wait(self.every):
+            since = self.listening_since()
             try:
                 with self.db.session() as session:
-                    execution.sweep(session)
+                    execution.sweep(session, since)
+                if self.hearing_since is None:
+                    log.warning("database reachable again; machines get a fresh heartbeat window")
+                self.hearing_since = since
+            except Exception:
+                if self.hearing_since is not None:
+                    log.exception("supervisor sweep failed; retrying")
+                self.hearing_since = None
+                continue
+            try:
                 if time.monotonic() >= self._next_expiry:
                     self.samples.expire(time.time_ns())
                     self._next_expiry = time.monotonic() + EXPIRE_EVERY
             except Exception:
-                log.exception("supervisor sweep failed; retrying")
+                log.exception("sample expiry failed; retrying")
 
 
 def create_app(db: Database, stores: StoreSettings, samples: SampleStore) -> FastAPI:
@@ -212,6 +234,7 @@ def create_app(db: Database, stores: StoreSettings, samples: SampleStore) -> Fas
     app.state.db = db
     app.state.stores = stores
     app.state.samples = samples
+    app.state.supervisor = supervisor
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(agents.router)
