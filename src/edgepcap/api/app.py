@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -198,9 +199,14 @@ class Supervisor:
                 if self.hearing_since is None:
                     log.warning("database reachable again; machines get a fresh heartbeat window")
                 self.hearing_since = since
-            except Exception:
+            except OperationalError as exc:
                 if self.hearing_since is not None:
-                    log.exception("supervisor sweep failed; retrying")
+                    first = str(exc.orig or exc).strip().splitlines()[0][:300]
+                    log.warning("supervisor: the database is unreachable (%s); retrying", first)
+                self.hearing_since = None
+                continue
+            except Exception:
+                log.exception("supervisor sweep failed; retrying")
                 self.hearing_since = None
                 continue
             try:
@@ -241,6 +247,7 @@ def create_app(db: Database, stores: StoreSettings, samples: SampleStore) -> Fas
     app.add_exception_handler(errors.APIError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.add_exception_handler(DBAPIError, errors.database_error_handler)
     app.add_exception_handler(Exception, errors.internal_error_handler)
     app.add_middleware(RequestGuard)
 
