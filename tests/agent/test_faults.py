@@ -277,3 +277,103 @@ def test_control_plane_restart_mid_capture_loses_nothing(lab):
     wait_for(lambda: all(lab.machines_up().values()), 10, "every machine to be live again")
     again = lab.start_full(time_limit=1)
     assert lab.wait_end(again["id"], timeout=10)["status"] == "success"
+
+
+def _s3(lab):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=lab.s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def _validated_s3_bucket(lab, s3, bucket: str) -> str:
+    s3.create_bucket(Bucket=bucket)
+    conf = f"s3://{bucket}/edge?region=us-east-1"
+    with lab.client() as c:
+        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+        assert r.status_code == 200, r.text
+        name = r.json()["result"]["filename"]
+        token = s3.get_object(Bucket=bucket, Key=f"edge/{name}")["Body"].read().decode()
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": token},
+        )
+        assert r.status_code == 200, r.text
+    return conf
+
+
+def test_s3_bucket_deleted_mid_upload_fails_the_capture_naming_the_cause(lab):
+    s3 = _s3(lab)
+    bucket = "lab-vanishing"
+    conf = _validated_s3_bucket(lab, s3, bucket)
+    pcap = lab.start_full(destination_conf=conf, filter_v1={"protocol": 17})
+    # Whole 1 428-byte packets, more than one 5 MiB part per machine.
+    lab.send(4000, size=1400)
+
+    def parts_uploaded() -> bool:
+        uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        keys = {u["Key"]: u["UploadId"] for u in uploads}
+        return len(keys) == 2 and all(
+            s3.list_parts(Bucket=bucket, Key=k, UploadId=u).get("Parts") for k, u in keys.items()
+        )
+
+    wait_for(parts_uploaded, 20, "a first part of each machine's upload")
+    for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=obj["Key"])
+    s3.delete_bucket(Bucket=bucket)
+    lab.send(4000, size=1400)
+    with lab.client() as c:
+        c.put(f"/pcaps/{pcap['id']}/stop")
+    done = lab.wait_end(pcap["id"], timeout=30)
+    assert done["status"] == "failed"
+    assert all(m["state"] == "failed" and m["packets"] >= 4000 for m in done["machines"])
+    assert f"bucket '{bucket}' does not exist" in done["error_message"], done["error_message"]
+    for machine in MACHINES:
+        assert lab.tables(machine) == []
+    again = lab.start_full(time_limit=1)
+    assert lab.wait_end(again["id"], timeout=10)["status"] == "success"
+
+
+def test_file_bucket_removed_mid_capture_fails_the_capture_naming_the_cause(lab):
+    root = lab["destination_conf"].removeprefix("file://")
+    doomed = root + "-doomed"
+    os.makedirs(doomed)
+    try:
+        conf = f"file://{doomed}"
+        with lab.client() as c:
+            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+            with open(os.path.join(doomed, r.json()["result"]["filename"])) as fh:
+                token = fh.read()
+            r = c.post(
+                "/pcaps/ownership/validate",
+                json={"destination_conf": conf, "ownership_challenge": token},
+            )
+            assert r.status_code == 200, r.text
+        pcap = lab.start_full(destination_conf=conf, filter_v1={"protocol": 17})
+        lab.send(200, size=1000)
+        # Each machine is writing its (staged) file when the directory goes away.
+        wait_for(
+            lambda: all(m["packets"] == 200 for m in lab.get(pcap["id"])["machines"]),
+            10,
+            "both machines to have written the traffic",
+        )
+        shutil.rmtree(doomed)
+        with lab.client() as c:
+            c.put(f"/pcaps/{pcap['id']}/stop")
+        done = lab.wait_end(pcap["id"], timeout=30)
+        # Not quietly recreated by the upload.
+        assert not os.path.exists(doomed)
+    finally:
+        shutil.rmtree(doomed, ignore_errors=True)
+    assert done["status"] == "failed"
+    assert f"the bucket directory {doomed} does not exist" in done["error_message"], done
+    assert all(m["state"] == "failed" and m["packets"] == 200 for m in done["machines"])
+    for machine in MACHINES:
+        assert lab.tables(machine) == []
+    again = lab.start_full(time_limit=1)
+    assert lab.wait_end(again["id"], timeout=10)["status"] == "success"

@@ -15,7 +15,13 @@ import obstore
 
 from edgepcap import netns, nft, pcap
 from edgepcap.agent.client import ControlPlane
-from edgepcap.destinations import DestinationError, StoreSettings, describe_failure, parse
+from edgepcap.destinations import (
+    Destination,
+    DestinationError,
+    StoreSettings,
+    describe_failure,
+    parse,
+)
 from edgepcap.filters import FilterV1
 from edgepcap.nflog import NflogSocket
 
@@ -25,6 +31,16 @@ FINAL_REPORT_PATIENCE = 600.0  # seconds of retrying the end-of-capture report
 PENDING_MAX_PACKETS = 200_000
 PENDING_MAX_BYTES = 64 << 20
 FLUSH_BYTES = 256 << 10
+
+
+class _End:
+    """The end of a capture's byte stream: complete the upload, or abandon it."""
+
+    def __init__(self, complete: bool) -> None:
+        self.complete = complete
+
+
+COMPLETE, ABANDON = _End(True), _End(False)
 NFLOG_RCVBUF = 32 << 20  # measured: no drops up to ~275 k pps (shared/MEASUREMENTS.md)
 
 
@@ -132,7 +148,7 @@ class CaptureWorker(threading.Thread):
         self.sock: NflogSocket | None = None
         self.table_installed = False
         self._rate: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=8)
-        self._out: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
+        self._out: queue.Queue[bytes | _End] = queue.Queue(maxsize=32)
         self._writer_error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -148,13 +164,14 @@ class CaptureWorker(threading.Thread):
         try:
             dest = parse(self.job.destination_conf, self.stores)
             _probe(dest, self.job.object_name)
+            bucket = dest.bucket_identity()
             self.sock = netns.run_in(self.ns, NflogSocket, self.group, rcvbuf=self.nflog_rcvbuf)
             writer = obstore.open_writer(
                 dest.store, self.job.object_name, buffer_size=5 << 20, max_concurrency=2
             )
             writer_thread = threading.Thread(
                 target=self._write_loop,
-                args=(writer, dest),
+                args=(writer, dest, bucket),
                 name=f"write-{self.job.id[:8]}",
                 daemon=True,
             )
@@ -185,13 +202,14 @@ class CaptureWorker(threading.Thread):
                 kernel = self._remove_table()
             if self.sock is not None:
                 self.sock.close()
-            self._out.put(None)
+            if error is None and self.stop_reason == "agent_shutdown":
+                error = "the agent was shut down during the capture"
+            # A failed part leaves no file: the upload is dropped, never completed.
+            self._out.put(COMPLETE if error is None else ABANDON)
             if writer_thread is not None:
                 writer_thread.join()
             if self._writer_error is not None and error is None:
                 error = str(self._writer_error)
-            if error is None and self.stop_reason == "agent_shutdown":
-                error = "the agent was shut down during the capture"
             self.stop_event.set()
             if reporter.is_alive():
                 reporter.join(5)
@@ -264,23 +282,32 @@ class CaptureWorker(threading.Thread):
             self.written_packets += written
             self.written_bytes += written_bytes
 
-    def _write_loop(self, writer: Any, dest: Any) -> None:
+    def _write_loop(self, writer: Any, dest: Destination, bucket: Any) -> None:
         finished = False
         try:
             while True:
                 chunk = self._out.get()
-                if chunk is None:
+                if isinstance(chunk, _End):
                     finished = True
                     break
                 writer.write(chunk)
+            if not chunk.complete:
+                # Dropping the writer without closing it abandons the upload: a local
+                # staging file is removed, an S3 multipart upload is never completed.
+                del writer
+                return
+            # A file bucket removed meanwhile would be recreated by the upload: refuse.
+            dest.check_same_bucket(bucket, self.job.object_name)
             writer.close()
         except Exception as exc:
-            self._writer_error = DestinationError(
-                describe_failure(dest, "write", self.job.object_name, exc)
+            self._writer_error = (
+                exc
+                if isinstance(exc, DestinationError)
+                else DestinationError(describe_failure(dest, "write", self.job.object_name, exc))
             )
             self.stop_event.set()
             # Keep draining so that the reader never blocks on a full queue.
-            while not finished and self._out.get() is not None:
+            while not finished and not isinstance(self._out.get(), _End):
                 pass
 
     def _remove_table(self) -> tuple[int, int]:
