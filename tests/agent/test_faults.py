@@ -9,6 +9,7 @@ import subprocess
 import time
 
 from edgepcap import machines as fleet
+from edgepcap import nft
 from edgepcap.lab import lab as labmod
 from tests.agent.test_full_capture import captured, expected, in_prefixes, packets_in
 from tests.api.test_pcaps import full
@@ -377,3 +378,50 @@ def test_file_bucket_removed_mid_capture_fails_the_capture_naming_the_cause(lab)
         assert lab.tables(machine) == []
     again = lab.start_full(time_limit=1)
     assert lab.wait_end(again["id"], timeout=10)["status"] == "success"
+
+
+def _restart_agent(lab, machine: str, env: dict[str, str] | None = None) -> None:
+    """Stop the machine's agent cleanly and start it again, registered before returning."""
+    registered = lab.registrations(machine)
+    labmod.stop_agent(lab.data_dir, machine)
+    labmod.restart_agent(lab.data_dir, machine, env)
+    wait_for(
+        lambda: lab.registrations(machine) > registered and lab.machines_up()[machine],
+        20,
+        f"the agent of {machine} to register again",
+    )
+
+
+def test_nflog_overruns_are_counted_packet_for_packet(lab):
+    """A stalled agent with a small NFLOG buffer: the kernel drops, and says how many."""
+    _restart_agent(lab, "ord02", {"EDGEPCAP_NFLOG_RCVBUF": "4096"})
+    try:
+        pcap = lab.start_full(colo_name="ord02", filter_v1={"protocol": 17})
+        table = f"edgepcap_{pcap['id']}"
+        ns = lab["namespaces"]["machines"]["ord02"]
+        pid = labmod.agent_pid(lab.data_dir, "ord02")
+        burst = 2000
+        os.kill(pid, signal.SIGSTOP)  # the reader stalls; the kernel keeps logging
+        try:
+            flows = lab.send(burst, size=1000)
+            wait_for(lambda: nft.counters(table, ns)[0] == burst, 10, "the rule to count the burst")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with lab.client() as c:
+            c.put(f"/pcaps/{pcap['id']}/stop")
+        done = lab.wait_end(pcap["id"], timeout=20)
+    finally:
+        _restart_agent(lab, "ord02")
+    assert sum(f["packets"] for f in flows if f["machine"] == "ord02") == burst
+    [part] = done["machines"]
+    assert done["status"] == "success", done
+    # Every packet the rule matched is either in the file or counted as dropped.
+    assert part["kernel_matched"] == burst
+    assert part["dropped"] > 0 and part["overruns"] > 0, part
+    assert part["packets"] + part["dropped"] == part["kernel_matched"], part
+    assert _count_in(lab, pcap["id"]) == part["packets"] == done["packets_captured"]
+    assert (
+        f"ord02 lost {part['dropped']} packets ({part['overruns']} overruns)"
+        in (done["error_message"])
+    )
+    assert lab.tables("ord02") == []
