@@ -77,8 +77,10 @@ class Agent:
 
     def _poll_jobs(self) -> None:
         while not self.stopping.is_set():
+            with self.lock:
+                running = [i for i, w in self.workers.items() if not w.stop_event.is_set()]
             try:
-                jobs = self.cp.jobs(wait=20)
+                answer = self.cp.jobs(wait=20, running=running)
             except ControlPlaneError as exc:
                 if str(exc) == "re-register":
                     self._register()
@@ -90,7 +92,12 @@ class Agent:
                 log.warning("job poll failed: %s", exc)
                 self.stopping.wait(1.0)
                 continue
-            for raw in jobs:
+            for stop in answer["stop"]:
+                with self.lock:
+                    worker = self.workers.get(str(stop.get("id")))
+                if worker is not None:
+                    worker.request_stop(str(stop.get("reason") or "stop"))
+            for raw in answer["jobs"]:
                 self._start(raw)
 
     def _start(self, raw: dict[str, Any]) -> None:

@@ -314,8 +314,10 @@ class CaptureWorker(threading.Thread):
         self.table_installed = False
         kernel = (0, 0)
         try:
-            if self.table in nft.list_tables(self.ns):
-                kernel = nft.counters(self.table, self.ns)
+            kernel = nft.counters(self.table, self.ns)
+        except nft.NftError as exc:
+            if "No such file or directory" not in str(exc):  # else: it was never installed
+                log.warning("reading counters of %s: %s", self.table, exc)
         except Exception:
             log.exception("reading counters of %s", self.table)
         for attempt in range(3):
@@ -368,7 +370,8 @@ class CaptureWorker(threading.Thread):
 
     def _report_loop(self) -> None:
         failures = 0
-        while not self.stop_event.wait(REPORT_EVERY):
+        # The first report goes at once: it is what makes the capture `running`.
+        while not self.stop_event.is_set():
             try:
                 answer = self.cp.report(self.job.id, self._snapshot("running"))
             except Exception as exc:
@@ -376,16 +379,21 @@ class CaptureWorker(threading.Thread):
                 if failures % 50 == 0:
                     log.warning("progress report for %s failed: %s", self.job.id, exc)
                 failures += 1
-                continue
-            if failures:
-                log.info("progress reports for %s reach the control plane again", self.job.id)
-                failures = 0
-            self.budget.add(answer.get("grant_packets", 0), answer.get("grant_bytes", 0))
-            if answer.get("release"):
-                self.release_now = True
-            if answer.get("stop"):
-                self.stop_reason = self.stop_reason or answer.get("reason") or "stop"
-                self.stop_event.set()
+            else:
+                if failures:
+                    log.info("progress reports for %s reach the control plane again", self.job.id)
+                    failures = 0
+                self._take(answer)
+            self.stop_event.wait(REPORT_EVERY)
+
+    def _take(self, answer: dict[str, Any]) -> None:
+        """Act on the control plane's answer to a progress report."""
+        self.budget.add(answer.get("grant_packets", 0), answer.get("grant_bytes", 0))
+        if answer.get("release"):
+            self.release_now = True
+        if answer.get("stop"):
+            self.stop_reason = self.stop_reason or answer.get("reason") or "stop"
+            self.stop_event.set()
 
     def _final_report(self, error: str | None, kernel: tuple[int, int]) -> None:
         report = self._snapshot("failed" if error else "done")

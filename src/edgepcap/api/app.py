@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgepcap import execution
 from edgepcap.api import agents, errors, ownership, pcaps
 from edgepcap.api.metrics import render_metrics
+from edgepcap.api.wakeup import Wakeup
 from edgepcap.db import Database
 from edgepcap.destinations import StoreSettings
 from edgepcap.models import utcnow
@@ -241,6 +242,7 @@ def create_app(db: Database, stores: StoreSettings, samples: SampleStore) -> Fas
     app.state.stores = stores
     app.state.samples = samples
     app.state.supervisor = supervisor
+    app.state.wakeup = Wakeup()
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(agents.router)

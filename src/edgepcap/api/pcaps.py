@@ -102,7 +102,10 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
             pcap = captures.create(session, account, body, request.app.state.samples)
         except captures.CaptureError as exc:
             raise_capture_error(exc)
-        return envelope(render(pcap))
+        result = envelope(render(pcap))
+    if pcap.machines:
+        request.app.state.wakeup.notify()  # its machines' long polls answer now
+    return result
 
 
 @router.get("/accounts/{account_id}/pcaps", response_model=Envelope[list[PcapOut]])
@@ -165,10 +168,12 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
     check_id(pcap_id)
     with request.app.state.db.session() as session:
         try:
-            return envelope(render(captures.stop(session, who.account_id, pcap_id)))
+            result = envelope(render(captures.stop(session, who.account_id, pcap_id)))
         except captures.CaptureError as exc:
             raise_capture_error(exc)
             raise
+    request.app.state.wakeup.notify()  # machines capturing it hear of the stop now
+    return result
 
 
 @router.get(
