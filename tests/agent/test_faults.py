@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -425,3 +427,108 @@ def test_nflog_overruns_are_counted_packet_for_packet(lab):
         in (done["error_message"])
     )
     assert lab.tables("ord02") == []
+    again = lab.start_full(colo_name="ord02", time_limit=1)
+    assert lab.wait_end(again["id"], timeout=10)["status"] == "success"
+
+
+# The soak: back-to-back captures, then nothing may have piled up anywhere. The suite runs
+# SOAK_IN_SUITE of them (it must stay fast); `scripts/soak` runs 200 or what it is given.
+SOAK_IN_SUITE = 100
+SOAK_WARMUP = 10
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        line = next(x for x in fh if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def _nflog_groups(lab, machine: str) -> list[int]:
+    """NFLOG groups bound in the machine's namespace (the file is per namespace)."""
+    ns = lab["namespaces"]["machines"][machine]
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "cat", "/proc/net/netfilter/nfnetlink_log"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted(int(line.split()[0]) for line in out.stdout.splitlines() if line.strip())
+
+
+def test_soak_back_to_back_captures_leave_nothing_behind(lab):
+    count = int(os.environ.get("EDGEPCAP_SOAK_CAPTURES", SOAK_IN_SUITE))
+    assert count > SOAK_WARMUP
+    state = json.loads((lab.data_dir / "lab-state.json").read_text())
+    processes = {"api": state["pids"][0]} | {m: labmod.agent_pid(lab.data_dir, m) for m in MACHINES}
+    per_flow = 5  # UDP packets to each machine's customer host, 128 bytes each
+    body = {
+        "system": "magic-transit",
+        "type": "full",
+        "time_limit": 60,
+        "colo_name": lab["colo"],
+        "destination_conf": lab["destination_conf"],
+        "filter_v1": {"protocol": 17},
+    }
+    baseline: dict[str, tuple[int, int]] = {}
+    started = time.monotonic()
+    with lab.client() as c:
+
+        def get(pcap_id: str) -> dict:
+            return c.get(f"/pcaps/{pcap_id}").json()["result"]
+
+        for i in range(count):
+            if i == SOAK_WARMUP:
+                baseline = {name: (_fds(pid), _rss(pid)) for name, pid in processes.items()}
+            # Every tenth capture ends by its packet limit, the others by a stop.
+            limited = i % 10 == 5
+            r = c.post("/pcaps", json={**body, **({"packet_limit": 6} if limited else {})})
+            assert r.status_code == 200, r.text
+            pcap_id = r.json()["result"]["id"]
+            wait_for(
+                lambda pcap_id=pcap_id: all(
+                    m["state"] == "running" for m in get(pcap_id)["machines"]
+                ),
+                10,
+                f"capture {i} to run on every machine",
+                interval=0.01,
+            )
+            lab.send(per_flow)
+            if not limited:
+                assert c.put(f"/pcaps/{pcap_id}/stop").status_code == 200
+            done = wait_for(
+                lambda pcap_id=pcap_id: (
+                    (p := get(pcap_id))["status"] in ("success", "failed") and p
+                ),
+                20,
+                f"capture {i} to end",
+                interval=0.01,
+            )
+            want = 6 if limited else 2 * per_flow
+            assert done["status"] == "success" and done["packets_captured"] == want, done
+            sizes = [p.stat().st_size for p in lab.files(pcap_id).values()]
+            assert len(sizes) == 2 and sum(sizes) == 2 * 24 + want * (16 + 128)
+    elapsed = time.monotonic() - started
+    for machine in MACHINES:
+        assert lab.tables(machine) == []
+        assert _nflog_groups(lab, machine) == [100]  # the sampler's only
+
+    def settled() -> bool:
+        # Connections to the api may still be closing: wait for them, not for growth.
+        return all(_fds(pid) <= baseline[name][0] for name, pid in processes.items())
+
+    with contextlib.suppress(AssertionError):
+        wait_for(settled, 5, "open files to settle")
+    after = {name: (_fds(pid), _rss(pid)) for name, pid in processes.items()}
+    report = {
+        name: f"fds {baseline[name][0]}→{after[name][0]}, "
+        f"RSS {baseline[name][1] >> 20}→{after[name][1] >> 20} MiB"
+        for name in processes
+    }
+    print(f"soak: {count} captures in {elapsed:.1f} s ({elapsed / count:.2f} s each): {report}")
+    for name in processes:
+        assert after[name][0] <= baseline[name][0] + 2, report
+        assert after[name][1] - baseline[name][1] < 10 << 20, report
