@@ -58,6 +58,7 @@ class Postgres:
     port: int
     socket_dir: Path
     bindir: Path
+    data: Path | None = None
     counter: int = 0
 
     def run(self, *args: str) -> None:
@@ -88,6 +89,32 @@ class Postgres:
         self.run("-c", f"CREATE DATABASE {name}")
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.data is not None
+        pg_ctl = str(self.bindir / "pg_ctl")
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", pg_ctl, "-D", str(self.data), *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        """Start the server (again) on its data directory and port; returns when it accepts."""
+        assert self.data is not None
+        self._pg_ctl(
+            "-l",
+            str(self.data.parent / "pg.log"),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir} -c fsync=off -c max_connections=200",
+            "start",
+        )
+
+    def crash(self) -> None:
+        """Stop the server at once, as a crash would (`-m immediate`: no clean shutdown)."""
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
 
 def _pg_bindir() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -106,11 +133,12 @@ def start_postgres() -> tuple[Postgres, Callable[[], None]]:
     sock.mkdir()
     for path in (base, sock):
         shutil.chown(path, "postgres")
-    port = free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
         [
-            *as_pg,
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
             str(bindir / "initdb"),
             "-D",
             str(data),
@@ -123,32 +151,15 @@ def start_postgres() -> tuple[Postgres, Callable[[], None]]:
         check=True,
         capture_output=True,
     )
-    subprocess.run(
-        [
-            *as_pg,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(base / "pg.log"),
-            "-w",
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=200",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    server = Postgres(port=free_port(), socket_dir=sock, bindir=bindir, data=data)
+    server.start()
 
     def stop() -> None:
-        subprocess.run(
-            [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
-            capture_output=True,
-        )
+        with contextlib.suppress(subprocess.SubprocessError):
+            server.crash()
         shutil.rmtree(base, ignore_errors=True)
 
-    return Postgres(port=port, socket_dir=sock, bindir=bindir), stop
+    return server, stop
 
 
 @pytest.fixture(scope="session")
@@ -529,6 +540,37 @@ class Lab:
 
         return wait_for(settled, 20, "the samplers to ship everything", interval=1.2)
 
+    def send(
+        self,
+        count: int,
+        tenants: tuple[str, ...] = ("customer",),
+        size: int = 100,
+        v6: bool = False,
+        protos: tuple[str, ...] = ("udp",),
+    ) -> list[dict[str, Any]]:
+        """`lab traffic` from this process (no process start): flows as `traffic` gives them."""
+        from edgepcap.lab import traffic
+        from edgepcap.lab.topology import Layout
+
+        state = json.loads((self.data_dir / "lab-state.json").read_text())
+        layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
+        flows = traffic.send(layout, list(tenants), count, size, v6, protos)
+        return [f.as_dict() for f in flows]
+
+    def machines_up(self) -> dict[str, bool]:
+        """Which machines the control plane sees live (`edgepcap_machine_up`)."""
+        text = httpx.get(f"{self.info['api']}/metrics", timeout=10).text
+        return {
+            line.split('machine="')[1].split('"')[0]: line.endswith(" 1")
+            for line in text.splitlines()
+            if line.startswith("edgepcap_machine_up{")
+        }
+
+    def registrations(self, machine: str) -> int:
+        """How often the machine's agent has registered (from its log)."""
+        log = self.data_dir / "logs" / f"{machine}.log"
+        return log.read_text(errors="replace").count(f"registered {machine} in ")
+
     def tables(self, machine: str) -> list[str]:
         """The capture tables (`edgepcap_<id>`) in a machine; the sampler's is always there."""
         ns = self.info["namespaces"]["machines"][machine]
@@ -551,15 +593,14 @@ def lab_down(data_dir: Path) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[Lab]:
+@contextlib.contextmanager
+def running_lab(data_dir: Path, s3_server: str, database: str | None = None) -> Iterator[Lab]:
     """`edgepcap lab up` with two machines of ORD; always `lab down` afterwards.
 
     Its api and agents reach moto's S3 server as their S3 endpoint.
     """
     if os.geteuid() != 0:
         pytest.fail("the lab tests need root (network namespaces, nftables)")
-    data_dir = tmp_path_factory.mktemp("lab")
     port = free_port()
     try:
         out = subprocess.run(
@@ -575,6 +616,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[La
                 "2",
                 "--listen",
                 f"127.0.0.1:{port}",
+                *(["--database", database] if database else []),
             ],
             capture_output=True,
             text=True,
@@ -594,6 +636,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[La
         )
     finally:
         lab_down(data_dir)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[Lab]:
+    """`edgepcap lab up` with two machines of ORD on SQLite; always `lab down` afterwards."""
+    with running_lab(tmp_path_factory.mktemp("lab"), s3_server) as running:
+        yield running
 
 
 # --- ClickHouse ----------------------------------------------------------------------------

@@ -312,6 +312,13 @@ def agent(
     sample_rate: Annotated[
         int, typer.Option(help="Sample 1 in N packets for sample captures (0: no sampler).")
     ] = 100,
+    nflog_rcvbuf: Annotated[
+        int,
+        typer.Option(
+            envvar="EDGEPCAP_NFLOG_RCVBUF",
+            help="Receive buffer of each capture's NFLOG socket, bytes (the kernel doubles it).",
+        ),
+    ] = 32 << 20,
 ) -> None:
     """Run one edge machine's agent (as root: it installs nftables rules)."""
     import sys
@@ -324,6 +331,8 @@ def agent(
         _fail(str(exc))
     if sample_rate < 0 or sample_rate > 1_000_000:
         _fail("--sample-rate must be 0 (off) to 1000000")
+    if not 4096 <= nflog_rcvbuf <= 1 << 30:
+        _fail("--nflog-rcvbuf must be 4096 to 1073741824 bytes")
     if bucket_root is not None:
         os.environ["EDGEPCAP_BUCKET_ROOT"] = str(bucket_root.resolve())
     # The agent runs for months: it execs into a process without the CLI's libraries
@@ -336,6 +345,7 @@ def agent(
         "machine": machine,
         "netns": netns,
         "sample_rate": sample_rate,
+        "nflog_rcvbuf": nflog_rcvbuf,
         "bucket_root": os.environ.get("EDGEPCAP_BUCKET_ROOT"),
     }
     sys.stdout.flush()

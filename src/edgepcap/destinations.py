@@ -50,6 +50,34 @@ class Destination:
     scheme: str
     store: Any
 
+    def bucket_identity(self) -> tuple[int, int] | None:
+        """What tells this bucket from a new one of the same name (file: the directory)."""
+        if self.scheme != "file":
+            return None  # object stores refuse writes into a deleted bucket themselves
+        try:
+            st = os.stat(urlsplit(self.conf).path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_same_bucket(self, identity: tuple[int, int] | None, name: str) -> None:
+        """Refuse to finish writing into a bucket that was removed or replaced meanwhile.
+
+        A local upload recreates missing directories, so without this check a removed
+        bucket directory would quietly come back holding the capture.
+        """
+        if self.scheme != "file" or identity is None:
+            return
+        root = urlsplit(self.conf).path
+        now = self.bucket_identity()
+        if now is None:
+            cause = f"the bucket directory {root} does not exist (removed during the capture)"
+        elif now != identity:
+            cause = f"the bucket directory {root} was replaced during the capture"
+        else:
+            return
+        raise DestinationError(f"could not write {name!r} in {self.conf}: {cause}")
+
     def put(self, name: str, data: bytes) -> None:
         try:
             obstore.put(self.store, name, data)
@@ -98,11 +126,32 @@ class Destination:
             raise DestinationError(describe_failure(self, "list", prefix or "", exc)) from exc
 
 
+_S3_CODE = re.compile(r"<Code>([A-Za-z]+)</Code>")
+_S3_BUCKET = re.compile(r"<BucketName>([^<]{1,255})</BucketName>")
+
+
+def _missing(dest: Destination, full: str) -> str:
+    """What is missing when a store answers 'not found'."""
+    code = _S3_CODE.search(full)
+    if code and code.group(1) == "NoSuchBucket":
+        found = _S3_BUCKET.search(full)
+        bucket = found.group(1) if found else urlsplit(dest.conf).netloc
+        return f"bucket {bucket!r} does not exist"
+    if code and code.group(1) == "NoSuchUpload":
+        return "the upload was aborted in the bucket (NoSuchUpload)"
+    if dest.scheme == "file":
+        root = urlsplit(dest.conf).path
+        if not os.path.isdir(root):
+            return f"the bucket directory {root} does not exist"
+    return "it does not exist"
+
+
 def describe_failure(dest: Destination, verb: str, name: str, exc: BaseException) -> str:
     kind = type(exc).__name__
-    text = str(exc).splitlines()[0] if str(exc) else kind
+    full = str(exc)
+    text = full.splitlines()[0] if full else kind
     if kind in ("NotFoundError",) or isinstance(exc, FileNotFoundError):
-        cause = "it does not exist"
+        cause = _missing(dest, full)
     elif kind in ("PermissionDeniedError", "UnauthenticatedError") or isinstance(
         exc, PermissionError
     ):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session, aliased
 
 from edgepcap import machines as fleet
 from edgepcap.models import (
@@ -90,6 +90,30 @@ def jobs_for(session: Session, machine: str) -> list[tuple[Pcap, CaptureMachine]
     return [(p, cm) for p, cm in rows]
 
 
+def stops_for(session: Session, machine: str, pcap_ids: list[str]) -> list[tuple[str, str]]:
+    """Which of the captures `machine` is running it should stop now, and why."""
+    if not pcap_ids:
+        return []
+    rows = session.execute(
+        select(Pcap, CaptureMachine)
+        .join(CaptureMachine, CaptureMachine.pcap_id == Pcap.id)
+        .where(CaptureMachine.machine == machine, CaptureMachine.pcap_id.in_(pcap_ids))
+    )
+    found: dict[str, str | None] = {}
+    for pcap, part in rows:
+        reason = None
+        if part.state not in MACHINE_ACTIVE:
+            reason = part.error or "this part of the capture has ended"
+        elif pcap.stop_requested is not None:
+            reason = "stop"
+        elif pcap.end_reason in ("packet_limit", "byte_limit"):
+            reason = pcap.end_reason
+        found[pcap.id] = reason
+    out = [(i, r) for i, r in found.items() if r]
+    out += [(i, "unknown capture") for i in pcap_ids if i not in found]
+    return out
+
+
 def _cas_take(session: Session, pcap_id: str, column: str, amount: int) -> int:
     """Take up to `amount` from the capture's unleased budget; returns what was taken."""
     col = getattr(Pcap, column)
@@ -134,8 +158,13 @@ def _outstanding(rows: list[CaptureMachine], but: str) -> tuple[int, int]:
 
 def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Report) -> Answer:
     now = utcnow()
-    part = session.get(CaptureMachine, (pcap_id, machine))
-    pcap = session.get(Pcap, pcap_id)
+    # A part's end may end the capture. Two machines ending at once must not each see the
+    # other still active (write skew): their end reports take the capture's row in turn,
+    # and finish_if_done then reads the other parts as committed. Lock order: part, then
+    # capture, as progress reports do (their budget updates).
+    ending = rep.state in ("done", "failed")
+    part = session.get(CaptureMachine, (pcap_id, machine), with_for_update=ending)
+    pcap = session.get(Pcap, pcap_id, with_for_update=ending)
     if part is None or pcap is None:
         return Answer(stop=True, reason="unknown capture")
     if part.state not in MACHINE_ACTIVE or (part.boot_id and part.boot_id != boot_id):
@@ -282,9 +311,15 @@ def stop(session: Session, pcap: Pcap) -> None:
     session.flush()
 
 
-def sweep(session: Session) -> int:
-    """Fail the parts of machines that went silent; returns how many parts were failed."""
+def sweep(session: Session, hearing_since: dt.datetime | None = None) -> int:
+    """Fail the parts of machines that went silent; returns how many parts were failed.
+
+    `hearing_since` is when this control plane became able to hear agents (its start, or
+    the end of its database outage): silence before then is the control plane's own
+    blindness, not the machine's, so it is not held against the machine.
+    """
     now = utcnow()
+    since = hearing_since or dt.datetime.min
     failed = 0
     rows = session.execute(
         select(CaptureMachine, Machine)
@@ -292,9 +327,19 @@ def sweep(session: Session) -> int:
         .where(CaptureMachine.state.in_(MACHINE_ACTIVE))
     ).all()
     touched: dict[str, Pcap] = {}
+    # Captures whose parts have all ended but that are still open (an end decided
+    # elsewhere that raced with another): close them now.
+    others = aliased(CaptureMachine)
+    for pcap in session.scalars(
+        select(Pcap)
+        .where(Pcap.status.in_(ACTIVE_STATUSES))
+        .where(exists().where(CaptureMachine.pcap_id == Pcap.id))
+        .where(~exists().where(others.pcap_id == Pcap.id, others.state.in_(MACHINE_ACTIVE)))
+    ):
+        touched[pcap.id] = pcap
     for part, machine in rows:
         reason = None
-        if not fleet.is_live(machine, now):
+        if not fleet.is_live(machine, now) and now - since > fleet.HEARTBEAT_TIMEOUT:
             reason = (
                 f"agent stopped sending heartbeats at {machine.last_seen:%H:%M:%S} UTC; "
                 "its part of the capture is lost"
@@ -302,7 +347,9 @@ def sweep(session: Session) -> int:
         elif part.state == "running" and part.boot_id and part.boot_id != machine.boot_id:
             reason = "agent restarted during the capture; its part of the capture is lost"
         elif (
-            part.state == "running" and part.last_report and now - part.last_report > REPORT_TIMEOUT
+            part.state == "running"
+            and part.last_report
+            and now - max(part.last_report, since) > REPORT_TIMEOUT
         ):
             reason = "agent stopped reporting progress; its part of the capture is lost"
         if reason:

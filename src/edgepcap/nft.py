@@ -177,8 +177,8 @@ def apply(ns: str | None, document: dict[str, Any]) -> None:
 
 
 def install(rule: CaptureRule, ns: str | None = None) -> None:
-    remove(rule.table, ns)
-    _nft(ns, ruleset(rule))
+    """Create the table (replacing a stale one of the same name) in one transaction."""
+    replace(rule, ns)
 
 
 def replace(rule: CaptureRule, ns: str | None = None) -> None:
@@ -191,9 +191,12 @@ def replace(rule: CaptureRule, ns: str | None = None) -> None:
 
 def remove(table: str, ns: str | None = None) -> bool:
     """Delete the table if it exists; True when it existed."""
-    if table not in list_tables(ns):
-        return False
-    _nft(ns, {"nftables": [{"delete": {"table": {"family": "inet", "name": table}}}]})
+    try:
+        _nft(ns, {"nftables": [{"delete": {"table": {"family": "inet", "name": table}}}]})
+    except NftError as exc:
+        if "No such file or directory" in str(exc):
+            return False
+        raise
     return True
 
 

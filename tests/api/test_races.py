@@ -9,6 +9,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from edgepcap import execution
+from edgepcap import machines as fleet
+from edgepcap.accounts import create_account
+from edgepcap.credentials import new_id
+from edgepcap.db import open_database
+from edgepcap.models import Pcap
 from tests.api.test_pcaps import SIMPLE, full
 from tests.conftest import S3_ENV, Stack, register_machine, start_server, stop_server
 
@@ -74,3 +80,82 @@ def test_concurrent_sample_creates_accept_exactly_one(twin):
     assert counts == Counter({200: 1, 429: 15}), counts
     with b.client(acct) as c:
         assert len(c.get("/pcaps").json()["result"]) == 1
+
+
+BOOT = "0" * 32
+NAMES = ("ord01", "ord02")
+
+
+def _running_capture(db) -> str:
+    """A full capture running on two machines; returns its id."""
+    with db.session() as s:
+        acct, _creds = create_account(s, "skew", ["203.0.113.0/30"])
+        live = [fleet.register(s, "ORD", m, BOOT) for m in NAMES]
+        pcap = Pcap(
+            id=new_id(),
+            account_id=acct.id,
+            type="full",
+            system="magic-transit",
+            status="pending",
+            time_limit=60,
+            colo_name="ORD",
+            destination_conf="file:///nowhere",
+            prefixes=["203.0.113.0/30"],
+        )
+        execution.assign(s, pcap, live)
+        s.add(pcap)
+        pcap_id = pcap.id
+    for m in NAMES:
+        with db.session() as s:
+            execution.report(s, m, BOOT, pcap_id, execution.Report(state="running"))
+    return pcap_id
+
+
+def _done(pcap_id: str, machine: str) -> execution.Report:
+    return execution.Report(state="done", object_name=f"{machine}/pcap_{pcap_id}.pcap")
+
+
+@pytest.fixture
+def db(postgres, tmp_path):
+    database = open_database(tmp_path, postgres.new_database())
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def test_machines_ending_together_end_the_capture(db):
+    """Two end reports in flight at once, on PostgreSQL: neither may miss the other's end
+    (write skew), or the capture would stay `running` with every part finished."""
+    pcap_id = _running_capture(db)
+    first = db._sessions()
+    execution.report(first, "ord01", BOOT, pcap_id, _done(pcap_id, "ord01"))
+    first.flush()  # ord01's end is written but not committed yet
+
+    def second() -> None:
+        with db.session() as s:
+            execution.report(s, "ord02", BOOT, pcap_id, _done(pcap_id, "ord02"))
+
+    other = threading.Thread(target=second)
+    other.start()
+    other.join(1.0)  # with the fix it waits for the first to commit
+    first.commit()
+    first.close()
+    other.join(10)
+    assert not other.is_alive()
+    with db.session() as s:
+        ended = s.get(Pcap, pcap_id)
+        assert ended is not None
+        assert ended.status == "success", [(m.machine, m.state) for m in ended.machines]
+
+
+def test_the_supervisor_closes_a_capture_whose_parts_all_ended(db):
+    """The safety net: however the last end was missed, the next sweep closes it."""
+    pcap_id = _running_capture(db)
+    with db.session() as s:
+        for part in s.get(Pcap, pcap_id).machines:
+            part.state = "done"  # ended, as a raced end report would leave it
+    with db.session() as s:
+        execution.sweep(s)
+    with db.session() as s:
+        assert s.get(Pcap, pcap_id).status == "success"

@@ -32,6 +32,7 @@ def main() -> None:
         config["netns"],
         StoreSettings.from_env(Path("/var/lib/edgepcap")),
         config["sample_rate"],
+        config["nflog_rcvbuf"],
     )
 
 

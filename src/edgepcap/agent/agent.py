@@ -13,7 +13,7 @@ from typing import Any
 from edgepcap import nft
 from edgepcap.agent.client import ControlPlane, ControlPlaneError
 from edgepcap.agent.sampler import Sampler
-from edgepcap.agent.worker import CaptureWorker, Job
+from edgepcap.agent.worker import NFLOG_RCVBUF, CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
 
 log = logging.getLogger("edgepcap.agent")
@@ -22,9 +22,15 @@ GROUPS = range(1000, 2000)  # NFLOG groups for full captures; one per running ca
 
 class Agent:
     def __init__(
-        self, cp: ControlPlane, ns: str | None, stores: StoreSettings, sample_rate: int = 100
+        self,
+        cp: ControlPlane,
+        ns: str | None,
+        stores: StoreSettings,
+        sample_rate: int = 100,
+        nflog_rcvbuf: int = NFLOG_RCVBUF,
     ) -> None:
         self.cp = cp
+        self.nflog_rcvbuf = nflog_rcvbuf
         self.sampler = Sampler(cp, ns, sample_rate) if sample_rate else None
         self.ns = ns
         self.stores = stores
@@ -73,8 +79,10 @@ class Agent:
 
     def _poll_jobs(self) -> None:
         while not self.stopping.is_set():
+            with self.lock:
+                running = [i for i, w in self.workers.items() if not w.stop_event.is_set()]
             try:
-                jobs = self.cp.jobs(wait=20)
+                answer = self.cp.jobs(wait=20, running=running)
             except ControlPlaneError as exc:
                 if str(exc) == "re-register":
                     self._register()
@@ -86,7 +94,12 @@ class Agent:
                 log.warning("job poll failed: %s", exc)
                 self.stopping.wait(1.0)
                 continue
-            for raw in jobs:
+            for stop in answer["stop"]:
+                with self.lock:
+                    worker = self.workers.get(str(stop.get("id")))
+                if worker is not None:
+                    worker.request_stop(str(stop.get("reason") or "stop"))
+            for raw in answer["jobs"]:
                 self._start(raw)
 
     def _start(self, raw: dict[str, Any]) -> None:
@@ -107,7 +120,9 @@ class Agent:
             if group is None:
                 self._refuse(pcap_id, "no free NFLOG group on this machine")
                 return
-            worker = CaptureWorker(job, self.cp, group, self.ns, self.stores, self._finished)
+            worker = CaptureWorker(
+                job, self.cp, group, self.ns, self.stores, self._finished, self.nflog_rcvbuf
+            )
             self.workers[job.id] = worker
         log.info("starting capture %s on NFLOG group %d", job.id, group)
         worker.start()
@@ -164,10 +179,11 @@ def run_agent(
     ns: str | None,
     stores: StoreSettings,
     sample_rate: int = 100,
+    nflog_rcvbuf: int = NFLOG_RCVBUF,
 ) -> None:
     bound_malloc()
     cp = ControlPlane(api, key, colo, machine)
-    agent = Agent(cp, ns, stores, sample_rate)
+    agent = Agent(cp, ns, stores, sample_rate, nflog_rcvbuf)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping captures and exiting", signum)

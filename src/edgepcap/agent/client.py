@@ -57,9 +57,12 @@ class ControlPlane:
             headers={"Content-Type": "application/octet-stream"},
         )
 
-    def jobs(self, wait: float) -> list[dict[str, Any]]:
-        params = {**self.me, "wait": wait}
-        return self._call("GET", "/jobs", params=params, timeout=wait + 15)["jobs"]
+    def jobs(self, wait: float, running: list[str] | None = None) -> dict[str, Any]:
+        """New jobs, and stops for the `running` captures: {"jobs": [...], "stop": [...]}."""
+        params = {**self.me, "wait": wait, "running": ",".join(running or [])}
+        answer = self._call("GET", "/jobs", params=params, timeout=wait + 15)
+        answer.setdefault("stop", [])
+        return answer
 
     def report(self, pcap_id: str, report: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", f"/captures/{pcap_id}/report", json={**self.me, **report})

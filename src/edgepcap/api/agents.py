@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import time
 from dataclasses import asdict
@@ -92,7 +91,7 @@ def register(request: Request, _: Agent, body: Hello) -> dict[str, Any]:
             machine = fleet.register(session, body.colo, body.machine, body.boot_id)
         except fleet.FleetError as exc:
             raise APIError(400, Code.INVALID_VALUE, str(exc)) from exc
-        execution.sweep(session)
+        execution.sweep(session, request.app.state.supervisor.listening_since())
         return {
             "machine": machine.name,
             "colo": machine.colo,
@@ -108,12 +107,26 @@ def heartbeat(request: Request, _: Agent, body: BeatIn) -> dict[str, Any]:
         return {"ok": True}
 
 
-def _poll(request: Request, machine: str, boot_id: str) -> list[dict[str, Any]] | None:
+def _poll(
+    request: Request, machine: str, boot_id: str, running: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]] | None:
     with request.app.state.db.session() as session:
         known = session.get(Machine, machine)
         if known is None or known.boot_id != boot_id:
             return None
-        return [job(p, machine) for p, _part in execution.jobs_for(session, machine)]
+        jobs = [job(p, machine) for p, _part in execution.jobs_for(session, machine)]
+        stops = [
+            {"id": pcap_id, "reason": reason}
+            for pcap_id, reason in execution.stops_for(session, machine, running)
+        ]
+        return jobs, stops
+
+
+def _ids(value: str) -> list[str]:
+    ids = [i for i in value.split(",") if i]
+    if len(ids) > 1000 or any(len(i) != 32 or i.strip("0123456789abcdef") for i in ids):
+        raise APIError(400, Code.INVALID_VALUE, "`running` is a comma-separated list of pcap ids")
+    return ids
 
 
 @router.get("/jobs")
@@ -123,18 +136,29 @@ async def jobs(
     machine: Annotated[str, Query(max_length=64)],
     boot_id: Annotated[str, Query(pattern=r"^[0-9a-f]{32}$")],
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 20.0,
+    running: Annotated[str, Query(max_length=33_000)] = "",
 ) -> dict[str, Any]:
-    """Long poll: answers as soon as the machine has assigned jobs, or after `wait` s."""
+    """Long poll: answers as soon as the machine has assigned jobs, or one of the captures
+    it is `running` should stop (stop requested, limit reached, part ended), or after `wait` s.
+    """
     # Only heartbeats keep a machine live: a poll held open for an agent that has
     # died must not.
+    capturing = _ids(running)
     deadline = time.monotonic() + wait
-    while True:
-        found = await run_in_threadpool(_poll, request, machine, boot_id)
-        if found is None:
-            raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
-        if found or time.monotonic() >= deadline or await request.is_disconnected():
-            return {"jobs": found}
-        await asyncio.sleep(POLL_EVERY)
+    waiter = request.app.state.wakeup.waiter()
+    try:
+        while True:
+            found = await run_in_threadpool(_poll, request, machine, boot_id, capturing)
+            if found is None:
+                raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+            new_jobs, stops = found
+            if new_jobs or stops or time.monotonic() >= deadline:
+                return {"jobs": new_jobs, "stop": stops}
+            if await request.is_disconnected():
+                return {"jobs": [], "stop": []}
+            await waiter.wait(min(POLL_EVERY, max(0.0, deadline - time.monotonic())))
+    finally:
+        waiter.close()
 
 
 @router.post("/captures/{pcap_id}/report")
@@ -142,7 +166,10 @@ def report(request: Request, _: Agent, pcap_id: str, body: ReportIn) -> dict[str
     rep = execution.Report(**body.model_dump(exclude={"machine", "boot_id"}))
     with request.app.state.db.session() as session:
         answer = execution.report(session, body.machine, body.boot_id, pcap_id, rep)
-        return asdict(answer)
+    if answer.stop or answer.release:
+        # Other machines of the capture learn of the end (or the reclaim) at once.
+        request.app.state.wakeup.notify()
+    return asdict(answer)
 
 
 @router.get("/prefixes")

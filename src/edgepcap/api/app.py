@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -17,14 +18,17 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgepcap import captures, execution
 from edgepcap.api import agents, errors, ownership, pcaps
 from edgepcap.api.metrics import render_metrics
+from edgepcap.api.wakeup import Wakeup
 from edgepcap.db import Database, database_url
 from edgepcap.destinations import StoreSettings
+from edgepcap.models import utcnow
 from edgepcap.samples.store import SampleStore, open_store
 
 PREFIX = "/client/v4"
@@ -162,7 +166,12 @@ async def _never_receive() -> Message:  # pragma: no cover - responses do not re
 
 
 class Supervisor:
-    """Fails the parts of silent machines and closes captures, twice a second."""
+    """Fails the parts of silent machines and closes captures, twice a second.
+
+    It judges silence only over time in which it could hear the agents: from its own start,
+    and again from the end of any database outage it saw (heartbeats cannot be recorded
+    while the database is down, so machines would all look silent).
+    """
 
     def __init__(
         self, db: Database, samples: SampleStore, lock: Path | None, every: float = 0.5
@@ -173,6 +182,7 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._next_expiry = 0.0
         self.every = every
+        self.hearing_since: dt.datetime | None = utcnow()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
 
@@ -200,19 +210,38 @@ class Supervisor:
         self._lock_fd = fd
         return True
 
+    def listening_since(self) -> dt.datetime:
+        """Since when agents could be heard (now, while the database is unreachable)."""
+        return self.hearing_since or utcnow()
+
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             if not self._leads():
                 continue
+            since = self.listening_since()
             try:
                 with self.db.session() as session:
-                    execution.sweep(session)
+                    execution.sweep(session, since)
                     captures.expire_overdue(session)
+                if self.hearing_since is None:
+                    log.warning("database reachable again; machines get a fresh heartbeat window")
+                self.hearing_since = since
+            except OperationalError as exc:
+                if self.hearing_since is not None:
+                    first = str(exc.orig or exc).strip().splitlines()[0][:300]
+                    log.warning("supervisor: the database is unreachable (%s); retrying", first)
+                self.hearing_since = None
+                continue
+            except Exception:
+                log.exception("supervisor sweep failed; retrying")
+                self.hearing_since = None
+                continue
+            try:
                 if time.monotonic() >= self._next_expiry:
                     self.samples.expire(time.time_ns())
                     self._next_expiry = time.monotonic() + EXPIRE_EVERY
             except Exception:
-                log.exception("supervisor sweep failed; retrying")
+                log.exception("sample expiry failed; retrying")
 
 
 def open_app(
@@ -265,12 +294,15 @@ def create_app(
     app.state.db = db
     app.state.stores = stores
     app.state.samples = samples
+    app.state.supervisor = supervisor
+    app.state.wakeup = Wakeup()
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(agents.router)
     app.add_exception_handler(errors.APIError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.add_exception_handler(DBAPIError, errors.database_error_handler)
     app.add_exception_handler(Exception, errors.internal_error_handler)
     app.add_middleware(RequestGuard)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from enum import IntEnum
 from typing import Any
 
@@ -9,6 +10,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("edgepcap.api")
 
 
 class Code(IntEnum):
@@ -32,6 +35,7 @@ class Code(IntEnum):
     DESTINATION_UNREACHABLE = 1302
     CHALLENGE_MISMATCH = 1303
     INTERNAL = 1500
+    UNAVAILABLE = 1501
     FORBIDDEN = 9109
     AUTHENTICATION = 10000
 
@@ -118,6 +122,36 @@ async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 405:
         return failure(405, [(Code.METHOD_NOT_ALLOWED, "method not allowed on this endpoint")])
     return failure(exc.status_code, [(Code.INVALID_VALUE, str(exc.detail))])
+
+
+DATABASE_RETRY_AFTER = 2
+
+
+async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The metadata database is unreachable (down, restarting): 503, retry shortly."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if not isinstance(exc, OperationalError) and not (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        log.exception("internal error", exc_info=exc)
+        return await internal_error_handler(request, exc)
+    log.warning(
+        "%s %s: the database is unreachable: %s",
+        request.method,
+        request.url.path,
+        str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300],
+    )
+    return failure(
+        503,
+        [
+            (
+                Code.UNAVAILABLE,
+                "the metadata database is unreachable right now; retry in a few seconds",
+            )
+        ],
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
 
 
 async def internal_error_handler(_request: Request, _exc: Exception) -> JSONResponse:

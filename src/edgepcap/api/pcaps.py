@@ -104,7 +104,10 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
         except captures.CaptureError as exc:
             raise_capture_error(exc)
         session.flush()
-        return envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
+        result = envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
+    if pcap.machines:
+        request.app.state.wakeup.notify()  # its machines' long polls answer now
+    return result
 
 
 @router.get("/accounts/{account_id}/pcaps", response_model=Envelope[list[PcapOut]])
@@ -174,10 +177,12 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
         try:
             pcap = captures.stop(session, who.account_id, pcap_id)
             session.flush()
-            return envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
+            result = envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
         except captures.CaptureError as exc:
             raise_capture_error(exc)
             raise
+    request.app.state.wakeup.notify()  # machines capturing it hear of the stop now
+    return result
 
 
 @router.get(

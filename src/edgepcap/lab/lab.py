@@ -167,7 +167,9 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         raise
 
 
-def _start_agent(data_dir: Path, state: dict[str, Any], machine: str) -> int:
+def _start_agent(
+    data_dir: Path, state: dict[str, Any], machine: str, extra_env: dict[str, str] | None = None
+) -> int:
     layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
     argv = [
         _edgepcap(),
@@ -183,7 +185,7 @@ def _start_agent(data_dir: Path, state: dict[str, Any], machine: str) -> int:
         "--bucket-root",
         state["buckets"],
     ]
-    env = {**state["env"], "EDGEPCAP_AGENT_KEY": state["agent_key"]}
+    env = {**state["env"], **(extra_env or {}), "EDGEPCAP_AGENT_KEY": state["agent_key"]}
     return _spawn(argv, data_dir / "logs" / f"{machine}.log", env)
 
 
@@ -192,17 +194,28 @@ def agent_pid(data_dir: Path, machine: str) -> int:
     return int(state["pids"][1 + state["machines"].index(machine)])
 
 
-def restart_agent(data_dir: Path, machine: str) -> int:
-    """Start `machine`'s agent again (after it died); returns its new pid."""
+def restart_agent(data_dir: Path, machine: str, env: dict[str, str] | None = None) -> int:
+    """Start `machine`'s agent again (after it died); returns its new pid.
+
+    `env` adds variables for this start only (e.g. EDGEPCAP_NFLOG_RCVBUF).
+    """
     data_dir = data_dir.resolve()
     state = json.loads((data_dir / STATE).read_text())
     index = 1 + state["machines"].index(machine)
     old = state["pids"][index]
     if _ours(old):
         raise LabError(f"the agent of {machine} (pid {old}) is still running")
-    state["pids"][index] = _start_agent(data_dir, state, machine)
+    state["pids"][index] = _start_agent(data_dir, state, machine, env)
     _save(data_dir, state)
     return state["pids"][index]
+
+
+def stop_agent(data_dir: Path, machine: str) -> None:
+    """Stop `machine`'s agent as an operator would (SIGTERM: it ends its captures)."""
+    pid = agent_pid(data_dir, machine)
+    if _ours(pid):
+        os.kill(pid, signal.SIGTERM)
+        _wait(lambda: not _ours(pid), 40, f"the agent of {machine} to stop")
 
 
 def stop_api(data_dir: Path) -> None:
