@@ -105,7 +105,8 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
             raise_capture_error(exc)
         session.flush()
         result = envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
-    if pcap.machines:
+        assigned = bool(result["result"]["machines"])
+    if assigned:
         request.app.state.wakeup.notify()  # its machines' long polls answer now
     return result
 
