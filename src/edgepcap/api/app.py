@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgepcap import execution
-from edgepcap.api import agents, errors, ownership, pcaps
+from edgepcap.api import agents, errors, openapi, ownership, pcaps
 from edgepcap.api.metrics import render_metrics
 from edgepcap.db import Database
 from edgepcap.destinations import StoreSettings
@@ -215,6 +215,7 @@ def create_app(db: Database, stores: StoreSettings, samples: SampleStore) -> Fas
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(agents.router)
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     app.add_exception_handler(errors.APIError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from fastapi import Path, Request
+from fastapi import Request
 from sqlalchemy import select
 
 from edgepcap.api.errors import APIError, Code
+from edgepcap.api.schemas import hex_id
 from edgepcap.credentials import hash_secret
 from edgepcap.models import Account
 
@@ -54,7 +55,7 @@ def authenticate(request: Request) -> str:
     )
 
 
-def caller(request: Request, account_id: str = Path(max_length=64)) -> Caller:
+def caller(request: Request, account_id: str = hex_id("account id")) -> Caller:
     """The authenticated account, which must be the account named in the path."""
     authenticated = authenticate(request)
     if account_id != authenticated:
