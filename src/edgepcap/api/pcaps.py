@@ -168,7 +168,7 @@ def preview_pcap(
         else:
             reader = Reader(_merged_bytes(request, pcap), f"pcap_{pcap.id}.pcap")
         rows = preview(reader, count)
-    except PcapError as exc:
+    except (DestinationError, PcapError) as exc:
         raise APIError(
             502, Code.DESTINATION_UNREACHABLE, f"cannot read the capture: {exc}"
         ) from exc
