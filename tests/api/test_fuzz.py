@@ -75,7 +75,7 @@ def steer(world: World, body: dict[str, Any]) -> dict[str, Any]:
             body.pop(name, None)
         for name, high in (("time_limit", 300), ("packet_limit", 10_000)):
             value = body.get(name)
-            if isinstance(value, int | float) and float(value).is_integer():
+            if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
                 body[name] = 1 + (int(value) - 1) % high
         if body.get("packet_limit") is None:
             body["packet_limit"] = 100
