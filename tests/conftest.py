@@ -406,12 +406,19 @@ S3_ENV = {
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, s3_server: str
 ) -> Iterator[Stack]:
-    """One API server per module and backend, reaching the S3 server as its object store."""
+    """One API server per module and backend, reaching the S3 server as its object store.
+
+    A test module may set `SERVER_ENV` (a dict) for more of the server's environment.
+    """
     database = None
     if request.param == "postgresql":
         database = request.getfixturevalue("postgres").new_database()
     data_dir = tmp_path_factory.mktemp(f"api-{request.param}")
-    env = {**S3_ENV, "EDGEPCAP_S3_ENDPOINT": s3_server}
+    env = {
+        **S3_ENV,
+        "EDGEPCAP_S3_ENDPOINT": s3_server,
+        **getattr(request.module, "SERVER_ENV", {}),
+    }
     server = start_server(data_dir, database, env)
     stack = Stack(server=server, environ=env)
     machine = register_machine(server)

@@ -6,6 +6,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any
 
 from edgepcap.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, Packet, Reader
@@ -70,9 +71,9 @@ def decode(packet: Packet, linktype: int = LINKTYPE_RAW) -> Decoded:
 def preview(reader: Reader, count: int = 100) -> list[dict[str, Any]]:
     """The first `count` packets, decoded, each with its bytes in hex."""
     out = []
-    for i, packet in enumerate(reader):
-        if i >= count:
-            break
+    # islice, not a break after the fact: a damaged record past the last one shown
+    # must not spoil the preview.
+    for packet in islice(reader, count):
         row = decode(packet, reader.header.linktype).as_dict()
         row["hex"] = packet.data.hex()
         out.append(row)

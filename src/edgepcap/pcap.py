@@ -18,7 +18,7 @@ MAGIC_USEC = 0xA1B2C3D4
 MAGIC_NSEC = 0xA1B23C4D
 GLOBAL_HEADER = struct.Struct("<IHHiIII")
 RECORD_HEADER = struct.Struct("<IIII")
-MAX_SNAPLEN = 262_144
+MAX_SNAPLEN = 262_144  # tcpdump's largest: no record is read longer, whatever a header says
 
 
 class PcapError(ValueError):
@@ -101,7 +101,7 @@ class Reader:
 
     def __iter__(self) -> Iterator[Packet]:
         scale = 1 if self.header.nanosecond else 1000
-        limit = max(self.header.snaplen, MAX_SNAPLEN) if self.header.snaplen else MAX_SNAPLEN
+        fractions = 1_000_000_000 // scale
         while True:
             at = self._src.offset
             raw = self._src.read(self._record.size)
@@ -110,8 +110,18 @@ class Reader:
             if len(raw) < self._record.size:
                 raise PcapError(f"{self.name}: truncated record header at byte {at}")
             sec, frac, incl, orig = self._record.unpack(raw)
-            if incl > limit:
-                raise PcapError(f"{self.name}: record at byte {at} claims {incl} bytes")
+            # Checked before reading: a corrupt length must not make us buffer the file.
+            if incl > MAX_SNAPLEN:
+                raise PcapError(
+                    f"{self.name}: record at byte {at} claims {incl} bytes (at most {MAX_SNAPLEN})"
+                )
+            # Only a corrupt record has one, and the merge could not write it back.
+            if frac >= fractions:
+                unit = "ns" if self.header.nanosecond else "µs"
+                raise PcapError(
+                    f"{self.name}: record at byte {at} has a timestamp fraction of "
+                    f"{frac} {unit}, not below one second"
+                )
             data = self._src.read(incl)
             if len(data) < incl:
                 raise PcapError(f"{self.name}: truncated packet data at byte {at}")
@@ -119,14 +129,19 @@ class Reader:
 
 
 def merge(readers: list[Reader], empty_linktype: int = LINKTYPE_RAW) -> Iterator[bytes]:
-    """One PCAP stream of all readers' packets in timestamp order."""
+    """One PCAP stream of all readers' packets in timestamp order (each reader's own
+    order kept). Headers that cannot be merged are refused here, before any byte."""
     linktypes = {r.header.linktype for r in readers}
     if len(linktypes) > 1:
         raise PcapError(f"cannot merge files of different link types {sorted(linktypes)}")
     linktype = linktypes.pop() if linktypes else empty_linktype
     nanosecond = any(r.header.nanosecond for r in readers)
     snaplen = max((r.header.snaplen for r in readers), default=MAX_SNAPLEN)
-    yield global_header(linktype, snaplen, nanosecond)
+    return _merged(readers, global_header(linktype, snaplen, nanosecond), nanosecond)
+
+
+def _merged(readers: list[Reader], header: bytes, nanosecond: bool) -> Iterator[bytes]:
+    yield header
     batch = bytearray()
     for packet in heapq.merge(*readers, key=lambda p: p.ts_ns):
         batch += record(packet, nanosecond)

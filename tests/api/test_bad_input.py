@@ -45,6 +45,33 @@ def test_malformed_bodies_are_refused_clearly(stack, case):
         assert c.post("/pcaps", json=SIMPLE).status_code == 200
 
 
+NUL = "OR\u0000D"
+
+
+def test_nul_characters_are_refused_on_every_endpoint_with_a_body(stack):
+    # PostgreSQL cannot even compare text holding one; found by tests/api/test_fuzz.py.
+    acct = stack.account()
+    full = {"system": "magic-transit", "type": "full", "time_limit": 60}
+    cases = [
+        ("/pcaps", {**full, "colo_name": NUL, "destination_conf": "file:///x"}, "colo_name"),
+        ("/pcaps", {**SIMPLE, "filter_v1": {"source_address": NUL}}, "source_address"),
+        ("/pcaps/ownership", {"destination_conf": NUL}, "destination_conf"),
+        (
+            "/pcaps/ownership/validate",
+            {"destination_conf": NUL, "ownership_challenge": "x"},
+            "destination_conf",
+        ),
+        ("/pcaps/ownership", {"destination_conf": "x", NUL: 1}, "a field name"),
+    ]
+    with stack.client(acct) as c:
+        for path, body, where in cases:
+            r = c.post(path, json=body)
+            assert r.status_code == 400, (path, r.text)
+            code, message = error_of(r)
+            assert code == 1003 and f"{where}" in message and "NUL character" in message
+        assert c.post("/pcaps", json=SIMPLE).status_code == 200  # nothing half-accepted
+
+
 HOSTILE = [
     "1.2.3.4; flush ruleset",
     "} ; drop",

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
+from pathlib import Path
 
 import httpx
 import pytest
+
+from edgepcap.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, global_header
 
 SIMPLE = {"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 100}
 FIELDS = {
@@ -323,6 +327,47 @@ def test_full_capture_lifecycle_and_single_active_limit(stack):
         r = c.post("/pcaps", json={**full(conf), "colo": "ORD", "colo_name": None})
         assert r.status_code == 200, r.text
         assert r.json()["result"]["colo_name"] == "ORD"
+
+
+def test_unreadable_files_in_the_bucket_give_502_naming_the_cause(stack):
+    acct = stack.account()
+    conf = stack.validated_bucket(acct)
+    root = Path(conf.removeprefix("file://"))
+    with stack.client(acct) as c:
+
+        def ended() -> str:
+            pcap_id = c.post("/pcaps", json=full(conf)).json()["result"]["id"]
+            assert c.put(f"/pcaps/{pcap_id}/stop").json()["result"]["status"] == "success"
+            return pcap_id
+
+        def answers(pcap_id: str) -> list[httpx.Response]:
+            return [c.get(f"/pcaps/{pcap_id}/{what}") for what in ("preview", "download")]
+
+        def machine_file(machine: str, pcap_id: str, data: bytes) -> None:
+            (root / machine).mkdir(exist_ok=True)
+            (root / machine / f"pcap_{pcap_id}.pcap").write_bytes(data)
+
+        pcap_id = ended()
+        machine_file("ord01", pcap_id, b"this is not a capture file")
+        for r in answers(pcap_id):
+            assert r.status_code == 502, r.text
+            code, message = error_of(r)
+            assert code == 1302 and f"ord01/pcap_{pcap_id}.pcap: not a PCAP file" in message
+
+        # Refused before the download starts, not halfway through it.
+        pcap_id = ended()
+        machine_file("ord01", pcap_id, global_header(LINKTYPE_RAW))
+        machine_file("ord02", pcap_id, global_header(LINKTYPE_ETHERNET))
+        for r in answers(pcap_id):
+            assert r.status_code == 502, r.text
+            assert "different link types [1, 101]" in error_of(r)[1]
+
+        pcap_id = ended()
+        shutil.rmtree(root)
+        for r in answers(pcap_id):
+            assert r.status_code == 502, r.text
+            code, message = error_of(r)
+            assert code == 1302 and "does not exist" in message
 
 
 def test_stop_applies_to_full_captures_only(stack):

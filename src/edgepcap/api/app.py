@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgepcap import captures, execution
-from edgepcap.api import agents, errors, ownership, pcaps
+from edgepcap.api import agents, errors, openapi, ownership, pcaps
 from edgepcap.api.metrics import render_metrics
 from edgepcap.api.wakeup import Wakeup
 from edgepcap.db import Database, database_url
@@ -41,12 +41,24 @@ log = logging.getLogger("edgepcap.api")
 MAX_DEPTH = 32
 
 
-def check_json(body: bytes) -> str | None:
+class _Refused(ValueError):
+    def __init__(self, code: errors.Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    return isinstance(value, list) and any(_has_nul(v) for v in value)
+
+
+def check_json(body: bytes) -> tuple[errors.Code, str] | None:
     """Why a JSON body must be refused before parsing proper, or None."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return f"the request body is not UTF-8 (byte {exc.start})"
+        return errors.Code.INVALID_JSON, f"the request body is not UTF-8 (byte {exc.start})"
     depth = deepest = 0
     in_string = escaped = False
     for ch in text:  # a cheap scan: nesting depth outside strings
@@ -63,22 +75,29 @@ def check_json(body: bytes) -> str | None:
             depth += 1
             deepest = max(deepest, depth)
             if deepest > MAX_DEPTH:
-                return f"the request body nests deeper than {MAX_DEPTH} levels"
+                return (
+                    errors.Code.INVALID_JSON,
+                    f"the request body nests deeper than {MAX_DEPTH} levels",
+                )
         elif ch in "]}":
             depth -= 1
 
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    def checked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         keys = [k for k, _ in pairs]
-        for k in keys:
+        for k, v in pairs:
             if keys.count(k) > 1:
-                raise ValueError(f"duplicate key `{k}` in the request body")
+                raise _Refused(errors.Code.INVALID_JSON, f"duplicate key `{k}` in the request body")
+            # No field takes a NUL, and PostgreSQL cannot store or even compare one.
+            where = "a field name" if _has_nul(k) else f"`{k}`" if _has_nul(v) else None
+            if where:
+                raise _Refused(errors.Code.INVALID_VALUE, f"{where} contains a NUL character")
         return dict(pairs)
 
     try:
-        json.loads(text, object_pairs_hook=no_duplicates)
-    except ValueError as exc:
-        if "duplicate key" in str(exc):
-            return str(exc)
+        json.loads(text, object_pairs_hook=checked)
+    except _Refused as exc:
+        return exc.code, str(exc)
+    except ValueError:
         return None  # not JSON at all: the validation error says so
     return None
 
@@ -142,7 +161,7 @@ class RequestGuard:
         if body:
             problem = check_json(bytes(body))
             if problem:
-                await self._refuse(send, 400, errors.Code.INVALID_JSON, problem)
+                await self._refuse(send, 400, *problem)
                 return
         replayed = False
 
@@ -299,6 +318,7 @@ def create_app(
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(agents.router)
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     app.add_exception_handler(errors.APIError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from fastapi import Path, Request
+from fastapi import Request
 from sqlalchemy import bindparam, select
 
 from edgepcap.api.errors import APIError, Code
+from edgepcap.api.schemas import hex_id
 from edgepcap.credentials import hash_secret
 from edgepcap.models import Account
 
@@ -58,7 +59,7 @@ def authenticate(request: Request) -> str:
     )
 
 
-async def caller(request: Request, account_id: str = Path(max_length=64)) -> Caller:
+async def caller(request: Request, account_id: str = hex_id("account id")) -> Caller:
     """The authenticated account, which must be the account named in the path.
 
     Runs on the event loop, not in the thread pool: one indexed lookup is cheaper than the

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 
 from edgepcap import ownership
 from edgepcap.api.auth import Caller, caller
 from edgepcap.api.errors import APIError, Code, envelope
 from edgepcap.api.pcaps import check_id
-from edgepcap.api.schemas import Envelope, OwnershipCreate, OwnershipOut, OwnershipValidate
+from edgepcap.api.schemas import (
+    BucketId,
+    DeletedOut,
+    Envelope,
+    OwnershipCreate,
+    OwnershipOut,
+    OwnershipValidate,
+    error_responses,
+)
 from edgepcap.api.timefmt import rfc3339
 from edgepcap.destinations import DestinationError
 from edgepcap.models import Bucket
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(400, 401, 403, 503))
 Account = Annotated[Caller, Depends(caller)]
 
 
@@ -44,7 +52,11 @@ def _ownership_error(exc: ownership.OwnershipError) -> APIError:
     return APIError(400, Code.CHALLENGE_MISMATCH, str(exc))
 
 
-@router.post("/accounts/{account_id}/pcaps/ownership", response_model=Envelope[OwnershipOut])
+@router.post(
+    "/accounts/{account_id}/pcaps/ownership",
+    response_model=Envelope[OwnershipOut],
+    responses=error_responses(413, 415),
+)
 def add_bucket(request: Request, who: Account, body: OwnershipCreate) -> dict[str, Any]:
     """Write an ownership challenge file into the bucket; validate it next."""
     state = request.app.state
@@ -63,7 +75,9 @@ def list_buckets(request: Request, who: Account) -> dict[str, Any]:
 
 
 @router.post(
-    "/accounts/{account_id}/pcaps/ownership/validate", response_model=Envelope[OwnershipOut]
+    "/accounts/{account_id}/pcaps/ownership/validate",
+    response_model=Envelope[OwnershipOut],
+    responses=error_responses(404, 413, 415),
 )
 def validate_bucket(request: Request, who: Account, body: OwnershipValidate) -> dict[str, Any]:
     """Prove ownership: send back the contents of the challenge file."""
@@ -86,11 +100,11 @@ def validate_bucket(request: Request, who: Account, body: OwnershipValidate) -> 
 
 
 @router.delete(
-    "/accounts/{account_id}/pcaps/ownership/{ownership_id}", response_model=Envelope[dict]
+    "/accounts/{account_id}/pcaps/ownership/{ownership_id}",
+    response_model=Envelope[DeletedOut],
+    responses=error_responses(404),
 )
-def delete_bucket(
-    request: Request, who: Account, ownership_id: Annotated[str, Path(max_length=64)]
-) -> dict[str, Any]:
+def delete_bucket(request: Request, who: Account, ownership_id: BucketId) -> dict[str, Any]:
     check_id(ownership_id, "ownership_id")
     with request.app.state.db.session() as session:
         try:

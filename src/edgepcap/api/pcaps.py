@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from edgepcap import captures
 from edgepcap import machines as fleet
 from edgepcap.api.auth import Caller, caller
 from edgepcap.api.errors import APIError, Code, envelope
-from edgepcap.api.schemas import CreatePcap, Envelope, PcapOut
+from edgepcap.api.schemas import (
+    ID_PATTERN,
+    ColoOut,
+    CreatePcap,
+    Envelope,
+    PcapId,
+    PcapOut,
+    PreviewOut,
+    error_responses,
+)
 from edgepcap.api.timefmt import rfc3339
 from edgepcap.destinations import DestinationError, parse
 from edgepcap.models import Account as AccountRow
@@ -20,11 +28,9 @@ from edgepcap.models import Pcap, PcapBlob
 from edgepcap.packets import preview
 from edgepcap.pcap import PcapError, Reader, global_header, merge
 
-router = APIRouter()
-ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
-
+# Every customer route authenticates and validates its path: 400, 401 and 403 everywhere.
+router = APIRouter(responses=error_responses(400, 401, 403, 503))
 Account = Annotated[Caller, Depends(caller)]
-PcapId = Annotated[str, Path(description="32 hexadecimal digits", max_length=64)]
 
 
 def check_id(value: str, what: str = "pcap_id") -> str:
@@ -94,7 +100,11 @@ def owned(session: Any, who: Caller, pcap_id: str) -> Pcap:
         raise
 
 
-@router.post("/accounts/{account_id}/pcaps", response_model=Envelope[PcapOut])
+@router.post(
+    "/accounts/{account_id}/pcaps",
+    response_model=Envelope[PcapOut],
+    responses=error_responses(413, 415, 429),
+)
 def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, Any]:
     """Start a sample (`type: simple`) or full (`type: full`) packet capture."""
     with request.app.state.db.session() as session:
@@ -118,14 +128,18 @@ async def list_pcaps(request: Request, who: Account) -> dict[str, Any]:
     return envelope([render(v) for v in views])
 
 
-@router.get("/accounts/{account_id}/pcaps/colos")
+@router.get("/accounts/{account_id}/pcaps/colos", response_model=Envelope[list[ColoOut]])
 def list_colos(request: Request, who: Account) -> dict[str, Any]:
     """Colos and their machines, with liveness: where a full capture can run (beyond Cloudflare)."""
     with request.app.state.db.session() as session:
         return envelope(fleet.colos(session))
 
 
-@router.get("/accounts/{account_id}/pcaps/{pcap_id}", response_model=Envelope[PcapOut])
+@router.get(
+    "/accounts/{account_id}/pcaps/{pcap_id}",
+    response_model=Envelope[PcapOut],
+    responses=error_responses(404),
+)
 async def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
     check_id(pcap_id)
     try:
@@ -136,7 +150,11 @@ async def get_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str,
     return envelope(render(view))
 
 
-@router.get("/accounts/{account_id}/pcaps/{pcap_id}/preview")
+@router.get(
+    "/accounts/{account_id}/pcaps/{pcap_id}/preview",
+    response_model=Envelope[PreviewOut],
+    responses=error_responses(404, 409, 502),
+)
 def preview_pcap(
     request: Request,
     who: Account,
@@ -161,7 +179,7 @@ def preview_pcap(
         else:
             reader = Reader(_merged_bytes(request, pcap), f"pcap_{pcap.id}.pcap")
         rows = preview(reader, count)
-    except PcapError as exc:
+    except (DestinationError, PcapError) as exc:
         raise APIError(
             502, Code.DESTINATION_UNREACHABLE, f"cannot read the capture: {exc}"
         ) from exc
@@ -170,7 +188,11 @@ def preview_pcap(
     )
 
 
-@router.put("/accounts/{account_id}/pcaps/{pcap_id}/stop", response_model=Envelope[PcapOut])
+@router.put(
+    "/accounts/{account_id}/pcaps/{pcap_id}/stop",
+    response_model=Envelope[PcapOut],
+    responses=error_responses(404, 409, 413),
+)
 def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]:
     """Stop a running full capture; it ends as `success` with what was captured."""
     check_id(pcap_id)
@@ -189,7 +211,15 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
 @router.get(
     "/accounts/{account_id}/pcaps/{pcap_id}/download",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/vnd.tcpdump.pcap": {}}}},
+    responses={
+        200: {
+            "description": "The PCAP file",
+            "content": {
+                "application/vnd.tcpdump.pcap": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        **error_responses(404, 409, 502),
+    },
 )
 def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> Response:
     """The capture as one PCAP file (full captures: all machines' files merged by time)."""

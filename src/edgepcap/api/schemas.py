@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Generic, Literal, TypeVar
+import re
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
+from fastapi import Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from edgepcap.filters import FilterV1, Integral
@@ -18,6 +20,25 @@ MAX_PACKET_LIMIT = 10_000
 MAX_BYTE_LIMIT = 1_000_000_000
 SAMPLE_HISTORY = dt.timedelta(hours=24)
 CLOCK_SKEW = dt.timedelta(seconds=5)
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+def hex_id(what: str) -> Any:
+    """A path id: the pattern is documented, not enforced here, so each route can answer a
+    malformed id its own way (400 with code 1006 for captures and buckets, 403 for accounts)."""
+    return Path(
+        description=f"The {what}: 32 lowercase hexadecimal digits",
+        max_length=64,
+        json_schema_extra={"pattern": ID_PATTERN.pattern},
+    )
+
+
+PcapId = Annotated[str, hex_id("capture id")]
+BucketId = Annotated[str, hex_id("bucket id")]
+
+
+def _range(low: int, high: int) -> dict[str, Any]:
+    return {"minimum": low, "maximum": high}
 
 
 def _in_range(name: str, value: int | None, low: int, high: int, unit: str, kind: str) -> None:
@@ -34,9 +55,10 @@ class CreatePcap(BaseModel):
 
     system: Literal["magic-transit"]
     type: Literal["simple", "full"]
-    time_limit: Integral
-    packet_limit: Integral | None = None
-    byte_limit: Integral | None = None
+    # The widest ranges, documented; _rules_of_type enforces each type's own.
+    time_limit: Integral = Field(json_schema_extra=_range(1, FULL_TIME_LIMIT))
+    packet_limit: Integral | None = Field(None, json_schema_extra=_range(1, MAX_PACKET_LIMIT))
+    byte_limit: Integral | None = Field(None, json_schema_extra=_range(1, MAX_BYTE_LIMIT))
     colo_name: str | None = Field(default=None, max_length=64)
     colo: str | None = Field(default=None, max_length=64, description="Alias of colo_name")
     destination_conf: str | None = Field(default=None, max_length=1024)
@@ -155,8 +177,43 @@ class OwnershipOut(BaseModel):
     validated: str | None
 
 
+class ColoMachine(BaseModel):
+    name: str
+    live: bool
+
+
+class ColoOut(BaseModel):
+    """A colo, its machines and how many of them are live (beyond Cloudflare)."""
+
+    colo: str
+    machines: list[ColoMachine]
+    live: int
+
+
+class PreviewPacket(BaseModel):
+    time_ns: int
+    source: str
+    destination: str
+    protocol: str
+    source_port: int | None
+    destination_port: int | None
+    length: int
+    captured: int
+    hex: str
+
+
+class PreviewOut(BaseModel):
+    linktype: int
+    snaplen: int
+    packets: list[PreviewPacket]
+
+
+class DeletedOut(BaseModel):
+    id: str
+
+
 class ErrorItem(BaseModel):
-    code: int
+    code: int = Field(ge=1000, description="An edgepcap error code (docs/api.md)")
     message: str
 
 
@@ -165,3 +222,41 @@ class Envelope(BaseModel, Generic[T]):
     success: bool
     errors: list[ErrorItem]
     messages: list[Any]
+
+
+class ErrorEnvelope(BaseModel):
+    """Every refusal: `success` false, at least one error, `result` null."""
+
+    result: None
+    success: Literal[False]
+    errors: list[ErrorItem] = Field(min_length=1)
+    messages: list[Any]
+
+
+_SECONDS = {"schema": {"type": "integer", "minimum": 1}}
+_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"description": "Malformed JSON, an unknown, missing or invalid field, a malformed id"},
+    401: {
+        "description": "Missing or invalid credentials",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    403: {"description": "The credentials are not valid for this account"},
+    404: {"description": "No such capture or bucket in this account"},
+    409: {"description": "The capture is not in a state that allows this"},
+    413: {"description": "The request body is larger than 64 KiB"},
+    415: {"description": "The request body is not `application/json`"},
+    429: {
+        "description": "One sample capture per minute, or a full capture already active",
+        "headers": {"Retry-After": {**_SECONDS, "description": "Seconds to wait"}},
+    },
+    502: {"description": "The capture's bucket could not be read"},
+    503: {
+        "description": "The metadata database is unreachable (code 1501); retry",
+        "headers": {"Retry-After": {**_SECONDS, "description": "Seconds to wait"}},
+    },
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error statuses, each with the error envelope."""
+    return {status: {"model": ErrorEnvelope, **_ERRORS[status]} for status in statuses}
