@@ -155,25 +155,23 @@ def capture_ratio(count: int, payload: int, reps: int) -> dict:
     return {"ours": ours, "tcpdump": theirs}
 
 
-def max_lossless_rate(seconds: float, payload: int, steps: int, low: int, high: int) -> dict:
-    """Highest offered rate (pps) each side keeps with 0 drops.
+def max_lossless_rate(seconds: int, payload: int, steps: int, low: int, high: int) -> dict:
+    """Highest rate R (packets per second) each side keeps with 0 drops.
 
-    A binary search on trafgen's paced rate; every step sends `seconds` worth of packets,
-    more than socket buffers absorb. trafgen's pacing overshoots above ~150 k pps (it then
-    sends at its top rate), so the figure is the rate measured (packets the rule matched /
-    generator wall time), never the rate asked for.
+    A binary search on trafgen's `-b R`, which (measured; see BENCHMARKS.md) sends R
+    packets at its top rate at the start of every second and then waits: each step sends
+    `seconds` such bursts, and a side passes when it keeps every packet of them.
     """
     result: dict[str, Any] = {}
     with pair() as topo:
         for name, run in (("ours", run_ours), ("tcpdump", run_tcpdump)):
-            lo, hi, best, log = low, high, 0.0, []
+            lo, hi, best, log = low, high, 0, []
             for _ in range(steps):
                 mid = (lo + hi) // 2
-                r = run(topo, int(mid * seconds), payload, rate=f"{mid}pps")
-                achieved = r["offered"] / r["gen_wall"]
-                log.append({"asked_pps": mid, "offered_pps": round(achieved), **r})
+                r = run(topo, mid * seconds, payload, rate=f"{mid}pps")
+                log.append({"rate_pps": mid, "average_pps": r["offered"] / r["gen_wall"], **r})
                 if r["written"] >= r["offered"] > 0:
-                    lo, best = mid, max(best, achieved)
+                    lo, best = mid, max(best, mid)
                 else:
                     hi = mid
             result[name] = best

@@ -110,15 +110,15 @@ def fig_capture(quick: bool) -> list[Figure]:
 
 
 def fig_max_rate(quick: bool) -> Figure:
-    r = capture.max_lossless_rate(1.0 if quick else 2.0, 64, 3 if quick else 6, 50_000, 450_000)
+    r = capture.max_lossless_rate(1 if quick else 3, 64, 3 if quick else 6, 50_000, 450_000)
     return Figure(
-        "max rate with 0 drops (64 B)",
+        "max rate with 0 drops (64 B, trafgen -b: line-rate bursts each second)",
         r["ours"],
         r["tcpdump"],
         ">= 0.95x tcpdump",
         r["ours"] >= 0.95 * r["tcpdump"],
         "pps",
-        "binary search on trafgen -b; the rate is measured, not asked for",
+        "binary search on trafgen -b, which sends each second's packets as one burst",
         r,
     )
 
@@ -228,8 +228,8 @@ def fig_api(quick: bool) -> list[Figure]:
                     )
                     pcap_id = r.json()["result"]["id"]
                     # Warm up: connection pools, prepared statements, the workers' caches.
-                    wrk_load(api.url, account_id, creds.api_token, pcap_id, 1)
-                    seconds = 3 if quick else 10
+                    wrk_load(api.url, account_id, creds.api_token, pcap_id, 1 if quick else 2)
+                    seconds = 2 if quick else 10
                     res = wrk_load(api.url, account_id, creds.api_token, pcap_id, seconds)
                     errors = res["non_2xx"] + res["socket_errors"]
                     ok = res["rps"] >= 1500 and res["p99_ms"] < 50 and errors == 0
@@ -287,7 +287,7 @@ def fig_samples(quick: bool) -> list[Figure]:
             f"p99 {p99:.1f} ms; tcpdump -r reads the whole hour",
             lat,
         )
-        ing = samples.ingest_rate(api.url, key, machine, ids, 30_000, 3 if quick else 20)
+        ing = samples.ingest_rate(api.url, key, machine, ids, 30_000, 2 if quick else 20)
         ingest = Figure(
             "sampler ingest, sustained",
             ing["kept_per_s"],
@@ -309,7 +309,7 @@ def fig_memory(quick: bool) -> Figure:
             sys.executable,
             str(ROOT / "bench" / "agent_memory.py"),
             "--gigabytes",
-            "0.2" if quick else "1.0",
+            "0.1" if quick else "1.0",
         ],
         capture_output=True,
         text=True,
@@ -349,6 +349,7 @@ def main() -> int:
     ]
     failed = False
     for step in steps:
+        began = time.monotonic()
         try:
             for f in step():
                 figures.append(f)
@@ -356,6 +357,7 @@ def main() -> int:
         except Exception as exc:  # a figure that could not be measured
             failed = True
             print(f"could not measure: {exc!r}", file=sys.stderr, flush=True)
+        print(f"({time.monotonic() - began:.1f} s)", file=sys.stderr, flush=True)
     record = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
