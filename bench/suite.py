@@ -208,9 +208,10 @@ def fig_api(quick: bool) -> list[Figure]:
     out = []
     pg, stop_pg = start_postgres()
     try:
-        for backend, database in (("SQLite", None), ("PostgreSQL", pg.new_database())):
+        for backend in ("SQLite", "PostgreSQL"):
             # Quick runs measure the configuration we recommend: a worker per core.
-            for workers in (2,) if quick else (1, 2):
+            for workers in (int(os.environ.get("QW", "2")),) if quick else (1, 2):
+                database = pg.new_database() if backend == "PostgreSQL" else None
                 api = Api(database, workers=workers)
                 try:
                     with api.db.session() as s:
