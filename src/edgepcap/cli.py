@@ -82,6 +82,11 @@ def serve(
         "access_log": os.environ.get("EDGEPCAP_ACCESS_LOG", "1") == "1",
         # Agents hold long polls open; do not wait for them on shutdown.
         "timeout_graceful_shutdown": 2,
+        # Measured (BENCHMARKS.md, API figure): one process on uvloop lets some connections
+        # wait ten times longer than others under load (p99 ~400 ms against ~35 ms on
+        # asyncio's loop, at the same throughput); with several workers uvloop spreads
+        # the connections over them better, and is the faster loop.
+        "loop": "asyncio" if workers == 1 else "auto",
     }
     if workers == 1:
         uvicorn.run(open_app(data_dir, database, sample_store), **options)
