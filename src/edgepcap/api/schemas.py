@@ -34,6 +34,7 @@ def hex_id(what: str) -> Any:
 
 
 PcapId = Annotated[str, hex_id("capture id")]
+AccountId = Annotated[str, hex_id("account id")]
 BucketId = Annotated[str, hex_id("bucket id")]
 
 
