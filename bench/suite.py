@@ -110,7 +110,7 @@ def fig_capture(quick: bool) -> list[Figure]:
 
 
 def fig_max_rate(quick: bool) -> Figure:
-    r = capture.max_lossless_rate(1 if quick else 3, 64, 3 if quick else 6, 50_000, 450_000)
+    r = capture.max_lossless_rate(1 if quick else 3, 64, 2 if quick else 6, 50_000, 450_000)
     return Figure(
         "max rate with 0 drops (64 B, trafgen -b: line-rate bursts each second)",
         r["ours"],
@@ -210,7 +210,7 @@ def fig_api(quick: bool) -> list[Figure]:
     try:
         for backend in ("SQLite", "PostgreSQL"):
             # Quick runs measure the configuration we recommend: a worker per core.
-            for workers in (int(os.environ.get("QW", "2")),) if quick else (1, 2):
+            for workers in (2,) if quick else (1, 2):
                 database = pg.new_database() if backend == "PostgreSQL" else None
                 api = Api(database, workers=workers)
                 try:
@@ -229,7 +229,8 @@ def fig_api(quick: bool) -> list[Figure]:
                     )
                     pcap_id = r.json()["result"]["id"]
                     # Warm up: connection pools, prepared statements, the workers' caches.
-                    wrk_load(api.url, account_id, creds.api_token, pcap_id, 1 if quick else 2)
+                    if not quick:
+                        wrk_load(api.url, account_id, creds.api_token, pcap_id, 2)
                     seconds = 2 if quick else 10
                     res = wrk_load(api.url, account_id, creds.api_token, pcap_id, seconds)
                     errors = res["non_2xx"] + res["socket_errors"]
