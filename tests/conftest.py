@@ -162,6 +162,16 @@ def start_postgres() -> tuple[Postgres, Callable[[], None]]:
     return server, stop
 
 
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server of one test module alone: restarting it disturbs no other test."""
+    server, remove = start_postgres()
+    try:
+        yield server
+    finally:
+        remove()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """A throwaway PostgreSQL server on loopback, owned by the test run."""
@@ -484,6 +494,20 @@ class Lab:
                 "the capture to start",
             )
             return self.get(pcap["id"], tenant)
+
+    def validate(self, conf: str, read_challenge: Callable[[str], str]) -> str:
+        """Prove ownership of the bucket `conf` as a customer would: ask for a challenge,
+        read it back from the bucket (`read_challenge(filename)`), validate; returns conf."""
+        with self.client() as c:
+            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+            assert r.status_code == 200, r.text
+            token = read_challenge(r.json()["result"]["filename"])
+            r = c.post(
+                "/pcaps/ownership/validate",
+                json={"destination_conf": conf, "ownership_challenge": token},
+            )
+            assert r.status_code == 200, r.text
+        return conf
 
     def get(self, pcap_id: str, tenant: str = "customer") -> dict[str, Any]:
         with self.client(tenant) as c:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from edgepcap import machines as fleet
 from edgepcap import nft
@@ -179,16 +180,7 @@ def test_disk_full_on_a_file_bucket_fails_the_capture_saying_so(lab):
     os.makedirs(tiny, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", tiny], check=True)
     try:
-        conf = f"file://{tiny}"
-        with lab.client() as c:
-            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
-            with open(os.path.join(tiny, r.json()["result"]["filename"])) as fh:
-                token = fh.read()
-            r = c.post(
-                "/pcaps/ownership/validate",
-                json={"destination_conf": conf, "ownership_challenge": token},
-            )
-            assert r.status_code == 200, r.text
+        conf = lab.validate(f"file://{tiny}", lambda name: Path(tiny, name).read_text())
         pcap = lab.start_full(destination_conf=conf, filter_v1={"protocol": 17})
         lab.traffic("--count", "300", "--size", "1400", "--proto", "udp", "--tenant", "customer")
         with lab.client() as c:
@@ -296,18 +288,10 @@ def _s3(lab):
 
 def _validated_s3_bucket(lab, s3, bucket: str) -> str:
     s3.create_bucket(Bucket=bucket)
-    conf = f"s3://{bucket}/edge?region=us-east-1"
-    with lab.client() as c:
-        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
-        assert r.status_code == 200, r.text
-        name = r.json()["result"]["filename"]
-        token = s3.get_object(Bucket=bucket, Key=f"edge/{name}")["Body"].read().decode()
-        r = c.post(
-            "/pcaps/ownership/validate",
-            json={"destination_conf": conf, "ownership_challenge": token},
-        )
-        assert r.status_code == 200, r.text
-    return conf
+    return lab.validate(
+        f"s3://{bucket}/edge?region=us-east-1",
+        lambda name: s3.get_object(Bucket=bucket, Key=f"edge/{name}")["Body"].read().decode(),
+    )
 
 
 def test_s3_bucket_deleted_mid_upload_fails_the_capture_naming_the_cause(lab):
@@ -347,16 +331,7 @@ def test_file_bucket_removed_mid_capture_fails_the_capture_naming_the_cause(lab)
     doomed = root + "-doomed"
     os.makedirs(doomed)
     try:
-        conf = f"file://{doomed}"
-        with lab.client() as c:
-            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
-            with open(os.path.join(doomed, r.json()["result"]["filename"])) as fh:
-                token = fh.read()
-            r = c.post(
-                "/pcaps/ownership/validate",
-                json={"destination_conf": conf, "ownership_challenge": token},
-            )
-            assert r.status_code == 200, r.text
+        conf = lab.validate(f"file://{doomed}", lambda name: Path(doomed, name).read_text())
         pcap = lab.start_full(destination_conf=conf, filter_v1={"protocol": 17})
         lab.send(200, size=1000)
         # Each machine is writing its (staged) file when the directory goes away.

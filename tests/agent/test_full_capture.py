@@ -184,17 +184,12 @@ def test_full_capture_streams_into_an_s3_bucket(lab, tmp_path):
         aws_secret_access_key="testing",
     )
     s3.create_bucket(Bucket="lab-captures")
-    conf = "s3://lab-captures/edge?region=us-east-1"
-    with lab.client() as c:
-        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
-        assert r.status_code == 200, r.text
-        name = r.json()["result"]["filename"]
-        token = s3.get_object(Bucket="lab-captures", Key=f"edge/{name}")["Body"].read().decode()
-        r = c.post(
-            "/pcaps/ownership/validate",
-            json={"destination_conf": conf, "ownership_challenge": token},
-        )
-        assert r.status_code == 200, r.text
+    conf = lab.validate(
+        "s3://lab-captures/edge?region=us-east-1",
+        lambda name: (
+            s3.get_object(Bucket="lab-captures", Key=f"edge/{name}")["Body"].read().decode()
+        ),
+    )
     pcap = lab.start_full(destination_conf=conf, filter_v1={"protocol": 17})
     flows = lab.traffic("--count", "50", "--proto", "udp", "--tenant", "customer")
     with lab.client() as c:

@@ -9,34 +9,30 @@ import pytest
 
 from edgepcap import machines as fleet
 from tests.agent.test_full_capture import captured, expected, in_prefixes
-from tests.conftest import Lab, Postgres, running_lab, start_postgres, wait_for
+from tests.conftest import Lab, Postgres, running_lab, wait_for
 
 MACHINES = ("ord01", "ord02")
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    """A PostgreSQL server of this module alone: restarting it disturbs no other test."""
-    server, remove = start_postgres()
-    try:
-        yield server
-    finally:
-        remove()
-
-
-@pytest.fixture(scope="module")
-def pg_lab(pg: Postgres, tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[Lab]:
-    with running_lab(tmp_path_factory.mktemp("pglab"), s3_server, pg.new_database()) as lab:
+def pg_lab(
+    private_postgres: Postgres, tmp_path_factory: pytest.TempPathFactory, s3_server: str
+) -> Iterator[Lab]:
+    with running_lab(
+        tmp_path_factory.mktemp("pglab"), s3_server, private_postgres.new_database()
+    ) as lab:
         yield lab
 
 
-def test_postgres_crash_mid_capture_the_api_recovers_and_the_capture_completes(pg, pg_lab):
+def test_postgres_crash_mid_capture_the_api_recovers_and_the_capture_completes(
+    private_postgres, pg_lab
+):
     lab = pg_lab
     api_log = lab.data_dir / "logs" / "api.log"
     pcap = lab.start_full(filter_v1={"protocol": 17})
     sent = lab.send(20)
     down = time.monotonic()
-    pg.crash()
+    private_postgres.crash()
     try:
         sent += lab.send(30)
         # While the database is away the api says so, quickly, instead of hanging.
@@ -54,7 +50,7 @@ def test_postgres_crash_mid_capture_the_api_recovers_and_the_capture_completes(p
         outage = fleet.HEARTBEAT_TIMEOUT.total_seconds() + 1
         time.sleep(max(0.0, down + outage - time.monotonic()))
     finally:
-        pg.start()
+        private_postgres.start()
     with lab.client() as c:
         wait_for(
             lambda: c.get(f"/pcaps/{pcap['id']}").status_code == 200, 20, "the api to answer again"

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 
 from edgepcap.accounts import create_account, describe
 from edgepcap.db import open_database
-from tests.conftest import Postgres, start_postgres, start_server, stop_server
+from tests.conftest import start_server, stop_server
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    """A PostgreSQL server of this module alone: restarting it disturbs no other test."""
-    server, remove = start_postgres()
-    try:
-        yield server
-    finally:
-        remove()
-
-
-def test_reads_and_writes_survive_a_restart_without_a_failed_request(pg, tmp_path):
-    database = pg.new_database()
+def test_reads_and_writes_survive_a_restart_without_a_failed_request(private_postgres, tmp_path):
+    database = private_postgres.new_database()
     server = start_server(tmp_path, database, {"EDGEPCAP_SAMPLE_INTERVAL": "0"})
     try:
         db = open_database(tmp_path, database)
@@ -45,19 +32,19 @@ def test_reads_and_writes_survive_a_restart_without_a_failed_request(pg, tmp_pat
 
         # A restart between two requests: the next ones meet dead pooled connections;
         # reads retry on a fresh one, writes pre-ping. Not one of them fails.
-        pg.crash()
-        pg.start()
+        private_postgres.crash()
+        private_postgres.start()
         assert client.get(f"/pcaps/{first}").status_code == 200
         assert [p["id"] for p in client.get("/pcaps").json()["result"]] == [first]
         r = client.post("/pcaps", json=body)
         assert r.status_code == 200, r.text
 
         # While it is down: a clear 503, then service as soon as it is back.
-        pg.crash()
+        private_postgres.crash()
         r = client.get(f"/pcaps/{first}")
         assert r.status_code == 503, r.text
         assert r.json()["errors"][0]["code"] == 1501 and "Retry-After" in r.headers
-        pg.start()
+        private_postgres.start()
         assert len(client.get("/pcaps").json()["result"]) == 2
         assert client.post("/pcaps", json=body).status_code == 200
     finally:
