@@ -79,7 +79,11 @@ def check_filter_reachable(account: Account, req: CreatePcap) -> None:
 
 
 def create(
-    session: Session, account: Account, req: CreatePcap, samples: SampleStore | None = None
+    session: Session,
+    account: Account,
+    req: CreatePcap,
+    samples: SampleStore | None = None,
+    since: dt.datetime | None = None,
 ) -> Pcap:
     check_filter_reachable(account, req)
     now = utcnow()
@@ -109,7 +113,7 @@ def create(
             _name, targets = fleet.resolve(session, req.colo_name or "")
         except fleet.FleetError as exc:
             raise CaptureError("invalid", str(exc)) from None
-        expire_overdue(session, account.id)
+        expire_overdue(session, since or utcnow(), account.id)
         pcap.prefixes = [p.cidr for p in account.prefixes]
         execution.assign(session, pcap, targets)
     session.add(pcap)
@@ -239,16 +243,18 @@ def _full_capture_busy(session: Session, account_id: str) -> CaptureError:
     )
 
 
-def expire_overdue(session: Session, account_id: str | None = None) -> None:
+def expire_overdue(session: Session, since: dt.datetime, account_id: str | None = None) -> None:
     """Fail full captures that no machine finished long after their time limit (of one
-    account, or of all: the supervisor's sweep)."""
+    account, or of all: the supervisor's sweep). `since`: from when agents could be heard
+    (app.Supervisor); a capture that ended during an outage gets its grace after it."""
     now = utcnow()
     query = select(Pcap).where(Pcap.type == "full", Pcap.status.in_(ACTIVE_STATUSES))
     if account_id is not None:
         query = query.where(Pcap.account_id == account_id)
     active = session.scalars(query)
     for pcap in active:
-        if pcap.submitted + dt.timedelta(seconds=pcap.time_limit) + OVERDUE_GRACE < now:
+        ended = pcap.submitted + dt.timedelta(seconds=pcap.time_limit)
+        if max(ended, since) + OVERDUE_GRACE < now:
             reason = (
                 f"did not report the capture finished within {pcap.time_limit} s "
                 f"(+{int(OVERDUE_GRACE.total_seconds())} s grace)"

@@ -355,7 +355,8 @@ def agent(
     }
     sys.stdout.flush()
     sys.stderr.flush()
-    argv = [sys.executable, "-m", "edgepcap.agent", json.dumps(config)]
+    # -P: the working directory is not on the path (the agent runs as root).
+    argv = [sys.executable, "-P", "-m", "edgepcap.agent", json.dumps(config)]
     os.execv(sys.executable, argv)  # noqa: S606 - an argv list, no shell
 
 

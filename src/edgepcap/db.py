@@ -42,7 +42,17 @@ def make_engine(url: str, ping: bool = True) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=ping)
+    # Reads run on the event loop: a connection that died silently (failover, a dropped
+    # NAT entry) must fail within seconds, not hang the process on TCP's retransmissions.
+    alive = {
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 3,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 15_000,
+    }
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=ping, connect_args=alive)
 
 
 def migrate(engine: Engine) -> None:

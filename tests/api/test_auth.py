@@ -73,6 +73,26 @@ def test_every_endpoint_with_another_accounts_credentials_is_403(stack, two_tena
         assert c.get("/pcaps/ownership").json()["result"][0]["status"] == "success"
 
 
+def test_odd_ids_in_the_path_are_judged_alike_on_every_endpoint(stack, two_tenants):
+    a, b, things = two_tenants
+    with stack.client(b) as c:
+        c.base_url = httpx.URL(stack.api)
+        # Not an account id at all, NUL included: the same 403 as for a real account.
+        for account in ("%00", "not-hex", "Z" * 32):
+            for method, path, body in endpoints(account, things):
+                r = c.request(method, path, json=body)
+                assert r.status_code == 403, (method, path, r.text)
+    # An over-long capture id without credentials: credentials are judged first, everywhere.
+    long_id = "a" * 65
+    for method, path in (
+        ("GET", f"/accounts/{a.id}/pcaps/{long_id}"),
+        ("GET", f"/accounts/{a.id}/pcaps/{long_id}/preview"),
+        ("PUT", f"/accounts/{a.id}/pcaps/{long_id}/stop"),
+    ):
+        r = httpx.request(method, stack.api + path, timeout=30)
+        assert r.status_code == 401, (method, path, r.text)
+
+
 def test_another_accounts_ids_under_your_own_account_look_missing(stack, two_tenants):
     _a, b, things = two_tenants
     with stack.client(b) as c:

@@ -24,9 +24,13 @@ def main() -> None:
     )
     # One line per HTTP request would bury what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if config["bucket_root"]:
+        os.environ["EDGEPCAP_BUCKET_ROOT"] = config["bucket_root"]
+    # Out of the environment once read: the agent's children (nft) need not see it.
+    key = os.environ.pop("EDGEPCAP_AGENT_KEY")
     run_agent(
         config["api"],
-        os.environ["EDGEPCAP_AGENT_KEY"],
+        key,
         config["colo"],
         config["machine"],
         config["netns"],

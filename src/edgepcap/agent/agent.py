@@ -160,15 +160,15 @@ def bound_malloc() -> None:
     """Keep the heap of a long-running agent small: glibc otherwise gives each thread
     (ours and the uploader's Rust threads) its own arena and keeps freed upload parts."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:  # not glibc: nothing to tune
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
         return
     m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    libc.mallopt(m_arena_max, 2)
+    mallopt(m_arena_max, 2)
     # Fixed thresholds: big buffers (record batches, 5 MiB parts) are mapped and returned
     # to the kernel when freed, instead of the dynamic threshold moving them to the heap.
-    libc.mallopt(m_mmap_threshold, 256 * 1024)
-    libc.mallopt(m_trim_threshold, 1024 * 1024)
+    mallopt(m_mmap_threshold, 256 * 1024)
+    mallopt(m_trim_threshold, 1024 * 1024)
 
 
 def run_agent(

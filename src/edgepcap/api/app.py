@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -235,13 +236,16 @@ class Supervisor:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            if not self._leads():
-                continue
             since = self.listening_since()
             try:
                 with self.db.session() as session:
-                    execution.sweep(session, since)
-                    captures.expire_overdue(session)
+                    if self._leads():
+                        execution.sweep(session, since)
+                        captures.expire_overdue(session, since)
+                    else:
+                        # Not sweeping, but this worker answers agents' registrations too:
+                        # it must know when the database was unreachable.
+                        session.execute(text("SELECT 1"))
                 if self.hearing_since is None:
                     log.warning("database reachable again; machines get a fresh heartbeat window")
                 self.hearing_since = since

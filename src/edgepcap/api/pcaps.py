@@ -20,6 +20,7 @@ from edgepcap.api.schemas import (
     PcapId,
     PcapOut,
     PreviewOut,
+    UncheckedPcapId,
     error_responses,
 )
 from edgepcap.api.timefmt import rfc3339
@@ -111,7 +112,13 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
     with request.app.state.db.session() as session:
         try:
             account = session.get(AccountRow, who.account_id)
-            pcap = captures.create(session, account, body, request.app.state.samples)
+            pcap = captures.create(
+                session,
+                account,
+                body,
+                request.app.state.samples,
+                request.app.state.supervisor.listening_since(),
+            )
         except captures.CaptureError as exc:
             raise_capture_error(exc)
         session.flush()
@@ -133,6 +140,8 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
 async def list_pcaps(request: Request, account_id: AccountId) -> dict[str, Any]:
     """The 50 newest captures of the account, newest first."""
     creds = presented(request)
+    if not ID_PATTERN.match(account_id):
+        await caller(request, account_id)  # 401 or 403: no such id reaches the database
     db = request.app.state.db
     found = db.read(lambda c: captures.views_checked(c, account_id, creds))
     if found is None:
@@ -153,9 +162,11 @@ def list_colos(request: Request, who: Account) -> dict[str, Any]:
     response_model=Envelope[PcapOut],
     responses=error_responses(404),
 )
-async def get_pcap(request: Request, account_id: AccountId, pcap_id: PcapId) -> dict[str, Any]:
+async def get_pcap(
+    request: Request, account_id: AccountId, pcap_id: UncheckedPcapId
+) -> dict[str, Any]:
     creds = presented(request)
-    if not ID_PATTERN.match(pcap_id):
+    if not (ID_PATTERN.match(account_id) and ID_PATTERN.match(pcap_id)):
         await caller(request, account_id)  # credentials are judged before anything else
         check_id(pcap_id)
     db = request.app.state.db

@@ -34,6 +34,14 @@ def hex_id(what: str) -> Any:
 
 
 PcapId = Annotated[str, hex_id("capture id")]
+# Where the route itself judges the credentials first, then the id (the GET of one capture).
+UncheckedPcapId = Annotated[
+    str,
+    Path(
+        description="The capture id: 32 lowercase hexadecimal digits",
+        json_schema_extra={"pattern": ID_PATTERN.pattern},
+    ),
+]
 AccountId = Annotated[str, hex_id("account id")]
 BucketId = Annotated[str, hex_id("bucket id")]
 
