@@ -122,10 +122,10 @@ def _fields(order: str, fields: list[tuple[int, str]]) -> struct.Struct:
 
 
 def _walk(
-    data: memoryview, offset: int, stop: int
+    data: memoryview, offset: int, stop: int, learn: bool = True
 ) -> tuple[int, int, int, int, int, int | None, _Layout | None]:
     """The attribute walk through one packet message: payload bounds, protocol,
-    timestamp, sequence number, and the layout learnt from it."""
+    timestamp, sequence number, and (if asked) the layout learnt from it."""
     pos = offset + 20
     start = end = -1
     sec = usec = proto = 0
@@ -146,7 +146,7 @@ def _walk(
         elif atype == NFULA_SEQ:
             seq = U32.unpack_from(data, pos + 4)[0]
         pos += (alen + 3) & ~3
-    return start, end, proto, sec, usec, seq, _Layout.learn(data, offset, at)
+    return start, end, proto, sec, usec, seq, _Layout.learn(data, offset, at) if learn else None
 
 
 class NflogSocket:
@@ -319,44 +319,22 @@ class NflogSocket:
 
     def _parse(self, data: memoryview) -> list[Packet]:
         out: list[Packet] = []
-        offset = 0
-        end = len(data)
-        unpack_hdr = NLMSGHDR.unpack_from
-        unpack_attr = NLATTR.unpack_from
-        packet_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
-        while offset + 16 <= end:
-            length, kind, _flags, _seq, _pid = unpack_hdr(data, offset)
-            if length < 16 or offset + length > end:
+        offset, n = 0, len(data)
+        while offset + 16 <= n:
+            length, kind = NLMSGHDR.unpack_from(data, offset)[:2]
+            if length < 16 or offset + length > n:
                 break
-            if kind == packet_type:
-                pos = offset + 16 + 4
-                stop = offset + length
-                payload = None
-                ts_ns = 0
-                proto = 0
-                seq = None
-                while pos + 4 <= stop:
-                    alen, atype = unpack_attr(data, pos)
-                    if alen < 4:
-                        break
-                    atype &= 0x3FFF
-                    if atype == NFULA_PAYLOAD:
-                        payload = bytes(data[pos + 4 : pos + alen])
-                    elif atype == NFULA_TIMESTAMP:
-                        sec, usec = struct.unpack_from("!QQ", data, pos + 4)
-                        ts_ns = sec * 1_000_000_000 + usec * 1000
-                    elif atype == NFULA_PACKET_HDR:
-                        proto = struct.unpack_from("!H", data, pos + 4)[0]
-                    elif atype == NFULA_SEQ:
-                        seq = struct.unpack_from("!I", data, pos + 4)[0]
-                    pos += (alen + 3) & ~3
+            if kind == PACKET_TYPE:
+                start, end, proto, sec, usec, seq, _ = _walk(
+                    data, offset, offset + length, learn=False
+                )
                 if seq is not None:
                     if self._next_seq is not None and seq != self._next_seq:
                         self.seq_lost += (seq - self._next_seq) & 0xFFFFFFFF
                     self._next_seq = (seq + 1) & 0xFFFFFFFF
-                if payload is not None:
-                    if not ts_ns:
-                        ts_ns = time.time_ns()
+                if start >= 0:
+                    payload = bytes(data[start:end])
+                    ts_ns = sec * 1_000_000_000 + usec * 1000 if sec or usec else time.time_ns()
                     out.append(Packet(ts_ns, original_length(payload, proto), payload))
             offset += (length + 3) & ~3
         self.packets += len(out)
