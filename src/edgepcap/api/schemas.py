@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_type_hints
 
 from fastapi import Path
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from edgepcap.filters import FilterV1, Integral
+from edgepcap.packets import Decoded
 
 T = TypeVar("T")
 
@@ -199,16 +200,13 @@ class ColoOut(BaseModel):
     live: int
 
 
-class PreviewPacket(BaseModel):
-    time_ns: int
-    source: str
-    destination: str
-    protocol: str
-    source_port: int | None
-    destination_port: int | None
-    length: int
-    captured: int
-    hex: str
+# A preview row is a decoded packet and its bytes in hex: derived from `packets.Decoded`,
+# so that the documented schema cannot drift from what the endpoint returns.
+PreviewPacket = create_model(
+    "PreviewPacket",
+    **{name: (kind, ...) for name, kind in get_type_hints(Decoded).items()},
+    hex=(str, ...),
+)
 
 
 class PreviewOut(BaseModel):
