@@ -19,6 +19,9 @@ from edgepcap.models import Machine, Pcap
 from edgepcap.samples import records
 
 router = APIRouter(prefix="/agent/v1", tags=["agents"], include_in_schema=False)
+# Query parameters of every call an agent makes about itself.
+MachineName = Annotated[str, Query(max_length=64)]
+BootId = Annotated[str, Query(pattern=r"^[0-9a-f]{32}$")]
 MAX_WAIT = 30.0
 POLL_EVERY = 0.1
 
@@ -133,8 +136,8 @@ def _ids(value: str) -> list[str]:
 async def jobs(
     request: Request,
     _: Agent,
-    machine: Annotated[str, Query(max_length=64)],
-    boot_id: Annotated[str, Query(pattern=r"^[0-9a-f]{32}$")],
+    machine: MachineName,
+    boot_id: BootId,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 20.0,
     running: Annotated[str, Query(max_length=33_000)] = "",
 ) -> dict[str, Any]:
@@ -183,8 +186,8 @@ def prefixes(request: Request, _: Agent) -> dict[str, Any]:
 async def samples(
     request: Request,
     _: Agent,
-    machine: Annotated[str, Query(max_length=64)],
-    boot_id: Annotated[str, Query(pattern=r"^[0-9a-f]{32}$")],
+    machine: MachineName,
+    boot_id: BootId,
 ) -> dict[str, Any]:
     """A batch of sample records; each is kept only if its account owns its source or
     destination (the agent attributes, the control plane checks)."""
