@@ -372,6 +372,17 @@ def start_server(
     return server
 
 
+def new_account(server: Server, name: str, prefixes: tuple[str, ...] = ("203.0.113.0/24",)):
+    """An account created in the server's database, as `accounts create` prints it."""
+    db = open_database(server.data_dir, server.database)
+    try:
+        with db.session() as session:
+            account, creds = create_account(session, name, list(prefixes))
+            return describe(account, creds)
+    finally:
+        db.close()
+
+
 def stop_server(server: Server) -> None:
     if server.proc.poll() is None:
         server.proc.send_signal(signal.SIGTERM)

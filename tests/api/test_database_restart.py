@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import httpx
 
-from edgepcap.accounts import create_account, describe
-from edgepcap.db import open_database
-from tests.conftest import start_server, stop_server
+from tests.conftest import new_account, start_server, stop_server
 
 
 def test_reads_and_writes_survive_a_restart_without_a_failed_request(private_postgres, tmp_path):
     database = private_postgres.new_database()
     server = start_server(tmp_path, database, {"EDGEPCAP_SAMPLE_INTERVAL": "0"})
     try:
-        db = open_database(tmp_path, database)
-        with db.session() as s:
-            account, creds = create_account(s, "restart", ["203.0.113.0/24"])
-            info = describe(account, creds)
-        db.close()
+        info = new_account(server, "restart")
         client = httpx.Client(
             base_url=f"{server.api}/accounts/{info['id']}",
             headers={"Authorization": f"Bearer {info['api_token']}"},

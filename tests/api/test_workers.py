@@ -8,9 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgepcap.accounts import create_account, describe
-from edgepcap.db import open_database
-from tests.conftest import Postgres, start_server, stop_server, wait_for
+from tests.conftest import Postgres, new_account, start_server, stop_server, wait_for
 
 
 def children(pid: int) -> set[int]:
@@ -38,11 +36,7 @@ def test_two_workers_share_the_port_one_sweeps_and_all_stop(tmp_path, backend, r
         database = pg.new_database()
     server = start_server(tmp_path, database, {"EDGEPCAP_SAMPLE_INTERVAL": "0"}, ("--workers", "2"))
     try:
-        db = open_database(tmp_path, database)
-        with db.session() as s:
-            account, creds = create_account(s, "workers", ["203.0.113.0/24"])
-            info = describe(account, creds)
-        db.close()
+        info = new_account(server, "workers")
         lock = tmp_path / "supervisor.lock"
         # Exactly one worker runs the sweeps.
         wait_for(lambda: lock.exists() and len(flock_holders(lock)) == 1, 30, "a sweeping worker")
