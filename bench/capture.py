@@ -179,28 +179,50 @@ def max_lossless_rate(seconds: int, payload: int, steps: int, low: int, high: in
     return result
 
 
-def forwarding(count: int, payload: int, reps: int) -> dict:
-    """Forwarded pps through a router with no rule, with an active capture (and its reader),
-    and with tcpdump reading the same rule."""
-    plain, captured, tcpdump = [], [], []
+def _capture_table(ns: str, log: bool) -> str:
+    """The capture's own table (the agent's rules) with no reader: with or without `log`."""
+    table = f"{nft.TABLE_PREFIX}bench"
+    rule = nft.CaptureRule(table=table, prefixes=PREFIX, filter=FILTER, group=1502)
+    document = nft.ruleset(rule)
+    if not log:
+        for command in document["nftables"]:
+            r = command.get("add", {}).get("rule")
+            if r is not None:
+                r["expr"] = [e for e in r["expr"] if "log" not in e]
+    nft.apply(ns, document)
+    return table
+
+
+def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
+    """Forwarded pps through a router: with no rule; with the capture's rules but no `log`
+    (what matching and counting cost); with them logging to a group nobody reads; with an
+    active capture (its reader on the other core); and with tcpdump reading the same rule.
+    Without `parts`, only no rule, the capture and tcpdump."""
+    modes = ("plain", "rules", "unread", "captured", "tcpdump")
+    if not parts:
+        modes = ("plain", "captured", "tcpdump")
+    results: dict[str, list[float]] = {m: [] for m in modes}
     with routed() as topo:
         counting_table(topo.rx, "bench_sink")
         assert topo.router is not None
+        router = Topology(
+            gen=topo.gen, rx=topo.router, router=None, dev=topo.dev, next_mac=topo.next_mac
+        )
         for _ in range(reps):
-            before = topo.counter(topo.rx, "bench_sink")
-            seconds = topo.trafgen(count, payload)
-            time.sleep(0.3)
-            plain.append((topo.counter(topo.rx, "bench_sink") - before) / seconds)
-            router_topo = Topology(
-                gen=topo.gen, rx=topo.router, router=None, dev=topo.dev, next_mac=topo.next_mac
-            )
-            before = topo.counter(topo.rx, "bench_sink")
-            result = run_ours(router_topo, count, payload)
-            time.sleep(0.3)
-            captured.append((topo.counter(topo.rx, "bench_sink") - before) / result["gen_seconds"])
-            # tcpdump reading the same rule: what the kernel's NFLOG path costs any reader.
-            before = topo.counter(topo.rx, "bench_sink")
-            result = run_tcpdump(router_topo, count, payload)
-            time.sleep(0.3)
-            tcpdump.append((topo.counter(topo.rx, "bench_sink") - before) / result["gen_seconds"])
-    return {"plain_pps": plain, "captured_pps": captured, "tcpdump_pps": tcpdump}
+            for mode in modes:
+                before = topo.counter(topo.rx, "bench_sink")
+                if mode == "captured":
+                    seconds = run_ours(router, count, payload)["gen_seconds"]
+                elif mode == "tcpdump":
+                    seconds = run_tcpdump(router, count, payload)["gen_seconds"]
+                elif mode == "plain":
+                    seconds = topo.trafgen(count, payload)
+                else:
+                    table = _capture_table(topo.router, log=mode == "unread")
+                    try:
+                        seconds = topo.trafgen(count, payload)
+                    finally:
+                        nft.remove(table, topo.router)
+                time.sleep(0.3)
+                results[mode].append((topo.counter(topo.rx, "bench_sink") - before) / seconds)
+    return {f"{m}_pps": v for m, v in results.items()}

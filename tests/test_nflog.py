@@ -22,10 +22,11 @@ def message(
     ts: tuple[int, int] | None = (1_700_000_000, 123_456),
     hw: bool = True,
     prefix: bytes | None = None,
+    hook: int = 0,
 ) -> bytes:
     """One NFLOG packet message with the attributes in the kernel's order."""
     body = struct.pack("!BBH", 2, 0, 7)  # nfgenmsg: family, version, group
-    body += attr(nflog.NFULA_PACKET_HDR, struct.pack("!HBx", proto, 0))
+    body += attr(nflog.NFULA_PACKET_HDR, struct.pack("!HBx", proto, hook))
     if prefix is not None:
         body += attr(PREFIX, prefix + b"\0")
     body += attr(IFINDEX_INDEV, struct.pack("!I", 3))
@@ -59,6 +60,7 @@ def reader() -> NflogSocket:
     sock.packets = sock.seq_lost = 0
     sock._next_seq = None
     sock._layout = None
+    sock._stamp = None
     return sock
 
 
@@ -94,6 +96,20 @@ def test_a_message_without_timestamp_is_stamped_now_and_relearnt():
     stamps = [p.ts_ns for p in pcap.Reader([pcap.global_header() + bytes(out)], "x")]
     assert stamps[0] == stamps[2] == 1_700_000_000_123_456_000
     assert stamps[1] > stamps[0]  # now, not zero
+
+
+def test_the_kernel_is_asked_for_timestamps_only_when_an_input_packet_lacks_one():
+    # Linux >= 6.6 stamps logged packets itself; the machine-wide stamping stays off.
+    sock = reader()
+    sock.records(memoryview(message(1, ipv4(80, 1)) + message(2, ipv4(80, 2))), bytearray())
+    assert sock._stamp is None
+    # Output-hook packets are never stamped by the kernel: no reason to turn it on.
+    sock.records(memoryview(message(3, ipv4(80, 3), ts=None, hook=3)), bytearray())
+    assert sock._stamp is None
+    # An older kernel: a prerouting packet without a stamp turns stamping on.
+    sock.records(memoryview(message(4, ipv4(80, 4), ts=None, hook=0)), bytearray())
+    assert sock._stamp is not None
+    sock._stamp.close()
 
 
 def test_a_truncated_message_ends_the_batch_without_a_bad_record():

@@ -46,6 +46,8 @@ NFGENMSG = struct.Struct("!BBH")
 NLATTR = struct.Struct("=HH")
 RECORD = struct.Struct("<IIII")
 U16 = struct.Struct("!H")
+PACKET_HDR = struct.Struct("!HB")  # hardware protocol, hook
+NF_INET_FORWARD = 2  # hooks up to here are the ones where the kernel can stamp packets
 U32 = struct.Struct("!I")
 TS = struct.Struct("!QQ")
 ETH_P_IP = 0x0800
@@ -123,12 +125,12 @@ def _fields(order: str, fields: list[tuple[int, str]]) -> struct.Struct:
 
 def _walk(
     data: memoryview, offset: int, stop: int, learn: bool = True
-) -> tuple[int, int, int, int, int, int | None, _Layout | None]:
+) -> tuple[int, int, int, int, int, int | None, _Layout | None, int]:
     """The attribute walk through one packet message: payload bounds, protocol,
-    timestamp, sequence number, and (if asked) the layout learnt from it."""
+    timestamp, sequence number, (if asked) the layout learnt from it, and the hook."""
     pos = offset + 20
     start = end = -1
-    sec = usec = proto = 0
+    sec = usec = proto = hook = 0
     seq = None
     at: dict[int, int] = {}
     while pos + 4 <= stop:
@@ -142,11 +144,12 @@ def _walk(
         elif atype == NFULA_TIMESTAMP:
             sec, usec = TS.unpack_from(data, pos + 4)
         elif atype == NFULA_PACKET_HDR:
-            proto = U16.unpack_from(data, pos + 4)[0]
+            proto, hook = PACKET_HDR.unpack_from(data, pos + 4)
         elif atype == NFULA_SEQ:
             seq = U32.unpack_from(data, pos + 4)[0]
         pos += (alen + 3) & ~3
-    return start, end, proto, sec, usec, seq, _Layout.learn(data, offset, at) if learn else None
+    layout = _Layout.learn(data, offset, at) if learn else None
+    return start, end, proto, sec, usec, seq, layout, hook
 
 
 class NflogSocket:
@@ -176,9 +179,7 @@ class NflogSocket:
         try:
             self.sock.setsockopt(SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             self.sock.bind((0, 0))
-            # Kernel timestamps only exist once some socket asks for them.
-            self._stamp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self._stamp.setsockopt(SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._stamp: socket.socket | None = None
             self._config(_attr(NFULA_CFG_CMD, bytes([CMD_BIND])))
             self._config(
                 _attr(NFULA_CFG_MODE, struct.pack("!IBB", snaplen, COPY_PACKET, 0))
@@ -297,7 +298,9 @@ class NflogSocket:
             if length < 16 or offset + length > n:
                 break  # cut short: never a record of bytes that are not there
             if kind == PACKET_TYPE:
-                start, end, proto, sec, usec, seq, layout = _walk(data, offset, offset + length)
+                start, end, proto, sec, usec, seq, layout, hook = _walk(
+                    data, offset, offset + length
+                )
                 if seq is not None:
                     if next_seq is not None and seq != next_seq:
                         lost += (seq - next_seq) & 0xFFFFFFFF
@@ -305,6 +308,7 @@ class NflogSocket:
                 if start >= 0:
                     caplen = end - start
                     if not sec:
+                        self._unstamped(hook)
                         sec, usec = divmod(time.time_ns() // 1000, 1_000_000)
                     out += pack_record(sec, usec, caplen, original_length(data[start:end], proto))
                     out += data[start:end]
@@ -325,7 +329,7 @@ class NflogSocket:
             if length < 16 or offset + length > n:
                 break
             if kind == PACKET_TYPE:
-                start, end, proto, sec, usec, seq, _ = _walk(
+                start, end, proto, sec, usec, seq, _, hook = _walk(
                     data, offset, offset + length, learn=False
                 )
                 if seq is not None:
@@ -334,11 +338,26 @@ class NflogSocket:
                     self._next_seq = (seq + 1) & 0xFFFFFFFF
                 if start >= 0:
                     payload = bytes(data[start:end])
+                    if not sec:
+                        self._unstamped(hook)
                     ts_ns = sec * 1_000_000_000 + usec * 1000 if sec or usec else time.time_ns()
                     out.append(Packet(ts_ns, original_length(payload, proto), payload))
             offset += (length + 3) & ~3
         self.packets += len(out)
         return out
+
+    def _unstamped(self, hook: int) -> None:
+        """A packet came without a kernel timestamp: on kernels whose NFLOG does not take
+        the clock itself (before Linux 6.6), ask the kernel to stamp every received packet.
+
+        Newer kernels stamp each logged packet on input and forwarding hooks, so the
+        machine-wide stamping (a clock read per packet on every interface) stays off
+        unless it is needed; output-hook packets are never stamped and get the reader's
+        clock either way.
+        """
+        if hook <= NF_INET_FORWARD and self._stamp is None:
+            self._stamp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._stamp.setsockopt(SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def close(self) -> None:
         try:
@@ -347,7 +366,8 @@ class NflogSocket:
             pass
         finally:
             self.sock.close()
-            self._stamp.close()
+            if self._stamp is not None:
+                self._stamp.close()
 
     def __enter__(self) -> NflogSocket:
         return self

@@ -132,7 +132,7 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
         )
         ref = "@" + setname
         # A packet between two of the account's own addresses matches the first rule
-        # only, so it is logged once.
+        # only, so it is logged once (and sampled by one draw).
         to_prefix = [_match(_payload(proto, "daddr"), ref)]
         from_prefix = [
             _match(_payload(proto, "saddr"), ref),
@@ -140,6 +140,10 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
         ]
         for chain in chains:
             for direction in (to_prefix, from_prefix):
+                # The filter's compares go before the set lookups: they are cheaper and
+                # reject most packets. `accept` ends only this table's chain, so a logged
+                # packet skips the second rule's lookups; other tables' chains and the
+                # rest of the hook still see it (BENCHMARKS.md, forwarding).
                 cmds.append(
                     {
                         "add": {
@@ -147,7 +151,7 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
                                 "family": fam,
                                 "table": table,
                                 "chain": chain,
-                                "expr": [*direction, *exprs, *tail],
+                                "expr": [*exprs, *direction, *tail, {"accept": None}],
                             }
                         }
                     }

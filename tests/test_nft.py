@@ -1,0 +1,118 @@
+"""A capture table in the real kernel: which packets it logs, how often, and their stamps."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from edgepcap import netns, nft
+from edgepcap.filters import FilterV1
+from edgepcap.lab.topology import link
+from edgepcap.nflog import NflogSocket
+from edgepcap.pcap import Packet
+from tests.packets import udp
+
+A_MAC, B_MAC = "02:00:00:00:10:01", "02:00:00:00:10:02"
+GROUP = 2901
+PREFIX = "203.0.113.0/24"
+OUTSIDE = "198.51.100.1"
+
+
+@contextlib.contextmanager
+def wire() -> Iterator[tuple[socket.socket, str]]:
+    """A sender's raw socket on a veth whose other end is in namespace `b` (yielded)."""
+    tag = secrets.token_hex(3)
+    a, b = f"epnft{tag}-a", f"epnft{tag}-b"
+    sender = None
+    try:
+        for n in (a, b):
+            netns.add(n)
+        link(a, "a0", b, "b0")
+        netns.ip(a, "link", "set", "a0", "address", A_MAC)
+        netns.ip(b, "link", "set", "b0", "address", B_MAC)
+        netns.ip(b, "addr", "add", "198.18.210.2/30", "dev", "b0")
+        sender = netns.run_in(a, socket.socket, socket.AF_PACKET, socket.SOCK_RAW)
+        sender.bind(("a0", 0))
+        yield sender, b
+    finally:
+        if sender is not None:
+            sender.close()
+        for n in (a, b):
+            netns.delete(n)
+
+
+def send(sender: socket.socket, src: str, dst: str, dport: int = 5000) -> None:
+    frame = bytes.fromhex(B_MAC.replace(":", "") + A_MAC.replace(":", "")) + b"\x08\x00"
+    sender.send(frame + udp(src, dst, 4000, dport))
+
+
+def addresses(p: Packet) -> tuple[str, str, int]:
+    src, dst = ipaddress.ip_address(p.data[12:16]), ipaddress.ip_address(p.data[16:20])
+    return str(src), str(dst), int.from_bytes(p.data[22:24], "big")
+
+
+def read(sock: NflogSocket, count: int, timeout: float = 5.0) -> list[Packet]:
+    got: list[Packet] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += sock.receive(0.1)
+    return got
+
+
+@pytest.fixture
+def capture():
+    with wire() as (sender, ns):
+        rule = nft.CaptureRule(
+            table="edgepcap_nfttest",
+            prefixes=[ipaddress.ip_network(PREFIX)],
+            filter=FilterV1(protocol=17, destination_port=5000),
+            group=GROUP,
+        )
+        sock = netns.run_in(ns, NflogSocket, GROUP)
+        try:
+            nft.install(rule, ns)
+            yield sender, sock, ns, rule.table
+        finally:
+            sock.close()
+
+
+def test_each_packet_of_the_prefix_is_logged_once_in_either_direction(capture):
+    sender, sock, ns, table = capture
+    cases = [
+        (OUTSIDE, "203.0.113.5", 5000),  # to the prefix
+        ("203.0.113.6", OUTSIDE, 5000),  # from it
+        ("203.0.113.7", "203.0.113.8", 5000),  # between two of its addresses: once
+        (OUTSIDE, "192.0.2.1", 5000),  # neither: never
+        (OUTSIDE, "203.0.113.5", 5001),  # the filter's port does not match
+        ("203.0.113.9", "203.0.113.10", 5000),
+    ]
+    for src, dst, port in cases:
+        send(sender, src, dst, port)
+    want = [c for c in cases if c[2] == 5000 and "192.0.2.1" not in c]
+    got = read(sock, len(want) + 1, timeout=1.0)  # one more than expected: none may come
+    assert [addresses(p) for p in got] == want
+    assert nft.counters(table, ns)[0] == len(want)
+
+
+def test_logged_packets_carry_the_time_they_arrived(capture):
+    sender, sock, _ns, _table = capture
+    send(sender, OUTSIDE, "203.0.113.5")
+    assert len(read(sock, 1)) == 1  # on kernels before 6.6 this turns stamping on
+    windows = []
+    for i in range(3):
+        before = time.time_ns()
+        send(sender, OUTSIDE, f"203.0.113.{20 + i}")
+        windows.append((before, time.time_ns()))
+        time.sleep(0.05)
+    got = read(sock, 3)
+    assert len(got) == 3
+    for p, (before, after) in zip(got, windows, strict=True):
+        # Microsecond stamps: allow the rounding. The reader's own clock would put every
+        # packet after the last send.
+        assert before - 1000 <= p.ts_ns <= after + 1000, (p.ts_ns, before, after)
