@@ -179,26 +179,29 @@ def max_lossless_rate(seconds: int, payload: int, steps: int, low: int, high: in
     return result
 
 
-def _capture_table(ns: str, log: bool) -> str:
-    """The capture's own table (the agent's rules) with no reader: with or without `log`."""
+def _capture_table(ns: str, part: str) -> str:
+    """The capture's own table (the agent's rules) with no reader, up to `part`: "hook"
+    (its chains, no rules), "rules" (without `log`) or "unread" (all of it)."""
     table = f"{nft.TABLE_PREFIX}bench"
     rule = nft.CaptureRule(table=table, prefixes=PREFIX, filter=FILTER, group=1502)
-    document = nft.ruleset(rule)
-    if not log:
-        for command in document["nftables"]:
-            r = command.get("add", {}).get("rule")
-            if r is not None:
-                r["expr"] = [e for e in r["expr"] if "log" not in e]
-    nft.apply(ns, document)
+    commands = []
+    for command in nft.ruleset(rule)["nftables"]:
+        r = command.get("add", {}).get("rule")
+        if r is not None and part == "hook":
+            continue
+        if r is not None and part == "rules":
+            r["expr"] = [e for e in r["expr"] if "log" not in e]
+        commands.append(command)
+    nft.apply(ns, {"nftables": commands})
     return table
 
 
 def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
-    """Forwarded pps through a router: with no rule; with the capture's rules but no `log`
-    (what matching and counting cost); with them logging to a group nobody reads; with an
-    active capture (its reader on the other core); and with tcpdump reading the same rule.
-    Without `parts`, only no rule, the capture and tcpdump."""
-    modes = ("plain", "rules", "unread", "captured", "tcpdump")
+    """Forwarded pps through a router: with no rule; with the capture table's chains alone
+    (the hook); with its rules but no `log` (matching and counting); with them logging to a
+    group nobody reads; with an active capture (its reader on the other core); and with
+    tcpdump reading the same rule. Without `parts`, only no rule, capture and tcpdump."""
+    modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump")
     if not parts:
         modes = ("plain", "captured", "tcpdump")
     results: dict[str, list[float]] = {m: [] for m in modes}
@@ -218,7 +221,7 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
                 elif mode == "plain":
                     seconds = topo.trafgen(count, payload)
                 else:
-                    table = _capture_table(topo.router, log=mode == "unread")
+                    table = _capture_table(topo.router, mode)
                     try:
                         seconds = topo.trafgen(count, payload)
                     finally:

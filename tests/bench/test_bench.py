@@ -8,7 +8,9 @@ import numpy as np
 
 from bench import capture, samples
 from bench.suite import Figure
-from bench.topology import pair
+from bench.topology import Topology, counting_table, pair, routed
+from edgepcap import netns, nft
+from edgepcap.nflog import NflogSocket
 from edgepcap.samples import records
 
 
@@ -20,6 +22,31 @@ def test_both_capture_paths_account_for_every_packet_of_a_small_run():
     assert ours["offered"] == 2000 and ours["written"] + ours["dropped"] == 2000, ours
     assert ours["written"] >= 1900, ours
     assert theirs["offered"] == 2000 and 1900 <= theirs["written"] <= 2000, theirs
+
+
+def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked():
+    with routed() as topo:
+        assert topo.router is not None
+        counting_table(topo.rx, "bench_sink")
+        router = Topology(
+            gen=topo.gen, rx=topo.router, router=None, dev=topo.dev, next_mac=topo.next_mac
+        )
+        for part in ("hook", "rules", "unread"):
+            table = capture._capture_table(topo.router, part)
+            reader = netns.run_in(topo.router, NflogSocket, 1502)
+            try:
+                router.trafgen(500, 64)
+                logged = 0
+                while packets := reader.receive(0.5):
+                    logged += len(packets)
+                assert table in nft.list_tables(topo.router)
+                assert nft.counters(table, topo.router)[0] == (0 if part == "hook" else 500)
+                assert logged == (500 if part == "unread" else 0)
+            finally:
+                reader.close()
+                nft.remove(table, topo.router)
+        # The router forwarded every packet of the three runs to the receiver.
+        assert topo.counter(topo.rx, "bench_sink") == 1500
 
 
 def test_synthetic_samples_belong_to_their_accounts():
