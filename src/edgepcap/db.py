@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,10 +86,20 @@ class Database:
             if self.engine.name == "sqlite"
             else make_engine(url, False).execution_options(isolation_level="AUTOCOMMIT")
         )
+        # One connection kept checked out for those reads: they run on the event loop, one
+        # at a time, and checking a connection out of the pool and back in (with its reset)
+        # cost a sixth of a GET on PostgreSQL. Whoever finds it busy (a thread) uses the pool.
+        self._held: Connection | None = None
+        self._held_lock = threading.Lock()
 
     def read(self, query: Callable[[Connection], T]) -> T:
-        """`query` on a pooled connection; once more on a fresh one if the pooled connection
+        """`query` on a connection of the reads; once more on a fresh one if the connection
         turned out dead (the database restarted): reads are safe to repeat."""
+        if self._reads is not self.engine and self._held_lock.acquire(blocking=False):
+            try:
+                return self._read_held(query)
+            finally:
+                self._held_lock.release()
         try:
             with self._reads.connect() as conn:
                 return query(conn)
@@ -97,6 +108,25 @@ class Database:
                 raise
         with self._reads.connect() as conn:
             return query(conn)
+
+    def _read_held(self, query: Callable[[Connection], T]) -> T:
+        for attempt in (1, 2):
+            if self._held is None:
+                self._held = self._reads.connect()
+            try:
+                return query(self._held)
+            except BaseException as exc:
+                # Whatever failed, the next read starts on a clean connection.
+                self._release_held()
+                invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
+                if attempt == 2 or not invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -109,6 +139,8 @@ class Database:
                 raise
 
     def close(self) -> None:
+        with self._held_lock:
+            self._release_held()
         self.engine.dispose()
         self._reads.dispose()
 

@@ -121,7 +121,13 @@ def fuzz_schema(stack: Stack, world: World) -> Any:
         if "account_id" in path:
             own = world.account.id
             out["account_id"] = st.sampled_from([own] * 6 + [world.other.id, path["account_id"]])
-        for name, known in (("pcap_id", world.pcaps), ("ownership_id", world.disposable_buckets)):
+        pcaps = world.pcaps
+        operation = context.operation
+        if operation is not None and operation.path.endswith("/stop"):
+            # Only the full capture can be stopped, and only once: offer it more often, so
+            # that a case with good credentials reaches it whatever the draws.
+            pcaps = [*world.pcaps, *world.pcaps[1:] * 4]
+        for name, known in (("pcap_id", pcaps), ("ownership_id", world.disposable_buckets)):
             if name in path:
                 out[name] = st.sampled_from([*known, path[name]])
         return st.fixed_dictionaries(out).map(lambda chosen: {**path, **chosen})
