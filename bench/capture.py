@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import signal
 import subprocess
@@ -67,6 +68,7 @@ def settle() -> None:
     the reader sharing that core dropped packets; which run followed which decided the
     figure. Done before every run of both sides, like dropping caches between I/O runs.
     """
+    os.sync()  # dirty pages first, or dropping clean ones leaves them behind
     Path("/proc/sys/vm/drop_caches").write_text("1")
     Path("/proc/sys/vm/compact_memory").write_text("1")
 
@@ -211,10 +213,11 @@ def _capture_table(ns: str, part: str) -> str:
 
 
 def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
-    """Forwarded pps through a router: with no rule; with the capture table's chains alone
-    (the hook); with its rules but no `log` (matching and counting); with them logging to a
-    group nobody reads; with an active capture (its reader on the other core); and with
-    tcpdump reading the same rule. Without `parts`, only no rule, capture and tcpdump."""
+    """Forwarded pps through a router: with no rule; with the capture table's chains
+    alone (the hook); with its rules but no `log` (matching and counting); with the `log`
+    but no reader bound to its group (the kernel stops at the group lookup); with an
+    active capture (its reader on the other core); and with tcpdump reading the same rule.
+    Without `parts`, only no rule, capture and tcpdump."""
     modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump")
     if not parts:
         modes = ("plain", "captured", "tcpdump")
@@ -228,6 +231,7 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
         for _ in range(reps):
             for mode in modes:
                 before = topo.counter(topo.rx, "bench_sink")
+                settle()  # every mode from the same memory state (run_* settle themselves)
                 if mode == "captured":
                     seconds = run_ours(router, count, payload)["gen_seconds"]
                 elif mode == "tcpdump":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import struct
+import time
+
+import pytest
 
 from edgepcap import nflog, pcap
 from edgepcap.nflog import NflogSocket
@@ -110,6 +113,34 @@ def test_the_kernel_is_asked_for_timestamps_only_when_an_input_packet_lacks_one(
     sock.records(memoryview(message(4, ipv4(80, 4), ts=None, hook=0)), bytearray())
     assert sock._stamp is not None
     sock._stamp.close()
+
+
+def test_a_boot_relative_stamp_becomes_the_readers_clock_on_both_paths():
+    # Kernels before 6.6 pass on the monotonic delivery time of paced output packets.
+    buffer = message(1, ipv4(80, 1)) + message(2, ipv4(80, 2), ts=(5_123, 7), hook=3)
+    buffer += message(3, ipv4(80, 3))
+    before = time.time_ns()
+    fast, reference, _, _ = both_ways(buffer)
+    for stream in (fast, reference):
+        stamps = [p.ts_ns for p in pcap.Reader([pcap.global_header() + stream], "x")]
+        assert stamps[0] == stamps[2] == 1_700_000_000_123_456_000
+        assert before - 1_000_000 <= stamps[1] <= time.time_ns()
+
+
+@pytest.mark.parametrize(
+    ("release", "stamps"),
+    [
+        ("6.6.0", True),
+        ("6.18.44-fc-v595", True),
+        ("7.0", True),
+        ("6.5.13-amd64", False),
+        ("5.10.0-28-cloud-amd64", False),
+        ("weird", False),
+        ("", False),
+    ],
+)
+def test_kernels_from_6_6_stamp_logged_packets_themselves(release: str, stamps: bool):
+    assert nflog.stamps_logged_packets(release) is stamps
 
 
 def test_a_truncated_message_ends_the_batch_without_a_bad_record():

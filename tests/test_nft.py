@@ -116,3 +116,32 @@ def test_logged_packets_carry_the_time_they_arrived(capture):
         # Microsecond stamps: allow the rounding. The reader's own clock would put every
         # packet after the last send.
         assert before - 1000 <= p.ts_ns <= after + 1000, (p.ts_ns, before, after)
+
+
+def test_a_second_capture_of_the_same_traffic_gets_every_packet_too(capture):
+    # Each capture's chain ends its own walk with `accept`; another table on the same
+    # hook still sees the packet, so two captures never steal packets from each other.
+    sender, sock, ns, _table = capture
+    second = nft.CaptureRule(
+        table="edgepcap_nfttest2",
+        prefixes=[ipaddress.ip_network("203.0.113.0/25")],
+        filter=FilterV1(protocol=17),
+        group=GROUP + 1,
+    )
+    other = netns.run_in(ns, NflogSocket, GROUP + 1)
+    try:
+        nft.install(second, ns)
+        for i in range(4):
+            send(sender, OUTSIDE, f"203.0.113.{100 + 10 * i}", 5000)  # .100 .110 .120 .130
+        first_got = read(sock, 5, timeout=1.0)
+        second_got = read(other, 4, timeout=1.0)
+        assert [addresses(p)[1] for p in first_got] == [
+            f"203.0.113.{100 + 10 * i}" for i in range(4)
+        ]
+        assert [addresses(p)[1] for p in second_got] == [
+            "203.0.113.100",
+            "203.0.113.110",
+            "203.0.113.120",
+        ]
+    finally:
+        other.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -126,7 +126,10 @@ class Database:
     def _release_held(self) -> None:
         held, self._held = self._held, None
         if held is not None:
-            held.close()
+            # A connection the server already dropped can fail to close; that must not
+            # hide the error that brought us here, nor stop the retry.
+            with suppress(Exception):
+                held.close()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

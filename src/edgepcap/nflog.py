@@ -8,6 +8,8 @@ buffer tuning measured in shared/MEASUREMENTS.md (128 KiB batches, queue thresho
 from __future__ import annotations
 
 import errno
+import os
+import re
 import socket
 import struct
 import time
@@ -55,10 +57,21 @@ ETH_P_IPV6 = 0x86DD
 SOL_SOCKET = 1
 SO_RCVBUFFORCE = 33
 SO_TIMESTAMPNS = 35
+# A stamp before 2000 is no wall-clock time: older kernels pass on the boot-relative
+# delivery time some output packets carry (TCP pacing) as if it were one.
+WALL_CLOCK_FLOOR = 946_684_800
 
 
 class NflogError(OSError):
     pass
+
+
+def stamps_logged_packets(release: str | None = None) -> bool:
+    """Whether this kernel's NFLOG stamps input and forwarded packets itself (Linux 6.6,
+    commit 1d85594fd3e7); before it, only packets the kernel was asked to stamp carry a
+    time. An unreadable release counts as old: stamping then costs a little, never data."""
+    m = re.match(r"(\d+)\.(\d+)", release if release is not None else os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (6, 6)
 
 
 def _attr(kind: int, value: bytes) -> bytes:
@@ -180,6 +193,11 @@ class NflogSocket:
             self.sock.setsockopt(SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             self.sock.bind((0, 0))
             self._stamp: socket.socket | None = None
+            if not stamps_logged_packets():
+                # Asked now, not when the first packet shows up unstamped: the kernel
+                # switches stamping on lazily, so a late ask leaves the first batches
+                # with the reader's clock.
+                self._stamp_received()
             self._config(_attr(NFULA_CFG_CMD, bytes([CMD_BIND])))
             self._config(
                 _attr(NFULA_CFG_MODE, struct.pack("!IBB", snaplen, COPY_PACKET, 0))
@@ -285,7 +303,7 @@ class NflogSocket:
                         orig = w2 + 40
                     else:
                         orig = caplen
-                    if not sec:
+                    if sec < WALL_CLOCK_FLOOR:
                         sec, usec = divmod(time.time_ns() // 1000, 1_000_000)
                     start = offset + layout.payload + 4
                     out += pack_record(sec, usec, caplen, orig)
@@ -307,7 +325,7 @@ class NflogSocket:
                     next_seq = (seq + 1) & 0xFFFFFFFF
                 if start >= 0:
                     caplen = end - start
-                    if not sec:
+                    if sec < WALL_CLOCK_FLOOR:
                         self._unstamped(hook)
                         sec, usec = divmod(time.time_ns() // 1000, 1_000_000)
                     out += pack_record(sec, usec, caplen, original_length(data[start:end], proto))
@@ -338,24 +356,33 @@ class NflogSocket:
                     self._next_seq = (seq + 1) & 0xFFFFFFFF
                 if start >= 0:
                     payload = bytes(data[start:end])
-                    if not sec:
+                    if sec < WALL_CLOCK_FLOOR:
                         self._unstamped(hook)
-                    ts_ns = sec * 1_000_000_000 + usec * 1000 if sec or usec else time.time_ns()
+                    ts_ns = (
+                        sec * 1_000_000_000 + usec * 1000
+                        if sec >= WALL_CLOCK_FLOOR
+                        else time.time_ns()
+                    )
                     out.append(Packet(ts_ns, original_length(payload, proto), payload))
             offset += (length + 3) & ~3
         self.packets += len(out)
         return out
 
     def _unstamped(self, hook: int) -> None:
-        """A packet came without a kernel timestamp: on kernels whose NFLOG does not take
-        the clock itself (before Linux 6.6), ask the kernel to stamp every received packet.
+        """A packet came without a kernel timestamp: ask the kernel to stamp every
+        received packet if it was an input-side one (the safety net for a kernel whose
+        release misleads `stamps_logged_packets`).
 
         Newer kernels stamp each logged packet on input and forwarding hooks, so the
         machine-wide stamping (a clock read per packet on every interface) stays off
         unless it is needed; output-hook packets are never stamped and get the reader's
         clock either way.
         """
-        if hook <= NF_INET_FORWARD and self._stamp is None:
+        if hook <= NF_INET_FORWARD:
+            self._stamp_received()
+
+    def _stamp_received(self) -> None:
+        if self._stamp is None:
             self._stamp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._stamp.setsockopt(SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
