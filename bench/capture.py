@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
@@ -18,7 +20,6 @@ from edgepcap import netns, nft
 from edgepcap.agent.worker import CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
 from edgepcap.filters import FilterV1
-from edgepcap.pcap import Reader
 
 PREFIX = [ipaddress.ip_network(f"{DST}/32")]
 FILTER = FilterV1(protocol=17, destination_port=5000)
@@ -38,20 +39,46 @@ class LocalControlPlane:
         return {}
 
 
+INCL_LEN = {  # the pcap magic as it lies on disk -> where a record keeps its length
+    b"\xd4\xc3\xb2\xa1": struct.Struct("<8xI"),
+    b"\x4d\x3c\xb2\xa1": struct.Struct("<8xI"),
+    b"\xa1\xb2\xc3\xd4": struct.Struct(">8xI"),
+    b"\xa1\xb2\x3c\x4d": struct.Struct(">8xI"),
+}
+
+
 def count_packets(path: Path) -> int:
-    def chunks():
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                yield block
+    """The records of a pcap file, hopping from record header to record header.
 
-    return sum(1 for _ in Reader(chunks(), str(path)))
+    Hand-written: the pcap Reader copies every packet out, ~0.7 s per 100 000 whole
+    packets here, which the quick run cannot afford after every capture; this reads only
+    the 16-byte headers. A file that ends inside a record is an error, not a count.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+        if size < 24 or magic not in INCL_LEN:
+            raise ValueError(f"{path}: not a pcap file")
+        if size == 24:
+            return 0
+        unpack = INCL_LEN[magic].unpack_from
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            offset, count = 24, 0
+            while offset + 16 <= size:
+                offset += 16 + unpack(m, offset)[0]
+                count += 1
+    if offset != size:
+        raise ValueError(f"{path}: cut off inside record {count}")
+    return count
 
 
-def _wait_quiet(read: Any, quiet: float = 0.5, limit: float = 20.0) -> None:
-    """Wait until `read()` stops changing for `quiet` seconds."""
+def _wait_quiet(
+    read: Any, quiet: float = 0.5, limit: float = 20.0, enough: int | None = None
+) -> None:
+    """Wait until `read()` reaches `enough`, or stops changing for `quiet` seconds."""
     deadline = time.monotonic() + limit
     last, since = read(), time.monotonic()
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (enough is None or last < enough):
         time.sleep(0.1)
         now = read()
         if now != last:
@@ -105,7 +132,7 @@ def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) 
     started = time.monotonic()
     seconds = topo.trafgen(count, payload, rate=rate)
     wall = time.monotonic() - started
-    _wait_quiet(lambda: worker.written_packets)
+    _wait_quiet(lambda: worker.written_packets, enough=count)
     worker.request_stop("stop")
     done.wait(30)
     written = count_packets(root / "bench01" / "x.pcap")

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import struct
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench import capture, samples
 from bench.suite import Figure
 from bench.topology import Topology, counting_table, pair, routed
-from edgepcap import netns, nft
+from edgepcap import netns, nft, pcap
 from edgepcap.nflog import NflogSocket
 from edgepcap.samples import records
+
+
+def test_the_packet_count_matches_the_reader_and_refuses_a_cut_file(tmp_path: Path):
+    packets = [pcap.Packet(1_700_000_000_000_000_000 + i, 1500, bytes(i % 300)) for i in range(999)]
+    path = tmp_path / "x.pcap"
+    path.write_bytes(pcap.global_header() + b"".join(pcap.record(p) for p in packets))
+    assert capture.count_packets(path) == 999 == len(list(pcap.Reader([path.read_bytes()], "x")))
+    # Big-endian, with nanoseconds: the same count.
+    header = struct.pack(">IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 101)
+    body = b"".join(struct.pack(">IIII", 1, 2, 3, 3) + b"abc" for _ in range(5))
+    (tmp_path / "be.pcap").write_bytes(header + body)
+    assert capture.count_packets(tmp_path / "be.pcap") == 5
+    (tmp_path / "empty.pcap").write_bytes(pcap.global_header())
+    assert capture.count_packets(tmp_path / "empty.pcap") == 0
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="cut off inside record 999"):
+        capture.count_packets(path)
+    (tmp_path / "junk.pcap").write_bytes(b"not a pcap file at all, really")
+    with pytest.raises(ValueError, match="not a pcap file"):
+        capture.count_packets(tmp_path / "junk.pcap")
 
 
 def test_both_capture_paths_account_for_every_packet_of_a_small_run():
