@@ -381,6 +381,9 @@ def main() -> int:
     ]
     failed = False
     for step in steps:
+        # The figure before may leave gigabytes to write back (the sample store): they
+        # would take the cores from this one.
+        capture.settle()
         began = time.monotonic()
         try:
             for f in step():

@@ -44,7 +44,9 @@ def test_both_capture_paths_account_for_every_packet_of_a_small_run():
     # Every packet the rule matched is either in the file or counted as dropped.
     assert ours["offered"] == 2000 and ours["written"] + ours["dropped"] == 2000, ours
     assert ours["written"] >= 1900, ours
-    assert theirs["offered"] == 2000 and 1900 <= theirs["written"] <= 2000, theirs
+    # tcpdump keeps all of so small a run, its last batch too (the kernel flushes a
+    # group's partial batch only after 1 s when the reader does not ask for sooner).
+    assert theirs["offered"] == 2000 and theirs["written"] == 2000, theirs
 
 
 def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked():
