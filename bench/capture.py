@@ -194,12 +194,16 @@ def run_tcpdump(topo: Topology, count: int, payload: int, rate: str | None = Non
 
 
 def capture_ratio(count: int, payload: int, reps: int) -> dict:
-    """Packets written / offered at the generator's top rate, alternating ours and tcpdump."""
+    """Packets written / offered at the generator's top rate, alternating ours and tcpdump
+    (and which of them goes first, so that neither always follows the other's writes)."""
     ours, theirs = [], []
     with pair() as topo:
-        for _ in range(reps):
+        for rep in range(reps):
+            if rep % 2:
+                theirs.append(run_tcpdump(topo, count, payload))
             ours.append(run_ours(topo, count, payload))
-            theirs.append(run_tcpdump(topo, count, payload))
+            if not rep % 2:
+                theirs.append(run_tcpdump(topo, count, payload))
     return {"ours": ours, "tcpdump": theirs}
 
 
