@@ -126,44 +126,46 @@ def query_latency(
         )
         for account in ids[:5]
     }
-    for q in range(n_queries):
-        i = q % 5  # the busiest accounts: the Zipf head holds the most samples
-        account = ids[i]
-        net = account_net(i)
-        c = clients[account]
-        start = time.perf_counter()
-        r = c.post(
-            "/pcaps",
-            json={
-                "system": "magic-transit",
-                "type": "simple",
-                "time_limit": 300,
-                "packet_limit": 10000,
-                "filter_v1": {"protocol": 17},
-            },
-        )
-        pcap = r.json()["result"]
-        body = c.get(f"/pcaps/{pcap['id']}/download").content
-        ours.append(time.perf_counter() - start)
-        assert len(body) >= 24
-        start = time.perf_counter()
-        subprocess.run(
-            [
-                "tcpdump",
-                "-r",
-                str(pcap_path),
-                "-w",
-                "/dev/null",
-                # No -c: the newest packets of the window are at the end of the hour, and
-                # BPF cannot select by time, so tcpdump has to read it all.
-                f"udp and dst net {net}",
-            ],
-            capture_output=True,
-            check=True,
-        )
-        theirs.append(time.perf_counter() - start)
-    for client in clients.values():
-        client.close()
+    try:
+        for q in range(n_queries):
+            i = q % 5  # the busiest accounts: the Zipf head holds the most samples
+            account = ids[i]
+            net = account_net(i)
+            c = clients[account]
+            start = time.perf_counter()
+            r = c.post(
+                "/pcaps",
+                json={
+                    "system": "magic-transit",
+                    "type": "simple",
+                    "time_limit": 300,
+                    "packet_limit": 10000,
+                    "filter_v1": {"protocol": 17},
+                },
+            )
+            pcap = r.json()["result"]
+            body = c.get(f"/pcaps/{pcap['id']}/download").content
+            ours.append(time.perf_counter() - start)
+            assert len(body) >= 24
+            start = time.perf_counter()
+            subprocess.run(
+                [
+                    "tcpdump",
+                    "-r",
+                    str(pcap_path),
+                    "-w",
+                    "/dev/null",
+                    # No -c: the newest packets of the window are at the end of the hour, and
+                    # BPF cannot select by time, so tcpdump has to read it all.
+                    f"udp and dst net {net}",
+                ],
+                capture_output=True,
+                check=True,
+            )
+            theirs.append(time.perf_counter() - start)
+    finally:
+        for client in clients.values():
+            client.close()
     return {
         "ours_ms": sorted(x * 1000 for x in ours),
         "tcpdump_ms": sorted(x * 1000 for x in theirs),

@@ -26,7 +26,7 @@ import httpx
 
 from bench import capture, samples
 from edgepcap.accounts import create_account
-from edgepcap.db import open_database
+from edgepcap.db import Database, open_database
 from edgepcap.machines import create_agent_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +161,6 @@ class Api:
         database: str | None = None,
         env: dict[str, str] | None = None,
         workers: int = 1,
-        wait: bool = True,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="edgepcap-bench-api-"))
         self.port = free_port()
@@ -177,9 +176,8 @@ class Api:
             stderr=subprocess.DEVNULL,
             env={**os.environ, "EDGEPCAP_ACCESS_LOG": "0", **(env or {})},
         )
-        self.db = None
-        if wait:
-            self.wait()
+        self.db: Database | None = None
+        self.wait()
 
     def wait(self) -> None:
         """Until the API answers its health check (30 s at most)."""
@@ -235,54 +233,55 @@ def fig_api(quick: bool) -> list[Figure]:
     out = []
     # PostgreSQL's initdb and start (~3 s) overlap the first API's start; every load
     # below waits for it, so nothing else runs while wrk measures.
-    pool = ThreadPoolExecutor(1)
-    pg_started = pool.submit(start_postgres)
-    try:
-        for backend in ("SQLite", "PostgreSQL"):
-            # Quick runs measure the configuration we recommend: a worker per core.
-            for workers in (2,) if quick else (1, 2):
-                pg = pg_started.result()[0] if backend == "PostgreSQL" else None
-                api = Api(pg.new_database() if pg else None, workers=workers)
-                try:
-                    pg_started.result()
-                    with api.db.session() as s:
-                        account, creds = create_account(s, "load", ["203.0.113.0/24"])
-                        account_id = account.id
-                    r = httpx.post(
-                        f"{api.url}/client/v4/accounts/{account_id}/pcaps",
-                        headers={"Authorization": f"Bearer {creds.api_token}"},
-                        json={
-                            "system": "magic-transit",
-                            "type": "simple",
-                            "time_limit": 60,
-                            "packet_limit": 10,
-                        },
-                    )
-                    pcap_id = r.json()["result"]["id"]
-                    # Warm up: connection pools, prepared statements, the workers' caches.
-                    wrk_load(api.url, account_id, creds.api_token, pcap_id, 1 if quick else 2)
-                    seconds = 2 if quick else 10
-                    res = wrk_load(api.url, account_id, creds.api_token, pcap_id, seconds)
-                    errors = res["non_2xx"] + res["socket_errors"]
-                    ok = res["rps"] >= 1500 and res["p99_ms"] < 50 and errors == 0
-                    out.append(
-                        Figure(
-                            f"API GET/list, 50 clients, {backend}, {workers} worker(s)",
-                            res["rps"],
-                            None,
-                            ">= 1500 req/s, p99 < 50 ms",
-                            ok,
-                            "req/s",
-                            f"p99 {res['p99_ms']:.0f} ms, {errors} errors; wrk on the same 2 cores",
-                            res,
+    with ThreadPoolExecutor(1) as pool:
+        pg_started = pool.submit(start_postgres)
+        try:
+            for backend in ("SQLite", "PostgreSQL"):
+                # Quick runs measure the configuration we recommend: a worker per core.
+                for workers in (2,) if quick else (1, 2):
+                    pg = pg_started.result()[0] if backend == "PostgreSQL" else None
+                    api = Api(pg.new_database() if pg else None, workers=workers)
+                    try:
+                        pg_started.result()
+                        with api.db.session() as s:
+                            account, creds = create_account(s, "load", ["203.0.113.0/24"])
+                            account_id = account.id
+                        r = httpx.post(
+                            f"{api.url}/client/v4/accounts/{account_id}/pcaps",
+                            headers={"Authorization": f"Bearer {creds.api_token}"},
+                            json={
+                                "system": "magic-transit",
+                                "type": "simple",
+                                "time_limit": 60,
+                                "packet_limit": 10,
+                            },
                         )
-                    )
-                finally:
-                    api.close()
-    finally:
-        if pg_started.exception() is None:
-            pg_started.result()[1]()
-        pool.shutdown()
+                        pcap_id = r.json()["result"]["id"]
+                        # Warm up: connection pools, prepared statements, the workers' caches.
+                        wrk_load(api.url, account_id, creds.api_token, pcap_id, 1 if quick else 2)
+                        seconds = 2 if quick else 10
+                        res = wrk_load(api.url, account_id, creds.api_token, pcap_id, seconds)
+                        errors = res["non_2xx"] + res["socket_errors"]
+                        ok = res["rps"] >= 1500 and res["p99_ms"] < 50 and errors == 0
+                        out.append(
+                            Figure(
+                                f"API GET/list, 50 clients, {backend}, {workers} worker(s)",
+                                res["rps"],
+                                None,
+                                ">= 1500 req/s, p99 < 50 ms",
+                                ok,
+                                "req/s",
+                                f"p99 {res['p99_ms']:.0f} ms, {errors} errors; "
+                                "wrk on the same 2 cores",
+                                res,
+                            )
+                        )
+                    finally:
+                        api.close()
+        finally:
+            # initdb and start take seconds; a server that has not come up by then won't.
+            if pg_started.exception(timeout=120) is None:
+                pg_started.result()[1]()
     return out
 
 
@@ -385,11 +384,11 @@ def main() -> int:
     ]
     failed = False
     for step in steps:
-        # The figure before may leave gigabytes to write back (the sample store): they
-        # would take the cores from this one.
-        capture.settle()
         began = time.monotonic()
         try:
+            # The figure before may leave gigabytes to write back (the sample store): they
+            # would take the cores from this one.
+            capture.settle()
             for f in step():
                 figures.append(f)
                 print(f.line(), flush=True)

@@ -101,7 +101,7 @@ def test_a_message_without_timestamp_is_stamped_now_and_relearnt():
     assert stamps[1] > stamps[0]  # now, not zero
 
 
-def test_the_kernel_is_asked_for_timestamps_only_when_an_input_packet_lacks_one():
+def test_an_unstamped_input_packet_turns_the_kernels_stamping_on_as_a_safety_net():
     # Linux >= 6.6 stamps logged packets itself; the machine-wide stamping stays off.
     sock = reader()
     sock.records(memoryview(message(1, ipv4(80, 1)) + message(2, ipv4(80, 2))), bytearray())
@@ -119,12 +119,15 @@ def test_a_boot_relative_stamp_becomes_the_readers_clock_on_both_paths():
     # Kernels before 6.6 pass on the monotonic delivery time of paced output packets.
     buffer = message(1, ipv4(80, 1)) + message(2, ipv4(80, 2), ts=(5_123, 7), hook=3)
     buffer += message(3, ipv4(80, 3))
+    # No link header: the layout changes, so this one is walked, not read by the layout.
+    buffer += message(4, ipv4(80, 4), ts=(5_124, 8), hook=3, hw=False)
     before = time.time_ns()
     fast, reference, _, _ = both_ways(buffer)
     for stream in (fast, reference):
         stamps = [p.ts_ns for p in pcap.Reader([pcap.global_header() + stream], "x")]
         assert stamps[0] == stamps[2] == 1_700_000_000_123_456_000
-        assert before - 1_000_000 <= stamps[1] <= time.time_ns()
+        for now in (stamps[1], stamps[3]):
+            assert before - 1_000_000 <= now <= time.time_ns()
 
 
 @pytest.mark.parametrize(
@@ -149,3 +152,11 @@ def test_a_truncated_message_ends_the_batch_without_a_bad_record():
     fast, reference, f, _ = both_ways(good + cut)
     assert fast == reference
     assert f.packets == 2
+
+
+def test_a_real_socket_asks_for_stamps_at_bind_only_on_kernels_before_6_6():
+    sock = NflogSocket(2911, rcvbuf=1 << 20)
+    try:
+        assert (sock._stamp is None) is nflog.stamps_logged_packets()
+    finally:
+        sock.close()

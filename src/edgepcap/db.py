@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def database_url(data_dir: Path, url: str | None) -> str:
@@ -131,8 +133,10 @@ class Database:
         if held is not None:
             # A connection the server already dropped can fail to close; that must not
             # hide the error that brought us here, nor stop the retry.
-            with suppress(Exception):
+            try:
                 held.close()
+            except Exception as exc:
+                log.debug("closing the kept read connection failed: %s", exc)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -189,10 +189,10 @@ class NflogSocket:
         self._seqno = 0
         self._buf = bytearray(nlbufsiz * 2)
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self._stamp: socket.socket | None = None
         try:
             self.sock.setsockopt(SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             self.sock.bind((0, 0))
-            self._stamp: socket.socket | None = None
             if not stamps_logged_packets():
                 # Asked now, not when the first packet shows up unstamped: the kernel
                 # switches stamping on lazily, so a late ask leaves the first batches
@@ -208,6 +208,8 @@ class NflogSocket:
             )
         except BaseException:
             self.sock.close()
+            if self._stamp is not None:
+                self._stamp.close()  # or the machine-wide stamping stays on until GC
             raise
 
     def _config(self, attrs: bytes) -> None:
@@ -303,6 +305,8 @@ class NflogSocket:
                         orig = w2 + 40
                     else:
                         orig = caplen
+                    # A boot-relative stamp; a missing one never takes this path (the
+                    # layout needs the attribute), so no `_unstamped` check is due here.
                     if sec < WALL_CLOCK_FLOOR:
                         sec, usec = divmod(time.time_ns() // 1000, 1_000_000)
                     start = offset + layout.payload + 4
