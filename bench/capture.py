@@ -7,7 +7,6 @@ import mmap
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import tempfile
 import threading
@@ -20,6 +19,7 @@ from edgepcap import netns, nft
 from edgepcap.agent.worker import CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
 from edgepcap.filters import FilterV1
+from edgepcap.pcap import GLOBAL_HEADER, parse_global_header
 
 NFLOG_FLUSH_DEFAULT = 1.1  # seconds: the kernel's NFULNL_TIMEOUT_DEFAULT (1 s), and margin
 PREFIX = [ipaddress.ip_network(f"{DST}/32")]
@@ -40,14 +40,6 @@ class LocalControlPlane:
         return {}
 
 
-INCL_LEN = {  # the pcap magic as it lies on disk -> where a record keeps its length
-    b"\xd4\xc3\xb2\xa1": struct.Struct("<8xI"),
-    b"\x4d\x3c\xb2\xa1": struct.Struct("<8xI"),
-    b"\xa1\xb2\xc3\xd4": struct.Struct(">8xI"),
-    b"\xa1\xb2\x3c\x4d": struct.Struct(">8xI"),
-}
-
-
 def count_packets(path: Path) -> int:
     """The records of a pcap file, hopping from record header to record header.
 
@@ -55,18 +47,13 @@ def count_packets(path: Path) -> int:
     packets here, which the quick run cannot afford after every capture; this reads only
     the 16-byte headers. A file that ends inside a record is an error, not a count.
     """
-    size = path.stat().st_size
     with path.open("rb") as fh:
-        magic = fh.read(4)
-        if size < 24 or magic not in INCL_LEN:
-            raise ValueError(f"{path}: not a pcap file")
-        if size == 24:
-            return 0
-        unpack = INCL_LEN[magic].unpack_from
+        _header, record = parse_global_header(fh.read(GLOBAL_HEADER.size), str(path))
+        size = os.fstat(fh.fileno()).st_size
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            offset, count = 24, 0
-            while offset + 16 <= size:
-                offset += 16 + unpack(m, offset)[0]
+            offset, count = GLOBAL_HEADER.size, 0
+            while offset + record.size <= size:
+                offset += record.size + record.unpack_from(m, offset)[2]
                 count += 1
     if offset > size:
         raise ValueError(f"{path}: cut off inside record {count}")

@@ -53,6 +53,26 @@ def record(packet: Packet, nanosecond: bool = False) -> bytes:
     return RECORD_HEADER.pack(sec, frac, len(packet.data), packet.orig_len) + packet.data
 
 
+def parse_global_header(raw: bytes, name: str = "pcap") -> tuple[Header, struct.Struct]:
+    """A file's global header, and the struct its record headers read with (its byte
+    order: either is allowed)."""
+    if len(raw) < GLOBAL_HEADER.size:
+        raise PcapError(f"{name}: too short for a PCAP header ({len(raw)} bytes)")
+    magic = struct.unpack("<I", raw[:4])[0]
+    if magic in (MAGIC_USEC, MAGIC_NSEC):
+        endian = "<"
+    elif struct.unpack(">I", raw[:4])[0] in (MAGIC_USEC, MAGIC_NSEC):
+        endian = ">"
+        magic = struct.unpack(">I", raw[:4])[0]
+    else:
+        raise PcapError(f"{name}: not a PCAP file (magic {raw[:4].hex()})")
+    _, major, _minor, _, _, snaplen, linktype = struct.unpack(endian + "IHHiIII", raw[:24])
+    if major != 2:
+        raise PcapError(f"{name}: unsupported PCAP version {major}")
+    header = Header(linktype=linktype & 0x0FFFFFFF, snaplen=snaplen, nanosecond=magic == MAGIC_NSEC)
+    return header, struct.Struct(endian + "IIII")
+
+
 class _Chunks:
     """Exact-size reads over an iterator of byte chunks, holding at most one chunk."""
 
@@ -80,24 +100,7 @@ class Reader:
     def __init__(self, chunks: Iterable[bytes], name: str = "pcap") -> None:
         self.name = name
         self._src = _Chunks(chunks)
-        raw = self._src.read(GLOBAL_HEADER.size)
-        if len(raw) < GLOBAL_HEADER.size:
-            raise PcapError(f"{name}: too short for a PCAP header ({len(raw)} bytes)")
-        magic = struct.unpack("<I", raw[:4])[0]
-        if magic in (MAGIC_USEC, MAGIC_NSEC):
-            endian = "<"
-        elif struct.unpack(">I", raw[:4])[0] in (MAGIC_USEC, MAGIC_NSEC):
-            endian = ">"
-            magic = struct.unpack(">I", raw[:4])[0]
-        else:
-            raise PcapError(f"{name}: not a PCAP file (magic {raw[:4].hex()})")
-        _, major, _minor, _, _, snaplen, linktype = struct.unpack(endian + "IHHiIII", raw)
-        if major != 2:
-            raise PcapError(f"{name}: unsupported PCAP version {major}")
-        self.header = Header(
-            linktype=linktype & 0x0FFFFFFF, snaplen=snaplen, nanosecond=magic == MAGIC_NSEC
-        )
-        self._record = struct.Struct(endian + "IIII")
+        self.header, self._record = parse_global_header(self._src.read(GLOBAL_HEADER.size), name)
 
     def __iter__(self) -> Iterator[Packet]:
         scale = 1 if self.header.nanosecond else 1000

@@ -37,7 +37,7 @@ def test_the_packet_count_matches_the_reader_and_refuses_a_cut_file(tmp_path: Pa
     with pytest.raises(ValueError, match="cut off after record 999"):
         capture.count_packets(path)
     (tmp_path / "junk.pcap").write_bytes(b"not a pcap file at all, really")
-    with pytest.raises(ValueError, match="not a pcap file"):
+    with pytest.raises(ValueError, match="not a PCAP file"):
         capture.count_packets(tmp_path / "junk.pcap")
 
 
