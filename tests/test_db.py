@@ -1,14 +1,21 @@
 """Reads on PostgreSQL's kept connection: they see every commit, from any thread, and a
-connection the server dropped is replaced without the read failing."""
+connection the server dropped is replaced without the read failing; the polled reads,
+run on the driver, return what SQLAlchemy returns."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 
-from sqlalchemy import Connection, text
+import pytest
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, select, text
+from sqlalchemy.exc import DBAPIError
 
+from edgepcap import captures
 from edgepcap.accounts import create_account
-from edgepcap.db import Database, database_url
+from edgepcap.credentials import hash_secret
+from edgepcap.db import Database, database_url, fetch_all
+from edgepcap.models import CaptureMachine, Pcap, utcnow
 
 
 def accounts(conn: Connection) -> int:
@@ -52,6 +59,83 @@ def test_a_read_survives_the_server_dropping_its_connection(postgres, tmp_path):
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         # The kept connection is dead; the read retries on a new one.
         assert db.read(accounts) == 0
+        assert db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one()) != pid
+    finally:
+        db.close()
+
+
+def prepared(conn: Connection, table: str) -> int:
+    """Statements prepared on this connection that read `table`."""
+    return conn.execute(
+        text("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE :t"),
+        {"t": f"%FROM {table}%"},
+    ).scalar_one()
+
+
+def test_polled_reads_on_the_driver_return_what_sqlalchemy_returns(postgres, tmp_path):
+    db = Database(database_url(tmp_path, postgres.new_database()))
+    try:
+        now = utcnow()
+        with db.session() as s:
+            account, creds = create_account(s, "fast", ["203.0.113.0/24"])
+            for i, kind in enumerate(("simple", "full", "full")):
+                pcap = Pcap(
+                    id=f"{i:032x}",
+                    account_id=account.id,
+                    type=kind,
+                    system="magic-transit",
+                    status="running" if i == 1 else "success",  # one active full at most
+                    time_limit=60,
+                    colo_name="ORD" if kind == "full" else None,
+                    filter_v1={"protocol": 17, "destination_port": 53},
+                    submitted=now - dt.timedelta(seconds=i),
+                )
+                if kind == "full":
+                    pcap.machines = [
+                        CaptureMachine(machine=f"ord0{m}", state="running", packets=7 * m)
+                        for m in (1, 2)
+                    ]
+                s.add(pcap)
+            account_id, token_hash = account.id, hash_secret(creds.api_token)
+        one = {"account_id": account_id, "token_hash": token_hash, "id": f"{1:032x}"}
+        reads = [
+            (captures._CHECKED[(True, False)], one),
+            (captures._CHECKED[(True, True)], one),
+            (captures._NEWEST, {"account_id": account_id}),
+            (captures._ONE, {"account_id": account_id, "id": f"{2:032x}"}),
+            (captures._PARTS, {"ids": [f"{1:032x}", f"{2:032x}"]}),
+            (captures._PARTS, {"ids": [f"{2:032x}"]}),  # another length of the IN list
+        ]
+        for statement, params in reads:
+            fast = db.read(lambda c, st=statement, p=params: fetch_all(c, st, p))
+            with db.engine.connect() as conn:
+                slow = [dict(r) for r in conn.execute(statement, params).mappings()]
+            assert fast == slow and fast
+        # They ran as the driver's prepared statements, on the kept connection.
+        assert db.read(lambda c: prepared(c, "capture_machines")) >= 2
+        newest = db.read(lambda c: captures.views(c, account_id))
+        assert [p["id"] for p, _ in newest] == [f"{i:032x}" for i in range(3)]
+        assert [[m["packets"] for m in parts] for _, parts in newest] == [[], [7, 14], [7, 14]]
+        assert newest[1][0]["filter_v1"] == {"protocol": 17, "destination_port": 53}
+        assert newest[0][0]["submitted"] == now
+    finally:
+        db.close()
+
+
+def test_a_driver_read_fails_as_sqlalchemy_would_and_survives_a_dropped_connection(
+    postgres, tmp_path
+):
+    db = Database(database_url(tmp_path, postgres.new_database()))
+    try:
+        missing = select(Table("no_such_table", MetaData(), Column("x", Integer)))
+        with pytest.raises(DBAPIError, match="no_such_table") as failed:
+            db.read(lambda c: fetch_all(c, missing, {}))
+        assert not failed.value.connection_invalidated
+        pid = db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        with db.engine.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        # The driver read finds the connection dead, and the retry reads on a new one.
+        assert db.read(lambda c: captures.views(c, "0" * 32)) == []
         assert db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one()) != pid
     finally:
         db.close()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Connection, RowMapping, Select, and_, bindparam, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -20,6 +20,7 @@ from edgepcap import pcap as pcap_format
 from edgepcap.accounts import account_networks
 from edgepcap.api.schemas import CreatePcap
 from edgepcap.credentials import new_id
+from edgepcap.db import fetch_all
 from edgepcap.filters import FilterV1
 from edgepcap.models import (
     ACTIVE_STATUSES,
@@ -271,7 +272,7 @@ def expire_overdue(session: Session, since: dt.datetime, account_id: str | None 
 
 PCAPS = Pcap.__table__
 PARTS = CaptureMachine.__table__
-View = tuple[RowMapping, list[RowMapping]]
+View = tuple[dict[str, Any], list[dict[str, Any]]]
 
 
 def views(conn: Connection, account_id: str, pcap_id: str | None = None) -> list[View]:
@@ -279,17 +280,17 @@ def views(conn: Connection, account_id: str, pcap_id: str | None = None) -> list
     machines' parts: the read path of every GET. Core rows, not ORM objects: they cost a
     fifth as much per request (two queries, no identity map, no lazy loads)."""
     if pcap_id is None:
-        pcaps = conn.execute(_NEWEST, {"account_id": account_id}).mappings().all()
+        pcaps = fetch_all(conn, _NEWEST, {"account_id": account_id})
     else:
-        pcaps = conn.execute(_ONE, {"account_id": account_id, "id": pcap_id}).mappings().all()
+        pcaps = fetch_all(conn, _ONE, {"account_id": account_id, "id": pcap_id})
     return _with_parts(conn, pcaps)
 
 
-def _with_parts(conn: Connection, pcaps: Sequence[RowMapping]) -> list[View]:
-    parts: dict[str, list[RowMapping]] = {}
+def _with_parts(conn: Connection, pcaps: Sequence[dict[str, Any]]) -> list[View]:
+    parts: dict[str, list[dict[str, Any]]] = {}
     full = [p["id"] for p in pcaps if p["type"] == "full"]
     if full:
-        for part in conn.execute(_PARTS, {"ids": full}).mappings():
+        for part in fetch_all(conn, _PARTS, {"ids": full}):
             parts.setdefault(part["pcap_id"], []).append(part)
     return [(p, parts.get(p["id"], [])) for p in pcaps]
 
@@ -339,7 +340,7 @@ def views_checked(
     statement = _CHECKED[(by_token, pcap_id is not None)]
     params = {"account_id": account_id, "id": pcap_id}
     params.update({"token_hash": creds.token_hash} if by_token else {"email": creds.email})
-    rows = conn.execute(statement, params).mappings().all()
+    rows = fetch_all(conn, statement, params)
     if not rows or not (by_token or creds.key_matches(rows[0]["api_key_hash"])):
         return None
     pcaps = [row for row in rows if row["id"] is not None]

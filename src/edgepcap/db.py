@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Select, create_engine, event
+from sqlalchemy.engine import Compiled, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -153,6 +155,89 @@ class Database:
             self._release_held()
         self.engine.dispose()
         self._reads.dispose()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    compiled: Compiled
+    sql: str
+    keys: tuple[str, ...]
+    expands: bool  # has `IN` lists, whose binds depend on each call's lengths
+
+
+# Keyed by the statement itself, not its id(): a statement collected and another given its
+# id must not find its plan. Meant for module-level statements: a few entries.
+_plans: dict[tuple[Select[Any], str], _Plan | None] = {}
+
+
+def _plan(statement: Select[Any], dialect: Dialect) -> _Plan | None:
+    """`statement` compiled for the driver, or None when SQLAlchemy must run it: a column
+    or parameter whose values SQLAlchemy converts (psycopg converts all of ours itself)."""
+    key = (statement, dialect.name)
+    if key in _plans:
+        return _plans[key]
+    compiled = statement.compile(dialect=dialect)
+    columns = list(statement.selected_columns)
+    converted = any(
+        c.type.dialect_impl(dialect).result_processor(dialect, None) is not None for c in columns
+    ) or any(
+        b.type.dialect_impl(dialect).bind_processor(dialect) is not None
+        for b in compiled.binds.values()
+    )
+    plan = None
+    if not converted:
+        plan = _Plan(
+            compiled,
+            compiled.string,
+            tuple(statement.selected_columns.keys()),
+            any(b.expanding for b in compiled.binds.values()),
+        )
+    _plans[key] = plan
+    return plan
+
+
+def fetch_all(
+    conn: Connection, statement: Select[Any], params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The rows of a read as dicts. On PostgreSQL the statement, compiled once, runs on the
+    driver's connection as a prepared statement.
+
+    Hand-written because SQLAlchemy's execution and result layers cost as much as the
+    round trip on these reads, which every poll makes: 350 µs against 170 µs per read
+    (measured), most of it building psycopg's 25 column descriptions for the result's
+    metadata on every execution. Only where SQLAlchemy would not convert a value (the
+    plan checks), so the rows are the same either way; on SQLite it runs them.
+    """
+    dialect = conn.dialect
+    plan = _plan(statement, dialect) if dialect.name == "postgresql" else None
+    raw = conn.connection.driver_connection if plan is not None else None
+    # A read outside autocommit would leave a transaction open that nobody ends.
+    if plan is None or raw is None or not raw.autocommit:
+        return [dict(row) for row in conn.execute(statement, params).mappings()]
+    if plan.expands:
+        state = plan.compiled.construct_expanded_state(params)
+        sql, values = state.statement, state.parameters
+    else:
+        sql, values = plan.sql, plan.compiled.construct_params(params)
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute(sql, values, prepare=True)
+            rows = cursor.fetchall()
+    except dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy's own execution would: a dead connection is invalidated (and the
+        # caller's retry gets a new one), and every failure is a DBAPIError.
+        gone = dialect.is_disconnect(exc, raw, None)
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql,
+            values,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=dialect,
+        ) from exc
+    return [dict(zip(plan.keys, row, strict=True)) for row in rows]
 
 
 def open_database(data_dir: Path, url: str | None) -> Database:

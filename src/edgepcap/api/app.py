@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -300,6 +301,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         supervisor.start()
+        # What startup built (modules, the app, SQLAlchemy's and pydantic's tables) lives
+        # as long as the process: out of the collector's reach, a full collection no
+        # longer walks it. Measured under the API figure's load: each full collection
+        # stopped the event loop for ~97 ms and set the p99 (BENCHMARKS.md, API).
+        gc.freeze()
         try:
             yield
         finally:

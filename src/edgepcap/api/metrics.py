@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from sqlalchemy import select
 
 from edgepcap.db import Database
@@ -38,4 +40,23 @@ def render_metrics(db: Database) -> str:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
             for m in machines:
                 lines.append(f'{name}{{machine="{m.name}"}} {int((m.stats or {}).get(key, 0))}')
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + process_gc()) + "\n"
+
+
+def process_gc() -> list[str]:
+    """This API process's garbage collector, under prometheus_client's metric names: a
+    full collection pauses every request this process serves."""
+    lines = [
+        "# HELP python_gc_collections_total Number of times this generation was collected",
+        "# TYPE python_gc_collections_total counter",
+    ]
+    for generation, stats in enumerate(gc.get_stats()):
+        lines.append(
+            f'python_gc_collections_total{{generation="{generation}"}} {stats["collections"]}'
+        )
+    return [
+        *lines,
+        "# HELP python_gc_frozen_objects Objects frozen at startup, which collections skip",
+        "# TYPE python_gc_frozen_objects gauge",
+        f"python_gc_frozen_objects {gc.get_freeze_count()}",
+    ]
