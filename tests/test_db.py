@@ -1,11 +1,14 @@
 """Reads on PostgreSQL's kept connection: they see every commit, from any thread, and a
 connection the server dropped is replaced without the read failing; the polled reads,
-run on the driver, return what SQLAlchemy returns."""
+run on the driver, return what SQLAlchemy returns. SQLite's WAL checkpoints, by commits or
+by their owner."""
 
 from __future__ import annotations
 
 import datetime as dt
+import struct
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, select, text
@@ -137,5 +140,38 @@ def test_a_driver_read_fails_as_sqlalchemy_would_and_survives_a_dropped_connecti
         # The driver read finds the connection dead, and the retry reads on a new one.
         assert db.read(lambda c: captures.views(c, "0" * 32)) == []
         assert db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one()) != pid
+    finally:
+        db.close()
+
+
+def wal_frames(db_file: Path) -> tuple[int, int]:
+    """(frames in the WAL, frames of them copied back into the database), read from the
+    WAL index (https://www.sqlite.org/walformat.html: mxFrame at byte 16 of the header,
+    nBackfill at byte 96; native byte order) without taking part in any checkpoint."""
+    shm = Path(f"{db_file}-shm").read_bytes()
+    return struct.unpack_from("=I", shm, 16)[0], struct.unpack_from("=I", shm, 96)[0]
+
+
+def write_megabytes(db: Database, n: int) -> None:
+    with db.session() as s:
+        s.execute(text("CREATE TABLE IF NOT EXISTS scratch (b BLOB)"))
+    for _ in range(n):  # a commit each: each one may checkpoint
+        with db.session() as s:
+            s.execute(text("INSERT INTO scratch VALUES (randomblob(1048576))"))
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_sqlite_commits_checkpoint_only_without_a_background_checkpointer(tmp_path, background):
+    db = Database(database_url(tmp_path, None), background_checkpoints=background)
+    try:
+        write_megabytes(db, 6)  # 1 536 pages of 4 KiB: past the automatic checkpoint's 1 000
+        frames, copied = wal_frames(tmp_path / "edgepcap.db")
+        if not background:
+            # A commit copied the WAL back (waiting for the disk), and the WAL restarted.
+            assert frames < 1536
+            return
+        assert frames >= 1536 and copied == 0  # no commit did
+        db.checkpoint()
+        assert wal_frames(tmp_path / "edgepcap.db") == (frames, frames)
     finally:
         db.close()

@@ -30,7 +30,9 @@ def database_url(data_dir: Path, url: str | None) -> str:
     return url
 
 
-def make_engine(url: str, ping: bool = True) -> Engine:
+def make_engine(url: str, ping: bool = True, checkpoints: bool = True) -> Engine:
+    """An engine on `url`. On SQLite, `checkpoints=False` leaves copying the WAL back into
+    the database to whoever calls `Database.checkpoint` (the API's supervisor)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -42,6 +44,11 @@ def make_engine(url: str, ping: bool = True) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
+            if not checkpoints:
+                # Otherwise the commit that takes the WAL past 1000 pages copies it back
+                # and waits for the disk (fdatasync) inside a request: measured 130-370 ms
+                # here, the slowest sample captures of the benchmark (BENCHMARKS.md).
+                cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         return engine
@@ -79,9 +86,11 @@ class Database:
     """An engine with its session factory, migrated on open (unless the opener knows that
     another process just did: API workers)."""
 
-    def __init__(self, url: str, migrated: bool = False) -> None:
+    def __init__(
+        self, url: str, migrated: bool = False, background_checkpoints: bool = False
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, checkpoints=not background_checkpoints)
         if not migrated:
             migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -91,7 +100,7 @@ class Database:
         self._reads = (
             self.engine
             if self.engine.name == "sqlite"
-            else make_engine(url, False).execution_options(isolation_level="AUTOCOMMIT")
+            else make_engine(url, ping=False).execution_options(isolation_level="AUTOCOMMIT")
         )
         # One connection kept checked out for those reads: they run on the event loop, one
         # at a time, and checking a connection out of the pool and back in (with its reset)
@@ -139,6 +148,14 @@ class Database:
                 held.close()
             except Exception as exc:
                 log.debug("closing the kept read connection failed: %s", exc)
+
+    def checkpoint(self) -> None:
+        """Copy SQLite's WAL back into the database without waiting for anyone (PASSIVE):
+        for openers with `background_checkpoints`, from a thread no request waits on. Any
+        process's checkpoint serves all of them. Nothing to do on PostgreSQL."""
+        if self.engine.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

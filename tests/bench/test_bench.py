@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench import capture, samples
-from bench.suite import Figure
+from bench.suite import Figure, percentile
 from bench.topology import Topology, counting_table, pair, routed
 from edgepcap import netns, nft, pcap
 from edgepcap.nflog import NflogSocket
@@ -98,3 +98,12 @@ def test_synthetic_samples_belong_to_their_accounts():
 def test_figure_lines_have_the_documented_columns():
     line = Figure("x", 2.0, 4.0, ">= 1", False, "pps", "", {}).line()
     assert line.split("\t") == ["x", "2 pps", "4", "0.500", ">= 1", "FAIL"]
+
+
+def test_percentiles_are_nearest_rank():
+    hundred = [float(v) for v in range(100, 0, -1)]  # unsorted: 100 down to 1
+    assert percentile(hundred, 50) == 50
+    assert percentile(hundred, 99) == 99  # not the maximum
+    assert percentile(hundred, 100) == 100
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 99) == 10.0

@@ -237,6 +237,12 @@ class Supervisor:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
+            try:
+                # Every worker, not only the one that sweeps: any one's checkpoint serves
+                # all, and the WAL's bound must not hang on which of them leads.
+                self.db.checkpoint()
+            except Exception as exc:
+                log.warning("SQLite checkpoint failed (%s); retrying", exc)
             since = self.listening_since()
             try:
                 with self.db.session() as session:
@@ -272,7 +278,7 @@ def open_app(
     data_dir: Path, database: str | None, sample_store: str | None, migrated: bool = False
 ) -> FastAPI:
     """The app on a data dir, its database and sample store."""
-    db = Database(database_url(data_dir, database), migrated=migrated)
+    db = Database(database_url(data_dir, database), migrated=migrated, background_checkpoints=True)
     stores = StoreSettings.from_env(data_dir)
     stores.bucket_root.mkdir(parents=True, exist_ok=True)
     samples = open_store(sample_store, data_dir)
