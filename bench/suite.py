@@ -84,13 +84,13 @@ def fig_capture(quick: bool) -> list[Figure]:
     for payload, count, name, need in (
         (
             64,
-            200_000 if quick else 1_000_000,
+            100_000 if quick else 1_000_000,
             "full capture 64 B, written/offered at top rate",
             0.95,
         ),
         (
             1400,
-            100_000 if quick else 500_000,
+            50_000 if quick else 500_000,
             "full capture 1400 B, written/offered at top rate",
             0.9,
         ),
@@ -309,7 +309,7 @@ def fig_samples(quick: bool) -> list[Figure]:
             json={"colo": "BEN", **machine},
             headers={"Authorization": f"Bearer {key}"},
         )
-        n, hours = (1_000_000, 1.0) if quick else (50_000_000, 24.0)
+        n, hours = (500_000, 1.0) if quick else (50_000_000, 24.0)
         wire, now = samples.fill(api.dir / "samples", n, hours, ids)
         hour_pcap = api.dir / "hour.pcap"
         samples.write_hour_pcap(wire, now, hour_pcap)
