@@ -76,7 +76,7 @@ def percentile(xs: list[float], p: float) -> float:
     """The nearest-rank percentile: the smallest value with p % of them at or below it
     (of 100 values, p99 is the 99th smallest; the suite once took the 100th, the maximum)."""
     ordered = sorted(xs)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+    return ordered[max(0, math.ceil(p * len(ordered) / 100) - 1)]
 
 
 def fig_capture(quick: bool) -> list[Figure]:

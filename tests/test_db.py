@@ -8,10 +8,21 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Connection, Integer, MetaData, Table, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.exc import DBAPIError
 
 from edgepcap import captures
@@ -134,12 +145,26 @@ def test_a_driver_read_fails_as_sqlalchemy_would_and_survives_a_dropped_connecti
         with pytest.raises(DBAPIError, match="no_such_table") as failed:
             db.read(lambda c: fetch_all(c, missing, {}))
         assert not failed.value.connection_invalidated
-        pid = db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        # A type whose values SQLAlchemy converts is left to SQLAlchemy, not broken.
+        price = select(literal(1.5, Numeric(10, 2)).label("price"))
+        assert db.read(lambda c: fetch_all(c, price, {})) == [{"price": Decimal("1.50")}]
+        kept = db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        # An idle connection in the reads' pool too (threads read there when the kept one
+        # is busy), then the server drops every connection of this database: a restart.
+        with db._reads.connect() as pooled:
+            pooled.execute(text("SELECT 1"))
         with db.engine.connect() as admin:
-            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        # The driver read finds the connection dead, and the retry reads on a new one.
+            dropped = admin.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert dropped >= 2
+        # The driver read finds the kept connection dead, and the retry must not be handed
+        # the dead pooled one: it reads on a new connection.
         assert db.read(lambda c: captures.views(c, "0" * 32)) == []
-        assert db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one()) != pid
+        assert db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one()) != kept
     finally:
         db.close()
 

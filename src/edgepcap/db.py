@@ -8,14 +8,18 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Select, create_engine, event
-from sqlalchemy.engine import Compiled, Dialect
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Pages the WAL may reach before a commit checkpoints it anyway (64 MiB at 4 KiB), when
+# the API's supervisor checkpoints it: only if that loop stalls does a request pay.
+BACKSTOP_CHECKPOINT_PAGES = 16384
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,8 @@ def database_url(data_dir: Path, url: str | None) -> str:
 
 def make_engine(url: str, ping: bool = True, checkpoints: bool = True) -> Engine:
     """An engine on `url`. On SQLite, `checkpoints=False` leaves copying the WAL back into
-    the database to whoever calls `Database.checkpoint` (the API's supervisor)."""
+    the database to whoever calls `Database.checkpoint` (the API's supervisor), with
+    commits doing it only past BACKSTOP_CHECKPOINT_PAGES."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -48,7 +53,7 @@ def make_engine(url: str, ping: bool = True, checkpoints: bool = True) -> Engine
                 # Otherwise the commit that takes the WAL past 1000 pages copies it back
                 # and waits for the disk (fdatasync) inside a request: measured 130-370 ms
                 # here, the slowest sample captures of the benchmark (BENCHMARKS.md).
-                cur.execute("PRAGMA wal_autocheckpoint=0")
+                cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             cur.close()
 
         return engine
@@ -176,7 +181,7 @@ class Database:
 
 @dataclass(frozen=True)
 class _Plan:
-    compiled: Compiled
+    compiled: SQLCompiler
     sql: str
     keys: tuple[str, ...]
     expands: bool  # has `IN` lists, whose binds depend on each call's lengths
@@ -184,32 +189,36 @@ class _Plan:
 
 # Keyed by the statement itself, not its id(): a statement collected and another given its
 # id must not find its plan. Meant for module-level statements: a few entries.
-_plans: dict[tuple[Select[Any], str], _Plan | None] = {}
+_plans: dict[Select[Any], _Plan | None] = {}
 
 
 def _plan(statement: Select[Any], dialect: Dialect) -> _Plan | None:
-    """`statement` compiled for the driver, or None when SQLAlchemy must run it: a column
-    or parameter whose values SQLAlchemy converts (psycopg converts all of ours itself)."""
-    key = (statement, dialect.name)
-    if key in _plans:
-        return _plans[key]
-    compiled = statement.compile(dialect=dialect)
-    columns = list(statement.selected_columns)
-    converted = any(
-        c.type.dialect_impl(dialect).result_processor(dialect, None) is not None for c in columns
-    ) or any(
-        b.type.dialect_impl(dialect).bind_processor(dialect) is not None
-        for b in compiled.binds.values()
-    )
+    """`statement` compiled for psycopg, or None when SQLAlchemy must run it: a column or
+    parameter whose values SQLAlchemy converts (psycopg converts all of ours itself), or
+    two columns of one name (SQLAlchemy refuses those; a dict would merge them)."""
+    if statement in _plans:
+        return _plans[statement]
+    compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+    keys = tuple(statement.selected_columns.keys())
+    try:
+        converted = any(
+            c.type.dialect_impl(dialect).result_processor(dialect, None) is not None
+            for c in statement.selected_columns
+        ) or any(
+            b.type.dialect_impl(dialect).bind_processor(dialect) is not None
+            for b in compiled.binds.values()
+        )
+    except Exception:  # a type that needs the result's column type to decide (Numeric)
+        converted = True
     plan = None
-    if not converted:
+    if not converted and len(set(keys)) == len(keys):
         plan = _Plan(
             compiled,
             compiled.string,
-            tuple(statement.selected_columns.keys()),
+            keys,
             any(b.expanding for b in compiled.binds.values()),
         )
-    _plans[key] = plan
+    _plans[statement] = plan
     return plan
 
 
@@ -223,10 +232,11 @@ def fetch_all(
     round trip on these reads, which every poll makes: 350 µs against 170 µs per read
     (measured), most of it building psycopg's 25 column descriptions for the result's
     metadata on every execution. Only where SQLAlchemy would not convert a value (the
-    plan checks), so the rows are the same either way; on SQLite it runs them.
+    plan checks), so the rows are the same either way; elsewhere (SQLite) it runs them.
     """
     dialect = conn.dialect
-    plan = _plan(statement, dialect) if dialect.name == "postgresql" else None
+    psycopg = dialect.name == "postgresql" and dialect.driver == "psycopg"
+    plan = _plan(statement, dialect) if psycopg else None
     raw = conn.connection.driver_connection if plan is not None else None
     # A read outside autocommit would leave a transaction open that nobody ends.
     if plan is None or raw is None or not raw.autocommit:
@@ -240,20 +250,12 @@ def fetch_all(
         with raw.cursor() as cursor:
             cursor.execute(sql, values, prepare=True)
             rows = cursor.fetchall()
-    except dialect.loaded_dbapi.Error as exc:
-        # As SQLAlchemy's own execution would: a dead connection is invalidated (and the
-        # caller's retry gets a new one), and every failure is a DBAPIError.
-        gone = dialect.is_disconnect(exc, raw, None)
-        if gone:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            sql,
-            values,
-            exc,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=gone,
-            dialect=dialect,
-        ) from exc
+    except dialect.loaded_dbapi.Error:
+        # Once more through SQLAlchemy (a read in autocommit: safe to repeat), which fails
+        # the same way and then does what a driver error needs: a dead connection
+        # invalidates itself and every older one in the pool, so that the caller's retry
+        # is not handed another (a restart), and the error is its DBAPIError.
+        return [dict(row) for row in conn.execute(statement, params).mappings()]
     return [dict(zip(plan.keys, row, strict=True)) for row in rows]
 
 

@@ -311,6 +311,7 @@ def create_app(
         # as long as the process: out of the collector's reach, a full collection no
         # longer walks it. Measured under the API figure's load: each full collection
         # stopped the event loop for ~97 ms and set the p99 (BENCHMARKS.md, API).
+        gc.collect()  # garbage frozen now would never be freed
         gc.freeze()
         try:
             yield
