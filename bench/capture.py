@@ -21,7 +21,10 @@ from edgepcap.destinations import StoreSettings
 from edgepcap.filters import FilterV1
 from edgepcap.pcap import GLOBAL_HEADER, parse_global_header
 
-NFLOG_FLUSH_DEFAULT = 1.1  # seconds: the kernel's NFULNL_TIMEOUT_DEFAULT (1 s), and margin
+# Seconds tcpdump keeps reading after the generator ends: the kernel holds a last partial
+# batch up to 1 s, on NFLOG (NFULNL_TIMEOUT_DEFAULT, which libpcap leaves) and on AF_PACKET
+# (the ring block's timeout, libpcap's 1000 ms); and margin.
+NFLOG_FLUSH_DEFAULT = 1.1
 PREFIX = [ipaddress.ip_network(f"{DST}/32")]
 FILTER = FilterV1(protocol=17, destination_port=5000)
 
@@ -137,19 +140,14 @@ def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) 
     }
 
 
-def run_tcpdump(topo: Topology, count: int, payload: int, rate: str | None = None) -> dict:
-    settle()
-    group = 1501
-    table = f"{nft.TABLE_PREFIX}tcpdump"
-    nft.install(
-        nft.CaptureRule(table=table, prefixes=PREFIX, filter=FILTER, group=group, snaplen=None),
-        topo.rx,
-    )
+def _tcpdump_while_sending(
+    topo: Topology, source: list[str], count: int, payload: int, rate: str | None
+) -> tuple[int, float, float]:
+    """tcpdump (in topo.rx) writing what `source` selects while trafgen sends: the packets
+    it wrote, trafgen's seconds and the wall time of the sending."""
     out = Path(tempfile.mkstemp(suffix=".pcap")[1])
     proc = subprocess.Popen(
-        netns.argv(
-            topo.rx, ["tcpdump", "-Z", "root", "-B", "4096", "-i", f"nflog:{group}", "-w", str(out)]
-        ),
+        netns.argv(topo.rx, ["tcpdump", "-Z", "root", "-B", "4096", *source, "-w", str(out)]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -162,17 +160,34 @@ def run_tcpdump(topo: Topology, count: int, payload: int, rate: str | None = Non
         seconds = topo.trafgen(count, payload, rate=rate)
         wall = time.monotonic() - started
         _wait_quiet(lambda: out.stat().st_size)
-        # libpcap leaves the group's flush timeout at the kernel's 1 s: the last partial
-        # batch can sit in the kernel that long after the final packet. Stopped sooner,
-        # tcpdump lost its last ~10 packets in every run, which read as drops.
+        # The last partial batch can sit in the kernel up to a second after the final
+        # packet. Stopped sooner, tcpdump lost its last ~10 packets in every run, which
+        # read as drops.
         time.sleep(max(0.0, started + wall + NFLOG_FLUSH_DEFAULT - time.monotonic()))
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
-    offered = topo.counter(topo.rx, table)
-    nft.remove(table, topo.rx)
-    written = count_packets(out)
-    out.unlink()
+    try:
+        return count_packets(out), seconds, wall
+    finally:
+        out.unlink()
+
+
+def run_tcpdump(topo: Topology, count: int, payload: int, rate: str | None = None) -> dict:
+    settle()
+    group = 1501
+    table = f"{nft.TABLE_PREFIX}tcpdump"
+    nft.install(
+        nft.CaptureRule(table=table, prefixes=PREFIX, filter=FILTER, group=group, snaplen=None),
+        topo.rx,
+    )
+    try:
+        written, seconds, wall = _tcpdump_while_sending(
+            topo, ["-i", f"nflog:{group}"], count, payload, rate
+        )
+        offered = topo.counter(topo.rx, table)
+    finally:
+        nft.remove(table, topo.rx)
     return {
         "offered": offered,
         "written": written,
@@ -180,6 +195,17 @@ def run_tcpdump(topo: Topology, count: int, payload: int, rate: str | None = Non
         "gen_seconds": seconds,
         "gen_wall": wall,
     }
+
+
+def run_afpacket(topo: Topology, device: str, count: int, payload: int) -> dict:
+    """tcpdump on `device` itself (AF_PACKET, the capture's filter as BPF), not on NFLOG:
+    what the other way to capture costs the same traffic (BENCHMARKS.md, forwarding)."""
+    settle()
+    bpf = f"udp and dst port {FILTER.destination_port} and dst host {DST}"
+    written, seconds, wall = _tcpdump_while_sending(
+        topo, ["-i", device, "-s", "0", bpf], count, payload, None
+    )
+    return {"written": written, "gen_seconds": seconds, "gen_wall": wall}
 
 
 def capture_ratio(count: int, payload: int, reps: int) -> dict:
@@ -241,12 +267,14 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
     """Forwarded pps through a router: with no rule; with the capture table's chains
     alone (the hook); with its rules but no `log` (matching and counting); with the `log`
     but no reader bound to its group (the kernel stops at the group lookup); with an
-    active capture (its reader on the other core); and with tcpdump reading the same rule.
+    active capture (its reader on the other core); with tcpdump reading the same rule; and
+    with tcpdump on the router's ingress device instead (AF_PACKET, no nftables).
     Without `parts`, only no rule, capture and tcpdump."""
-    modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump")
+    modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump", "afpacket")
     if not parts:
         modes = ("plain", "captured", "tcpdump")
     results: dict[str, list[float]] = {m: [] for m in modes}
+    kept: list[float] = []  # of the packets tcpdump on the device wrote: it has no counter
     with routed() as topo:
         counting_table(topo.rx, "bench_sink")
         assert topo.router is not None
@@ -256,12 +284,16 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
         for _ in range(reps):
             for mode in modes:
                 before = topo.counter(topo.rx, "bench_sink")
-                if mode not in ("captured", "tcpdump"):  # run_ours/run_tcpdump settle first
+                if mode not in ("captured", "tcpdump", "afpacket"):  # those runs settle first
                     settle()  # every mode from the same memory state
                 if mode == "captured":
                     seconds = run_ours(router, count, payload)["gen_seconds"]
                 elif mode == "tcpdump":
                     seconds = run_tcpdump(router, count, payload)["gen_seconds"]
+                elif mode == "afpacket":
+                    r = run_afpacket(router, "i0", count, payload)
+                    seconds = r["gen_seconds"]
+                    kept.append(r["written"] / count)
                 elif mode == "plain":
                     seconds = topo.trafgen(count, payload)
                 else:
@@ -272,4 +304,4 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
                         nft.remove(table, topo.router)
                 time.sleep(0.3)
                 results[mode].append((topo.counter(topo.rx, "bench_sink") - before) / seconds)
-    return {f"{m}_pps": v for m, v in results.items()}
+    return {f"{m}_pps": v for m, v in results.items()} | ({"afpacket_kept": kept} if kept else {})

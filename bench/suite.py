@@ -139,7 +139,7 @@ def fig_forwarding(quick: bool) -> Figure:
     ours, plain = median(r["captured_pps"]), median(r["plain_pps"])
     share = {
         m: median(r[f"{m}_pps"]) / plain
-        for m in ("hook", "rules", "unread", "tcpdump")
+        for m in ("hook", "rules", "unread", "tcpdump", "afpacket")
         if f"{m}_pps" in r
     }
     limits = "the kernel's NFLOG message per packet"
@@ -149,6 +149,11 @@ def fig_forwarding(quick: bool) -> Figure:
             "the log rule with no reader bound to its group {unread:.2f}x"
         ).format(**share)
     limits += "; tcpdump reading the same rule {:.2f}x".format(share["tcpdump"])
+    if "afpacket" in share:
+        limits += (
+            "; tcpdump on the ingress device instead (AF_PACKET, BPF) {:.2f}x, "
+            "keeping {:.3f} of the packets"
+        ).format(share["afpacket"], median(r["afpacket_kept"]))
     return Figure(
         "forwarding with an active capture rule",
         ours,
