@@ -278,9 +278,7 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
     with routed() as topo:
         counting_table(topo.rx, "bench_sink")
         assert topo.router is not None
-        router = Topology(
-            gen=topo.gen, rx=topo.router, router=None, dev=topo.dev, next_mac=topo.next_mac
-        )
+        router = topo.at_router()
         for _ in range(reps):
             for mode in modes:
                 before = topo.counter(topo.rx, "bench_sink")

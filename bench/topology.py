@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 import subprocess
@@ -74,6 +75,12 @@ class Topology:
                 sec, usec = line.split()[0], line.split()[2]
                 return int(sec) + int(usec) / 1e6
         return 0.0
+
+    def at_router(self) -> Topology:
+        """The same generator with the router as the receiver: where captures run when
+        forwarding is measured."""
+        assert self.router is not None, "only a routed() topology has a router"
+        return dataclasses.replace(self, rx=self.router, router=None)
 
     def counter(self, ns: str, table: str) -> int:
         data = json.loads(

@@ -11,7 +11,7 @@ import pytest
 
 from bench import capture, samples
 from bench.suite import Figure, percentile
-from bench.topology import Topology, counting_table, pair, routed
+from bench.topology import counting_table, pair, routed
 from edgepcap import netns, nft, pcap
 from edgepcap.nflog import NflogSocket
 from edgepcap.samples import records
@@ -58,9 +58,7 @@ def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked()
     with routed() as topo:
         assert topo.router is not None
         counting_table(topo.rx, "bench_sink")
-        router = Topology(
-            gen=topo.gen, rx=topo.router, router=None, dev=topo.dev, next_mac=topo.next_mac
-        )
+        router = topo.at_router()
         for part in ("hook", "rules", "unread"):
             table = capture._capture_table(topo.router, part)
             # The bench runs these parts with nobody bound to the group; bound here, a
@@ -85,9 +83,7 @@ def test_tcpdump_on_the_router_device_keeps_every_forwarded_packet_of_a_small_ru
     with routed() as topo:
         assert topo.router is not None
         counting_table(topo.rx, "bench_sink")
-        router = Topology(
-            gen=topo.gen, rx=topo.router, router=None, dev=topo.dev, next_mac=topo.next_mac
-        )
+        router = topo.at_router()
         r = capture.run_afpacket(router, "i0", 2000, 64)
         # Its BPF filter is the capture's: all 2 000, and no nftables table was needed.
         assert r["written"] == 2000, r
