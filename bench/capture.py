@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.topology import DST, Topology, counting_table, pair, routed
+from bench.topology import DST, SINK, Topology, pair, routed
 from edgepcap import netns, nft
 from edgepcap.agent.worker import CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
@@ -276,12 +276,11 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
     results: dict[str, list[float]] = {m: [] for m in modes}
     kept: list[float] = []  # of the packets tcpdump on the device wrote: it has no counter
     with routed() as topo:
-        counting_table(topo.rx, "bench_sink")
         assert topo.router is not None
         router = topo.at_router()
         for _ in range(reps):
             for mode in modes:
-                before = topo.counter(topo.rx, "bench_sink")
+                before = topo.counter(topo.rx, SINK)
                 if mode not in ("captured", "tcpdump", "afpacket"):  # those runs settle first
                     settle()  # every mode from the same memory state
                 if mode == "captured":
@@ -301,5 +300,5 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
                     finally:
                         nft.remove(table, topo.router)
                 time.sleep(0.3)
-                results[mode].append((topo.counter(topo.rx, "bench_sink") - before) / seconds)
+                results[mode].append((topo.counter(topo.rx, SINK) - before) / seconds)
     return {f"{m}_pps": v for m, v in results.items()} | ({"afpacket_kept": kept} if kept else {})

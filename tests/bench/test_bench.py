@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from bench import capture, samples
 from bench.suite import Figure, percentile
-from bench.topology import counting_table, pair, routed
+from bench.topology import SINK, pair, routed
 from edgepcap import netns, nft, pcap
 from edgepcap.nflog import NflogSocket
 from edgepcap.samples import records
@@ -41,10 +42,22 @@ def test_the_packet_count_matches_the_reader_and_refuses_a_cut_file(tmp_path: Pa
         capture.count_packets(tmp_path / "junk.pcap")
 
 
+def ip_stats(ns: str) -> dict[str, int]:
+    """The IP counters of /proc/net/snmp as seen in `ns`."""
+    text = subprocess.run(
+        netns.argv(ns, ["cat", "/proc/net/snmp"]), capture_output=True, text=True, check=True
+    ).stdout
+    names, values = (line.split()[1:] for line in text.splitlines() if line.startswith("Ip:"))
+    return dict(zip(names, map(int, values), strict=True))
+
+
 def test_both_capture_paths_account_for_every_packet_of_a_small_run():
     with pair() as topo:
         ours = capture.run_ours(topo, 2000, 64)
         theirs = capture.run_tcpdump(topo, 2000, 64)
+        # After the captures' tables, the sink took every packet: rx's routing saw none.
+        assert topo.counter(topo.rx, SINK) == 4000
+        assert ip_stats(topo.rx)["InAddrErrors"] == 0
     # Every packet the rule matched is either in the file or counted as dropped.
     assert ours["offered"] == 2000 and ours["written"] + ours["dropped"] == 2000, ours
     assert ours["written"] >= 1900, ours
@@ -57,7 +70,6 @@ def test_both_capture_paths_account_for_every_packet_of_a_small_run():
 def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked():
     with routed() as topo:
         assert topo.router is not None
-        counting_table(topo.rx, "bench_sink")
         router = topo.at_router()
         for part in ("hook", "rules", "unread"):
             table = capture._capture_table(topo.router, part)
@@ -75,20 +87,23 @@ def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked()
             finally:
                 reader.close()
                 nft.remove(table, topo.router)
-        # The router forwarded every packet of the three runs to the receiver.
-        assert topo.counter(topo.rx, "bench_sink") == 1500
+        # The router forwarded every packet of the three runs to the receiver, which
+        # counted and dropped them: none reached its routing, whose error path would have
+        # run on the router's core too.
+        assert topo.counter(topo.rx, SINK) == 1500
+        assert ip_stats(topo.rx)["InAddrErrors"] == 0
+        assert ip_stats(topo.router)["ForwDatagrams"] == 1500
 
 
 def test_tcpdump_on_the_router_device_keeps_every_forwarded_packet_of_a_small_run():
     with routed() as topo:
         assert topo.router is not None
-        counting_table(topo.rx, "bench_sink")
         router = topo.at_router()
         r = capture.run_afpacket(router, "i0", 2000, 64)
         # Its BPF filter is the capture's: all 2 000, and no nftables table was needed.
         assert r["written"] == 2000, r
         assert nft.list_tables(topo.router) == []
-        assert topo.counter(topo.rx, "bench_sink") == 2000
+        assert topo.counter(topo.rx, SINK) == 2000
 
 
 def test_synthetic_samples_belong_to_their_accounts():
