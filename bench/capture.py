@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import mmap
 import os
@@ -27,6 +28,7 @@ from edgepcap.pcap import GLOBAL_HEADER, parse_global_header
 NFLOG_FLUSH_DEFAULT = 1.1
 PREFIX = [ipaddress.ip_network(f"{DST}/32")]
 FILTER = FilterV1(protocol=17, destination_port=5000)
+MIXED_SHARE = 10  # forwarding's mixed traffic: 1 packet in 10 is the capture's
 
 
 class LocalControlPlane:
@@ -125,7 +127,8 @@ def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) 
     started = time.monotonic()
     seconds = topo.trafgen(count, payload, rate=rate)
     wall = time.monotonic() - started
-    _wait_quiet(lambda: worker.written_packets, enough=count)
+    # The packets to DST among the `count` (trafgen cycles through its frames).
+    _wait_quiet(lambda: worker.written_packets, enough=(count + topo.others) // (topo.others + 1))
     worker.request_stop("stop")
     done.wait(30)
     written = count_packets(root / "bench01" / "x.pcap")
@@ -268,9 +271,11 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
     alone (the hook); with its rules but no `log` (matching and counting); with the `log`
     but no reader bound to its group (the kernel stops at the group lookup); with an
     active capture (its reader on the other core); with tcpdump reading the same rule; and
-    with tcpdump on the router's ingress device instead (AF_PACKET, no nftables).
-    Without `parts`, only no rule, capture and tcpdump."""
+    with tcpdump on the router's ingress device instead (AF_PACKET, no nftables). Then,
+    on traffic of which the capture matches one packet in MIXED_SHARE, with no rule and
+    with the capture. Without `parts`, only no rule, capture and tcpdump."""
     modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump", "afpacket")
+    modes += ("mixed_plain", "mixed_captured")
     if not parts:
         modes = ("plain", "captured", "tcpdump")
     results: dict[str, list[float]] = {m: [] for m in modes}
@@ -278,13 +283,16 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
     with routed() as topo:
         assert topo.router is not None
         router = topo.at_router()
+        mixed = dataclasses.replace(topo, others=MIXED_SHARE - 1)
         for _ in range(reps):
             for mode in modes:
                 before = topo.counter(topo.rx, SINK)
-                if mode not in ("captured", "tcpdump", "afpacket"):  # those runs settle first
-                    settle()  # every mode from the same memory state
+                if mode not in ("captured", "tcpdump", "afpacket", "mixed_captured"):
+                    settle()  # every mode from the same memory state (those runs settle)
                 if mode == "captured":
                     seconds = run_ours(router, count, payload)["gen_seconds"]
+                elif mode == "mixed_captured":
+                    seconds = run_ours(mixed.at_router(), count, payload)["gen_seconds"]
                 elif mode == "tcpdump":
                     seconds = run_tcpdump(router, count, payload)["gen_seconds"]
                 elif mode == "afpacket":
@@ -293,6 +301,8 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
                     kept.append(r["written"] / count)
                 elif mode == "plain":
                     seconds = topo.trafgen(count, payload)
+                elif mode == "mixed_plain":
+                    seconds = mixed.trafgen(count, payload)
                 else:
                     table = _capture_table(topo.router, mode)
                     try:

@@ -154,6 +154,13 @@ def fig_forwarding(quick: bool) -> Figure:
             "; tcpdump on the ingress device instead (AF_PACKET, BPF) {:.2f}x, "
             "keeping {:.3f} of the packets"
         ).format(share["afpacket"], median(r["afpacket_kept"]))
+    if "mixed_captured_pps" in r:
+        limits += (
+            "; when 1 packet in {} is the capture's, {:.2f}x of the same traffic with no rule"
+        ).format(
+            capture.MIXED_SHARE,
+            median(r["mixed_captured_pps"]) / median(r["mixed_plain_pps"]),
+        )
     return Figure(
         "forwarding with an active capture rule",
         ours,

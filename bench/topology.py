@@ -22,6 +22,7 @@ GEN_MAC, RX_MAC, RT_IN_MAC, RT_OUT_MAC = (
     "02:00:00:00:00:04",
 )
 DST = "203.0.113.77"
+OTHER_DST = "203.0.113.78"  # in no capture's prefixes: traffic a capture rule lets pass
 SINK = "bench_sink"  # the receiver's table: counts what arrives, then drops it
 
 
@@ -32,20 +33,24 @@ class Topology:
     router: str | None
     dev: str  # the generator's device
     next_mac: str  # where the generator's frames go
+    others: int = 0  # packets to OTHER_DST (no capture's) sent after each one to DST
 
     def trafgen(
         self, count: int, payload: int, seconds: float = 60, rate: str | None = None
     ) -> float:
-        """Send `count` UDP packets as fast as one core can; returns the seconds it took."""
-        conf = Path(tempfile.mkstemp(suffix=".cfg")[1])
-        conf.write_text(
+        """Send `count` UDP packets as fast as one core can; returns the seconds it took.
+        With `others`, each packet to DST is followed by that many to OTHER_DST."""
+        frames = "".join(
             "{\n"
             f"  eth(da={self.next_mac}, sa={GEN_MAC}, type=0x0800),\n"
-            f"  ipv4(saddr=198.18.200.1, daddr={DST}, ttl=64, proto=17),\n"
+            f"  ipv4(saddr=198.18.200.1, daddr={daddr}, ttl=64, proto=17),\n"
             "  udp(sp=4000, dp=5000),\n"
             f"  fill(0xab, {payload})\n"
             "}\n"
+            for daddr in [DST] + [OTHER_DST] * self.others
         )
+        conf = Path(tempfile.mkstemp(suffix=".cfg")[1])
+        conf.write_text(frames)
         try:
             out = subprocess.run(
                 netns.argv(
@@ -194,7 +199,7 @@ def routed() -> Iterator[Topology]:
         netns.ip(router, "addr", "add", "198.18.200.2/30", "dev", "i0")
         netns.ip(router, "addr", "add", "198.18.201.1/30", "dev", "o0")
         netns.ip(rx, "addr", "add", "198.18.201.2/30", "dev", "r0")
-        netns.ip(router, "route", "add", f"{DST}/32", "via", "198.18.201.2")
+        netns.ip(router, "route", "add", "203.0.113.0/24", "via", "198.18.201.2")
         netns.ip(router, "neigh", "add", "198.18.201.2", "lladdr", RX_MAC, "dev", "o0")
         subprocess.run(netns.argv(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]), check=True)
         for n in (router, rx):
