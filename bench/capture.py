@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.topology import DST, SINK, Topology, pair, routed
 from edgepcap import netns, nft
+from edgepcap.agent import sampler
 from edgepcap.agent.worker import CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
 from edgepcap.filters import FilterV1
@@ -251,9 +252,15 @@ def max_lossless_rate(seconds: int, payload: int, steps: int, low: int, high: in
 
 def _capture_table(ns: str, part: str) -> str:
     """The capture's own table (the agent's rules) with no reader, up to `part`: "hook"
-    (its chains, no rules), "rules" (without `log`) or "unread" (all of it)."""
+    (its chains, no rules), "rules" (without `log`) or "unread" (all of it); or, for
+    "sampler", the agent's always-on sampling table over the same prefixes."""
     table = f"{nft.TABLE_PREFIX}bench"
-    rule = nft.CaptureRule(table=table, prefixes=PREFIX, filter=FILTER, group=1502)
+    if part == "sampler":
+        rule = nft.CaptureRule(
+            table=table, prefixes=PREFIX, group=sampler.GROUP, snaplen=160, sample_mod=100
+        )
+    else:
+        rule = nft.CaptureRule(table=table, prefixes=PREFIX, filter=FILTER, group=1502)
     commands = []
     for command in nft.ruleset(rule)["nftables"]:
         r = command.get("add", {}).get("rule")
@@ -273,9 +280,11 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
     active capture (its reader on the other core); with tcpdump reading the same rule; and
     with tcpdump on the router's ingress device instead (AF_PACKET, no nftables). Then,
     on traffic of which the capture matches one packet in MIXED_SHARE, with no rule and
-    with the capture. Without `parts`, only no rule, capture and tcpdump."""
+    with the capture; the capture's table (unread) on traffic of which it wants one packet
+    in 100 ("miss"); and the sampler's table, with nobody bound to its group, on the
+    plain traffic. Without `parts`, only no rule, capture and tcpdump."""
     modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump", "afpacket")
-    modes += ("mixed_plain", "mixed_captured")
+    modes += ("mixed_plain", "mixed_captured", "miss", "sampler")
     if not parts:
         modes = ("plain", "captured", "tcpdump")
     results: dict[str, list[float]] = {m: [] for m in modes}
@@ -284,6 +293,7 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
         assert topo.router is not None
         router = topo.at_router()
         mixed = dataclasses.replace(topo, others=MIXED_SHARE - 1)
+        missed = dataclasses.replace(topo, others=99)
         for _ in range(reps):
             for mode in modes:
                 before = topo.counter(topo.rx, SINK)
@@ -304,9 +314,9 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
                 elif mode == "mixed_plain":
                     seconds = mixed.trafgen(count, payload)
                 else:
-                    table = _capture_table(topo.router, mode)
+                    table = _capture_table(topo.router, "unread" if mode == "miss" else mode)
                     try:
-                        seconds = topo.trafgen(count, payload)
+                        seconds = (missed if mode == "miss" else topo).trafgen(count, payload)
                     finally:
                         nft.remove(table, topo.router)
                 time.sleep(0.3)

@@ -139,7 +139,7 @@ def fig_forwarding(quick: bool) -> Figure:
     ours, plain = median(r["captured_pps"]), median(r["plain_pps"])
     share = {
         m: median(r[f"{m}_pps"]) / plain
-        for m in ("hook", "rules", "unread", "tcpdump", "afpacket")
+        for m in ("hook", "rules", "unread", "tcpdump", "afpacket", "miss", "sampler")
         if f"{m}_pps" in r
     }
     limits = "the kernel's NFLOG message per packet"
@@ -154,6 +154,11 @@ def fig_forwarding(quick: bool) -> Figure:
             "; tcpdump on the ingress device instead (AF_PACKET, BPF) {:.2f}x, "
             "keeping {:.3f} of the packets"
         ).format(share["afpacket"], median(r["afpacket_kept"]))
+    if "miss" in share:
+        limits += (
+            "; the capture's table on traffic it wants 1 packet in 100 of {miss:.2f}x, "
+            "the sampler's table {sampler:.2f}x"
+        ).format(**share)
     if "mixed_captured_pps" in r:
         limits += (
             "; when 1 packet in {} is the capture's, {:.2f}x of the same traffic with no rule"

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import secrets
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -65,25 +66,40 @@ def read(sock: NflogSocket, count: int, timeout: float = 5.0) -> list[Packet]:
     return got
 
 
-@pytest.fixture
-def capture():
+# Prefixes beside PREFIX. With three of them the table tests the account's four prefixes
+# as compares, one rule each; with all four (more than nft.INLINE_PREFIXES), as a set.
+MORE = ["192.0.2.64/26", "198.51.100.64/26", "198.51.100.128/26", "192.0.2.128/26"]
+PREFIXES = {"one": [PREFIX], "compares": [PREFIX, *MORE[:3]], "set": [PREFIX, *MORE]}
+
+
+@pytest.fixture(params=list(PREFIXES))
+def capture(request):
+    prefixes = PREFIXES[request.param]
+    assert (len(prefixes) > nft.INLINE_PREFIXES) == (request.param == "set")
     with wire() as (sender, ns):
         rule = nft.CaptureRule(
             table="edgepcap_nfttest",
-            prefixes=[ipaddress.ip_network(PREFIX)],
+            prefixes=[ipaddress.ip_network(p) for p in prefixes],
             filter=FilterV1(protocol=17, destination_port=5000),
             group=GROUP,
         )
         sock = netns.run_in(ns, NflogSocket, GROUP)
         try:
             nft.install(rule, ns)
-            yield sender, sock, ns, rule.table
+            listing = subprocess.run(
+                netns.argv(ns, ["nft", "list", "table", "inet", rule.table]),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert ("@pfx4" in listing) == (request.param == "set"), listing
+            yield sender, sock, ns, rule.table, rule.prefixes
         finally:
             sock.close()
 
 
-def test_each_packet_of_the_prefix_is_logged_once_in_either_direction(capture):
-    sender, sock, ns, table = capture
+def test_each_packet_of_the_prefixes_is_logged_once_in_either_direction(capture):
+    sender, sock, ns, table, prefixes = capture
     cases = [
         (OUTSIDE, "203.0.113.5", 5000),  # to the prefix
         ("203.0.113.6", OUTSIDE, 5000),  # from it
@@ -91,17 +107,22 @@ def test_each_packet_of_the_prefix_is_logged_once_in_either_direction(capture):
         (OUTSIDE, "192.0.2.1", 5000),  # neither: never
         (OUTSIDE, "203.0.113.5", 5001),  # the filter's port does not match
         ("203.0.113.9", "203.0.113.10", 5000),
+        (OUTSIDE, "192.0.2.70", 5000),  # to the second prefix, where there is one
+        ("203.0.113.11", "192.0.2.71", 5000),  # from the first to the second: once
+        ("192.0.2.72", "198.51.100.200", 5000),  # from the second, to none of them
     ]
     for src, dst, port in cases:
         send(sender, src, dst, port)
-    want = [c for c in cases if c[2] == 5000 and "192.0.2.1" not in c]
+    ours = lambda a: any(ipaddress.ip_address(a) in net for net in prefixes)  # noqa: E731
+    want = [c for c in cases if c[2] == 5000 and (ours(c[0]) or ours(c[1]))]
+    assert len(want) == {1: 5, 4: 7, 5: 7}[len(prefixes)]
     got = read(sock, len(want) + 1, timeout=1.0)  # one more than expected: none may come
     assert [addresses(p) for p in got] == want
     assert nft.counters(table, ns)[0] == len(want)
 
 
 def test_logged_packets_carry_the_time_they_arrived(capture):
-    sender, sock, _ns, _table = capture
+    sender, sock, _ns, _table, _prefixes = capture
     send(sender, OUTSIDE, "203.0.113.5")
     assert len(read(sock, 1)) == 1  # on kernels before 6.6 this turns stamping on
     windows = []
@@ -121,7 +142,7 @@ def test_logged_packets_carry_the_time_they_arrived(capture):
 def test_a_second_capture_of_the_same_traffic_gets_every_packet_too(capture):
     # Each capture's chain ends its own walk with `accept`; another table on the same
     # hook still sees the packet, so two captures never steal packets from each other.
-    sender, sock, ns, _table = capture
+    sender, sock, ns, _table, _prefixes = capture
     second = nft.CaptureRule(
         table="edgepcap_nfttest2",
         prefixes=[ipaddress.ip_network("203.0.113.0/25")],

@@ -17,6 +17,11 @@ from edgepcap.filters import FilterV1
 
 TABLE_PREFIX = "edgepcap_"
 PRIORITY_RAW = -300
+# Up to this many prefixes of one IP version are tested as compares, one rule per prefix
+# and direction; more as an interval set. Measured on forwarded packets that miss: an
+# interval set lookup ~120 ns, a compare rule ~10-15 ns; 8 prefixes as compares cost
+# about what the set did (BENCHMARKS.md, forwarding).
+INLINE_PREFIXES = 4
 PORT_PROTOCOLS = (6, 17, 33, 132, 136)  # tcp, udp, dccp, sctp, udplite: have th ports
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -77,85 +82,78 @@ def _filter_exprs(f: FilterV1, version: int) -> list[dict[str, Any]] | None:
     return exprs
 
 
+def _chain(table: str, name: str, hook: str | None = None) -> dict[str, Any]:
+    chain: dict[str, Any] = {"family": "inet", "table": table, "name": name}
+    if hook is not None:
+        chain |= {"type": "filter", "hook": hook, "prio": PRIORITY_RAW, "policy": "accept"}
+    return {"add": {"chain": chain}}
+
+
+def _rule(table: str, chain: str, exprs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": exprs}}}
+
+
 def ruleset(rule: CaptureRule) -> dict[str, Any]:
-    """The nftables JSON document that creates the table with its chains, sets and rules."""
-    fam = "inet"
+    """The nftables JSON document that creates the table with its chains, sets and rules.
+
+    Every packet of the machine walks this table, so it is laid out for the packets it
+    does not want (measured in BENCHMARKS.md, forwarding): the base chains test the IP
+    version, the sample draw and the filter once, then jump to that version's chain,
+    which tests the account's prefixes; a few prefixes as compares, which cost a fraction
+    of a set lookup, more of them as an interval set.
+    """
     table = rule.table
-    cmds: list[dict[str, Any]] = [{"add": {"table": {"family": fam, "name": table}}}]
-    chains = {"pre": "prerouting", "out": "output"}
-    for name, hook in chains.items():
-        cmds.append(
-            {
-                "add": {
-                    "chain": {
-                        "family": fam,
-                        "table": table,
-                        "name": name,
-                        "type": "filter",
-                        "hook": hook,
-                        "prio": PRIORITY_RAW,
-                        "policy": "accept",
-                    }
-                }
-            }
-        )
-    tail: list[dict[str, Any]] = []
-    if rule.sample_mod:
-        tail.append(_match({"numgen": {"mode": "random", "mod": rule.sample_mod}}, 0))
-    tail.append({"counter": None})
+    cmds: list[dict[str, Any]] = [{"add": {"table": {"family": "inet", "name": table}}}]
+    hooks = {"pre": "prerouting", "out": "output"}
+    cmds += [_chain(table, name, hook) for name, hook in hooks.items()]
+    tail: list[dict[str, Any]] = [{"counter": None}]
     log: dict[str, Any] = {"group": rule.group}
     if rule.snaplen:
         log["snaplen"] = rule.snaplen
-    tail.append({"log": log})
+    tail += [{"log": log}, {"accept": None}]
     for version in (4, 6):
         nets = [n for n in rule.prefixes if n.version == version]
         exprs = _filter_exprs(rule.filter, version)
         if not nets or exprs is None:
             continue
-        proto, settype, setname = (
-            ("ip", "ipv4_addr", "pfx4") if version == 4 else ("ip6", "ipv6_addr", "pfx6")
+        proto, settype, name = (
+            ("ip", "ipv4_addr", "v4") if version == 4 else ("ip6", "ipv6_addr", "v6")
         )
-        cmds.append(
-            {
-                "add": {
-                    "set": {
-                        "family": fam,
-                        "table": table,
-                        "name": setname,
-                        "type": settype,
-                        "flags": ["interval"],
-                        "auto-merge": True,
-                        "elem": [_prefix_elem(n) for n in nets],
-                    }
-                }
-            }
-        )
-        ref = "@" + setname
-        # A packet between two of the account's own addresses matches the first rule
-        # only, so it is logged once (and sampled by one draw).
-        to_prefix = [_match(_payload(proto, "daddr"), ref)]
-        from_prefix = [
-            _match(_payload(proto, "saddr"), ref),
-            _match(_payload(proto, "daddr"), ref, "!="),
-        ]
-        for chain in chains:
-            for direction in (to_prefix, from_prefix):
-                # The filter's compares go before the set lookups: they are cheaper and
-                # reject most packets. `accept` ends only this table's chain, so a logged
-                # packet skips the second rule's lookups; other tables' chains and the
-                # rest of the hook still see it (BENCHMARKS.md, forwarding).
-                cmds.append(
-                    {
-                        "add": {
-                            "rule": {
-                                "family": fam,
-                                "table": table,
-                                "chain": chain,
-                                "expr": [*exprs, *direction, *tail, {"accept": None}],
-                            }
+        entry = [_match({"meta": {"key": "nfproto"}}, "ipv4" if version == 4 else "ipv6")]
+        if rule.sample_mod:
+            # Drawn first, once per packet: the packets not drawn (N-1 in N) skip the
+            # filter and the prefixes, and each of the account's packets has the same
+            # 1-in-N chance whichever of its rules would match it.
+            entry.append(_match({"numgen": {"mode": "random", "mod": rule.sample_mod}}, 0))
+        entry += [*exprs, {"jump": {"target": name}}]
+        cmds.append(_chain(table, name))  # before the jumps to it
+        cmds += [_rule(table, chain, entry) for chain in hooks]
+        if len(nets) <= INLINE_PREFIXES:
+            matches: list[Any] = [_prefix_elem(n) for n in nets]
+        else:
+            setname = f"pfx{version}"
+            cmds.append(
+                {
+                    "add": {
+                        "set": {
+                            "family": "inet",
+                            "table": table,
+                            "name": setname,
+                            "type": settype,
+                            "flags": ["interval"],
+                            "auto-merge": True,
+                            "elem": [_prefix_elem(n) for n in nets],
                         }
                     }
-                )
+                }
+            )
+            matches = ["@" + setname]
+        # All "to" rules before the "from" ones, each ending in `accept`: a packet between
+        # two of the account's addresses is logged once. `accept` ends only this table's
+        # walk; other tables' chains and the rest of the hook still see the packet.
+        for field_name in ("daddr", "saddr"):
+            for right in matches:
+                cmds.append(_rule(table, name, [_match(_payload(proto, field_name), right), *tail]))
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
 
 

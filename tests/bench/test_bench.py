@@ -15,8 +15,10 @@ from bench import capture, samples
 from bench.suite import Figure, percentile
 from bench.topology import SINK, pair, routed
 from edgepcap import netns, nft, pcap
+from edgepcap.agent import sampler
 from edgepcap.nflog import NflogSocket
 from edgepcap.samples import records
+from tests.samples.test_sample_captures import binomial_interval
 
 
 def test_the_packet_count_matches_the_reader_and_refuses_a_cut_file(tmp_path: Path):
@@ -94,6 +96,28 @@ def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked()
         assert topo.counter(topo.rx, SINK) == 1500
         assert ip_stats(topo.rx)["InAddrErrors"] == 0
         assert ip_stats(topo.router)["ForwDatagrams"] == 1500
+
+
+def test_the_sampler_part_logs_one_packet_in_a_hundred_of_the_forwarded_traffic():
+    with routed() as topo:
+        assert topo.router is not None
+        table = capture._capture_table(topo.router, "sampler")
+        reader = netns.run_in(topo.router, NflogSocket, sampler.GROUP)
+        try:
+            topo.at_router().trafgen(20_000, 64)
+            logged = []
+            while packets := reader.receive(0.5):
+                logged += packets
+            counted = nft.counters(table, topo.router)[0]
+        finally:
+            reader.close()
+            nft.remove(table, topo.router)
+        # One draw per packet: a binomial count, every drawn packet counted and logged.
+        low, high = binomial_interval(20_000)
+        assert low <= len(logged) <= high, (len(logged), (low, high))
+        assert counted == len(logged)
+        assert {len(p.data) for p in logged} == {20 + 8 + 64}  # whole: under the snaplen
+        assert topo.counter(topo.rx, SINK) == 20_000
 
 
 def test_tcpdump_on_the_router_device_keeps_every_forwarded_packet_of_a_small_run():
