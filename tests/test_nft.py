@@ -18,6 +18,7 @@ from edgepcap.lab.topology import link
 from edgepcap.nflog import NflogSocket
 from edgepcap.pcap import Packet
 from tests.packets import udp
+from tests.samples.test_sample_captures import binomial_interval
 
 A_MAC, B_MAC = "02:00:00:00:10:01", "02:00:00:00:10:02"
 GROUP = 2901
@@ -49,11 +50,15 @@ def wire() -> Iterator[tuple[socket.socket, str]]:
 
 
 def send(sender: socket.socket, src: str, dst: str, dport: int = 5000) -> None:
-    frame = bytes.fromhex(B_MAC.replace(":", "") + A_MAC.replace(":", "")) + b"\x08\x00"
+    kind = b"\x08\x00" if ipaddress.ip_address(src).version == 4 else b"\x86\xdd"
+    frame = bytes.fromhex(B_MAC.replace(":", "") + A_MAC.replace(":", "")) + kind
     sender.send(frame + udp(src, dst, 4000, dport))
 
 
 def addresses(p: Packet) -> tuple[str, str, int]:
+    if p.data[0] >> 4 == 6:
+        src, dst = ipaddress.ip_address(p.data[8:24]), ipaddress.ip_address(p.data[24:40])
+        return str(src), str(dst), int.from_bytes(p.data[42:44], "big")
     src, dst = ipaddress.ip_address(p.data[12:16]), ipaddress.ip_address(p.data[16:20])
     return str(src), str(dst), int.from_bytes(p.data[22:24], "big")
 
@@ -66,16 +71,24 @@ def read(sock: NflogSocket, count: int, timeout: float = 5.0) -> list[Packet]:
     return got
 
 
-# Prefixes beside PREFIX. With three of them the table tests the account's four prefixes
-# as compares, one rule each; with all four (more than nft.INLINE_PREFIXES), as a set.
+# Prefixes beside PREFIX and PREFIX6. With three of each the table tests the account's
+# four prefixes per IP version as compares, one rule each; with all four (more than
+# nft.INLINE_PREFIXES), as a set.
+PREFIX6, OUTSIDE6 = "2001:db8:1::/48", "2001:db8:ff::1"
 MORE = ["192.0.2.64/26", "198.51.100.64/26", "198.51.100.128/26", "192.0.2.128/26"]
-PREFIXES = {"one": [PREFIX], "compares": [PREFIX, *MORE[:3]], "set": [PREFIX, *MORE]}
+# Not adjacent: the table collapses prefixes that are, which would leave fewer.
+MORE6 = ["2001:db8:2::/48", "2001:db8:4::/48", "2001:db8:6::/48", "2001:db8:8::/48"]
+PREFIXES = {
+    "one": [PREFIX, PREFIX6],
+    "compares": [PREFIX, *MORE[:3], PREFIX6, *MORE6[:3]],
+    "set": [PREFIX, *MORE, PREFIX6, *MORE6],
+}
 
 
 @pytest.fixture(params=list(PREFIXES))
 def capture(request):
     prefixes = PREFIXES[request.param]
-    assert (len(prefixes) > nft.INLINE_PREFIXES) == (request.param == "set")
+    assert (len(prefixes) > 2 * nft.INLINE_PREFIXES) == (request.param == "set")
     with wire() as (sender, ns):
         rule = nft.CaptureRule(
             table="edgepcap_nfttest",
@@ -92,37 +105,49 @@ def capture(request):
                 text=True,
                 check=True,
             ).stdout
-            assert ("@pfx4" in listing) == (request.param == "set"), listing
-            yield sender, sock, ns, rule.table, rule.prefixes
+            for setname in ("@pfx4", "@pfx6"):
+                assert (setname in listing) == (request.param == "set"), listing
+            yield sender, sock, ns, rule.table, request.param
         finally:
             sock.close()
 
 
+ALL, MANY, SET = {"one", "compares", "set"}, {"compares", "set"}, {"set"}
+
+
 def test_each_packet_of_the_prefixes_is_logged_once_in_either_direction(capture):
-    sender, sock, ns, table, prefixes = capture
+    sender, sock, ns, table, layout = capture
+    # (source, destination, port, the layouts whose prefixes make it logged)
     cases = [
-        (OUTSIDE, "203.0.113.5", 5000),  # to the prefix
-        ("203.0.113.6", OUTSIDE, 5000),  # from it
-        ("203.0.113.7", "203.0.113.8", 5000),  # between two of its addresses: once
-        (OUTSIDE, "192.0.2.1", 5000),  # neither: never
-        (OUTSIDE, "203.0.113.5", 5001),  # the filter's port does not match
-        ("203.0.113.9", "203.0.113.10", 5000),
-        (OUTSIDE, "192.0.2.70", 5000),  # to the second prefix, where there is one
-        ("203.0.113.11", "192.0.2.71", 5000),  # from the first to the second: once
-        ("192.0.2.72", "198.51.100.200", 5000),  # from the second, to none of them
+        (OUTSIDE, "203.0.113.5", 5000, ALL),  # to the prefix
+        ("203.0.113.6", OUTSIDE, 5000, ALL),  # from it
+        ("203.0.113.7", "203.0.113.8", 5000, ALL),  # between two of its addresses: once
+        (OUTSIDE, "192.0.2.1", 5000, set()),  # neither: never
+        (OUTSIDE, "203.0.113.5", 5001, set()),  # the filter's port does not match
+        ("203.0.113.9", "203.0.113.10", 5000, ALL),
+        (OUTSIDE, "192.0.2.70", 5000, MANY),  # to the second prefix
+        ("203.0.113.11", "192.0.2.71", 5000, ALL),  # from the first to the second: once
+        ("192.0.2.72", "198.51.100.200", 5000, MANY),  # from the second, to none of them
+        (OUTSIDE, "198.51.100.150", 5000, MANY),  # the fourth
+        (OUTSIDE, "192.0.2.150", 5000, SET),  # the fifth
+        (OUTSIDE6, "2001:db8:1::5", 5000, ALL),  # IPv6: to, from, between
+        ("2001:db8:1::6", OUTSIDE6, 5000, ALL),
+        ("2001:db8:1::7", "2001:db8:2::7", 5000, ALL),
+        (OUTSIDE6, "2001:db8:4::8", 5000, MANY),
+        ("2001:db8:8::9", OUTSIDE6, 5000, SET),
+        (OUTSIDE6, "2001:db8:9::1", 5000, set()),
+        (OUTSIDE6, "2001:db8:1::5", 5001, set()),
     ]
-    for src, dst, port in cases:
+    for src, dst, port, _ in cases:
         send(sender, src, dst, port)
-    ours = lambda a: any(ipaddress.ip_address(a) in net for net in prefixes)  # noqa: E731
-    want = [c for c in cases if c[2] == 5000 and (ours(c[0]) or ours(c[1]))]
-    assert len(want) == {1: 5, 4: 7, 5: 7}[len(prefixes)]
+    want = [c[:3] for c in cases if layout in c[3]]
     got = read(sock, len(want) + 1, timeout=1.0)  # one more than expected: none may come
     assert [addresses(p) for p in got] == want
     assert nft.counters(table, ns)[0] == len(want)
 
 
 def test_logged_packets_carry_the_time_they_arrived(capture):
-    sender, sock, _ns, _table, _prefixes = capture
+    sender, sock, _ns, _table, _layout = capture
     send(sender, OUTSIDE, "203.0.113.5")
     assert len(read(sock, 1)) == 1  # on kernels before 6.6 this turns stamping on
     windows = []
@@ -142,7 +167,7 @@ def test_logged_packets_carry_the_time_they_arrived(capture):
 def test_a_second_capture_of_the_same_traffic_gets_every_packet_too(capture):
     # Each capture's chain ends its own walk with `accept`; another table on the same
     # hook still sees the packet, so two captures never steal packets from each other.
-    sender, sock, ns, _table, _prefixes = capture
+    sender, sock, ns, _table, _layout = capture
     second = nft.CaptureRule(
         table="edgepcap_nfttest2",
         prefixes=[ipaddress.ip_network("203.0.113.0/25")],
@@ -166,3 +191,54 @@ def test_a_second_capture_of_the_same_traffic_gets_every_packet_too(capture):
         ]
     finally:
         other.close()
+
+
+def test_a_packet_the_machine_sends_itself_is_logged_once(capture):
+    # It passes `output`, then comes back through loopback to `prerouting`: logged on
+    # the first only, so a capture holds it once and the sampler draws once for it.
+    _sender, sock, ns, table, _layout = capture
+    netns.ip(ns, "addr", "add", "203.0.113.50/32", "dev", "lo")
+    netns.ip(ns, "link", "set", "lo", "up")
+    local = netns.run_in(ns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        local.sendto(b"x" * 32, ("203.0.113.50", 5000))
+        got = read(sock, 2, timeout=1.0)
+    finally:
+        local.close()
+    assert [addresses(p)[1:] for p in got] == [("203.0.113.50", 5000)]
+    assert nft.counters(table, ns)[0] == 1
+
+
+@pytest.mark.parametrize("layout", ["compares", "set"])
+def test_the_sample_draw_gives_each_packet_one_chance(layout):
+    # 1 in 10, so that a second draw for some packets would show: a packet between two
+    # of the account's prefixes has a rule for each, and one chance all the same.
+    prefixes = [ipaddress.ip_network(p) for p in PREFIXES[layout]]
+    rule = nft.CaptureRule(
+        table="edgepcap_nftsample", prefixes=prefixes, group=GROUP, sample_mod=10
+    )
+    kinds = {
+        "to": (OUTSIDE, "203.0.113.5"),
+        "from": ("203.0.113.6", OUTSIDE),
+        "between": ("203.0.113.7", "198.51.100.70"),
+        "between6": ("2001:db8:1::7", "2001:db8:2::7"),
+    }
+    n = 2000
+    with wire() as (sender, ns):
+        sock = netns.run_in(ns, NflogSocket, GROUP)
+        try:
+            nft.install(rule, ns)
+            for src, dst in kinds.values():
+                for _ in range(n):
+                    send(sender, src, dst)
+            got: list[Packet] = []
+            while packets := sock.receive(0.5):
+                got += packets
+            counted = nft.counters(rule.table, ns)[0]
+        finally:
+            sock.close()
+    low, high = binomial_interval(n, p=0.1)
+    for kind, (src, dst) in kinds.items():
+        logged = sum(1 for p in got if addresses(p)[:2] == (src, dst))
+        assert low <= logged <= high, (kind, logged, (low, high))
+    assert counted == len(got)

@@ -19,8 +19,8 @@ TABLE_PREFIX = "edgepcap_"
 PRIORITY_RAW = -300
 # Up to this many prefixes of one IP version are tested as compares, one rule per prefix
 # and direction; more as an interval set. Measured on forwarded packets that miss: an
-# interval set lookup ~120 ns, a compare rule ~10-15 ns; 8 prefixes as compares cost
-# about what the set did (BENCHMARKS.md, forwarding).
+# interval set lookup ~120 ns, a compare rule ~10-15 ns; 4 prefixes as compares cost 60 %
+# of the set, 8 about as much as the set, so 4 keeps a clear gain (BENCHMARKS.md).
 INLINE_PREFIXES = 4
 PORT_PROTOCOLS = (6, 17, 33, 132, 136)  # tcp, udp, dccp, sctp, udplite: have th ports
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,10 +97,10 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
     """The nftables JSON document that creates the table with its chains, sets and rules.
 
     Every packet of the machine walks this table, so it is laid out for the packets it
-    does not want (measured in BENCHMARKS.md, forwarding): the base chains test the IP
-    version, the sample draw and the filter once, then jump to that version's chain,
-    which tests the account's prefixes; a few prefixes as compares, which cost a fraction
-    of a set lookup, more of them as an interval set.
+    does not want (measured in BENCHMARKS.md, forwarding): a base chain's rule tests the
+    IP version, the sample draw and the filter, then jumps to that version's chain, which
+    tests the account's prefixes; a few prefixes as compares, which cost a fraction of a
+    set lookup, more of them as an interval set.
     """
     table = rule.table
     cmds: list[dict[str, Any]] = [{"add": {"table": {"family": "inet", "name": table}}}]
@@ -112,7 +112,8 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
         log["snaplen"] = rule.snaplen
     tail += [{"log": log}, {"accept": None}]
     for version in (4, 6):
-        nets = [n for n in rule.prefixes if n.version == version]
+        # Collapsed: an interval set refuses overlapping elements, and fewer rules.
+        nets = list(ipaddress.collapse_addresses(n for n in rule.prefixes if n.version == version))
         exprs = _filter_exprs(rule.filter, version)
         if not nets or exprs is None:
             continue
@@ -127,7 +128,11 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
             entry.append(_match({"numgen": {"mode": "random", "mod": rule.sample_mod}}, 0))
         entry += [*exprs, {"jump": {"target": name}}]
         cmds.append(_chain(table, name))  # before the jumps to it
-        cmds += [_rule(table, chain, entry) for chain in hooks]
+        cmds.append(_rule(table, "out", entry))
+        # A packet the machine sends to itself passed `output` already: on `prerouting`,
+        # from loopback, it would be logged (or drawn) a second time.
+        from_lo = _match({"meta": {"key": "iiftype"}}, "loopback", "!=")
+        cmds.append(_rule(table, "pre", [entry[0], from_lo, *entry[1:]]))
         if len(nets) <= INLINE_PREFIXES:
             matches: list[Any] = [_prefix_elem(n) for n in nets]
         else:
@@ -148,9 +153,10 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
                 }
             )
             matches = ["@" + setname]
-        # All "to" rules before the "from" ones, each ending in `accept`: a packet between
-        # two of the account's addresses is logged once. `accept` ends only this table's
-        # walk; other tables' chains and the rest of the hook still see the packet.
+        # Each rule ends in `accept`, so a packet between two of the account's addresses
+        # is logged once (the "to" rules come first, so theirs is the counter it adds to).
+        # `accept` ends only this table's walk; other tables' chains and the rest of the
+        # hook still see the packet.
         for field_name in ("daddr", "saddr"):
             for right in matches:
                 cmds.append(_rule(table, name, [_match(_payload(proto, field_name), right), *tail]))

@@ -102,13 +102,19 @@ class Sampler(threading.Thread):
             a: [ipaddress.ip_network(c) for c in cidrs] for a, cidrs in answer["accounts"].items()
         }
         every = [n for nets in accounts.values() for n in nets]
-        if every:
-            rule = nft.CaptureRule(
-                table=TABLE, prefixes=every, group=GROUP, snaplen=160, sample_mod=self.rate
-            )
-            nft.replace(rule, self.ns)
-        else:
-            nft.remove(TABLE, self.ns)
+        try:
+            if every:
+                rule = nft.CaptureRule(
+                    table=TABLE, prefixes=every, group=GROUP, snaplen=160, sample_mod=self.rate
+                )
+                nft.replace(rule, self.ns)
+            else:
+                nft.remove(TABLE, self.ns)
+        except nft.NftError as exc:
+            # The old table (if any) stays; the version is not taken, so the next poll
+            # tries again rather than the thread dying with sampling off for good.
+            log.warning("sampler: cannot install the prefixes: %s", exc)
+            return
         self.accounts = accounts
         self.version = answer["version"]
         log.info("sampler: 1 in %d packets of %d prefixes", self.rate, len(every))
