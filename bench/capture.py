@@ -18,6 +18,7 @@ from typing import Any
 from bench.topology import DST, SINK, Topology, pair, routed
 from edgepcap import netns, nft
 from edgepcap.agent import sampler
+from edgepcap.agent.agent import bound_malloc
 from edgepcap.agent.worker import CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
 from edgepcap.filters import FilterV1
@@ -97,6 +98,10 @@ def settle() -> None:
 
 
 def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) -> dict:
+    # The agent's malloc settings, which `edgepcap agent` sets at start: with them big
+    # record batches grow by mremap, not by copying (~1.1 against ~1.6 µs per 1400-byte
+    # packet in the reader here). Process-wide, and harmless to the figures after this.
+    bound_malloc()
     settle()
     root = Path(tempfile.mkdtemp(prefix="edgepcap-bench-"))
     job = Job(
