@@ -177,6 +177,8 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
             assert list(bucket.glob(f"*/pcap_{created['id']}.pcap"))
         tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
         assert f"edgepcap_{created['id']}" not in tables.stdout
+        unkeyed = httpx.get(f"http://127.0.0.1:{port}/agent/v1/prefixes", timeout=5)
+        assert unkeyed.status_code == 401, unkeyed.text
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()
@@ -197,3 +199,13 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
     assert "edgepcap_" not in tables.stdout
     assert str(creds_file) in out and demo["api_token"] not in out
+    # Told to stop while its agent's long poll is open, the API answers the poll and
+    # ends cleanly: no cancelled request, no traceback.
+    assert "Application shutdown complete" in out, out
+    # The access log keeps customers' requests and agents' failures, not the agent's
+    # polls, heartbeats and samples, which came several times a second.
+    assert f'"GET /client/v4/accounts/{demo["id"]}/pcaps/{created["id"]} HTTP/1.1" 200' in out
+    assert '"GET /agent/v1/prefixes HTTP/1.1" 401' in out, out
+    assert not re.search(r'"(GET|POST) /agent/v1/\S+ HTTP/1.1" 200', out), out
+    assert "graceful shutdown exceeded" not in out, out
+    assert "Traceback" not in out and " 500 " not in out, out

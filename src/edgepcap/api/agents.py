@@ -18,7 +18,8 @@ from edgepcap.api.errors import APIError, Code
 from edgepcap.models import Machine, Pcap
 from edgepcap.samples import records
 
-router = APIRouter(prefix="/agent/v1", tags=["agents"], include_in_schema=False)
+PREFIX = "/agent/v1"
+router = APIRouter(prefix=PREFIX, tags=["agents"], include_in_schema=False)
 # Query parameters of every call an agent makes about itself.
 MachineName = Annotated[str, Query(max_length=64)]
 BootId = Annotated[str, Query(pattern=r"^[0-9a-f]{32}$")]
@@ -148,7 +149,8 @@ async def jobs(
     # died must not.
     capturing = _ids(running)
     deadline = time.monotonic() + wait
-    waiter = request.app.state.wakeup.waiter()
+    wakeup = request.app.state.wakeup
+    waiter = wakeup.waiter()
     try:
         while True:
             found = await run_in_threadpool(_poll, request, machine, boot_id, capturing)
@@ -157,7 +159,7 @@ async def jobs(
             new_jobs, stops = found
             if new_jobs or stops or time.monotonic() >= deadline:
                 return {"jobs": new_jobs, "stop": stops}
-            if await request.is_disconnected():
+            if wakeup.closing or await request.is_disconnected():
                 return {"jobs": [], "stop": []}
             await waiter.wait(min(POLL_EVERY, max(0.0, deadline - time.monotonic())))
     finally:

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgepcap import captures, execution
 from edgepcap.api import agents, errors, openapi, ownership, pcaps
 from edgepcap.api.metrics import render_metrics
-from edgepcap.api.wakeup import Wakeup
+from edgepcap.api.wakeup import Wakeup, on_exit_signal
 from edgepcap.db import Database, database_url
 from edgepcap.destinations import StoreSettings
 from edgepcap.models import utcnow
@@ -38,6 +38,20 @@ MAX_BODY = 64 * 1024
 MAX_SAMPLE_BATCH = 32 << 20
 EXPIRE_EVERY = 10.0
 log = logging.getLogger("edgepcap.api")
+
+
+class QuietAgents(logging.Filter):
+    """Keeps agents' answered requests out of the access log: each agent polls, beats and
+    sends samples a few times a second, which buried everything else in the log. Their
+    failures (status 400 and up) are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access records: (client, method, path, http version, status)
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            path, status = str(args[2]), args[4]
+            return not (path.startswith(agents.PREFIX) and isinstance(status, int) and status < 400)
+        return True
 
 
 MAX_DEPTH = 32
@@ -313,9 +327,14 @@ def create_app(
         # stopped the event loop for ~97 ms and set the p99 (BENCHMARKS.md, API).
         gc.collect()  # garbage frozen now would never be freed
         gc.freeze()
+        undo = on_exit_signal(_app.state.wakeup)
+        quiet = QuietAgents()
+        logging.getLogger("uvicorn.access").addFilter(quiet)
         try:
             yield
         finally:
+            logging.getLogger("uvicorn.access").removeFilter(quiet)
+            undo()
             supervisor.stop()
 
     app = FastAPI(
