@@ -12,12 +12,12 @@ from tests.packets import udp, write_pcap
 
 
 def run(stack, account, *args, token=None, env_extra=None):
-    env = {
-        **os.environ,
+    # As a script runs it: output to a pipe, no COLUMNS.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env |= {
         "EDGEPCAP_API": stack.server.url,
         "EDGEPCAP_ACCOUNT": account.id,
         "EDGEPCAP_TOKEN": token or account.api_token,
-        "COLUMNS": "200",
         **(env_extra or {}),
     }
     return subprocess.run([EDGEPCAP, *args], capture_output=True, text=True, env=env, timeout=60)
@@ -31,7 +31,9 @@ def test_buckets_and_captures_from_the_command_line(stack, tmp_path):
 
     out = run(stack, acct, "buckets", "add", conf)
     assert out.returncode == 0, out.stderr
-    assert "ownership-challenge-" in out.stdout and "buckets validate" in out.stdout
+    assert "ownership-challenge-" in out.stdout
+    # The command to run next is printed whole, on one line, however long the bucket's URL.
+    assert f"  edgepcap buckets validate {conf} --challenge <its contents>\n" in out.stdout
     challenge_file = next(directory.glob("ownership-challenge-*.txt"))
 
     out = run(stack, acct, "buckets", "validate", conf, "--challenge", "nope")
@@ -41,6 +43,11 @@ def test_buckets_and_captures_from_the_command_line(stack, tmp_path):
     assert out.returncode == 0 and "success" in out.stdout
     buckets = json.loads(run(stack, acct, "buckets", "list", "--json").stdout)
     assert [b["status"] for b in buckets] == ["success"]
+    out = run(stack, acct, "buckets", "add", conf)
+    assert out.returncode == 0 and "already validated" in out.stdout, out.stdout
+    assert "buckets validate" not in out.stdout
+    listing = run(stack, acct, "buckets", "list")
+    assert listing.returncode == 0 and buckets[0]["id"] in listing.stdout
 
     out = run(
         stack,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from edgepcap.client import Client, ClientError, Settings
 
@@ -21,8 +22,19 @@ pcaps_app = typer.Typer(
 buckets_app = typer.Typer(
     help="Buckets for full captures: add, validate, list, delete.", no_args_is_help=True
 )
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Read by a script or copied from a log: Rich's default of 80 columns there cut
+        # ids short in tables. Tables take the width they need instead.
+        console.width = 1000
+    return console
+
+
+out = _console()
+err = _console(stderr=True)
 
 Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
 AccountId = Annotated[str | None, typer.Option("--account", help="Account id (EDGEPCAP_ACCOUNT).")]
@@ -194,7 +206,8 @@ def list_(
     if as_json:
         _print_json(pcaps)
         return
-    table = Table("id", "type", "colo", "filter", "submitted", "status", "packets")
+    whole_id = Column("id", no_wrap=True, min_width=32)  # never cut: it is there to copy
+    table = Table(whole_id, "type", "colo", "filter", "submitted", "status", "packets")
     for p in pcaps:
         style = {"success": "green", "failed": "red", "running": "yellow"}.get(p["status"], "")
         table.add_row(
@@ -321,6 +334,9 @@ def bucket_add(
     if as_json:
         _print_json(bucket)
         return
+    if bucket["status"] == "success":
+        out.print(f"bucket {bucket['id']} is already validated: captures can use it")
+        return
     out.print(
         f"bucket {bucket['id']} is {bucket['status']}: read [bold]{bucket['filename']}"
         f"[/bold] in {destination} and run\n  edgepcap buckets validate {destination} "
@@ -358,7 +374,8 @@ def bucket_list(
     if as_json:
         _print_json(buckets)
         return
-    table = Table("id", "destination", "status", "challenge file", "validated")
+    whole_id = Column("id", no_wrap=True, min_width=32)  # never cut: it is there to copy
+    table = Table(whole_id, "destination", "status", "challenge file", "validated")
     for b in buckets:
         table.add_row(
             b["id"], b["destination_conf"], b["status"], b["filename"], b.get("validated") or "-"
