@@ -202,10 +202,12 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
     # Told to stop while its agent's long poll is open, the API answers the poll and
     # ends cleanly: no cancelled request, no traceback.
     assert "Application shutdown complete" in out, out
-    # The access log keeps customers' requests and agents' failures, not the agent's
-    # polls, heartbeats and samples, which came several times a second.
+    # The access log keeps customers' requests, agents' registrations and failures, not
+    # the agent's polls, heartbeats, reports and samples, which came several times a second.
     assert f'"GET /client/v4/accounts/{demo["id"]}/pcaps/{created["id"]} HTTP/1.1" 200' in out
+    assert '"POST /agent/v1/register HTTP/1.1" 200' in out, out
     assert '"GET /agent/v1/prefixes HTTP/1.1" 401' in out, out
-    assert not re.search(r'"(GET|POST) /agent/v1/\S+ HTTP/1.1" 200', out), out
+    routine = r'/agent/v1/(jobs|heartbeat|prefixes|samples|captures/\S+/report)\S* HTTP/1.1" 200'
+    assert not re.search(routine, out), out
     assert "graceful shutdown exceeded" not in out, out
     assert "Traceback" not in out and " 500 " not in out, out

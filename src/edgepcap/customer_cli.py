@@ -26,7 +26,9 @@ buckets_app = typer.Typer(
 
 def _console(stderr: bool = False) -> Console:
     console = Console(stderr=stderr, soft_wrap=True)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
+    # The file itself: Rich's is_terminal also says yes under FORCE_COLOR, as CI sets it.
+    isatty = getattr(console.file, "isatty", lambda: False)
+    if not isatty() and "COLUMNS" not in os.environ:
         # Read by a script or copied from a log: Rich's default of 80 columns there cut
         # ids short in tables. Tables take the width they need instead.
         console.width = 1000

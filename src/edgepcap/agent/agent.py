@@ -81,6 +81,7 @@ class Agent:
         while not self.stopping.is_set():
             with self.lock:
                 running = [i for i, w in self.workers.items() if not w.stop_event.is_set()]
+            asked = time.monotonic()
             try:
                 answer = self.cp.jobs(wait=20, running=running)
             except ControlPlaneError as exc:
@@ -101,6 +102,10 @@ class Agent:
                     worker.request_stop(str(stop.get("reason") or "stop"))
             for raw in answer["jobs"]:
                 self._start(raw)
+            if not answer["jobs"] and not answer["stop"] and time.monotonic() - asked < 1:
+                # Nothing, at once: that api process is stopping. Ask again in a moment,
+                # not in a tight loop until it stops listening.
+                self.stopping.wait(0.5)
 
     def _start(self, raw: dict[str, Any]) -> None:
         pcap_id = str(raw.get("id", ""))

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -136,6 +136,7 @@ def _ids(value: str) -> list[str]:
 @router.get("/jobs")
 async def jobs(
     request: Request,
+    response: Response,
     _: Agent,
     machine: MachineName,
     boot_id: BootId,
@@ -159,7 +160,12 @@ async def jobs(
             new_jobs, stops = found
             if new_jobs or stops or time.monotonic() >= deadline:
                 return {"jobs": new_jobs, "stop": stops}
-            if wakeup.closing or await request.is_disconnected():
+            if wakeup.closing:
+                # The process is stopping: this connection ends with the answer, so the
+                # agent's next poll goes to a listener that is still open (or is refused).
+                response.headers["Connection"] = "close"
+                return {"jobs": [], "stop": []}
+            if await request.is_disconnected():
                 return {"jobs": [], "stop": []}
             await waiter.wait(min(POLL_EVERY, max(0.0, deadline - time.monotonic())))
     finally:

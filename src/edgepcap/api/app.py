@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -41,16 +42,20 @@ log = logging.getLogger("edgepcap.api")
 
 
 class QuietAgents(logging.Filter):
-    """Keeps agents' answered requests out of the access log: each agent polls, beats and
-    sends samples a few times a second, which buried everything else in the log. Their
-    failures (status 400 and up) are still logged."""
+    """Keeps agents' routine requests out of the access log: each agent polls, beats,
+    reports progress and sends samples several times a second, which buried everything
+    else. Their failures (status 400 and up) and registrations are still logged."""
+
+    ROUTINE = re.compile(
+        re.escape(agents.PREFIX) + r"/(jobs|heartbeat|prefixes|samples|captures/[^/?]+/report)"
+        r"(\?|$)"
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # uvicorn's access records: (client, method, path, http version, status)
+        # uvicorn's access records: (client, method, path and query, http version, status)
         args = record.args
-        if isinstance(args, tuple) and len(args) == 5:
-            path, status = str(args[2]), args[4]
-            return not (path.startswith(agents.PREFIX) and isinstance(status, int) and status < 400)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[4], int):
+            return not (args[4] < 400 and self.ROUTINE.match(str(args[2])))
         return True
 
 

@@ -75,7 +75,8 @@ def on_exit_signal(wakeup: Wakeup) -> Callable[[], None]:
 
         def handler(signum: int, frame: FrameType | None, previous: Callable = previous) -> None:
             # Runs on the loop's thread, maybe inside Wakeup's lock: close later, not here.
-            loop.call_soon_threadsafe(wakeup.close)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+                loop.call_soon_threadsafe(wakeup.close)
             previous(signum, frame)
 
         signal.signal(sig, handler)
