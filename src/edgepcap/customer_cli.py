@@ -38,6 +38,12 @@ def _console(stderr: bool = False) -> Console:
 out = _console()
 err = _console(stderr=True)
 
+
+def _id_column() -> Column:
+    # A new one per table: a Rich table keeps its cells in its Column objects.
+    return Column("id", no_wrap=True, min_width=32)  # never cut: it is there to copy
+
+
 Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
 AccountId = Annotated[str | None, typer.Option("--account", help="Account id (EDGEPCAP_ACCOUNT).")]
 Token = Annotated[str | None, typer.Option("--token", help="API token (EDGEPCAP_TOKEN).")]
@@ -208,8 +214,7 @@ def list_(
     if as_json:
         _print_json(pcaps)
         return
-    whole_id = Column("id", no_wrap=True, min_width=32)  # never cut: it is there to copy
-    table = Table(whole_id, "type", "colo", "filter", "submitted", "status", "packets")
+    table = Table(_id_column(), "type", "colo", "filter", "submitted", "status", "packets")
     for p in pcaps:
         style = {"success": "green", "failed": "red", "running": "yellow"}.get(p["status"], "")
         table.add_row(
@@ -376,8 +381,7 @@ def bucket_list(
     if as_json:
         _print_json(buckets)
         return
-    whole_id = Column("id", no_wrap=True, min_width=32)  # never cut: it is there to copy
-    table = Table(whole_id, "destination", "status", "challenge file", "validated")
+    table = Table(_id_column(), "destination", "status", "challenge file", "validated")
     for b in buckets:
         table.add_row(
             b["id"], b["destination_conf"], b["status"], b["filename"], b.get("validated") or "-"
