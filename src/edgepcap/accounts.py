@@ -6,7 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from edgepcap.credentials import hash_secret, new_id, new_secret
@@ -38,8 +39,21 @@ class Credentials:
     api_key: str
 
 
+def _serialise_prefix_changes(session: Session) -> None:
+    """Make the overlap check and the insert one step against every other writer.
+
+    PostgreSQL's exclusion constraint (`ex_prefixes_no_overlap`) refuses an overlapping
+    insert whoever checked first. SQLite has no such constraint, so the transaction takes
+    the database's write lock before it reads the prefixes (a write that changes nothing
+    takes it): a second writer waits for the first to commit, then sees its prefixes.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE prefixes SET cidr = cidr WHERE 0"))
+
+
 def _check_free(session: Session, nets: list[Network], account_id: str | None = None) -> None:
     """Refuse prefixes that overlap another account's: a packet must have one owner."""
+    _serialise_prefix_changes(session)
     for i, net in enumerate(nets):
         for other in nets[i + 1 :]:
             if net.version == other.version and net.overlaps(other):  # type: ignore[arg-type]
@@ -75,7 +89,7 @@ def create_account(
         prefixes=[Prefix(cidr=str(n)) for n in nets],
     )
     session.add(account)
-    session.flush()
+    _flush_prefixes(session, nets)
     return account, creds
 
 
@@ -91,8 +105,21 @@ def add_prefix(session: Session, account_id: str, cidr: str) -> Account:
     net = parse_prefix(cidr)
     _check_free(session, [net], account_id)
     account.prefixes.append(Prefix(cidr=str(net)))
-    session.flush()
+    _flush_prefixes(session, [net])
     return account
+
+
+def _flush_prefixes(session: Session, nets: list[Network]) -> None:
+    """Write new prefixes; one that another transaction took meanwhile is refused as such."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if "prefixes" not in str(exc.orig):
+            raise
+        listed = ", ".join(str(n) for n in nets)
+        raise AccountError(
+            f"prefix {listed} overlaps a prefix that another account took at the same time"
+        ) from exc
 
 
 def rotate_credentials(session: Session, account_id: str) -> tuple[Account, Credentials]:

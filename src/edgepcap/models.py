@@ -51,6 +51,8 @@ class Account(Base):
 
 class Prefix(Base):
     __tablename__ = "prefixes"
+    # On PostgreSQL, migration 0006 adds the exclusion constraint `ex_prefixes_no_overlap`
+    # (no two prefixes overlap); SQLite relies on accounts.py's check under its write lock.
     __table_args__ = (UniqueConstraint("cidr", name="uq_prefixes_cidr"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
