@@ -65,6 +65,9 @@ def test_accounts_create_list_add_prefix(admin):
         (["203.0.113.5/24"], "no host bits"),
         (["not-a-prefix"], "not a network prefix"),
         (["::ffff:203.0.113.0/120"], "IPv4-mapped"),
+        # Covering ::ffff:0:0/96 would hold every IPv4 address in its mapped form.
+        (["2001:db8:aa::/48", "::/80"], "covers the IPv4-mapped IPv6 range ::ffff:0:0/96"),
+        (["::/0"], "covers the IPv4-mapped IPv6 range ::ffff:0:0/96"),
     ],
 )
 def test_bad_prefixes_are_refused(admin, prefixes, needle):
@@ -81,6 +84,17 @@ def test_prefixes_have_one_owner(admin):
     assert out.returncode != 0 and "this account already holds" in out.stderr
     out = admin("accounts", "add-prefix", "0" * 32, "198.51.100.0/24")
     assert out.returncode != 0 and "no account" in out.stderr
+
+
+def test_add_prefix_refuses_ipv6_prefixes_over_the_mapped_range(admin):
+    acct = json.loads(admin("accounts", "create", "v6", "--prefix", "2001:db8:aa::/48").stdout)
+    covers = "covers the IPv4-mapped IPv6 range ::ffff:0:0/96"
+    for prefix, needle in (("::/64", covers), ("::/0", covers), ("::ffff:0:0/96", "IPv4-mapped")):
+        out = admin("accounts", "add-prefix", acct["id"], prefix)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, (prefix, out.stderr)
+        assert needle in out.stderr, (prefix, out.stderr)
+    listed = [json.loads(line) for line in admin("accounts", "list").stdout.splitlines()]
+    assert listed[0]["prefixes"] == ["2001:db8:aa::/48"]
 
 
 def test_secrets_are_stored_hashed(admin):

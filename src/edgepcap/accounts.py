@@ -14,6 +14,9 @@ from edgepcap.credentials import hash_secret, new_id, new_secret
 from edgepcap.models import Account, Prefix
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Samples keep IPv4 addresses in this range's form (edgepcap.samples.records), and no IPv6
+# packet on the wire is addressed in it: an IPv6 prefix that overlaps it is nobody's.
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 class AccountError(ValueError):
@@ -28,8 +31,13 @@ def parse_prefix(cidr: str) -> Network:
             f"{cidr!r} is not a network prefix: give an address with its prefix length "
             "and no host bits set, e.g. 203.0.113.0/24 or 2001:db8::/48"
         ) from exc
-    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
-        raise AccountError(f"{cidr!r} is IPv4-mapped IPv6: give the IPv4 prefix itself")
+    if isinstance(net, ipaddress.IPv6Network) and net.overlaps(IPV4_MAPPED):
+        if net.subnet_of(IPV4_MAPPED):
+            raise AccountError(f"{cidr!r} is IPv4-mapped IPv6: give the IPv4 prefix itself")
+        raise AccountError(
+            f"{cidr!r} covers the IPv4-mapped IPv6 range {IPV4_MAPPED}, which stands for "
+            "IPv4 addresses and cannot be held as IPv6: give a prefix outside it"
+        )
     return net
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 from edgepcap import execution
 from edgepcap import machines as fleet
 from edgepcap import pcap as pcap_format
-from edgepcap.accounts import account_networks
+from edgepcap.accounts import Network, account_networks
 from edgepcap.api.schemas import CreatePcap
 from edgepcap.credentials import new_id
 from edgepcap.db import fetch_all
@@ -124,7 +124,9 @@ def create(
         session.rollback()
         raise _full_capture_busy(session, account.id) from None
     if req.type == "simple" and samples is not None:
-        answer_sample(session, pcap, samples, req.filter_v1 or FilterV1())
+        answer_sample(
+            session, pcap, samples, req.filter_v1 or FilterV1(), account_networks(account)
+        )
     return pcap
 
 
@@ -146,13 +148,27 @@ def sample_records(rows: np.ndarray) -> bytes:
     return full[keep].tobytes()
 
 
-def answer_sample(session: Session, pcap: Pcap, samples: SampleStore, flt: FilterV1) -> None:
-    """Answer a sample capture from history at once: the newest matching samples."""
+def answer_sample(
+    session: Session,
+    pcap: Pcap,
+    samples: SampleStore,
+    flt: FilterV1,
+    prefixes: Sequence[Network],
+) -> None:
+    """Answer a sample capture from history at once: the newest matching samples of the
+    account's `prefixes` (each matched within its own address family)."""
     end = pcap.offset_time or pcap.submitted
     start = end - dt.timedelta(seconds=pcap.time_limit)
     to_ns = lambda t: int(t.replace(tzinfo=dt.UTC).timestamp() * 1e6) * 1000  # noqa: E731
     rows = samples.query(
-        SampleQuery(pcap.account_id, to_ns(start), to_ns(end), flt, pcap.packet_limit or 1)
+        SampleQuery(
+            pcap.account_id,
+            to_ns(start),
+            to_ns(end),
+            flt,
+            pcap.packet_limit or 1,
+            tuple(prefixes),
+        )
     )
     body = pcap_format.global_header(pcap_format.LINKTYPE_RAW, SNAPLEN) + sample_records(rows)
     session.add(PcapBlob(pcap_id=pcap.id, data=body))

@@ -8,11 +8,14 @@ import subprocess
 import time
 
 import httpx
+import numpy as np
 import pytest
 
+from edgepcap.pcap import Reader
 from edgepcap.samples import records
 from tests.conftest import EDGEPCAP, MachineHeartbeat, start_server, stop_server, wait_for
 from tests.packets import udp
+from tests.support_samples import claim
 
 
 @pytest.fixture(params=["segments", "clickhouse"])
@@ -27,6 +30,19 @@ def short_retention(request, tmp_path):
         env["EDGEPCAP_SAMPLE_STORE"] = f"clickhouse://{host}/ingest_{int(time.time() * 1000)}"
     server = start_server(tmp_path / "api", None, env)
     server.store = request.param  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(params=["segments", "clickhouse"])
+def sample_server(request, tmp_path):
+    env = {"EDGEPCAP_SAMPLE_INTERVAL": "0"}
+    if request.param == "clickhouse":
+        host = request.getfixturevalue("clickhouse")
+        env["EDGEPCAP_SAMPLE_STORE"] = f"clickhouse://{host}/family_{int(time.time() * 1000)}"
+    server = start_server(tmp_path / "api", None, env)
     try:
         yield server
     finally:
@@ -125,5 +141,77 @@ def test_samples_are_checked_kept_queried_and_expired(short_retention):
                 "old partitions to be dropped",
             )
         assert sample(a)["packets_captured"] == 0
+    finally:
+        machine.stop()
+
+
+def post_samples(server, key, machine, wire):
+    r = httpx.post(
+        f"{server.url}/agent/v1/samples",
+        params=machine.me,
+        content=wire.tobytes(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def sampled(server, account):
+    """The account's sample capture of the last minute: (source, destination) of each packet."""
+    auth = {"Authorization": f"Bearer {account['api_token']}"}
+    base = f"{server.api}/accounts/{account['id']}/pcaps"
+    r = httpx.post(
+        base,
+        headers=auth,
+        json={"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 100},
+    )
+    assert r.status_code == 200, r.text
+    pcap = r.json()["result"]
+    body = httpx.get(f"{base}/{pcap['id']}/download", headers=auth).content
+    out = []
+    for packet in Reader([body]):
+        v4 = packet.data[0] >> 4 == 4
+        src, dst = (
+            (packet.data[12:16], packet.data[16:20])
+            if v4
+            else (
+                packet.data[8:24],
+                packet.data[24:40],
+            )
+        )
+        out.append((str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst))))
+    assert pcap["packets_captured"] == len(out)
+    return out
+
+
+def test_ingest_checks_ownership_family_by_family(sample_server):
+    from edgepcap.db import open_database
+    from edgepcap.models import Prefix
+
+    server = sample_server
+    a = cli(server, "accounts", "create", "a", "--prefix", "203.0.113.0/25")
+    legacy = cli(server, "accounts", "create", "legacy", "--prefix", "2001:db8:f::/48")
+    # ::/80 covers ::ffff:0:0/96 and is refused now; a database from before may hold it.
+    db = open_database(server.data_dir, None)
+    try:
+        with db.session() as session:
+            session.add(Prefix(account_id=legacy["id"], cidr="::/80"))
+    finally:
+        db.close()
+    key = cli(server, "agents", "create-key")["agent_key"]
+    machine = MachineHeartbeat(server.url, key, "ORD", "ord01")
+    try:
+        now = time.time_ns()
+        honest = claim([("198.51.100.1", "203.0.113.10")], a["id"], now)
+        # An IPv6 packet to ::ffff:203.0.113.10, 160 bytes of the sender's choosing, filed
+        # under the account that holds 203.0.113.10.
+        mapped = claim([("2001:db8:c::1", "::ffff:203.0.113.10")], a["id"], now)
+        # Account A's IPv4 samples filed under the account holding ::/80.
+        v4_to_legacy = claim([("198.51.100.1", "203.0.113.10")], legacy["id"], now)
+        v6_of_legacy = claim([("2001:db8:c::1", "::1:2:3")], legacy["id"], now)
+        body = np.concatenate([honest, mapped, v4_to_legacy, v6_of_legacy])
+        assert post_samples(server, key, machine, body) == {"kept": 2, "rejected": 2}
+        assert sampled(server, a) == [("198.51.100.1", "203.0.113.10")]
+        assert sampled(server, legacy) == [("2001:db8:c::1", "::1:2:3")]
     finally:
         machine.stop()

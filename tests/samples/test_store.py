@@ -16,8 +16,13 @@ from edgepcap.samples.clickhouse import ClickHouseStore
 from edgepcap.samples.segments import SegmentStore
 from edgepcap.samples.store import SampleQuery
 from tests.packets import udp
+from tests.support_samples import claim
 
 A, B = "a" * 32, "b" * 32
+# An account holding ::/80, as could be given before IPv6 prefixes over ::ffff:0:0/96 were
+# refused: it covers every IPv4-mapped address, so only the family tells its samples apart.
+LEGACY, LEGACY_NET = "c" * 32, ipaddress.ip_network("::/80")
+VICTIM, MAPPED_VICTIM = "203.0.113.10", "::ffff:203.0.113.10"  # A's IPv4, and its mapped form
 NETS = {
     A: [ipaddress.ip_network("203.0.113.0/25"), ipaddress.ip_network("2001:db8:a::/48")],
     B: [ipaddress.ip_network("203.0.113.128/25")],
@@ -49,8 +54,19 @@ def batch(now_ns: int, specs: list[tuple[str, str, int, int, int]]) -> np.ndarra
     return records.attribute(rows, NETS)
 
 
-def q(account: str, now_ns: int, seconds: int = 300, limit: int = 10_000, **f) -> SampleQuery:
-    return SampleQuery(account, now_ns - seconds * 1_000_000_000, now_ns, FilterV1(**f), limit)
+def q(
+    account: str,
+    now_ns: int,
+    seconds: int = 300,
+    limit: int = 10_000,
+    prefixes: tuple | None = None,
+    **f,
+) -> SampleQuery:
+    """The account's query; its prefixes are NETS' unless given."""
+    nets = tuple(NETS[account]) if prefixes is None else prefixes
+    return SampleQuery(
+        account, now_ns - seconds * 1_000_000_000, now_ns, FilterV1(**f), limit, nets
+    )
 
 
 def test_query_by_account_window_filter_and_limit(store):
@@ -103,3 +119,53 @@ def test_expire_drops_whole_old_partitions(store):
     store.retention = dt.timedelta(seconds=60)
     assert store.expire(time.time_ns()) >= 1
     assert len(store.query(q(A, now))) == 1
+
+
+def test_attribution_files_a_sample_only_under_a_prefix_of_its_family():
+    snaps = [udp("198.51.100.1", VICTIM, 1000, 53), udp("2001:db8:c::1", MAPPED_VICTIM, 1000, 53)]
+    rows = records.parse(snaps, [time.time_ns()] * 2, [len(s) for s in snaps])
+    wire = records.attribute(rows, {**NETS, LEGACY: [LEGACY_NET]})
+    owners = sorted((bytes(w["account"]).hex(), int(w["family"])) for w in wire)
+    # The IPv4 packet is A's alone; the IPv6 one to ::ffff:203.0.113.10 is not A's.
+    assert owners == [(A, 4), (LEGACY, 6)]
+
+
+def test_an_ipv6_sample_to_a_mapped_address_is_not_in_the_ipv4_history(store):
+    now = time.time_ns()
+    store.append(
+        np.concatenate(
+            [
+                claim([("198.51.100.1", VICTIM)], A, now - 3_000_000),
+                # Filed under A although neither address is in A's prefixes of its family.
+                claim([("2001:db8:c::1", MAPPED_VICTIM)], A, now - 2_000_000),
+                # A's by its IPv6 source, but its destination is not the IPv4 address.
+                claim([("2001:db8:a::1", MAPPED_VICTIM)], A, now - 1_000_000),
+            ]
+        )
+    )
+    got = store.query(q(A, now))
+    assert list(got["family"]) == [4, 6]
+    assert records.join(got["src_hi"][1], got["src_lo"][1], 6) == ipaddress.ip_address(
+        "2001:db8:a::1"
+    )
+    only_v4 = store.query(q(A, now, destination_address=VICTIM))
+    assert list(only_v4["family"]) == [4]
+    assert bytes(only_v4["data"][0][:1]) == b"\x45"  # an IPv4 header
+    assert len(store.query(q(A, now, destination_address="2001:db8:a::1"))) == 0
+
+
+def test_a_v6_prefix_over_the_mapped_range_never_answers_v4_records(store):
+    now = time.time_ns()
+    store.append(
+        np.concatenate(
+            [
+                # IPv4 samples that got into the account's history.
+                claim([("198.51.100.1", VICTIM), (VICTIM, "198.51.100.7")], LEGACY, now - 1_000),
+                claim([("2001:db8:c::1", "::1:2:3")], LEGACY, now),
+            ]
+        )
+    )
+    got = store.query(q(LEGACY, now, prefixes=(LEGACY_NET,)))
+    assert list(got["family"]) == [6]
+    assert records.join(got["dst_hi"][0], got["dst_lo"][0], 6) == ipaddress.ip_address("::1:2:3")
+    assert len(store.query(q(LEGACY, now, prefixes=(LEGACY_NET,), source_address=VICTIM))) == 0

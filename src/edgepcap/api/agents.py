@@ -214,11 +214,8 @@ def _keep_samples(request: Request, wire: np.ndarray) -> tuple[int, int]:
     ok = np.zeros(len(wire), dtype=bool)
     for account in np.unique(wire["account"]):
         mine = wire["account"] == account
-        for cidr in owned.get(bytes(account).hex(), []):
-            net = ipaddress.ip_network(cidr)
-            ok |= mine & (
-                records.in_network(wire["src_hi"], wire["src_lo"], net)
-                | records.in_network(wire["dst_hi"], wire["dst_lo"], net)
-            )
+        # Family by family: an IPv6 sample to ::ffff:<an account's IPv4> is not that account's.
+        nets = [ipaddress.ip_network(c) for c in owned.get(bytes(account).hex(), [])]
+        ok |= mine & records.owned(wire, nets)
     kept = request.app.state.samples.append(wire[ok]) if ok.any() else 0
     return kept, int(len(wire) - ok.sum())

@@ -92,6 +92,8 @@ class ClickHouseStore:
         return len(wire)
 
     def query(self, q: SampleQuery) -> np.ndarray:
+        if not q.prefixes:
+            return np.zeros(0, dtype=records.STORED)
         where = [
             "account = %(account)s",
             "ts >= %(start)s",
@@ -107,12 +109,27 @@ class ClickHouseStore:
             "last": q.end_ns // self.partition_ns,
             "limit": q.limit,
         }
+        # The account's prefixes, family by family (records.in_network in SQL).
+        owned = []
+        for i, net in enumerate(q.prefixes):
+            names = [f"n{i}_{k}" for k in ("family", "hi", "lo", "mask_hi", "mask_lo")]
+            params.update(zip(names, records.bits(net), strict=True))
+            family, hi, lo, mask_hi, mask_lo = (f"%({n})s" for n in names)
+            owned += [
+                f"(family = {family} AND bitAnd({side}_hi, {mask_hi}) = {hi} "
+                f"AND bitAnd({side}_lo, {mask_lo}) = {lo})"
+                for side in ("src", "dst")
+            ]
+        where.append(f"({' OR '.join(owned)})")
         f = q.filter
-        for addr, prefix in ((f.source, "src"), (f.destination, "dst")):
+        for addr, side in ((f.source, "src"), (f.destination, "dst")):
             if addr is not None:
                 hi, lo = records.split(addr)
-                where.append(f"{prefix}_hi = %({prefix}_hi)s AND {prefix}_lo = %({prefix}_lo)s")
-                params[f"{prefix}_hi"], params[f"{prefix}_lo"] = hi, lo
+                where.append(
+                    f"family = %({side}_family)s AND {side}_hi = %({side}_hi)s "
+                    f"AND {side}_lo = %({side}_lo)s"
+                )
+                params.update({f"{side}_family": addr.version, f"{side}_hi": hi, f"{side}_lo": lo})
         if f.protocol is not None:
             where.append("proto = %(proto)s")
             params["proto"] = f.protocol

@@ -1,7 +1,10 @@
 """Sample records: the fixed-size row shipped by agents and kept by the stores.
 
 Addresses are kept as 128 bits (IPv4 as IPv4-mapped IPv6) in two 64-bit halves, so that
-every filter is a vectorised integer comparison over a whole batch.
+every filter is a vectorised integer comparison over a whole batch. The bits alone do not say
+which family a record is: an IPv6 packet to ::ffff:192.0.2.1 has the same bits as an IPv4
+packet to 192.0.2.1. So every match also compares the record's `family` (4 or 6) with the
+prefix's or address's version; a record of family 0 (not IP) matches nothing.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ def split(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int
     return value >> 64, value & 0xFFFFFFFFFFFFFFFF
 
 
-def join(hi: int, lo: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def join(hi: int, lo: int, family: int = 4) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address of (high, low) halves; only a family-4 record's mapped form is IPv4."""
     value = (int(hi) << 64) | int(lo)
-    if value >> 32 == 0xFFFF:
+    if family == 4 and value >> 32 == 0xFFFF:
         return ipaddress.IPv4Address(value & 0xFFFFFFFF)
     return ipaddress.IPv6Address(value)
 
@@ -96,25 +100,69 @@ def parse(
     return out
 
 
-def in_network(
+def bits(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> tuple[int, int, int, int, int]:
+    """(family, base_hi, base_lo, mask_hi, mask_lo) of `net` in the records' 128-bit form."""
+    base_hi, base_lo = split(net.network_address)
+    length = net.prefixlen + (96 if net.version == 4 else 0)
+    mask = ((1 << 128) - 1) ^ ((1 << (128 - length)) - 1)
+    return net.version, base_hi, base_lo, mask >> 64, mask & 0xFFFFFFFFFFFFFFFF
+
+
+def _within(
     hi: np.ndarray, lo: np.ndarray, net: ipaddress.IPv4Network | ipaddress.IPv6Network
 ) -> np.ndarray:
-    """Which of the (hi, lo) addresses lie in `net`, vectorised."""
-    base_hi, base_lo = split(net.network_address)
-    bits = net.prefixlen + (96 if net.version == 4 else 0)
-    mask = ((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)
-    m_hi, m_lo = np.uint64(mask >> 64), np.uint64(mask & 0xFFFFFFFFFFFFFFFF)
-    return ((hi & m_hi) == np.uint64(base_hi)) & ((lo & m_lo) == np.uint64(base_lo))
+    """Which (hi, lo) addresses have `net`'s bits; the family is the caller's to compare."""
+    _family, base_hi, base_lo, m_hi, m_lo = bits(net)
+    return ((hi & np.uint64(m_hi)) == np.uint64(base_hi)) & (
+        (lo & np.uint64(m_lo)) == np.uint64(base_lo)
+    )
+
+
+def in_network(
+    rows: np.ndarray, side: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network
+) -> np.ndarray:
+    """Which rows have their `side` ("src" or "dst") address in `net` and are of its family."""
+    return (rows["family"] == net.version) & _within(rows[f"{side}_hi"], rows[f"{side}_lo"], net)
+
+
+def is_address(
+    rows: np.ndarray, side: str, addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> np.ndarray:
+    """Which rows have exactly `addr` as their `side` address, in its family."""
+    hi, lo = split(addr)
+    return (
+        (rows["family"] == addr.version)
+        & (rows[f"{side}_hi"] == np.uint64(hi))
+        & (rows[f"{side}_lo"] == np.uint64(lo))
+    )
+
+
+_HALVES = ("src_hi", "src_lo", "dst_hi", "dst_lo")
+
+
+def owned(
+    rows: np.ndarray, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> np.ndarray:
+    """Which rows have their source or destination in one of `nets`, family by family."""
+    # Contiguous copies once: the records' fields are strided, and each net reads them all.
+    col = {name: np.ascontiguousarray(rows[name]) for name in ("family", *_HALVES)}
+    hit = np.zeros(len(col["family"]), dtype=bool)
+    for version in sorted({net.version for net in nets}):
+        inside = np.zeros(len(hit), dtype=bool)
+        for net in (n for n in nets if n.version == version):
+            inside |= _within(col["src_hi"], col["src_lo"], net)
+            inside |= _within(col["dst_hi"], col["dst_lo"], net)
+        hit |= inside & (col["family"] == version)
+    return hit
 
 
 def attribute(records: np.ndarray, accounts: dict[str, list]) -> np.ndarray:
     """Wire records: one per (sample, account whose prefix holds its source or destination)."""
     parts = []
     for account_id, nets in accounts.items():
-        hit = np.zeros(len(records), dtype=bool)
-        for net in nets:
-            hit |= in_network(records["src_hi"], records["src_lo"], net)
-            hit |= in_network(records["dst_hi"], records["dst_lo"], net)
+        hit = owned(records, nets)
         if hit.any():
             chosen = records[hit]
             wire = np.zeros(len(chosen), dtype=WIRE)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepcap.samples import records
-from edgepcap.samples.store import SampleQuery, filter_mask, newest
+from edgepcap.samples.store import SampleQuery, matching, newest
 
 NS = 1_000_000_000
 
@@ -74,7 +74,7 @@ class SegmentStore:
         if not chunks:
             return np.zeros(0, dtype=records.STORED)
         rows = np.concatenate(chunks)
-        return newest(rows[filter_mask(rows, q)], q.limit)
+        return newest(matching(rows, q), q.limit)
 
     def expire(self, now_ns: int) -> int:
         cutoff = now_ns - int(self.retention.total_seconds() * NS)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edgepcap.accounts import Network
 from edgepcap.filters import FilterV1
 from edgepcap.samples import records
 
@@ -18,13 +19,19 @@ DEFAULT_RETENTION = dt.timedelta(hours=24)
 
 @dataclass(frozen=True)
 class SampleQuery:
-    """Samples of one account in [start_ns, end_ns] matching `filter`: the newest `limit`."""
+    """Samples of one account in [start_ns, end_ns] matching `filter`: the newest `limit`.
+
+    Only samples whose source or destination lies in one of `prefixes` (the account's, as
+    they are now) are answered, family by family: what the account's history holds from a
+    prefix it no longer has, or that ingest should not have let in, is never handed out.
+    """
 
     account_id: str
     start_ns: int
     end_ns: int
     filter: FilterV1
     limit: int
+    prefixes: tuple[Network, ...]
 
 
 class SampleStore(Protocol):
@@ -45,16 +52,13 @@ class SampleStore(Protocol):
     def close(self) -> None: ...
 
 
-def filter_mask(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
-    """Rows that match the query's window and filter (the embedded backend's WHERE)."""
+def _filter_mask(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
+    """Rows in the query's window that match its filter (`matching` adds the prefixes)."""
     mask = (rows["ts"] >= q.start_ns) & (rows["ts"] <= q.end_ns)
     f = q.filter
-    for addr, prefix in ((f.source, "src"), (f.destination, "dst")):
+    for addr, side in ((f.source, "src"), (f.destination, "dst")):
         if addr is not None:
-            hi, lo = records.split(addr)
-            mask &= (rows[f"{prefix}_hi"] == np.uint64(hi)) & (
-                rows[f"{prefix}_lo"] == np.uint64(lo)
-            )
+            mask &= records.is_address(rows, side, addr)
     if f.protocol is not None:
         mask &= rows["proto"] == f.protocol
     if f.source_port is not None:
@@ -64,6 +68,14 @@ def filter_mask(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
             rows["proto"], records.PORT_PROTOCOLS
         )
     return mask
+
+
+def matching(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
+    """The rows that match the query: its window and filter, and the account's prefixes
+    family by family (checked on the rows left, which are fewer and all in memory)."""
+    rows = rows[_filter_mask(rows, q)]
+    owned = records.owned(rows, q.prefixes)
+    return rows if owned.all() else rows[owned]
 
 
 def newest(rows: np.ndarray, limit: int) -> np.ndarray:
