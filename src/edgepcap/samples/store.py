@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import Protocol
 
 import numpy as np
 
-from edgepcap.accounts import Network
 from edgepcap.filters import FilterV1
 from edgepcap.samples import records
 
@@ -31,7 +31,7 @@ class SampleQuery:
     end_ns: int
     filter: FilterV1
     limit: int
-    prefixes: tuple[Network, ...]
+    prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 class SampleStore(Protocol):
