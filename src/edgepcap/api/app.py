@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgepcap import captures, execution
-from edgepcap.api import agents, errors, openapi, ownership, pcaps
+from edgepcap.api import agents, errors, openapi, ownership, pcaps, web
 from edgepcap.api.metrics import render_metrics
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
 from edgepcap.db import Database, database_url
@@ -348,7 +348,7 @@ def create_app(
         version="0.1.0",
         description="Cloudflare-compatible packet-capture API (Magic Transit PCAPs).",
         openapi_url=f"{PREFIX}/openapi.json",
-        docs_url=f"{PREFIX}/docs",
+        docs_url=None,  # web.mount_docs: its assets from this server, not a CDN
         redoc_url=None,
     )
     app.state.db = db
@@ -366,6 +366,8 @@ def create_app(
     app.add_exception_handler(DBAPIError, errors.database_error_handler)
     app.add_exception_handler(Exception, errors.internal_error_handler)
     app.add_middleware(RequestGuard)
+    app.add_middleware(web.SecurityHeaders)  # outermost: the guard's refusals get them too
+    web.mount_docs(app, PREFIX)
 
     @app.get("/metrics", include_in_schema=False, response_class=PlainTextResponse)
     def metrics() -> str:
