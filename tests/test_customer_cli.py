@@ -170,3 +170,26 @@ def test_errors_print_the_apis_message_and_exit_non_zero(stack, tmp_path):
     broken.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 10)
     out = run(stack, acct, "pcaps", "summary", str(broken))
     assert out.returncode == 1 and "too short" in out.stderr
+
+
+def test_text_from_the_server_prints_as_text_not_markup(stack):
+    # The server echoes what it was sent; Rich would have read it as markup (a link).
+    acct = stack.account()
+    conf = stack.validated_bucket(acct)
+    colo = "[link=http://x]ord01[/link] :warning:"
+    out = run(
+        stack,
+        acct,
+        "pcaps",
+        "create",
+        "--type",
+        "full",
+        "--time-limit",
+        "5",
+        "--colo",
+        colo,
+        "--destination",
+        conf,
+    )
+    assert out.returncode == 1
+    assert f"error: `colo_name` '{colo}' is neither" in out.stderr, out.stderr
