@@ -43,6 +43,16 @@ SampleStoreUrl = Annotated[
 ]
 
 
+MetricsTokenFile = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="EDGEPCAP_METRICS_TOKEN_FILE",
+        help="File holding the operator token that GET /metrics asks for "
+        "(or EDGEPCAP_METRICS_TOKEN); without one there is no /metrics.",
+    ),
+]
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -67,12 +77,21 @@ def serve(
     database: str | None,
     sample_store: str | None = None,
     workers: int = 1,
+    metrics_token_file: Path | None = None,
 ) -> None:
     import uvicorn
 
     from edgepcap.api.app import open_app
+    from edgepcap.api.metrics import TOKEN_FILE_ENV, operator_token
 
     host, port = _parse_listen(listen)
+    if metrics_token_file is not None:
+        os.environ[TOKEN_FILE_ENV] = str(metrics_token_file.resolve())  # workers read it too
+    try:
+        if operator_token() is None:
+            typer.echo("no metrics token (--metrics-token-file): GET /metrics is off", err=True)
+    except ValueError as exc:
+        _fail(str(exc))
     database = database or os.environ.get("EDGEPCAP_DATABASE")
     sample_store = sample_store or os.environ.get("EDGEPCAP_SAMPLE_STORE")
     options: dict[str, Any] = {
@@ -113,9 +132,10 @@ def api(
             help="API worker processes sharing the port (one per core is a good start).",
         ),
     ] = 1,
+    metrics_token_file: MetricsTokenFile = None,
 ) -> None:
     """Run the control-plane API in the foreground."""
-    serve(listen, data_dir, database, sample_store, workers)
+    serve(listen, data_dir, database, sample_store, workers, metrics_token_file)
 
 
 @app.command()
@@ -128,9 +148,11 @@ def up(
         str | None, typer.Option(help="This host's machine name (default: from hostname).")
     ] = None,
     agent: Annotated[bool, typer.Option(help="Run an agent on this host too (root).")] = True,
+    metrics_token_file: MetricsTokenFile = None,
 ) -> None:
     """Single node: the API, an agent on this host, a demo account on first start."""
     import re
+    import secrets
     import socket
     import subprocess
     import sys
@@ -149,6 +171,10 @@ def up(
         if not key_file.exists():
             _write_secret(key_file, create_agent_key(session, "edgepcap up")[1])
     db.close()
+    if metrics_token_file is None and not os.environ.get("EDGEPCAP_METRICS_TOKEN"):
+        metrics_token_file = data_dir / "metrics-token"
+        if not metrics_token_file.exists():
+            _write_secret(metrics_token_file, secrets.token_urlsafe(32))
     info = json.loads(creds_file.read_text())
     host, port = _parse_listen(listen)
     name = machine or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
@@ -158,6 +184,7 @@ def up(
         f"edgepcap is up on http://{listen}/client/v4\n"
         f"  demo account {info['id']} (prefix {', '.join(info['prefixes'])})\n"
         f"  credentials in {creds_file} (api_token, or email + api_key)\n"
+        + (f"  /metrics token in {metrics_token_file}\n" if metrics_token_file else "")
         + (f"  agent: machine {name[:63]} in colo {colo.upper()}" if agent else "  no agent")
     )
     child = None
@@ -181,7 +208,7 @@ def up(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
     try:
-        serve(listen, data_dir, database)
+        serve(listen, data_dir, database, metrics_token_file=metrics_token_file)
     finally:
         if child is not None:
             child.terminate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -88,7 +89,16 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         api = f"http://{host}:{port}"
         # What the lab's processes are started with, kept so that a restart gets the same.
         inherited = {k: v for k, v in os.environ.items() if k.startswith(("EDGEPCAP_", "AWS_"))}
-        env = {**inherited, "EDGEPCAP_BUCKET_ROOT": str(buckets), "EDGEPCAP_ACCESS_LOG": "0"}
+        metrics_token = secrets.token_urlsafe(32)
+        metrics_token_file = data_dir / "metrics-token"
+        metrics_token_file.unlink(missing_ok=True)
+        _write_private(metrics_token_file, metrics_token)
+        env = {
+            **inherited,
+            "EDGEPCAP_BUCKET_ROOT": str(buckets),
+            "EDGEPCAP_ACCESS_LOG": "0",
+            "EDGEPCAP_METRICS_TOKEN_FILE": str(metrics_token_file),
+        }
         argv = [_edgepcap(), "api", "--listen", listen, "--data-dir", str(data_dir)]
         if database:
             argv += ["--database", database]
@@ -169,6 +179,7 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
             "other": info["other"],
             "data_dir": str(data_dir),
             "database": database,
+            "metrics_token": metrics_token,
         }
         (data_dir / "lab.json").write_text(json.dumps(lab, indent=2))
         os.chmod(data_dir / "lab.json", 0o600)
@@ -269,6 +280,13 @@ def _validate_bucket(api: str, acct: dict[str, Any], bucket: Path) -> str:
         if r.status_code != 200:
             raise LabError(f"validating bucket {conf}: {r.text}")
     return conf
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a new file that only its owner can read, from its creation on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def _save(data_dir: Path, state: dict[str, Any]) -> None:
