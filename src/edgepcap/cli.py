@@ -28,6 +28,7 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database",
+        envvar="EDGEPCAP_DATABASE",  # a URL with a password: keep it out of `ps`
         help="SQLAlchemy URL; postgresql://… for PostgreSQL. Default: SQLite in the data dir.",
     ),
 ]
@@ -58,6 +59,12 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _private_files() -> None:
+    # The servers' files (database, logs, keys, samples, customers' captures) are theirs
+    # alone from creation; modes given explicitly where they matter most do not depend on it.
+    os.umask(0o077)
+
+
 def _parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -83,8 +90,11 @@ def serve(
 
     from edgepcap.api.app import open_app
     from edgepcap.api.metrics import TOKEN_FILE_ENV, operator_token
+    from edgepcap.db import make_data_dir
 
     host, port = _parse_listen(listen)
+    _private_files()
+    make_data_dir(data_dir)
     if metrics_token_file is not None:
         os.environ[TOKEN_FILE_ENV] = str(metrics_token_file.resolve())  # workers read it too
     try:
@@ -160,6 +170,7 @@ def up(
     from edgepcap import accounts as accounts_mod
     from edgepcap.machines import create_agent_key
 
+    _private_files()
     data_dir = data_dir.resolve()
     db = _open(data_dir, database)
     creds_file = data_dir / "demo-account.json"
@@ -405,6 +416,7 @@ def lab_up(
     from edgepcap.lab import lab
 
     _parse_listen(listen)
+    _private_files()
     try:
         info = lab.up(data_dir, colo, machines, listen, database)
     except lab.LabError as exc:
