@@ -193,3 +193,18 @@ def test_text_from_the_server_prints_as_text_not_markup(stack):
     )
     assert out.returncode == 1
     assert f"error: `colo_name` '{colo}' is neither" in out.stderr, out.stderr
+
+
+def test_the_token_can_come_from_a_file(stack, tmp_path):
+    # Neither an argument (ps shows it) nor the environment of all the shell starts.
+    acct = stack.account()
+    token_file = tmp_path / "token"
+    token_file.write_text(acct.api_token + "\n")
+    env = {"EDGEPCAP_TOKEN": "", "EDGEPCAP_TOKEN_FILE": str(token_file)}
+    out = run(stack, acct, "pcaps", "list", "--json", env_extra=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+    env["EDGEPCAP_TOKEN_FILE"] = str(tmp_path / "missing")
+    out = run(stack, acct, "pcaps", "list", env_extra=env)
+    assert out.returncode == 2
+    assert "cannot read EDGEPCAP_TOKEN_FILE" in out.stderr and "Traceback" not in out.stderr

@@ -50,7 +50,13 @@ def _id_column() -> Column:
 
 Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
 AccountId = Annotated[str | None, typer.Option("--account", help="Account id (EDGEPCAP_ACCOUNT).")]
-Token = Annotated[str | None, typer.Option("--token", help="API token (EDGEPCAP_TOKEN).")]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="API token; better EDGEPCAP_TOKEN or EDGEPCAP_TOKEN_FILE (ps shows arguments).",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print the API's JSON result.")]
 END = ("success", "failed")
 
