@@ -120,3 +120,18 @@ def test_up_keeps_its_data_dir_private_and_its_secrets_in_files(tmp_path):
             assert secret.encode() not in cmdline
     finally:
         stop(proc)
+
+
+def test_a_data_dir_open_to_others_is_reported(tmp_path):
+    data_dir = tmp_path / "loose"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    out = subprocess.run(
+        [EDGEPCAP, "accounts", "list", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EDGEPCAP_DATABASE": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"the data dir {data_dir} is open to other users (mode 755): chmod 700 it" in out.stderr

@@ -265,6 +265,13 @@ def make_data_dir(data_dir: Path) -> None:
     """Create the data dir when missing, for its owner only: it holds the database, keys
     and customers' sampled packets."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    loose = data_dir.stat().st_mode & 0o077
+    if loose:  # made by hand or by an older version: the operator's to tighten, not ours
+        log.warning(
+            "the data dir %s is open to other users (mode %o): chmod 700 it",
+            data_dir,
+            data_dir.stat().st_mode & 0o777,
+        )
 
 
 def _create_private(path: str | None) -> None:
