@@ -556,8 +556,17 @@ class Lab:
             path.write_bytes(r.content)
         return path
 
+    def metrics(self) -> str:
+        """`/metrics`, with the operator token the lab made."""
+        token = self.info["metrics_token"]
+        r = httpx.get(
+            f"{self.info['api']}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert r.status_code == 200, r.text
+        return r.text
+
     def sampler_stats(self) -> dict[str, dict[str, int]]:
-        text = httpx.get(f"{self.info['api']}/metrics", timeout=10).text
+        text = self.metrics()
         out: dict[str, dict[str, int]] = {}
         for line in text.splitlines():
             if line.startswith("edgepcap_sampler_"):
@@ -601,7 +610,7 @@ class Lab:
 
     def machines_up(self) -> dict[str, bool]:
         """Which machines the control plane sees live (`edgepcap_machine_up`)."""
-        text = httpx.get(f"{self.info['api']}/metrics", timeout=10).text
+        text = self.metrics()
         return {
             line.split('machine="')[1].split('"')[0]: line.endswith(" 1")
             for line in text.splitlines()

@@ -170,3 +170,41 @@ def test_errors_print_the_apis_message_and_exit_non_zero(stack, tmp_path):
     broken.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 10)
     out = run(stack, acct, "pcaps", "summary", str(broken))
     assert out.returncode == 1 and "too short" in out.stderr
+
+
+def test_text_from_the_server_prints_as_text_not_markup(stack):
+    # The server echoes what it was sent; Rich would have read it as markup (a link).
+    acct = stack.account()
+    conf = stack.validated_bucket(acct)
+    colo = "[link=http://x]ord01[/link] :warning:"
+    out = run(
+        stack,
+        acct,
+        "pcaps",
+        "create",
+        "--type",
+        "full",
+        "--time-limit",
+        "5",
+        "--colo",
+        colo,
+        "--destination",
+        conf,
+    )
+    assert out.returncode == 1
+    assert f"error: `colo_name` '{colo}' is neither" in out.stderr, out.stderr
+
+
+def test_the_token_can_come_from_a_file(stack, tmp_path):
+    # Neither an argument (ps shows it) nor the environment of all the shell starts.
+    acct = stack.account()
+    token_file = tmp_path / "token"
+    token_file.write_text(acct.api_token + "\n")
+    env = {"EDGEPCAP_TOKEN": "", "EDGEPCAP_TOKEN_FILE": str(token_file)}
+    out = run(stack, acct, "pcaps", "list", "--json", env_extra=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+    env["EDGEPCAP_TOKEN_FILE"] = str(tmp_path / "missing")
+    out = run(stack, acct, "pcaps", "list", env_extra=env)
+    assert out.returncode == 2
+    assert "cannot read EDGEPCAP_TOKEN_FILE" in out.stderr and "Traceback" not in out.stderr

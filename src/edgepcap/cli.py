@@ -28,6 +28,7 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database",
+        envvar="EDGEPCAP_DATABASE",  # a URL with a password: keep it out of `ps`
         help="SQLAlchemy URL; postgresql://… for PostgreSQL. Default: SQLite in the data dir.",
     ),
 ]
@@ -43,9 +44,25 @@ SampleStoreUrl = Annotated[
 ]
 
 
+MetricsTokenFile = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="EDGEPCAP_METRICS_TOKEN_FILE",
+        help="File holding the operator token that GET /metrics asks for "
+        "(or EDGEPCAP_METRICS_TOKEN); without one there is no /metrics.",
+    ),
+]
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _private_files() -> None:
+    # The servers' files (database, logs, keys, samples, customers' captures) are theirs
+    # alone from creation; modes given explicitly where they matter most do not depend on it.
+    os.umask(0o077)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -67,12 +84,24 @@ def serve(
     database: str | None,
     sample_store: str | None = None,
     workers: int = 1,
+    metrics_token_file: Path | None = None,
 ) -> None:
     import uvicorn
 
     from edgepcap.api.app import open_app
+    from edgepcap.api.metrics import TOKEN_FILE_ENV, operator_token
+    from edgepcap.db import make_data_dir
 
     host, port = _parse_listen(listen)
+    _private_files()
+    make_data_dir(data_dir)
+    if metrics_token_file is not None:
+        os.environ[TOKEN_FILE_ENV] = str(metrics_token_file.resolve())  # workers read it too
+    try:
+        if operator_token() is None:
+            typer.echo("no metrics token (--metrics-token-file): GET /metrics is off", err=True)
+    except ValueError as exc:
+        _fail(str(exc))
     database = database or os.environ.get("EDGEPCAP_DATABASE")
     sample_store = sample_store or os.environ.get("EDGEPCAP_SAMPLE_STORE")
     options: dict[str, Any] = {
@@ -113,9 +142,10 @@ def api(
             help="API worker processes sharing the port (one per core is a good start).",
         ),
     ] = 1,
+    metrics_token_file: MetricsTokenFile = None,
 ) -> None:
     """Run the control-plane API in the foreground."""
-    serve(listen, data_dir, database, sample_store, workers)
+    serve(listen, data_dir, database, sample_store, workers, metrics_token_file)
 
 
 @app.command()
@@ -128,9 +158,11 @@ def up(
         str | None, typer.Option(help="This host's machine name (default: from hostname).")
     ] = None,
     agent: Annotated[bool, typer.Option(help="Run an agent on this host too (root).")] = True,
+    metrics_token_file: MetricsTokenFile = None,
 ) -> None:
     """Single node: the API, an agent on this host, a demo account on first start."""
     import re
+    import secrets
     import socket
     import subprocess
     import sys
@@ -138,6 +170,7 @@ def up(
     from edgepcap import accounts as accounts_mod
     from edgepcap.machines import create_agent_key
 
+    _private_files()
     data_dir = data_dir.resolve()
     db = _open(data_dir, database)
     creds_file = data_dir / "demo-account.json"
@@ -149,6 +182,10 @@ def up(
         if not key_file.exists():
             _write_secret(key_file, create_agent_key(session, "edgepcap up")[1])
     db.close()
+    if metrics_token_file is None and not os.environ.get("EDGEPCAP_METRICS_TOKEN"):
+        metrics_token_file = data_dir / "metrics-token"
+        if not metrics_token_file.exists():
+            _write_secret(metrics_token_file, secrets.token_urlsafe(32))
     info = json.loads(creds_file.read_text())
     host, port = _parse_listen(listen)
     name = machine or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
@@ -158,6 +195,7 @@ def up(
         f"edgepcap is up on http://{listen}/client/v4\n"
         f"  demo account {info['id']} (prefix {', '.join(info['prefixes'])})\n"
         f"  credentials in {creds_file} (api_token, or email + api_key)\n"
+        + (f"  /metrics token in {metrics_token_file}\n" if metrics_token_file else "")
         + (f"  agent: machine {name[:63]} in colo {colo.upper()}" if agent else "  no agent")
     )
     child = None
@@ -181,7 +219,7 @@ def up(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
     try:
-        serve(listen, data_dir, database)
+        serve(listen, data_dir, database, metrics_token_file=metrics_token_file)
     finally:
         if child is not None:
             child.terminate()
@@ -378,6 +416,7 @@ def lab_up(
     from edgepcap.lab import lab
 
     _parse_listen(listen)
+    _private_files()
     try:
         info = lab.up(data_dir, colo, machines, listen, database)
     except lab.LabError as exc:

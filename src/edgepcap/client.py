@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,13 +29,13 @@ class Settings:
     def resolve(cls, api: str | None, account: str | None, token: str | None) -> Settings:
         api = api or os.environ.get("EDGEPCAP_API")
         account = account or os.environ.get("EDGEPCAP_ACCOUNT")
-        token = token or os.environ.get("EDGEPCAP_TOKEN")
+        token = token or os.environ.get("EDGEPCAP_TOKEN") or _token_file()
         missing = [
             name
             for name, value in (
                 ("EDGEPCAP_API / --api", api),
                 ("EDGEPCAP_ACCOUNT / --account", account),
-                ("EDGEPCAP_TOKEN / --token", token),
+                ("EDGEPCAP_TOKEN / EDGEPCAP_TOKEN_FILE / --token", token),
             )
             if not value
         ]
@@ -44,6 +45,18 @@ class Settings:
         if not base.endswith("/client/v4"):
             base += "/client/v4"
         return cls(api=base, account=account, token=token)  # type: ignore[arg-type]
+
+
+def _token_file() -> str | None:
+    """The token in the file EDGEPCAP_TOKEN_FILE names: a secret kept out of `ps` and
+    out of the environment of everything the shell starts."""
+    path = os.environ.get("EDGEPCAP_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise ClientError(0, f"cannot read EDGEPCAP_TOKEN_FILE {path}: {exc.strerror}") from exc
 
 
 class Client:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from edgepcap.client import Client, ClientError, Settings
 
@@ -25,7 +26,10 @@ buckets_app = typer.Typer(
 
 
 def _console(stderr: bool = False) -> Console:
-    console = Console(stderr=stderr, soft_wrap=True)
+    # Strings print as they are: most come from the server (errors, a machine's error
+    # message, names a customer chose), and Rich would read `[link=…]` in them as a link,
+    # `:name:` as an emoji. Our own styling is given as Text objects.
+    console = Console(stderr=stderr, soft_wrap=True, markup=False, emoji=False)
     # The file itself: Rich's is_terminal also says yes under FORCE_COLOR, as CI sets it.
     isatty = getattr(console.file, "isatty", lambda: False)
     if not isatty() and "COLUMNS" not in os.environ:
@@ -46,7 +50,13 @@ def _id_column() -> Column:
 
 Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
 AccountId = Annotated[str | None, typer.Option("--account", help="Account id (EDGEPCAP_ACCOUNT).")]
-Token = Annotated[str | None, typer.Option("--token", help="API token (EDGEPCAP_TOKEN).")]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="API token; better EDGEPCAP_TOKEN or EDGEPCAP_TOKEN_FILE (ps shows arguments).",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print the API's JSON result.")]
 END = ("success", "failed")
 
@@ -60,7 +70,7 @@ def _client(api: str | None, account: str | None, token: str | None) -> Client:
 
 
 def _die(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    err.print(Text.assemble(("error:", "red"), f" {message}"), highlight=False)
     raise typer.Exit(code)
 
 
@@ -104,8 +114,8 @@ def _show(p: dict[str, Any]) -> None:
         "error_message",
     ):
         if p.get(key) is not None:
-            table.add_row(f"[bold]{key}[/bold]", str(p[key]))
-    table.add_row("[bold]filter[/bold]", _filter_summary(p.get("filter_v1") or {}))
+            table.add_row(Text(key, style="bold"), str(p[key]))
+    table.add_row(Text("filter", style="bold"), _filter_summary(p.get("filter_v1") or {}))
     out.print(table)
     if p.get("machines"):
         machines = Table("machine", "state", "packets", "bytes", "dropped", "file / error")
@@ -185,10 +195,10 @@ def create(
 def _watch(client: Client, pcap: dict[str, Any]) -> dict[str, Any]:
     limit = pcap.get("packet_limit")
     with Progress(
-        TextColumn("{task.fields[status]:>8}"),
+        TextColumn("{task.fields[status]:>8}", markup=False),
         BarColumn(),
         TextColumn("{task.completed:.0f} packets"),
-        TextColumn("{task.fields[left]}"),
+        TextColumn("{task.fields[left]}", markup=False),
         console=err,
         transient=False,
     ) as bar:
@@ -223,7 +233,7 @@ def list_(
             p.get("colo_name") or "-",
             _filter_summary(p.get("filter_v1") or {}),
             p["submitted"],
-            f"[{style}]{p['status']}[/{style}]" if style else p["status"],
+            Text(p["status"], style=style),
             str(p["packets_captured"]),
         )
     out.print(table)
@@ -315,7 +325,11 @@ def summary(file: Path, as_json: Json = False) -> None:
     if result["packets"]:
         first = dt.datetime.fromtimestamp(result["first_ns"] / 1e9, dt.UTC)
         span = f" from {first:%Y-%m-%d %H:%M:%S.%f} UTC over {result['seconds']:.3f} s"
-    out.print(f"[bold]{file}[/bold]: {result['packets']} packets, {result['bytes']} bytes{span}")
+    out.print(
+        Text.assemble(
+            (str(file), "bold"), f": {result['packets']} packets, {result['bytes']} bytes{span}"
+        )
+    )
     protocols = Table("protocol", "packets", "bytes", title="protocols")
     for p in result["protocols"]:
         protocols.add_row(p["protocol"], str(p["packets"]), str(p["bytes"]))
@@ -345,9 +359,12 @@ def bucket_add(
         out.print(f"bucket {bucket['id']} is already validated: captures can use it")
         return
     out.print(
-        f"bucket {bucket['id']} is {bucket['status']}: read [bold]{bucket['filename']}"
-        f"[/bold] in {destination} and run\n  edgepcap buckets validate {destination} "
-        "--challenge <its contents>"
+        Text.assemble(
+            f"bucket {bucket['id']} is {bucket['status']}: read ",
+            (bucket["filename"], "bold"),
+            f" in {destination} and run\n  edgepcap buckets validate {destination} "
+            "--challenge <its contents>",
+        )
     )
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event
+from sqlalchemy import Connection, Engine, Select, create_engine, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +40,7 @@ def make_engine(url: str, ping: bool = True, checkpoints: bool = True) -> Engine
     the database to whoever calls `Database.checkpoint` (the API's supervisor), with
     commits doing it only past BACKSTOP_CHECKPOINT_PAGES."""
     if url.startswith("sqlite"):
+        _create_private(make_url(url).database)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -259,6 +261,28 @@ def fetch_all(
     return [dict(zip(plan.keys, row, strict=True)) for row in rows]
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data dir when missing, for its owner only: it holds the database, keys
+    and customers' sampled packets."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    loose = data_dir.stat().st_mode & 0o077
+    if loose:  # made by hand or by an older version: the operator's to tighten, not ours
+        log.warning(
+            "the data dir %s is open to other users (mode %o): chmod 700 it",
+            data_dir,
+            data_dir.stat().st_mode & 0o777,
+        )
+
+
+def _create_private(path: str | None) -> None:
+    """Create an SQLite database file readable by its owner only, before SQLite does (with
+    the umask's mode): SQLite gives its -wal and -shm files the database file's mode."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    with suppress(FileExistsError, FileNotFoundError):  # no directory: SQLite's error says so
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def open_database(data_dir: Path, url: str | None) -> Database:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(data_dir)
     return Database(database_url(data_dir, url))

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgepcap import captures, execution
-from edgepcap.api import agents, errors, openapi, ownership, pcaps
-from edgepcap.api.metrics import render_metrics
+from edgepcap.api import agents, errors, openapi, ownership, pcaps, web
+from edgepcap.api.metrics import authorize, operator_token, render_metrics
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
 from edgepcap.db import Database, database_url
 from edgepcap.destinations import StoreSettings
@@ -314,7 +314,9 @@ def open_app(
     stores = StoreSettings.from_env(data_dir)
     stores.bucket_root.mkdir(parents=True, exist_ok=True)
     samples = open_store(sample_store, data_dir)
-    return create_app(db, stores, samples, supervisor_lock=data_dir / "supervisor.lock")
+    return create_app(
+        db, stores, samples, data_dir / "supervisor.lock", metrics_token=operator_token()
+    )
 
 
 def from_environment() -> FastAPI:
@@ -333,6 +335,7 @@ def create_app(
     stores: StoreSettings,
     samples: SampleStore,
     supervisor_lock: Path | None = None,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     supervisor = Supervisor(db, samples, supervisor_lock)
 
@@ -361,7 +364,7 @@ def create_app(
         version="0.1.0",
         description="Cloudflare-compatible packet-capture API (Magic Transit PCAPs).",
         openapi_url=f"{PREFIX}/openapi.json",
-        docs_url=f"{PREFIX}/docs",
+        docs_url=None,  # web.mount_docs: its assets from this server, not a CDN
         redoc_url=None,
     )
     app.state.db = db
@@ -379,10 +382,13 @@ def create_app(
     app.add_exception_handler(DBAPIError, errors.database_error_handler)
     app.add_exception_handler(Exception, errors.internal_error_handler)
     app.add_middleware(RequestGuard)
+    app.add_middleware(web.SecurityHeaders)  # outermost: the guard's refusals get them too
+    web.mount_docs(app, PREFIX)
 
     @app.get("/metrics", include_in_schema=False, response_class=PlainTextResponse)
-    def metrics() -> str:
+    def metrics(authorization: str | None = Header(default=None)) -> str:
         """Per-machine liveness and sampler counters, in Prometheus' text format."""
+        authorize(authorization, metrics_token)
         return render_metrics(db)
 
     dashboard = Path(__file__).resolve().parent.parent / "dashboard"

@@ -1,11 +1,25 @@
-"""`/metrics`: machine liveness and sampler counters in Prometheus' text format."""
+"""`/metrics`: machine liveness and sampler counters in Prometheus' text format.
+
+They name every machine and colo and say which are down: operators' business, so they
+are served only to whoever shows the operator token (`Authorization: Bearer TOKEN`, as
+Prometheus sends it from `credentials_file`). Without a token configured there is no
+`/metrics` at all. A token rather than a second listener: it works the same with
+`--workers N` (one shared socket) and behind a reverse proxy, where every request looks
+like it comes from loopback.
+"""
 
 from __future__ import annotations
 
 import gc
+import hmac
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
 from sqlalchemy import select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edgepcap.api.errors import APIError, Code
 from edgepcap.db import Database
 from edgepcap.machines import is_live
 from edgepcap.models import Machine, utcnow
@@ -20,6 +34,46 @@ SAMPLER_COUNTERS = {
     "backlog": "samples waiting to be shipped",
     "ship_errors": "failed attempts to ship a batch",
 }
+
+
+TOKEN_ENV = "EDGEPCAP_METRICS_TOKEN"  # noqa: S105 - the variable's name
+TOKEN_FILE_ENV = "EDGEPCAP_METRICS_TOKEN_FILE"  # noqa: S105 - the variable's name
+MIN_TOKEN = 16
+
+
+def operator_token(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The token `/metrics` asks for: the contents of the file EDGEPCAP_METRICS_TOKEN_FILE
+    names, or EDGEPCAP_METRICS_TOKEN; None when neither is set (no `/metrics`)."""
+    path = environ.get(TOKEN_FILE_ENV)
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the metrics token file {path}: {exc}") from exc
+        where = f"the metrics token file {path}"
+    else:
+        token = environ.get(TOKEN_ENV, "").strip()
+        where = TOKEN_ENV
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN or not token.isprintable() or " " in token:
+        raise ValueError(f"{where}: the token must be {MIN_TOKEN} or more printable characters")
+    return token
+
+
+def authorize(authorization: str | None, token: str | None) -> None:
+    """Refuse a `/metrics` request without the operator token (none configured: 404, as
+    for any path the server does not have)."""
+    if token is None:
+        raise StarletteHTTPException(404)
+    given = (authorization or "").encode()
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        raise APIError(
+            401,
+            Code.AUTHENTICATION,
+            "/metrics needs the operator token: `Authorization: Bearer <token>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def render_metrics(db: Database) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -67,12 +68,12 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
     if not 1 <= machines <= 8:
         raise LabError("--machines must be 1 to 8")
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (data_dir / STATE).exists():
         down(data_dir)
     layout = Layout.create(data_dir, colo, machines)
     logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     buckets = data_dir / "buckets"
     buckets.mkdir(exist_ok=True)
     state: dict[str, Any] = {
@@ -88,12 +89,21 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         api = f"http://{host}:{port}"
         # What the lab's processes are started with, kept so that a restart gets the same.
         inherited = {k: v for k, v in os.environ.items() if k.startswith(("EDGEPCAP_", "AWS_"))}
-        env = {**inherited, "EDGEPCAP_BUCKET_ROOT": str(buckets), "EDGEPCAP_ACCESS_LOG": "0"}
+        metrics_token = secrets.token_urlsafe(32)
+        metrics_token_file = data_dir / "metrics-token"
+        metrics_token_file.unlink(missing_ok=True)
+        _write_private(metrics_token_file, metrics_token)
+        env = {
+            **inherited,
+            "EDGEPCAP_BUCKET_ROOT": str(buckets),
+            "EDGEPCAP_ACCESS_LOG": "0",
+            "EDGEPCAP_METRICS_TOKEN_FILE": str(metrics_token_file),
+        }
         argv = [_edgepcap(), "api", "--listen", listen, "--data-dir", str(data_dir)]
-        if database:
-            argv += ["--database", database]
+        # The database URL may hold a password: in the api's environment, not its argv.
         state["api_argv"] = argv
-        state["pids"].append(_spawn(argv, logs / "api.log", env))
+        state["api_env"] = {"EDGEPCAP_DATABASE": database or ""}
+        state["pids"].append(_spawn(argv, logs / "api.log", {**env, **state["api_env"]}))
         _save(data_dir, state)
         _wait(
             lambda: httpx.get(f"{api}/client/v4/health", timeout=1).status_code == 200,
@@ -169,9 +179,11 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
             "other": info["other"],
             "data_dir": str(data_dir),
             "database": database,
+            "metrics_token": metrics_token,
         }
-        (data_dir / "lab.json").write_text(json.dumps(lab, indent=2))
-        os.chmod(data_dir / "lab.json", 0o600)
+        # Credentials: readable by root only from the start, not once written.
+        (data_dir / "lab.json").unlink(missing_ok=True)
+        _write_private(data_dir / "lab.json", json.dumps(lab, indent=2))
         return lab
     except BaseException:
         down(data_dir)
@@ -197,6 +209,7 @@ def _start_agent(
         state["buckets"],
     ]
     env = {**state["env"], **(extra_env or {}), "EDGEPCAP_AGENT_KEY": state["agent_key"]}
+    env["EDGEPCAP_DATABASE"] = ""  # agents never reach the database: not even its URL
     return _spawn(argv, data_dir / "logs" / f"{machine}.log", env)
 
 
@@ -243,7 +256,8 @@ def start_api(data_dir: Path) -> None:
     state = json.loads((data_dir / STATE).read_text())
     if _ours(state["pids"][0]):
         raise LabError("the api is still running")
-    state["pids"][0] = _spawn(state["api_argv"], data_dir / "logs" / "api.log", state["env"])
+    env = {**state["env"], **state.get("api_env", {})}
+    state["pids"][0] = _spawn(state["api_argv"], data_dir / "logs" / "api.log", env)
     _save(data_dir, state)
     _wait(
         lambda: httpx.get(f"{state['api']}/client/v4/health", timeout=1).status_code == 200,
@@ -269,6 +283,13 @@ def _validate_bucket(api: str, acct: dict[str, Any], bucket: Path) -> str:
         if r.status_code != 200:
             raise LabError(f"validating bucket {conf}: {r.text}")
     return conf
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a new file that only its owner can read, from its creation on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def _save(data_dir: Path, state: dict[str, Any]) -> None:

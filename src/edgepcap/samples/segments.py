@@ -26,7 +26,7 @@ NS = 1_000_000_000
 class SegmentStore:
     def __init__(self, root: Path, retention: dt.timedelta, partition_seconds: int = 60) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.retention = retention
         self.partition_ns = partition_seconds * NS
         self._writer = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -47,11 +47,14 @@ class SegmentStore:
             for partition in np.unique(partitions[mine]):
                 rows = records.stored(wire[mine & (partitions == partition)])
                 directory = self._dir(int(partition), account_id)
-                directory.mkdir(parents=True, exist_ok=True)
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._seq += 1
                 name = f"{self._writer}-{self._seq:09d}.seg"
                 hidden = directory / f".{name}.tmp"
-                rows.tofile(hidden)
+                # Customers' packets: readable by the service's user only, from creation.
+                fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    rows.tofile(fh)
                 os.rename(hidden, directory / name)
         return len(wire)
 
