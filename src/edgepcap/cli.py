@@ -70,9 +70,15 @@ def serve(
 ) -> None:
     import uvicorn
 
+    from edgepcap import full_rate, retention
     from edgepcap.api.app import open_app
 
     host, port = _parse_listen(listen)
+    try:  # checked here, before workers start: they would only die one by one
+        full_rate.full_capture_rate()
+        retention.capture_retention()
+    except ValueError as exc:
+        _fail(str(exc))
     database = database or os.environ.get("EDGEPCAP_DATABASE")
     sample_store = sample_store or os.environ.get("EDGEPCAP_SAMPLE_STORE")
     options: dict[str, Any] = {
