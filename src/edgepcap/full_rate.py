@@ -6,9 +6,9 @@ fail at once) would churn the whole colo. The rate counts every full create that
 far as making a capture, whether it then runs or fails at once.
 
 The window lives on the account's row and one conditional UPDATE takes a place in it, so
-that every API process sharing the database agrees (as the sample limit does). The window
-starts at the first create after the previous one closed: within any window of a minute
-that starts with a create, at most N are let through.
+that every API process sharing the database agrees (as the sample limit does). A window
+is the minute from the first create after the previous window closed, and lets at most N
+through; any 60 s overlap at most two windows, so never more than 2N.
 """
 
 from __future__ import annotations
@@ -72,10 +72,13 @@ def take_slot(session: Session, account_id: str, now: dt.datetime) -> None:
     if result.rowcount == 1:  # type: ignore[attr-defined]
         return
     began = session.scalar(select(start).where(Account.id == account_id)) or now
-    seconds = max(1, math.ceil((began + WINDOW - now).total_seconds()))
+    # Bounded by the window: another API host's clock may run ahead of this one's.
+    left = (began + WINDOW - now).total_seconds()
+    seconds = min(math.ceil(WINDOW.total_seconds()), max(1, math.ceil(left)))
+    captures = "full capture" if rate == 1 else "full captures"
     raise RateLimited(
-        f"at most {rate} full captures per minute per account (counting those that fail "
-        f"at once, e.g. for lack of a live machine): {rate} were created since "
+        f"at most {rate} {captures} per minute per account (counting those that fail "
+        f"at once, e.g. for lack of a live machine): {rate} created since "
         f"{began:%H:%M:%S} UTC; retry in {seconds} s",
         seconds,
     )
