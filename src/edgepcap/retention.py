@@ -23,8 +23,8 @@ SETTING = "EDGEPCAP_CAPTURE_RETENTION"
 # Captures deleted per transaction: short transactions, and at most this many blobs
 # (~1.8 MB each) freed at once.
 BATCH = 100
-# The sweep's period: often enough that nothing outlives its retention by more than a
-# tenth of it, never more often than a minute asks for with the default.
+# A sweep every tenth of the retention (nothing outlives it by more than that), but at
+# least once a minute (the default's pace) and at most twice a second.
 LONGEST_PERIOD = 60.0
 log = logging.getLogger("edgepcap.api")
 
@@ -39,7 +39,7 @@ def capture_retention() -> dt.timedelta:
     except ValueError:
         seconds = -1.0
     if not 0 < seconds < 1e10:
-        raise ValueError(f"{SETTING} must be a number of seconds above 0, got {value!r}")
+        raise ValueError(f"{SETTING} must be a number of seconds, 0 < n < 1e10, got {value!r}")
     return dt.timedelta(seconds=seconds)
 
 
