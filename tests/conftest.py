@@ -672,13 +672,15 @@ def running_lab(data_dir: Path, s3_server: str, database: str | None = None) -> 
             capture_output=True,
             text=True,
             timeout=120,
-            # Sample captures are tested filter by filter: no one-per-minute wait here
-            # (the limit itself is tested against the api).
+            # Sample captures are tested filter by filter: no one-per-minute wait here;
+            # one tenant runs many full captures back to back (the soak test 100): no
+            # full-capture rate. The limits themselves are tested against the api.
             env={
                 **os.environ,
                 **S3_ENV,
                 "EDGEPCAP_S3_ENDPOINT": s3_server,
                 "EDGEPCAP_SAMPLE_INTERVAL": "0",
+                "EDGEPCAP_FULL_CAPTURE_RATE": "0",
             },
         )
         assert out.returncode == 0, out.stderr[-3000:]

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Select, and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from edgepcap import execution
+from edgepcap import execution, full_rate
 from edgepcap import machines as fleet
 from edgepcap import pcap as pcap_format
 from edgepcap.accounts import Network, account_networks
@@ -114,6 +114,10 @@ def create(
             _name, targets = fleet.resolve(session, req.colo_name or "")
         except fleet.FleetError as exc:
             raise CaptureError("invalid", str(exc)) from None
+        try:
+            full_rate.take_slot(session, account.id, now)
+        except full_rate.RateLimited as exc:
+            raise CaptureError("full_rate_limited", str(exc), exc.retry_after) from None
         expire_overdue(session, since or utcnow(), account.id)
         pcap.prefixes = [p.cidr for p in account.prefixes]
         execution.assign(session, pcap, targets)

@@ -88,6 +88,7 @@ def serve(
 ) -> None:
     import uvicorn
 
+    from edgepcap import full_rate, retention
     from edgepcap.api.app import open_app
     from edgepcap.api.metrics import TOKEN_FILE_ENV, operator_token
     from edgepcap.db import make_data_dir
@@ -97,7 +98,9 @@ def serve(
     make_data_dir(data_dir)
     if metrics_token_file is not None:
         os.environ[TOKEN_FILE_ENV] = str(metrics_token_file.resolve())  # workers read it too
-    try:
+    try:  # checked here, before workers start: they would only die one by one
+        full_rate.full_capture_rate()
+        retention.capture_retention()
         if operator_token() is None:
             typer.echo("no metrics token (--metrics-token-file): GET /metrics is off", err=True)
     except ValueError as exc:

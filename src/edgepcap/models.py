@@ -43,6 +43,10 @@ class Account(Base):
     # The per-account sample rate limit lives here so that one conditional
     # UPDATE decides it atomically, whichever API process asks.
     last_sample_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # The full-capture rate (full_rate.py), for the same reason: the current one-minute
+    # window's start and how many full captures it has let through.
+    full_window_start: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    full_window_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     prefixes: Mapped[list[Prefix]] = relationship(
         back_populates="account", cascade="all, delete-orphan", order_by="Prefix.id"
@@ -69,6 +73,8 @@ class Pcap(Base):
     __tablename__ = "pcaps"
     __table_args__ = (
         Index("ix_pcaps_account_submitted", "account_id", "submitted"),
+        # The retention sweep finds ended captures by when they ended.
+        Index("ix_pcaps_finished", "finished"),
         # "At most one pending or running full capture per account", enforced
         # by the database so that racing API processes cannot both win.
         Index(

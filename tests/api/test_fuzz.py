@@ -20,9 +20,10 @@ from schemathesis import GenerationMode
 from tests.api.test_pcaps import SIMPLE, full
 from tests.conftest import Account, Stack
 
-# Sample captures may come as fast as the fuzzer sends them, so it reaches the handler
-# past the one-per-minute limit (tests/api/test_pcaps.py tests the limit itself).
-SERVER_ENV = {"EDGEPCAP_SAMPLE_INTERVAL": "0"}
+# Captures may come as fast as the fuzzer sends them, so it reaches the handler past the
+# one-sample-per-minute limit and the full-capture rate (tests/api/test_pcaps.py and
+# tests/api/test_retention.py test the limits themselves).
+SERVER_ENV = {"EDGEPCAP_SAMPLE_INTERVAL": "0", "EDGEPCAP_FULL_CAPTURE_RATE": "0"}
 # Per operation and mode (positive, negative); the long run sets more.
 EXAMPLES = int(os.environ.get("EDGEPCAP_FUZZ_EXAMPLES", "10"))
 # Unset: derandomized, the same cases every run. The long run sets a seed and prints it.

@@ -13,6 +13,9 @@ import pytest
 from edgepcap.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, global_header
 
 SIMPLE = {"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 100}
+# The list test makes 52 full captures on one account back to back: no full-capture rate
+# here (tests/api/test_retention.py tests the rate).
+SERVER_ENV = {"EDGEPCAP_FULL_CAPTURE_RATE": "0"}
 FIELDS = {
     "id",
     "submitted",

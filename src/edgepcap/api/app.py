@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgepcap import captures, execution
+from edgepcap import captures, execution, full_rate, retention
 from edgepcap.api import agents, errors, openapi, ownership, pcaps, web
 from edgepcap.api.metrics import authorize, operator_token, render_metrics
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
@@ -219,7 +219,8 @@ async def _never_receive() -> Message:  # pragma: no cover - responses do not re
 
 
 class Supervisor:
-    """Fails the parts of silent machines and closes captures, twice a second.
+    """Fails the parts of silent machines and closes captures, twice a second; deletes
+    captures past their retention (retention.py) at a slower pace.
 
     It judges silence only over time in which it could hear the agents: from its own start,
     and again from the end of any database outage it saw (heartbeats cannot be recorded
@@ -234,6 +235,8 @@ class Supervisor:
         self.lock = lock
         self._lock_fd: int | None = None
         self._next_expiry = 0.0
+        self._next_retention = 0.0
+        self.keep = retention.capture_retention()
         self.every = every
         self.hearing_since: dt.datetime | None = utcnow()
         self._stop = threading.Event()
@@ -304,6 +307,15 @@ class Supervisor:
                     self._next_expiry = time.monotonic() + EXPIRE_EVERY
             except Exception:
                 log.exception("sample expiry failed; retrying")
+            try:
+                if time.monotonic() >= self._next_retention and self._leads():
+                    self._next_retention = time.monotonic() + retention.sweep_period(self.keep)
+                    if retention.sweep(self.db, self.keep):
+                        self._next_retention = 0.0  # a backlog: one batch per loop
+            except OperationalError:
+                pass  # an outage: the sweep above reports it
+            except Exception:
+                log.exception("capture retention sweep failed; retrying")
 
 
 def open_app(
@@ -337,6 +349,7 @@ def create_app(
     supervisor_lock: Path | None = None,
     metrics_token: str | None = None,
 ) -> FastAPI:
+    full_rate.full_capture_rate()  # a bad setting stops the start, not every full create
     supervisor = Supervisor(db, samples, supervisor_lock)
 
     @contextlib.asynccontextmanager

@@ -85,6 +85,7 @@ def raise_capture_error(exc: captures.CaptureError) -> None:
         "bucket": (400, Code.DESTINATION_NOT_VALIDATED),
         "rate_limited": (429, Code.SAMPLE_RATE_LIMITED),
         "busy": (429, Code.FULL_CAPTURE_ACTIVE),
+        "full_rate_limited": (429, Code.FULL_CAPTURE_RATE_LIMITED),
         "not_found": (404, Code.NOT_FOUND),
         "state": (409, Code.WRONG_STATE),
         "not_ready": (409, Code.NOT_READY),

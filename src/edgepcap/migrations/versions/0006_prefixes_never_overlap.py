@@ -1,7 +1,7 @@
 """prefixes never overlap, enforced by PostgreSQL itself
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-06 10:40:00
 
 Two API processes or CLI runs adding overlapping prefixes at once could both pass the
@@ -12,7 +12,7 @@ SQLite has none: there the check runs under the database's write lock (accounts.
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
