@@ -136,29 +136,40 @@ def up(
     import sys
 
     from edgepcap import accounts as accounts_mod
-    from edgepcap.machines import create_agent_key
+    from edgepcap.machines import FleetError, check_names
 
+    name = machine or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
+    if not re.match(r"^[a-z]", name):
+        name = f"m-{name}"
+    if agent:
+        try:
+            colo, name = check_names(colo, name[:63])
+        except FleetError as exc:
+            _fail(str(exc))
     data_dir = data_dir.resolve()
     db = _open(data_dir, database)
     creds_file = data_dir / "demo-account.json"
     key_file = data_dir / "agent-key"
-    with db.session() as session:
-        if not creds_file.exists():
-            account, creds = accounts_mod.create_account(session, "demo", ["203.0.113.0/24"])
-            _write_secret(creds_file, json.dumps(accounts_mod.describe(account, creds), indent=2))
-        if not key_file.exists():
-            _write_secret(key_file, create_agent_key(session, "edgepcap up")[1])
-    db.close()
+    try:
+        with db.session() as session:
+            if not creds_file.exists():
+                account, creds = accounts_mod.create_account(session, "demo", ["203.0.113.0/24"])
+                demo = json.dumps(accounts_mod.describe(account, creds), indent=2)
+                _write_secret(creds_file, demo)
+        if agent:
+            with db.session() as session:
+                _up_agent_key(session, key_file, colo, name)
+    except FleetError as exc:
+        _fail(str(exc))
+    finally:
+        db.close()
     info = json.loads(creds_file.read_text())
     host, port = _parse_listen(listen)
-    name = machine or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
-    if not re.match(r"^[a-z]", name):
-        name = f"m-{name}"
     typer.echo(
         f"edgepcap is up on http://{listen}/client/v4\n"
         f"  demo account {info['id']} (prefix {', '.join(info['prefixes'])})\n"
         f"  credentials in {creds_file} (api_token, or email + api_key)\n"
-        + (f"  agent: machine {name[:63]} in colo {colo.upper()}" if agent else "  no agent")
+        + (f"  agent: machine {name} in colo {colo}" if agent else "  no agent")
     )
     child = None
     if agent:
@@ -171,7 +182,7 @@ def up(
             "--colo",
             colo,
             "--machine",
-            name[:63],
+            name,
             "--bucket-root",
             str(data_dir / "buckets"),
         ]
@@ -189,6 +200,22 @@ def up(
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _up_agent_key(session: Any, key_file: Path, colo: str, machine: str) -> None:
+    """`up`'s agent key, bound to this host's machine: the one in `key_file` while it is
+    for this colo and machine and not revoked, else a new one (the old one, `up`'s own,
+    is revoked: a key file from before keys were bound, or for another --machine)."""
+    from edgepcap.machines import create_agent_key, find_agent_key, revoke_agent_key
+
+    if key_file.exists():
+        row = find_agent_key(session, key_file.read_text().strip())
+        if row is not None and row.revoked is None and (row.colo, row.machine) == (colo, machine):
+            return
+        if row is not None:
+            revoke_agent_key(session, row.id)
+        key_file.unlink()
+    _write_secret(key_file, create_agent_key(session, colo, machine, "edgepcap up")[1])
 
 
 def _die_with_parent() -> None:
@@ -288,17 +315,56 @@ def accounts_rotate_token(
 
 @agents_app.command("create-key")
 def agents_create_key(
+    colo: Annotated[str, typer.Option(help="The machine's colo, e.g. ORD.")],
+    machine: Annotated[str, typer.Option(help="The one machine the key is for, e.g. ord01.")],
     data_dir: DataDir = Path("edgepcap-data"),
     database: DatabaseUrl = None,
     label: Annotated[str, typer.Option(help="A note on where the key is used.")] = "",
 ) -> None:
-    """Mint an agent key; prints {"id", "agent_key"} once (stored hashed)."""
-    from edgepcap.machines import create_agent_key
+    """Mint a key for one machine; prints {"id", "agent_key", "colo", "machine"} once."""
+    from edgepcap.machines import FleetError, create_agent_key
+
+    db = _open(data_dir, database)
+    try:
+        with db.session() as session:
+            row, key = create_agent_key(session, colo, machine, label)
+            out = {"id": row.id, "agent_key": key, "colo": row.colo, "machine": row.machine}
+            typer.echo(json.dumps(out))
+    except FleetError as exc:
+        _fail(str(exc))
+    finally:
+        db.close()
+
+
+@agents_app.command("revoke-key")
+def agents_revoke_key(
+    key_id: str, data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl = None
+) -> None:
+    """Revoke an agent key at once: its agent's next request gets 401."""
+    from edgepcap.machines import FleetError, describe_key, revoke_agent_key
+
+    db = _open(data_dir, database)
+    try:
+        with db.session() as session:
+            typer.echo(json.dumps(describe_key(revoke_agent_key(session, key_id))))
+    except FleetError as exc:
+        _fail(str(exc))
+    finally:
+        db.close()
+
+
+@agents_app.command("list")
+def agents_list(data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl = None) -> None:
+    """List agent keys as JSON lines: machine, colo, revoked (unbound keys: machine null)."""
+    from sqlalchemy import select
+
+    from edgepcap.machines import describe_key
+    from edgepcap.models import AgentKey
 
     db = _open(data_dir, database)
     with db.session() as session:
-        row, key = create_agent_key(session, label)
-        typer.echo(json.dumps({"id": row.id, "agent_key": key}))
+        for row in session.scalars(select(AgentKey).order_by(AgentKey.created)):
+            typer.echo(json.dumps(describe_key(row)))
     db.close()
 
 
