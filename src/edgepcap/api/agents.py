@@ -16,7 +16,7 @@ from edgepcap import execution
 from edgepcap import machines as fleet
 from edgepcap.api.errors import APIError, Code
 from edgepcap.models import Machine, Pcap
-from edgepcap.samples import records
+from edgepcap.samples import admission, records
 
 PREFIX = "/agent/v1"
 router = APIRouter(prefix=PREFIX, tags=["agents"], include_in_schema=False)
@@ -238,16 +238,43 @@ async def samples(
     machine: MachineName,
     boot_id: BootId,
 ) -> dict[str, Any]:
-    """A batch of sample records; each is kept only if its account owns its source or
+    """A batch of sample records from the current run of the key's machine; each is kept
+    only if it passes admission (timestamp, lengths) and its account owns its source or
     destination (the agent attributes, the control plane checks)."""
-    caller.check(machine)
     body = await request.body()
     size = records.WIRE.itemsize
     if len(body) % size:
         raise APIError(400, Code.INVALID_VALUE, f"sample batches are whole {size}-byte records")
     wire = np.frombuffer(body, dtype=records.WIRE)
-    kept, rejected = await run_in_threadpool(_keep_samples, request, wire)
-    return {"kept": kept, "rejected": rejected}
+    ok = await run_in_threadpool(_admit_samples, request, caller, machine, boot_id, wire)
+    kept, rejected = await run_in_threadpool(_keep_samples, request, wire[ok])
+    return {"kept": kept, "rejected": rejected + int(len(wire) - ok.sum())}
+
+
+def _admit_samples(
+    request: Request, caller: Caller, machine: str, boot_id: str, wire: np.ndarray
+) -> np.ndarray:
+    """The records that may go on to the tenancy check; the others are counted in /metrics
+    under the key's machine, and a batch not from its current boot is refused whole."""
+    whole = None
+    if machine != caller.machine:
+        whole = "machine"
+    else:
+        with request.app.state.db.session() as session:
+            known = session.get(Machine, machine)
+            if known is None or known.boot_id != boot_id:
+                whole = "boot"
+    if whole is not None:
+        with request.app.state.db.session() as session:
+            fleet.count_refused(session, caller.machine, {whole: len(wire)})
+        if whole == "machine":
+            caller.check(machine)
+        raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+    ok, counts = admission.refusals(wire, time.time_ns())
+    if not ok.all():
+        with request.app.state.db.session() as session:
+            fleet.count_refused(session, caller.machine, counts)
+    return ok
 
 
 def _keep_samples(request: Request, wire: np.ndarray) -> tuple[int, int]:
