@@ -67,6 +67,7 @@ def serve(
     database: str | None,
     sample_store: str | None = None,
     workers: int = 1,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     import uvicorn
 
@@ -88,6 +89,8 @@ def serve(
         # the connections over them better, and is the faster loop.
         "loop": "asyncio" if workers == 1 else "auto",
     }
+    if tls is not None:
+        options["ssl_certfile"], options["ssl_keyfile"] = str(tls[0]), str(tls[1])
     if workers == 1:
         uvicorn.run(open_app(data_dir, database, sample_store), **options)
         return
@@ -113,9 +116,24 @@ def api(
             help="API worker processes sharing the port (one per core is a good start).",
         ),
     ] = 1,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Serve HTTPS with this certificate (PEM, chain first to last)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="The certificate's private key (PEM).")
+    ] = None,
 ) -> None:
     """Run the control-plane API in the foreground."""
-    serve(listen, data_dir, database, sample_store, workers)
+    tls = None
+    if (tls_cert is None) != (tls_key is None):
+        _fail("--tls-cert and --tls-key go together")
+    if tls_cert is not None and tls_key is not None:
+        for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if not path.is_file():
+                _fail(f"{flag} {path}: no such file")
+        tls = (tls_cert.resolve(), tls_key.resolve())
+    serve(listen, data_dir, database, sample_store, workers, tls)
 
 
 @app.command()
@@ -390,9 +408,14 @@ def agent(
             help="Receive buffer of each capture's NFLOG socket, bytes (the kernel doubles it).",
         ),
     ] = 32 << 20,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(help="Trust the API's certificate if this CA (PEM) signed it (https)."),
+    ] = None,
 ) -> None:
     """Run one edge machine's agent (as root: it installs nftables rules)."""
     import sys
+    from urllib.parse import urlsplit
 
     from edgepcap.machines import FleetError, check_names
 
@@ -400,6 +423,17 @@ def agent(
         colo, machine = check_names(colo, machine)
     except FleetError as exc:
         _fail(str(exc))
+    url = urlsplit(api)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        _fail(f"--api must be http(s)://HOST:PORT, got {api!r}")
+    if ca_file is not None and not ca_file.is_file():
+        _fail(f"--ca-file {ca_file}: no such file")
+    if url.scheme == "http" and url.hostname not in ("127.0.0.1", "::1", "localhost"):
+        typer.echo(
+            f"warning: {api} is plain HTTP: the agent key and every job's bucket URL cross "
+            "the network in clear (serve the API with --tls-cert/--tls-key, use https://)",
+            err=True,
+        )
     if sample_rate < 0 or sample_rate > 1_000_000:
         _fail("--sample-rate must be 0 (off) to 1000000")
     if not 4096 <= nflog_rcvbuf <= 1 << 30:
@@ -418,6 +452,7 @@ def agent(
         "sample_rate": sample_rate,
         "nflog_rcvbuf": nflog_rcvbuf,
         "bucket_root": os.environ.get("EDGEPCAP_BUCKET_ROOT"),
+        "ca_file": str(ca_file.resolve()) if ca_file else None,
     }
     sys.stdout.flush()
     sys.stderr.flush()
