@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import Stack
+from tests.conftest import EDGEPCAP, Stack
 
 
 def mint_key(stack: Stack, colo: str, machine: str) -> dict[str, Any]:
@@ -39,3 +44,37 @@ def refused(stack: Stack, machine: str) -> dict[str, int]:
             labels, value = line.rsplit(" ", 1)
             out[labels[len(prefix) : -2]] = int(value)
     return out
+
+
+@contextmanager
+def run_agent(
+    stack: Stack, key: str, colo: str, machine: str, ns: str, *extra: str
+) -> Iterator[Path]:
+    """`edgepcap agent` for `machine` of `colo` in namespace `ns`; yields its log's path."""
+    log = stack.server.data_dir / f"agent-{machine}.log"
+    argv = [EDGEPCAP, "agent", "--api", stack.server.url, "--colo", colo, "--machine", machine]
+    argv += ["--netns", ns, "--sample-rate", "0", "--bucket-root", str(stack.server.data_dir)]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [*argv, *extra],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "EDGEPCAP_AGENT_KEY": key},
+        )
+    try:
+        yield log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def machine_up(stack: Stack, machine: str) -> bool:
+    text = httpx.get(stack.server.url + "/metrics", verify=stack.verify, timeout=5).text
+    return any(
+        line.startswith(f'edgepcap_machine_up{{machine="{machine}",') and line.endswith(" 1")
+        for line in text.splitlines()
+    )

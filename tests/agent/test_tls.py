@@ -3,11 +3,8 @@ clear refusal. The CA is made here (trustme); traffic stays in the test's namesp
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import ssl
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +15,8 @@ import trustme
 
 from edgepcap import netns, nft
 from edgepcap.pcap import Reader
-from tests.conftest import EDGEPCAP, Stack, start_server, stop_server, wait_for
-from tests.support_agentkeys import mint_key
+from tests.conftest import Stack, start_server, stop_server, wait_for
+from tests.support_agentkeys import machine_up, mint_key, run_agent
 from tests.test_nft import OUTSIDE, send, wire
 
 
@@ -42,40 +39,18 @@ def tls_stack(tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
 
 
 @contextmanager
-def agent(stack: Stack, machine: str, ns: str, *extra: str) -> Iterator[tuple[Path, str]]:
-    """`edgepcap agent` for `machine` of colo TLS, with its own key; yields its log path."""
+def agent(stack: Stack, machine: str, ns: str, *extra: str) -> Iterator[Path]:
+    """`edgepcap agent` for `machine` of colo TLS with its own key; yields its log's path."""
     key = mint_key(stack, "TLS", machine)["agent_key"]
-    log = stack.server.data_dir / f"agent-{machine}.log"
-    argv = [EDGEPCAP, "agent", "--api", stack.server.url, "--colo", "TLS", "--machine", machine]
-    argv += ["--netns", ns, "--sample-rate", "0", "--bucket-root", str(stack.server.data_dir)]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [*argv, *extra],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "EDGEPCAP_AGENT_KEY": key},
-        )
-    try:
-        yield log, key
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def machine_up(stack: Stack, machine: str) -> bool:
-    text = httpx.get(stack.server.url + "/metrics", verify=stack.verify, timeout=5).text
-    return f'edgepcap_machine_up{{machine="{machine}",colo="TLS"}} 1' in text
+    with run_agent(stack, key, "TLS", machine, ns, *extra) as log:
+        yield log
 
 
 def test_an_agent_with_the_ca_file_registers_and_captures_over_tls(tls_stack):
     stack, ca_file = tls_stack
     account = stack.account()
     conf = stack.validated_bucket(account)
-    with wire() as (sender, ns), agent(stack, "tls01", ns, "--ca-file", str(ca_file)) as (log, _):
+    with wire() as (sender, ns), agent(stack, "tls01", ns, "--ca-file", str(ca_file)) as log:
         wait_for(lambda: machine_up(stack, "tls01"), 30, "tls01 to register over TLS")
         with stack.client(account) as c:
             body = {
@@ -127,7 +102,7 @@ def test_an_agent_without_the_ca_file_refuses_the_api_and_says_why(tls_stack):
     ns = f"eptls{secrets.token_hex(3)}"
     netns.add(ns)
     try:
-        with agent(stack, "tls02", ns) as (log, _):
+        with agent(stack, "tls02", ns) as log:
             wait_for(lambda: "--ca-file" in log.read_text(), 30, "the agent to say why")
             text = log.read_text()
             assert "does not trust" in text and "CERTIFICATE_VERIFY_FAILED" in text, text
