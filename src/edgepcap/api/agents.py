@@ -256,24 +256,18 @@ def _admit_samples(
 ) -> np.ndarray:
     """The records that may go on to the tenancy check; the others are counted in /metrics
     under the key's machine, and a batch not from its current boot is refused whole."""
-    whole = None
-    if machine != caller.machine:
-        whole = "machine"
-    else:
-        with request.app.state.db.session() as session:
-            known = session.get(Machine, machine)
-            if known is None or known.boot_id != boot_id:
-                whole = "boot"
-    if whole is not None:
-        with request.app.state.db.session() as session:
-            fleet.count_refused(session, caller.machine, {whole: len(wire)})
-        if whole == "machine":
-            caller.check(machine)
+    mine = machine == caller.machine
+    with request.app.state.db.session() as session:
+        known = session.get(Machine, caller.machine)
+        current = mine and known is not None and known.boot_id == boot_id
+        if current:
+            ok, counts = admission.refusals(wire, time.time_ns())
+        else:
+            ok, counts = np.zeros(len(wire), dtype=bool), {"boot" if mine else "machine": len(wire)}
+        fleet.count_refused(session, caller.machine, counts)
+    caller.check(machine)
+    if not current:
         raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
-    ok, counts = admission.refusals(wire, time.time_ns())
-    if not ok.all():
-        with request.app.state.db.session() as session:
-            fleet.count_refused(session, caller.machine, counts)
     return ok
 
 
