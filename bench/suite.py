@@ -319,7 +319,7 @@ def fig_samples(quick: bool) -> list[Figure]:
                 account, creds = create_account(s, f"z{i}", [str(samples.account_net(i))])
                 ids.append(account.id)
                 tokens[account.id] = creds.api_token
-            _row, key = create_agent_key(s, "bench")
+            _row, key = create_agent_key(s, "BEN", "bench01", "bench")
         machine = {"machine": "bench01", "boot_id": "c" * 32}
         httpx.post(
             f"{api.url}/agent/v1/register",

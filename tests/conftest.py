@@ -235,6 +235,7 @@ class Stack:
 
     server: Server
     environ: dict[str, str] = field(default_factory=dict)
+    verify: Any = True  # what clients check an https server with (see start_server)
     _accounts: int = 0
     _db: Database | None = None
 
@@ -265,7 +266,10 @@ class Stack:
     def client(self, account: Account, keys: bool = False) -> httpx.Client:
         headers = account.key_headers if keys else account.bearer
         return httpx.Client(
-            base_url=f"{self.api}/accounts/{account.id}", headers=headers, timeout=30
+            base_url=f"{self.api}/accounts/{account.id}",
+            headers=headers,
+            timeout=30,
+            verify=self.verify,
         )
 
     def validated_bucket(self, account: Account) -> str:
@@ -322,6 +326,10 @@ def register_machine(server: Server, colo: str = "ORD", machine: str = "ord01"):
             EDGEPCAP,
             "agents",
             "create-key",
+            "--colo",
+            colo,
+            "--machine",
+            machine,
             "--data-dir",
             str(server.data_dir),
             *(["--database", server.database] if server.database else []),
@@ -339,7 +347,10 @@ def start_server(
     database: str | None,
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
+    verify: Any = True,
 ) -> Server:
+    """`edgepcap api` on a free port; with `--tls-cert` in `args` on https, checked with
+    `verify` (an ssl.SSLContext trusting the test's CA)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = data_dir / f"api-{port}.log"
@@ -350,8 +361,9 @@ def start_server(
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
+    scheme = "https" if "--tls-cert" in args else "http"
     server = Server(
-        url=f"http://127.0.0.1:{port}",
+        url=f"{scheme}://127.0.0.1:{port}",
         data_dir=data_dir,
         database=database,
         proc=proc,
@@ -362,7 +374,7 @@ def start_server(
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"api exited with {proc.returncode}:\n{server.logs()}")
-        return httpx.get(server.api + "/health", timeout=1).status_code == 200
+        return httpx.get(server.api + "/health", timeout=1, verify=verify).status_code == 200
 
     try:
         wait_for(ready, 30, "the api to answer")

@@ -225,3 +225,35 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
     assert not re.search(routine, out), out
     assert "graceful shutdown exceeded" not in out, out
     assert "Traceback" not in out and " 500 " not in out, out
+
+
+def test_up_keeps_its_machines_key_and_replaces_any_other(admin):
+    """`up`'s key file: kept while bound to this colo and machine; a key from before keys
+    were bound (or for another --machine) is revoked and replaced."""
+    from edgepcap.cli import _up_agent_key
+    from edgepcap.credentials import hash_secret
+    from edgepcap.db import open_database
+    from edgepcap.machines import find_agent_key
+    from edgepcap.models import AgentKey
+
+    key_file = admin.data_dir / "agent-key"
+    key_file.write_text("epa_unbound")
+    db = open_database(admin.data_dir, admin.database)
+    try:
+        with db.session() as session:
+            session.add(AgentKey(id="f" * 32, key_hash=hash_secret("epa_unbound")))
+        with db.session() as session:
+            _up_agent_key(session, key_file, "LOCAL", "node1")
+        first = key_file.read_text()
+        assert first != "epa_unbound" and key_file.stat().st_mode & 0o777 == 0o600
+        with db.session() as session:
+            _up_agent_key(session, key_file, "LOCAL", "node1")
+            assert key_file.read_text() == first
+            _up_agent_key(session, key_file, "LOCAL", "node2")
+        with db.session() as session:
+            assert session.get(AgentKey, "f" * 32).revoked is not None
+            old, new = find_agent_key(session, first), find_agent_key(session, key_file.read_text())
+            assert old.revoked is not None and (old.colo, old.machine) == ("LOCAL", "node1")
+            assert new.revoked is None and (new.colo, new.machine) == ("LOCAL", "node2")
+    finally:
+        db.close()

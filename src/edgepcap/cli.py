@@ -85,6 +85,7 @@ def serve(
     sample_store: str | None = None,
     workers: int = 1,
     metrics_token_file: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     import uvicorn
 
@@ -120,6 +121,8 @@ def serve(
         # the connections over them better, and is the faster loop.
         "loop": "asyncio" if workers == 1 else "auto",
     }
+    if tls is not None:
+        options["ssl_certfile"], options["ssl_keyfile"] = str(tls[0]), str(tls[1])
     if workers == 1:
         uvicorn.run(open_app(data_dir, database, sample_store), **options)
         return
@@ -146,9 +149,24 @@ def api(
         ),
     ] = 1,
     metrics_token_file: MetricsTokenFile = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Serve HTTPS with this certificate (PEM, chain first to last)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="The certificate's private key (PEM).")
+    ] = None,
 ) -> None:
     """Run the control-plane API in the foreground."""
-    serve(listen, data_dir, database, sample_store, workers, metrics_token_file)
+    tls = None
+    if (tls_cert is None) != (tls_key is None):
+        _fail("--tls-cert and --tls-key go together")
+    if tls_cert is not None and tls_key is not None:
+        for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if not path.is_file():
+                _fail(f"{flag} {path}: no such file")
+        tls = (tls_cert.resolve(), tls_key.resolve())
+    serve(listen, data_dir, database, sample_store, workers, metrics_token_file, tls)
 
 
 @app.command()
@@ -171,35 +189,46 @@ def up(
     import sys
 
     from edgepcap import accounts as accounts_mod
-    from edgepcap.machines import create_agent_key
+    from edgepcap.machines import FleetError, check_names
 
     _private_files()
+    name = machine or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
+    if not re.match(r"^[a-z]", name):
+        name = f"m-{name}"
+    if agent:
+        try:
+            colo, name = check_names(colo, name[:63])
+        except FleetError as exc:
+            _fail(str(exc))
     data_dir = data_dir.resolve()
     db = _open(data_dir, database)
     creds_file = data_dir / "demo-account.json"
     key_file = data_dir / "agent-key"
-    with db.session() as session:
-        if not creds_file.exists():
-            account, creds = accounts_mod.create_account(session, "demo", ["203.0.113.0/24"])
-            _write_secret(creds_file, json.dumps(accounts_mod.describe(account, creds), indent=2))
-        if not key_file.exists():
-            _write_secret(key_file, create_agent_key(session, "edgepcap up")[1])
-    db.close()
+    try:
+        with db.session() as session:
+            if not creds_file.exists():
+                account, creds = accounts_mod.create_account(session, "demo", ["203.0.113.0/24"])
+                demo = json.dumps(accounts_mod.describe(account, creds), indent=2)
+                _write_secret(creds_file, demo)
+        if agent:
+            with db.session() as session:
+                _up_agent_key(session, key_file, colo, name)
+    except FleetError as exc:
+        _fail(str(exc))
+    finally:
+        db.close()
     if metrics_token_file is None and not os.environ.get("EDGEPCAP_METRICS_TOKEN"):
         metrics_token_file = data_dir / "metrics-token"
         if not metrics_token_file.exists():
             _write_secret(metrics_token_file, secrets.token_urlsafe(32))
     info = json.loads(creds_file.read_text())
     host, port = _parse_listen(listen)
-    name = machine or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
-    if not re.match(r"^[a-z]", name):
-        name = f"m-{name}"
     typer.echo(
         f"edgepcap is up on http://{listen}/client/v4\n"
         f"  demo account {info['id']} (prefix {', '.join(info['prefixes'])})\n"
         f"  credentials in {creds_file} (api_token, or email + api_key)\n"
         + (f"  /metrics token in {metrics_token_file}\n" if metrics_token_file else "")
-        + (f"  agent: machine {name[:63]} in colo {colo.upper()}" if agent else "  no agent")
+        + (f"  agent: machine {name} in colo {colo}" if agent else "  no agent")
     )
     child = None
     if agent:
@@ -212,7 +241,7 @@ def up(
             "--colo",
             colo,
             "--machine",
-            name[:63],
+            name,
             "--bucket-root",
             str(data_dir / "buckets"),
         ]
@@ -230,6 +259,22 @@ def up(
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _up_agent_key(session: Any, key_file: Path, colo: str, machine: str) -> None:
+    """`up`'s agent key, bound to this host's machine: the one in `key_file` while it is
+    for this colo and machine and not revoked, else a new one (the old one, `up`'s own,
+    is revoked: a key file from before keys were bound, or for another --machine)."""
+    from edgepcap.machines import create_agent_key, find_agent_key, revoke_agent_key
+
+    if key_file.exists():
+        row = find_agent_key(session, key_file.read_text().strip())
+        if row is not None and row.revoked is None and (row.colo, row.machine) == (colo, machine):
+            return
+        if row is not None:
+            revoke_agent_key(session, row.id)
+        key_file.unlink()
+    _write_secret(key_file, create_agent_key(session, colo, machine, "edgepcap up")[1])
 
 
 def _die_with_parent() -> None:
@@ -329,17 +374,56 @@ def accounts_rotate_token(
 
 @agents_app.command("create-key")
 def agents_create_key(
+    colo: Annotated[str, typer.Option(help="The machine's colo, e.g. ORD.")],
+    machine: Annotated[str, typer.Option(help="The one machine the key is for, e.g. ord01.")],
     data_dir: DataDir = Path("edgepcap-data"),
     database: DatabaseUrl = None,
     label: Annotated[str, typer.Option(help="A note on where the key is used.")] = "",
 ) -> None:
-    """Mint an agent key; prints {"id", "agent_key"} once (stored hashed)."""
-    from edgepcap.machines import create_agent_key
+    """Mint a key for one machine; prints {"id", "agent_key", "colo", "machine"} once."""
+    from edgepcap.machines import FleetError, create_agent_key
+
+    db = _open(data_dir, database)
+    try:
+        with db.session() as session:
+            row, key = create_agent_key(session, colo, machine, label)
+            out = {"id": row.id, "agent_key": key, "colo": row.colo, "machine": row.machine}
+            typer.echo(json.dumps(out))
+    except FleetError as exc:
+        _fail(str(exc))
+    finally:
+        db.close()
+
+
+@agents_app.command("revoke-key")
+def agents_revoke_key(
+    key_id: str, data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl = None
+) -> None:
+    """Revoke an agent key at once: its agent's next request gets 401."""
+    from edgepcap.machines import FleetError, describe_key, revoke_agent_key
+
+    db = _open(data_dir, database)
+    try:
+        with db.session() as session:
+            typer.echo(json.dumps(describe_key(revoke_agent_key(session, key_id))))
+    except FleetError as exc:
+        _fail(str(exc))
+    finally:
+        db.close()
+
+
+@agents_app.command("list")
+def agents_list(data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl = None) -> None:
+    """List agent keys as JSON lines: machine, colo, revoked (unbound keys: machine null)."""
+    from sqlalchemy import select
+
+    from edgepcap.machines import describe_key
+    from edgepcap.models import AgentKey
 
     db = _open(data_dir, database)
     with db.session() as session:
-        row, key = create_agent_key(session, label)
-        typer.echo(json.dumps({"id": row.id, "agent_key": key}))
+        for row in session.scalars(select(AgentKey).order_by(AgentKey.created)):
+            typer.echo(json.dumps(describe_key(row)))
     db.close()
 
 
@@ -365,9 +449,14 @@ def agent(
             help="Receive buffer of each capture's NFLOG socket, bytes (the kernel doubles it).",
         ),
     ] = 32 << 20,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(help="Trust the API's certificate if this CA (PEM) signed it (https)."),
+    ] = None,
 ) -> None:
     """Run one edge machine's agent (as root: it installs nftables rules)."""
     import sys
+    from urllib.parse import urlsplit
 
     from edgepcap.machines import FleetError, check_names
 
@@ -375,6 +464,17 @@ def agent(
         colo, machine = check_names(colo, machine)
     except FleetError as exc:
         _fail(str(exc))
+    url = urlsplit(api)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        _fail(f"--api must be http(s)://HOST:PORT, got {api!r}")
+    if ca_file is not None and not ca_file.is_file():
+        _fail(f"--ca-file {ca_file}: no such file")
+    if url.scheme == "http" and url.hostname not in ("127.0.0.1", "::1", "localhost"):
+        typer.echo(
+            f"warning: {api} is plain HTTP: the agent key and every job's bucket URL cross "
+            "the network in clear (serve the API with --tls-cert/--tls-key, use https://)",
+            err=True,
+        )
     if sample_rate < 0 or sample_rate > 1_000_000:
         _fail("--sample-rate must be 0 (off) to 1000000")
     if not 4096 <= nflog_rcvbuf <= 1 << 30:
@@ -393,6 +493,7 @@ def agent(
         "sample_rate": sample_rate,
         "nflog_rcvbuf": nflog_rcvbuf,
         "bucket_root": os.environ.get("EDGEPCAP_BUCKET_ROOT"),
+        "ca_file": str(ca_file.resolve()) if ca_file else None,
     }
     sys.stdout.flush()
     sys.stderr.flush()

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgepcap.credentials import hash_secret, new_id, new_secret
-from edgepcap.models import AgentKey, Machine, Prefix, utcnow
+from edgepcap.models import AgentKey, Machine, Prefix, RefusedSamples, utcnow
 
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = dt.timedelta(seconds=5)
@@ -24,18 +24,76 @@ class FleetError(ValueError):
     pass
 
 
-def create_agent_key(session: Session, label: str = "") -> tuple[AgentKey, str]:
+def create_agent_key(
+    session: Session, colo: str, machine: str, label: str = ""
+) -> tuple[AgentKey, str]:
+    """A new key for `machine` of `colo` only; the secret is returned once, stored hashed.
+
+    Machine names are unique across colos (a `colo_name` may name one machine), so a key
+    for the same name in another colo is refused while a key binding it elsewhere lives.
+    """
+    colo, machine = check_names(colo, machine)
+    elsewhere = session.scalar(
+        select(AgentKey.colo).where(
+            AgentKey.machine == machine, AgentKey.colo != colo, AgentKey.revoked.is_(None)
+        )
+    )
+    if elsewhere is not None:
+        raise FleetError(
+            f"machine {machine!r} has a key in colo {elsewhere}: revoke it first "
+            "(`edgepcap agents list`, `edgepcap agents revoke-key ID`)"
+        )
     key = new_secret("epa")
-    row = AgentKey(id=new_id(), key_hash=hash_secret(key), label=label)
+    row = AgentKey(id=new_id(), key_hash=hash_secret(key), label=label, colo=colo, machine=machine)
     session.add(row)
     session.flush()
     return row, key
 
 
-def agent_key_valid(session: Session, key: str) -> bool:
-    return (
-        session.scalar(select(AgentKey.id).where(AgentKey.key_hash == hash_secret(key))) is not None
-    )
+def find_agent_key(session: Session, key: str) -> AgentKey | None:
+    return session.scalar(select(AgentKey).where(AgentKey.key_hash == hash_secret(key)))
+
+
+def revoke_agent_key(session: Session, key_id: str) -> AgentKey:
+    row = session.get(AgentKey, key_id)
+    if row is None:
+        raise FleetError(f"no agent key {key_id!r} (`edgepcap agents list` shows them)")
+    if row.revoked is None:
+        row.revoked = utcnow()
+    session.flush()
+    return row
+
+
+def describe_key(row: AgentKey) -> dict[str, Any]:
+    """A key as `agents list` shows it (never the secret, which is not stored)."""
+    return {
+        "id": row.id,
+        "colo": row.colo,
+        "machine": row.machine,
+        "label": row.label,
+        "created": row.created.isoformat(),
+        "revoked": row.revoked.isoformat() if row.revoked else None,
+    }
+
+
+def count_refused(session: Session, machine: str, counts: dict[str, int]) -> None:
+    """Add refused sample records to the machine's counters (one atomic upsert each,
+    so that API processes refusing at once do not lose counts)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    for reason, n in counts.items():
+        if n <= 0:
+            continue
+        stmt = insert(RefusedSamples).values(machine=machine, reason=reason, count=n)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["machine", "reason"],
+                set_={"count": RefusedSamples.count + stmt.excluded.count},
+            )
+        )
 
 
 def check_names(colo: str, machine: str) -> tuple[str, str]:

@@ -140,7 +140,12 @@ class Bucket(Base):
 
 
 class AgentKey(Base):
-    """A credential edge agents use on the internal agent API."""
+    """A credential of one edge machine's agent on the internal agent API.
+
+    A key speaks for exactly the machine it was minted for: a leaked key must not
+    register as, take the jobs of, or report for any other machine. Keys from before
+    binding have no colo/machine and are refused (mint bound ones and revoke these).
+    """
 
     __tablename__ = "agent_keys"
 
@@ -148,6 +153,20 @@ class AgentKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(200), default="")
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    colo: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    machine: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # Kept, not deleted, so that `agents list` still shows which key was revoked when.
+    revoked: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RefusedSamples(Base):
+    """Sample records the control plane refused, by the machine (its key) and reason."""
+
+    __tablename__ = "refused_samples"
+
+    machine: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Machine(Base):

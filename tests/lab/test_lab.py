@@ -55,6 +55,20 @@ def test_lab_up_writes_lab_json_and_down_removes_everything(tmp_path):
         pids = state["pids"]
         assert all(labmod._ours(p) for p in pids)
         assert (data / "lab.json").stat().st_mode & 0o777 == 0o600
+        # One key per machine, each bound to it.
+        listed = subprocess.run(
+            [EDGEPCAP, "agents", "list", "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        keys = [json.loads(line) for line in listed.splitlines()]
+        assert sorted((k["colo"], k["machine"]) for k in keys) == [
+            ("SJC", "sjc01"),
+            ("SJC", "sjc02"),
+            ("SJC", "sjc03"),
+        ]
+        assert len(set(state["agent_keys"].values())) == 3
 
         out = subprocess.run(
             [

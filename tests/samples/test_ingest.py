@@ -64,7 +64,7 @@ def test_samples_are_checked_kept_queried_and_expired(short_retention):
     server = short_retention
     a = cli(server, "accounts", "create", "a", "--prefix", "203.0.113.0/25")
     b = cli(server, "accounts", "create", "b", "--prefix", "203.0.113.128/25")
-    key = cli(server, "agents", "create-key")["agent_key"]
+    key = cli(server, "agents", "create-key", "--colo", "ORD", "--machine", "ord01")["agent_key"]
     machine = MachineHeartbeat(server.url, key, "ORD", "ord01")
     try:
         now = time.time_ns()

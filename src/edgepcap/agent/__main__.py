@@ -37,6 +37,7 @@ def main() -> None:
         StoreSettings.from_env(Path("/var/lib/edgepcap")),
         config["sample_rate"],
         config["nflog_rcvbuf"],
+        Path(config["ca_file"]) if config.get("ca_file") else None,
     )
 
 

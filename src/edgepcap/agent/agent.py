@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from edgepcap import nft
@@ -185,9 +186,10 @@ def run_agent(
     stores: StoreSettings,
     sample_rate: int = 100,
     nflog_rcvbuf: int = NFLOG_RCVBUF,
+    ca_file: Path | None = None,
 ) -> None:
     bound_malloc()
-    cp = ControlPlane(api, key, colo, machine)
+    cp = ControlPlane(api, key, colo, machine, ca_file)
     agent = Agent(cp, ns, stores, sample_rate, nflog_rcvbuf)
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,18 +15,35 @@ class ControlPlaneError(RuntimeError):
 
 
 class ControlPlane:
-    def __init__(self, api: str, key: str, colo: str, machine: str) -> None:
+    def __init__(
+        self, api: str, key: str, colo: str, machine: str, ca_file: Path | None = None
+    ) -> None:
+        self.api = api
         self.colo = colo
         self.machine = machine
         self.boot_id = secrets.token_hex(16)
+        # A private CA (`--ca-file`) is trusted instead of the system's, not besides them:
+        # the control plane's certificate is the operator's own.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        )
         self.http = httpx.Client(
             base_url=api.rstrip("/") + "/agent/v1",
             headers={"Authorization": f"Bearer {key}"},
             timeout=httpx.Timeout(10.0, read=40.0),
+            verify=verify,
         )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        r = self.http.request(method, path, **kwargs)
+        try:
+            r = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise ControlPlaneError(
+                    f"{self.api} presents a TLS certificate this agent does not trust "
+                    f"({exc}): give `edgepcap agent` --ca-file with the CA that signed it"
+                ) from exc
+            raise
         if r.status_code == 409:
             raise ControlPlaneError("re-register")
         if r.status_code >= 400:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from edgepcap import execution
 from edgepcap import machines as fleet
 from edgepcap.api.errors import APIError, Code
 from edgepcap.models import Machine, Pcap
-from edgepcap.samples import records
+from edgepcap.samples import admission, records
 
 PREFIX = "/agent/v1"
 router = APIRouter(prefix=PREFIX, tags=["agents"], include_in_schema=False)
@@ -27,16 +27,47 @@ MAX_WAIT = 30.0
 POLL_EVERY = 0.1
 
 
-def agent(request: Request) -> None:
+@dataclass(frozen=True)
+class Caller:
+    """The machine an agent key speaks for: every call is about this machine only."""
+
+    key_id: str
+    colo: str
+    machine: str
+
+    def check(self, machine: str, colo: str | None = None) -> None:
+        if machine != self.machine or (colo is not None and colo != self.colo):
+            claimed = repr(machine) + (f" of {colo}" if colo is not None else "")
+            raise APIError(
+                403,
+                Code.FORBIDDEN,
+                f"agent key {self.key_id} is for machine {self.machine!r} of {self.colo} "
+                f"only, not {claimed}",
+            )
+
+
+def agent(request: Request) -> Caller:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise APIError(401, Code.AUTHENTICATION, "agents authenticate with `Bearer <agent key>`")
     with request.app.state.db.session() as session:
-        if not fleet.agent_key_valid(session, key.strip()):
+        row = fleet.find_agent_key(session, key.strip())
+        if row is None:
             raise APIError(401, Code.AUTHENTICATION, "invalid agent key")
+        if row.revoked is not None:
+            raise APIError(401, Code.AUTHENTICATION, f"agent key {row.id} has been revoked")
+        if row.colo is None or row.machine is None:
+            raise APIError(
+                403,
+                Code.FORBIDDEN,
+                f"agent key {row.id} is bound to no machine (minted before keys were bound): "
+                "mint one per machine with `edgepcap agents create-key --colo COLO "
+                f"--machine NAME`, then `edgepcap agents revoke-key {row.id}`",
+            )
+        return Caller(row.id, row.colo, row.machine)
 
 
-Agent = Annotated[None, Depends(agent)]
+Agent = Annotated[Caller, Depends(agent)]
 
 
 class Hello(BaseModel):
@@ -89,12 +120,14 @@ def job(pcap: Pcap, machine: str) -> dict[str, Any]:
 
 
 @router.post("/register")
-def register(request: Request, _: Agent, body: Hello) -> dict[str, Any]:
+def register(request: Request, caller: Agent, body: Hello) -> dict[str, Any]:
+    try:
+        colo, name = fleet.check_names(body.colo, body.machine)
+    except fleet.FleetError as exc:
+        raise APIError(400, Code.INVALID_VALUE, str(exc)) from exc
+    caller.check(name, colo)
     with request.app.state.db.session() as session:
-        try:
-            machine = fleet.register(session, body.colo, body.machine, body.boot_id)
-        except fleet.FleetError as exc:
-            raise APIError(400, Code.INVALID_VALUE, str(exc)) from exc
+        machine = fleet.register(session, colo, name, body.boot_id)
         execution.sweep(session, request.app.state.supervisor.listening_since())
         return {
             "machine": machine.name,
@@ -104,7 +137,8 @@ def register(request: Request, _: Agent, body: Hello) -> dict[str, Any]:
 
 
 @router.post("/heartbeat")
-def heartbeat(request: Request, _: Agent, body: BeatIn) -> dict[str, Any]:
+def heartbeat(request: Request, caller: Agent, body: BeatIn) -> dict[str, Any]:
+    caller.check(body.machine)
     with request.app.state.db.session() as session:
         if fleet.heartbeat(session, body.machine, body.boot_id, body.stats) is None:
             raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
@@ -137,7 +171,7 @@ def _ids(value: str) -> list[str]:
 async def jobs(
     request: Request,
     response: Response,
-    _: Agent,
+    caller: Agent,
     machine: MachineName,
     boot_id: BootId,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 20.0,
@@ -148,6 +182,7 @@ async def jobs(
     """
     # Only heartbeats keep a machine live: a poll held open for an agent that has
     # died must not.
+    caller.check(machine)
     capturing = _ids(running)
     deadline = time.monotonic() + wait
     wakeup = request.app.state.wakeup
@@ -173,9 +208,15 @@ async def jobs(
 
 
 @router.post("/captures/{pcap_id}/report")
-def report(request: Request, _: Agent, pcap_id: str, body: ReportIn) -> dict[str, Any]:
+def report(request: Request, caller: Agent, pcap_id: str, body: ReportIn) -> dict[str, Any]:
+    caller.check(body.machine)
     rep = execution.Report(**body.model_dump(exclude={"machine", "boot_id"}))
     with request.app.state.db.session() as session:
+        # Only the machine's current run reports: a previous run (or a copy of its key
+        # elsewhere) must not take over a part that no current worker is capturing.
+        known = session.get(Machine, body.machine)
+        if known is None or known.boot_id != body.boot_id:
+            raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
         answer = execution.report(session, body.machine, body.boot_id, pcap_id, rep)
     if answer.stop or answer.release:
         # Other machines of the capture learn of the end (or the reclaim) at once.
@@ -193,19 +234,41 @@ def prefixes(request: Request, _: Agent) -> dict[str, Any]:
 @router.post("/samples")
 async def samples(
     request: Request,
-    _: Agent,
+    caller: Agent,
     machine: MachineName,
     boot_id: BootId,
 ) -> dict[str, Any]:
-    """A batch of sample records; each is kept only if its account owns its source or
+    """A batch of sample records from the current run of the key's machine; each is kept
+    only if it passes admission (timestamp, lengths) and its account owns its source or
     destination (the agent attributes, the control plane checks)."""
     body = await request.body()
     size = records.WIRE.itemsize
     if len(body) % size:
         raise APIError(400, Code.INVALID_VALUE, f"sample batches are whole {size}-byte records")
     wire = np.frombuffer(body, dtype=records.WIRE)
-    kept, rejected = await run_in_threadpool(_keep_samples, request, wire)
-    return {"kept": kept, "rejected": rejected}
+    ok = await run_in_threadpool(_admit_samples, request, caller, machine, boot_id, wire)
+    kept, rejected = await run_in_threadpool(_keep_samples, request, wire[ok])
+    return {"kept": kept, "rejected": rejected + int(len(wire) - ok.sum())}
+
+
+def _admit_samples(
+    request: Request, caller: Caller, machine: str, boot_id: str, wire: np.ndarray
+) -> np.ndarray:
+    """The records that may go on to the tenancy check; the others are counted in /metrics
+    under the key's machine, and a batch not from its current boot is refused whole."""
+    mine = machine == caller.machine
+    with request.app.state.db.session() as session:
+        known = session.get(Machine, caller.machine)
+        current = mine and known is not None and known.boot_id == boot_id
+        if current:
+            ok, counts = admission.refusals(wire, time.time_ns())
+        else:
+            ok, counts = np.zeros(len(wire), dtype=bool), {"boot" if mine else "machine": len(wire)}
+        fleet.count_refused(session, caller.machine, counts)
+    caller.check(machine)
+    if not current:
+        raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+    return ok
 
 
 def _keep_samples(request: Request, wire: np.ndarray) -> tuple[int, int]:

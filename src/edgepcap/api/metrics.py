@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgepcap.api.errors import APIError, Code
 from edgepcap.db import Database
 from edgepcap.machines import is_live
-from edgepcap.models import Machine, utcnow
+from edgepcap.models import Machine, RefusedSamples, utcnow
+from edgepcap.samples.admission import REASONS
 
 SAMPLER_COUNTERS = {
     "sampled": "samples the kernel delivered to the sampler",
@@ -94,7 +96,25 @@ def render_metrics(db: Database) -> str:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
             for m in machines:
                 lines.append(f'{name}{{machine="{m.name}"}} {int((m.stats or {}).get(key, 0))}')
+        lines += refused_samples(session)
     return "\n".join(lines + process_gc()) + "\n"
+
+
+def refused_samples(session: Session) -> list[str]:
+    """Sample records the control plane refused, by the machine whose key sent them."""
+    lines = [
+        "# HELP edgepcap_samples_refused_total sample records the control plane refused, "
+        f"by reason ({', '.join(REASONS)})",
+        "# TYPE edgepcap_samples_refused_total counter",
+    ]
+    rows = session.scalars(
+        select(RefusedSamples).order_by(RefusedSamples.machine, RefusedSamples.reason)
+    )
+    for r in rows:
+        lines.append(
+            f'edgepcap_samples_refused_total{{machine="{r.machine}",reason="{r.reason}"}} {r.count}'
+        )
+    return lines
 
 
 def process_gc() -> list[str]:

@@ -114,12 +114,16 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         db = open_database(data_dir, database)
         try:
             with db.session() as session:
-                _row, key = create_agent_key(session, f"lab {layout.tag}")
+                # One key per machine: each speaks for its own machine only.
+                keys = {
+                    m: create_agent_key(session, layout.colo, m, f"lab {layout.tag}")[1]
+                    for m in layout.machines
+                }
                 made = {}
                 for tenant, (v4, v6, _base) in TENANTS.items():
                     acct, creds = accounts.create_account(session, f"lab-{tenant}", [v4, v6])
                     made[tenant] = accounts.describe(acct, creds)
-            state.update(api=api, agent_key=key, buckets=str(buckets), env=env)
+            state.update(api=api, agent_keys=keys, buckets=str(buckets), env=env)
             for machine in layout.machines:
                 state["pids"].append(_start_agent(data_dir, state, machine))
                 _save(data_dir, state)
@@ -208,7 +212,7 @@ def _start_agent(
         "--bucket-root",
         state["buckets"],
     ]
-    env = {**state["env"], **(extra_env or {}), "EDGEPCAP_AGENT_KEY": state["agent_key"]}
+    env = {**state["env"], **(extra_env or {}), "EDGEPCAP_AGENT_KEY": state["agent_keys"][machine]}
     env["EDGEPCAP_DATABASE"] = ""  # agents never reach the database: not even its URL
     return _spawn(argv, data_dir / "logs" / f"{machine}.log", env)
 
@@ -293,7 +297,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _save(data_dir: Path, state: dict[str, Any]) -> None:
-    # It holds the agent key: readable by root only.
+    # It holds the agent keys: readable by root only.
     path = data_dir / STATE
     path.touch(mode=0o600, exist_ok=True)
     path.write_text(json.dumps(state))
