@@ -28,6 +28,8 @@ from edgepcap.db import Database, open_database
 
 BIN = Path(sys.executable).parent
 EDGEPCAP = str(BIN / "edgepcap")
+# The operator token every test server's /metrics asks for (start_server's default).
+METRICS_TOKEN = "operator-token-of-the-tests-0123456789"
 
 
 def free_port() -> int:
@@ -198,6 +200,18 @@ class Server:
     def api(self) -> str:
         return self.url + "/client/v4"
 
+    def metrics(self, verify: Any = True) -> str:
+        """`/metrics`, with the operator token start_server gave the server."""
+        token = self.env.get("EDGEPCAP_METRICS_TOKEN", METRICS_TOKEN)
+        r = httpx.get(
+            self.url + "/metrics",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+            verify=verify,
+        )
+        r.raise_for_status()
+        return r.text
+
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -359,7 +373,10 @@ def start_server(
         cmd += ["--database", database]
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "EDGEPCAP_METRICS_TOKEN": METRICS_TOKEN, **(env or {})},
         )
     scheme = "https" if "--tls-cert" in args else "http"
     server = Server(

@@ -36,7 +36,7 @@ def new_boot() -> str:
 
 def refused(stack: Stack, machine: str) -> dict[str, int]:
     """`edgepcap_samples_refused_total` of `machine` on /metrics, by reason."""
-    text = httpx.get(stack.server.url + "/metrics", timeout=10).text
+    text = stack.server.metrics()
     prefix = f'edgepcap_samples_refused_total{{machine="{machine}",reason="'
     out = {}
     for line in text.splitlines():
@@ -73,7 +73,7 @@ def run_agent(
 
 
 def machine_up(stack: Stack, machine: str) -> bool:
-    text = httpx.get(stack.server.url + "/metrics", verify=stack.verify, timeout=5).text
+    text = stack.server.metrics(verify=stack.verify)
     return any(
         line.startswith(f'edgepcap_machine_up{{machine="{machine}",') and line.endswith(" 1")
         for line in text.splitlines()

@@ -103,7 +103,8 @@ def test_up_keeps_its_data_dir_private_and_its_secrets_in_files(tmp_path):
     )
     try:
         serving(proc, f"http://127.0.0.1:{port}", log)
-        secrets_made = ["demo-account.json", "agent-key", "metrics-token"]
+        # --no-agent: no agent key (test_cli.py checks up's key file with its agent)
+        secrets_made = ["demo-account.json", "metrics-token"]
         assert_private(data_dir, ["edgepcap.db", "edgepcap.db-wal", *secrets_made])
         token = (data_dir / "metrics-token").read_text().strip()
         r = httpx.get(

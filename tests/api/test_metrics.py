@@ -43,7 +43,7 @@ def test_startup_objects_are_frozen_and_collections_are_counted(tmp_path):
 
 def test_metrics_are_served_only_with_the_operator_token(tmp_path):
     # None configured: there is no /metrics, as for any path the server does not have.
-    server = start_server(tmp_path / "none", None)
+    server = start_server(tmp_path / "none", None, env={"EDGEPCAP_METRICS_TOKEN": ""})
     try:
         r = httpx.get(f"{server.url}/metrics", headers=OPERATOR, timeout=10)
         assert r.status_code == 404
@@ -53,7 +53,12 @@ def test_metrics_are_served_only_with_the_operator_token(tmp_path):
 
     token_file = tmp_path / "metrics-token"
     token_file.write_text(TOKEN + "\n")
-    server = start_server(tmp_path / "file", None, args=("--metrics-token-file", str(token_file)))
+    server = start_server(
+        tmp_path / "file",
+        None,
+        env={"EDGEPCAP_METRICS_TOKEN": ""},
+        args=("--metrics-token-file", str(token_file)),
+    )
     try:
         for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
             r = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10)

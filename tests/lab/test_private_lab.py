@@ -26,7 +26,7 @@ def test_the_lab_keeps_secrets_off_command_lines_and_its_files_private(
     with running_lab(data_dir, s3_server, url) as lab:
         assert lab.info["database"] == url  # the lab did run on it
         state = json.loads((data_dir / "lab-state.json").read_text())
-        secrets = [PASSWORD, state["agent_key"], lab.info["metrics_token"]]
+        secrets = [PASSWORD, *state["agent_keys"].values(), lab.info["metrics_token"]]
         for pid in state["pids"]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             assert not [s for s in secrets if s.encode() in cmdline], cmdline

@@ -198,7 +198,7 @@ def test_ingest_checks_ownership_family_by_family(sample_server):
             session.add(Prefix(account_id=legacy["id"], cidr="::/80"))
     finally:
         db.close()
-    key = cli(server, "agents", "create-key")["agent_key"]
+    key = cli(server, "agents", "create-key", "--colo", "ORD", "--machine", "ord01")["agent_key"]
     machine = MachineHeartbeat(server.url, key, "ORD", "ord01")
     try:
         now = time.time_ns()
