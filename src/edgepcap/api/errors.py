@@ -30,6 +30,7 @@ class Code(IntEnum):
     METHOD_NOT_ALLOWED = 1103
     SAMPLE_RATE_LIMITED = 1200
     FULL_CAPTURE_ACTIVE = 1201
+    READS_BUSY = 1203  # too many downloads and previews of one account at once
     DESTINATION_INVALID = 1300
     DESTINATION_NOT_VALIDATED = 1301
     DESTINATION_UNREACHABLE = 1302
