@@ -91,6 +91,19 @@ def test_a_symlinked_object_or_machine_folder_is_not_read(stack, lax):
             assert b"SECRET" not in r.content
 
 
+def test_an_object_that_is_no_regular_file_is_not_opened(stack, lax):
+    acct = stack.account()
+    pcap_id, root = ended(stack, lax, acct)
+    (root / "lax01").mkdir()
+    os.mkfifo(root / "lax01" / f"pcap_{pcap_id}.pcap")  # reading it would block forever
+    with stack.client(acct) as c:
+        for what in ("download", "preview"):
+            r = c.get(f"/pcaps/{pcap_id}/{what}")
+            assert r.status_code == 502, r.text
+            code, message = error_of(r)
+            assert code == 1302 and f"'lax01/pcap_{pcap_id}.pcap' is not a regular file" in message
+
+
 def test_only_the_objects_the_machines_reported_are_read(stack, lax):
     acct = stack.account()
     pcap_id, root = ended(stack, lax, acct, colo="LAX", failed=("lax02", "lax03"))
