@@ -207,3 +207,29 @@ def test_validate_unknown_bucket_is_404(stack):
             json={"destination_conf": "file:///nowhere", "ownership_challenge": "x"},
         )
         assert r.status_code == 404 and "POST /pcaps/ownership" in error_of(r)[1]
+
+
+def test_a_challenge_file_made_a_link_is_not_read(stack):
+    acct, victim = stack.account(), stack.account()
+    root = stack.server.data_dir / "buckets"
+    stack.validated_bucket(victim)
+    secret = root / victim.id / "big.bin"
+    secret.write_bytes(b"s" * (2 << 20))
+    directory = root / f"linked-challenge-{acct.id}"
+    directory.mkdir()
+    conf = f"file://{directory}"
+    with stack.client(acct) as c:
+        filename = c.post("/pcaps/ownership", json={"destination_conf": conf}).json()["result"][
+            "filename"
+        ]
+        (directory / filename).unlink()
+        (directory / filename).symlink_to(secret)
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": "s" * 64},
+        )
+    assert r.status_code == 400, r.text
+    code, message = error_of(r)
+    # Not read through the link, and nothing said of its target (its size was, before).
+    assert code == 1302 and f"could not read the ownership challenge {filename}" in message, message
+    assert "larger" not in message and "symbolic" not in message
