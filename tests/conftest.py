@@ -250,6 +250,7 @@ class Stack:
     server: Server
     environ: dict[str, str] = field(default_factory=dict)
     verify: Any = True  # what clients check an https server with (see start_server)
+    machine: Any = None  # ord01 of colo ORD, a MachineHeartbeat
     _accounts: int = 0
     _db: Database | None = None
 
@@ -327,6 +328,15 @@ class MachineHeartbeat:
         while not self._stop.wait(1.0):
             with contextlib.suppress(httpx.HTTPError):
                 self.http.post("/heartbeat", json=self.me)
+
+    def finish(self, pcap_id: str, done: bool = True) -> None:
+        """Report this machine's part of a capture done, its file written where it was
+        told (or failed, with no file)."""
+        report = {"state": "failed", "error": "failed on purpose"}
+        if done:
+            report = {"state": "done", "object_name": f"{self.me['machine']}/pcap_{pcap_id}.pcap"}
+        r = self.http.post(f"/captures/{pcap_id}/report", json={**self.me, **report})
+        assert r.status_code == 200, r.text
 
     def stop(self) -> None:
         self._stop.set()
@@ -470,8 +480,8 @@ def stack(
         **getattr(request.module, "SERVER_ENV", {}),
     }
     server = start_server(data_dir, database, env)
-    stack = Stack(server=server, environ=env)
     machine = register_machine(server)
+    stack = Stack(server=server, environ=env, machine=machine)
     try:
         yield stack
     finally:

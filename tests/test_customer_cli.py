@@ -109,8 +109,17 @@ def test_buckets_and_captures_from_the_command_line(stack, tmp_path):
             for i in range(30)
         ],
     )
+    # ord01 captures, is told to stop and reports its file written: the download reads
+    # only what machines reported.
+    me = stack.machine
+    r = me.http.post(f"/captures/{full['id']}/report", json={**me.me, "state": "running"})
+    assert r.status_code == 200, r.text
     out = run(stack, acct, "pcaps", "stop", full["id"], "--json")
-    assert out.returncode == 0 and json.loads(out.stdout)["status"] == "success"
+    assert out.returncode == 0 and json.loads(out.stdout)["stop_requested"]
+    me.finish(full["id"])
+    assert json.loads(run(stack, acct, "pcaps", "get", full["id"], "--json").stdout)["status"] == (
+        "success"
+    )
 
     target = tmp_path / "capture.pcap"
     out = run(stack, acct, "pcaps", "download", full["id"], "-o", str(target))

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Select, and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from edgepcap import execution, full_rate
+from edgepcap import destinations, execution, full_rate
 from edgepcap import machines as fleet
 from edgepcap import pcap as pcap_format
 from edgepcap.accounts import Network, account_networks
@@ -87,6 +87,12 @@ def create(
     since: dt.datetime | None = None,
 ) -> Pcap:
     check_filter_reachable(account, req)
+    conf = None
+    if req.destination_conf is not None:
+        try:
+            conf = destinations.canonical(req.destination_conf)
+        except destinations.DestinationError as exc:
+            raise CaptureError("destination", f"`destination_conf`: {exc}") from None
     now = utcnow()
     pcap = Pcap(
         id=new_id(),
@@ -99,7 +105,7 @@ def create(
         packet_limit=req.packet_limit,
         byte_limit=req.byte_limit,
         colo_name=req.colo_name,
-        destination_conf=req.destination_conf,
+        destination_conf=conf,
         offset_time=_naive_utc(req.offset_time) if req.offset_time else None,
         submitted=now,
         packets_captured=0,
@@ -109,7 +115,7 @@ def create(
     if req.type == "simple":
         _take_sample_slot(session, account, now)
     else:
-        _require_validated_bucket(session, account, req.destination_conf or "")
+        _require_validated_bucket(session, account, conf or "")
         try:
             _name, targets = fleet.resolve(session, req.colo_name or "")
         except fleet.FleetError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import obstore
-from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
+from obstore.store import AzureStore, GCSStore, S3Store
+
+from edgepcap import beneath
 
 SCHEMES = ("file", "s3", "gs", "az")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,62}$")
@@ -23,6 +26,13 @@ class DestinationError(ValueError):
     """A destination that cannot be used; the message names the cause."""
 
 
+# What one download or preview of a full capture may read from its bucket (the API's
+# defaults; EDGEPCAP_READ_MAX_OBJECTS, EDGEPCAP_READ_MAX_BYTES, EDGEPCAP_READS_PER_ACCOUNT):
+READ_MAX_OBJECTS = 64  # machines' files merged at once (each holds a descriptor and a buffer)
+READ_MAX_BYTES = 16 << 30  # bytes of one merged download (the files stay in the bucket)
+READS_PER_ACCOUNT = 4  # downloads and previews of one account at once, per API process
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Server-side configuration of object stores; never taken from requests."""
@@ -31,61 +41,79 @@ class StoreSettings:
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
     extra: dict[str, Any] = field(default_factory=dict)
+    read_max_objects: int = READ_MAX_OBJECTS
+    read_max_bytes: int = READ_MAX_BYTES
+    reads_per_account: int = READS_PER_ACCOUNT
 
     @classmethod
     def from_env(cls, data_dir: Path) -> StoreSettings:
         root = os.environ.get("EDGEPCAP_BUCKET_ROOT") or str(data_dir / "buckets")
+        env = os.environ.get
         return cls(
             bucket_root=Path(root).resolve(),
-            s3_endpoint=os.environ.get("EDGEPCAP_S3_ENDPOINT") or None,
-            s3_region=os.environ.get("EDGEPCAP_S3_REGION", "us-east-1"),
+            s3_endpoint=env("EDGEPCAP_S3_ENDPOINT") or None,
+            s3_region=env("EDGEPCAP_S3_REGION", "us-east-1"),
+            read_max_objects=int(env("EDGEPCAP_READ_MAX_OBJECTS") or READ_MAX_OBJECTS),
+            read_max_bytes=int(env("EDGEPCAP_READ_MAX_BYTES") or READ_MAX_BYTES),
+            reads_per_account=int(env("EDGEPCAP_READS_PER_ACCOUNT") or READS_PER_ACCOUNT),
         )
 
 
 @dataclass(frozen=True)
 class Destination:
-    """A parsed, confined `destination_conf` with the store that reaches it."""
+    """A parsed, confined `destination_conf` (canonical) with the store that reaches it.
+
+    `file://` buckets are reached through `beneath` (no link followed below the server's
+    bucket root, `root`; the bucket is `bucket` below it); the others through obstore.
+    """
 
     conf: str
     scheme: str
     store: Any
+    root: Path | None = None
+    bucket: str = ""
+
+    @property
+    def path(self) -> str:
+        """The bucket directory of a `file://` bucket."""
+        return urlsplit(self.conf).path
 
     def bucket_identity(self) -> tuple[int, int] | None:
         """What tells this bucket from a new one of the same name (file: the directory)."""
-        if self.scheme != "file":
+        if self.root is None:
             return None  # object stores refuse writes into a deleted bucket themselves
-        try:
-            st = os.stat(urlsplit(self.conf).path)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
+        return beneath.identity(self.root, self.bucket)
 
     def check_same_bucket(self, identity: tuple[int, int] | None, name: str) -> None:
         """Refuse to finish writing into a bucket that was removed or replaced meanwhile.
 
-        A local upload recreates missing directories, so without this check a removed
-        bucket directory would quietly come back holding the capture.
+        Without this check a capture would complete into a directory that is no longer
+        the bucket (its descriptors are held from the start).
         """
-        if self.scheme != "file" or identity is None:
+        if self.root is None or identity is None:
             return
-        root = urlsplit(self.conf).path
         now = self.bucket_identity()
         if now is None:
-            cause = f"the bucket directory {root} does not exist (removed during the capture)"
+            cause = f"the bucket directory {self.path} does not exist (removed during the capture)"
         elif now != identity:
-            cause = f"the bucket directory {root} was replaced during the capture"
+            cause = f"the bucket directory {self.path} was replaced during the capture"
         else:
             return
         raise DestinationError(f"could not write {name!r} in {self.conf}: {cause}")
 
     def put(self, name: str, data: bytes) -> None:
         try:
-            obstore.put(self.store, name, data)
+            if self.root is not None:
+                beneath.put(self.root, self.bucket, name, data)
+            else:
+                obstore.put(self.store, name, data)
         except Exception as exc:
             raise DestinationError(describe_failure(self, "write", name, exc)) from exc
 
     def get(self, name: str, max_bytes: int = 1 << 20) -> bytes:
         try:
+            if self.root is not None:
+                return beneath.read_file(self.root, self.bucket, name, max_bytes)
             result = obstore.get(self.store, name)
             if result.meta["size"] > max_bytes:
                 raise DestinationError(f"{name} in {self.conf} is larger than {max_bytes} bytes")
@@ -95,35 +123,68 @@ class Destination:
         except Exception as exc:
             raise DestinationError(describe_failure(self, "read", name, exc)) from exc
 
-    def stream(self, name: str, chunk_size: int = 256 * 1024) -> Iterator[bytes]:
-        """The object's bytes in chunks; the first chunk is fetched before this returns."""
+    def open(self, name: str, chunk_size: int = 256 * 1024) -> tuple[int, Iterator[bytes]]:
+        """The object's size and its bytes in chunks (opened, nothing read yet).
+
+        Closing the iterator (or reading it to its end) releases what it holds.
+        """
         try:
-            chunks = iter(obstore.get(self.store, name).stream(min_chunk_size=chunk_size))
-            first = next(chunks, b"")
+            if self.root is not None:
+                found = beneath.open_file(self.root, self.bucket, name)
+                return found.size, found.chunks(chunk_size)
+            result = obstore.get(self.store, name)
         except Exception as exc:
             raise DestinationError(describe_failure(self, "read", name, exc)) from exc
 
-        def rest() -> Iterator[bytes]:
-            yield bytes(first)
-            for chunk in chunks:
-                yield bytes(chunk)
+        def chunks() -> Iterator[bytes]:
+            try:
+                for chunk in result.stream(min_chunk_size=chunk_size):
+                    yield bytes(chunk)
+            except Exception as exc:
+                raise DestinationError(describe_failure(self, "read", name, exc)) from exc
 
-        return rest()
+        return int(result.meta["size"]), chunks()
+
+    def writer(self, name: str) -> Any:
+        """A writer of object `name`: write(), close() completes it, abort() drops it."""
+        try:
+            if self.root is not None:
+                return beneath.Writer(self.root, self.bucket, name)
+            return _StoreWriter(
+                obstore.open_writer(self.store, name, buffer_size=5 << 20, max_concurrency=2)
+            )
+        except Exception as exc:
+            raise DestinationError(describe_failure(self, "write", name, exc)) from exc
 
     def delete(self, name: str) -> None:
         try:
-            obstore.delete(self.store, name)
+            if self.root is not None:
+                beneath.unlink(self.root, self.bucket, name)
+            else:
+                obstore.delete(self.store, name)
         except FileNotFoundError:
             pass
         except Exception as exc:
             if type(exc).__name__ != "NotFoundError":
                 raise DestinationError(describe_failure(self, "delete", name, exc)) from exc
 
-    def list(self, prefix: str | None = None) -> list[str]:
-        try:
-            return [m["path"] for batch in obstore.list(self.store, prefix) for m in batch]
-        except Exception as exc:
-            raise DestinationError(describe_failure(self, "list", prefix or "", exc)) from exc
+
+class _StoreWriter:
+    """obstore's writer with the `abort` of beneath.Writer."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer: Any = writer
+
+    def write(self, data: bytes | bytearray) -> None:
+        self._writer.write(data)
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def abort(self) -> None:
+        # Dropping the writer without closing it abandons the upload: an S3 multipart
+        # upload is never completed.
+        self._writer = None
 
 
 _S3_CODE = re.compile(r"<Code>([A-Za-z]+)</Code>")
@@ -139,10 +200,8 @@ def _missing(dest: Destination, full: str) -> str:
         return f"bucket {bucket!r} does not exist"
     if code and code.group(1) == "NoSuchUpload":
         return "the upload was aborted in the bucket (NoSuchUpload)"
-    if dest.scheme == "file":
-        root = urlsplit(dest.conf).path
-        if not os.path.isdir(root):
-            return f"the bucket directory {root} does not exist"
+    if dest.root is not None and dest.bucket_identity() is None:
+        return f"the bucket directory {dest.path} does not exist"
     return "it does not exist"
 
 
@@ -150,7 +209,13 @@ def describe_failure(dest: Destination, verb: str, name: str, exc: BaseException
     kind = type(exc).__name__
     full = str(exc)
     text = full.splitlines()[0] if full else kind
-    if kind in ("NotFoundError",) or isinstance(exc, FileNotFoundError):
+    if isinstance(exc, beneath.BeneathError) and exc.errno != errno.ENOENT:
+        cause = text  # names the link, the non-directory or the non-regular file
+    elif (
+        kind in ("NotFoundError",)
+        or isinstance(exc, FileNotFoundError)
+        or (isinstance(exc, OSError) and exc.errno == errno.ENOENT)
+    ):
         cause = _missing(dest, full)
     elif kind in ("PermissionDeniedError", "UnauthenticatedError") or isinstance(
         exc, PermissionError
@@ -160,7 +225,7 @@ def describe_failure(dest: Destination, verb: str, name: str, exc: BaseException
         cause = "no space left on the device"
     elif "os error 13" in text or "Permission denied" in text or "os error 1)" in text:
         cause = "access denied"
-    elif "os error 30" in text:
+    elif "os error 30" in text or (isinstance(exc, OSError) and exc.errno == errno.EROFS):
         cause = "access denied: the bucket is read-only"
     else:
         cause = text[:300]
@@ -177,46 +242,97 @@ def _clean_prefix(path: str) -> str:
     return "/".join(parts)
 
 
-def parse(conf: str, settings: StoreSettings) -> Destination:
-    """Parse a `destination_conf` URL into a Destination, refusing anything outside policy."""
+@dataclass(frozen=True)
+class _Parts:
+    scheme: str
+    bucket: str  # empty for file://
+    prefix: str  # no leading, trailing or doubled slashes
+    region: str | None
+
+    def canonical(self) -> str:
+        if self.scheme == "file":
+            return f"file:///{self.prefix}"
+        path = f"/{self.prefix}" if self.prefix else ""
+        query = f"?region={self.region}" if self.region else ""
+        return f"{self.scheme}://{self.bucket}{path}{query}"
+
+
+def _split(conf: str) -> _Parts:
+    """The parts of a `destination_conf`, refusing anything outside policy (no settings)."""
     if not isinstance(conf, str) or not conf or len(conf) > 1024:
         raise DestinationError("destination_conf must be a bucket URL of at most 1024 characters")
     try:
         url = urlsplit(conf)
     except ValueError as exc:
-        raise DestinationError(f"destination_conf {conf!r} is not a URL") from exc
+        raise DestinationError(f"destination_conf {conf!r} is not a URL: {exc}") from exc
     scheme = url.scheme.lower()
     if scheme not in SCHEMES:
         raise DestinationError(
             f"destination_conf scheme {url.scheme or '(none)'!r} is not supported: "
             "use file:///dir, s3://bucket/dir, gs://bucket/dir or az://container/dir"
         )
-    if url.fragment or url.username or url.password or url.port:
+    if url.fragment or "@" in url.netloc:
         raise DestinationError(
             "destination_conf must not carry credentials, ports or fragments: "
             "credentials and endpoints are server configuration"
         )
-    query = dict(parse_qsl(url.query, keep_blank_values=True))
+    if ":" in url.netloc:
+        raise DestinationError(
+            f"destination_conf must not carry credentials, ports or fragments: "
+            f"{url.netloc!r} names a port; endpoints are server configuration"
+        )
+    try:
+        pairs = parse_qsl(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
+    except ValueError as exc:
+        raise DestinationError(f"destination_conf parameters {url.query!r} do not parse") from exc
+    query = dict(pairs)
+    if len(query) != len(pairs):
+        raise DestinationError("destination_conf names a parameter twice")
     if scheme == "file":
         if url.netloc or query:
             raise DestinationError("file destinations look like file:///absolute/dir")
-        return _file_destination(conf, url.path, settings)
+        if not url.path.startswith("/"):
+            raise DestinationError("file destinations need an absolute path: file:///dir")
+        return _Parts("file", "", _clean_prefix(url.path), None)
     bucket = url.netloc
     if not _BUCKET_NAME.match(bucket):
         raise DestinationError(f"{bucket!r} is not a valid bucket name")
-    prefix = _clean_prefix(url.path) or None
+    prefix = _clean_prefix(url.path)
     if scheme != "s3" and query:
         raise DestinationError(f"{scheme}:// destinations take no parameters")
-    _require_credentials(scheme)
-    if scheme == "s3":
-        unknown = set(query) - {"region"}
-        if unknown:
-            raise DestinationError(
-                f"unknown destination_conf parameter(s) {sorted(unknown)}: only region is accepted"
-            )
-        region = query.get("region") or settings.s3_region
-        if not re.fullmatch(r"[a-z0-9\-]{2,32}", region):
-            raise DestinationError(f"region {region!r} is not a region name")
+    unknown = set(query) - {"region"}
+    if unknown:
+        raise DestinationError(
+            f"unknown destination_conf parameter(s) {sorted(unknown)}: only region is accepted"
+        )
+    region = query.get("region") or None
+    if region is not None and not re.fullmatch(r"[a-z0-9\-]{2,32}", region):
+        raise DestinationError(f"region {region!r} is not a region name")
+    return _Parts(scheme, bucket, prefix, region)
+
+
+def canonical(conf: str) -> str:
+    """The one spelling of a bucket: lower-case scheme, no empty, trailing or doubled path
+    separators, the region only when given. Stored and compared in this form, so that
+    `file:///r//B/` and `file:///r/B` are one bucket. Needs no server settings (the
+    migration that rewrote older rows uses it too)."""
+    return _split(conf).canonical()
+
+
+def parse(conf: str, settings: StoreSettings) -> Destination:
+    """Parse a `destination_conf` URL into a Destination, refusing anything outside policy.
+
+    Nothing is looked up here: whether the bucket exists shows when it is used.
+    """
+    parts = _split(conf)
+    conf = parts.canonical()
+    if parts.scheme == "file":
+        return _file_destination(conf, parts.prefix, settings)
+    _require_credentials(parts.scheme)
+    prefix = parts.prefix or None
+    bucket = parts.bucket
+    if parts.scheme == "s3":
+        region = parts.region or settings.s3_region
         config: dict[str, Any] = {"region": region}
         client: dict[str, Any] = {"timeout": "30s", "connect_timeout": "5s"}
         if settings.s3_endpoint:
@@ -235,11 +351,11 @@ def parse(conf: str, settings: StoreSettings) -> Destination:
         store: Any = S3Store(
             bucket, prefix=prefix, config=config, client_options=client, retry_config=retry
         )
-    elif scheme == "gs":
+    elif parts.scheme == "gs":
         store = GCSStore(bucket, prefix=prefix)
     else:
         store = AzureStore(bucket, prefix=prefix)
-    return Destination(conf=conf, scheme=scheme, store=store)
+    return Destination(conf=conf, scheme=parts.scheme, store=store)
 
 
 # Without configured credentials the cloud SDKs fall back to instance-metadata
@@ -280,14 +396,12 @@ def _require_credentials(scheme: str) -> None:
         )
 
 
-def _file_destination(conf: str, path: str, settings: StoreSettings) -> Destination:
-    if not path.startswith("/"):
-        raise DestinationError("file destinations need an absolute path: file:///dir")
-    _clean_prefix(path)
+def _file_destination(conf: str, rel: str, settings: StoreSettings) -> Destination:
+    # A textual check: the path is canonical (no `..`), and links below the root are
+    # refused when the bucket is used (beneath), not resolved here.
     root = settings.bucket_root
-    target = Path(path).resolve()
+    target = Path("/" + rel)
     if target != root and root not in target.parents:
         raise DestinationError(f"file destinations must lie under this server's bucket root {root}")
-    if not target.is_dir():
-        raise DestinationError(f"bucket directory {target} does not exist")
-    return Destination(conf=conf, scheme="file", store=LocalStore(prefix=target))
+    bucket = target.relative_to(root).as_posix() if target != root else ""
+    return Destination(conf=conf, scheme="file", store=None, root=root, bucket=bucket)

@@ -59,6 +59,21 @@ class Answer:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+def object_name(machine: str, pcap_id: str) -> str:
+    """Where a machine writes its part of a full capture, in the capture's bucket."""
+    return f"{machine}/pcap_{pcap_id}.pcap"
+
+
+def reported_objects(pcap: Pcap) -> list[str]:
+    """The objects of a capture: those its machines reported complete, by the names they
+    were given. Nothing else in the bucket belongs to the capture, whatever its name."""
+    return [
+        m.object_name
+        for m in pcap.machines
+        if m.state == "done" and m.object_name == object_name(m.machine, pcap.id)
+    ]
+
+
 def assign(session: Session, pcap: Pcap, targets: list[Machine]) -> None:
     """Give the capture to the live machines among `targets`; fail it when none is live."""
     now = utcnow()

@@ -95,6 +95,35 @@ def test_bucket_gone_before_the_capture_fails_it_naming_the_cause(lab):
         assert lab.tables(machine) == []
 
 
+def test_a_symlinked_machine_folder_is_not_written_through(lab):
+    """A customer who makes a machine's folder a link (here: into the other tenant's
+    bucket) gets a failed capture naming the link; the agent, as root, writes nothing there."""
+    root = Path(lab["destination_conf"].removeprefix("file://"))
+    target = Path(lab["other"]["destination_conf"].removeprefix("file://"))
+    before = sorted(str(p) for p in target.rglob("*"))
+    kept = {m: root / f"{m}.kept" for m in MACHINES if (root / m).exists()}
+    for machine, away in kept.items():
+        os.rename(root / machine, away)
+    try:
+        for machine in MACHINES:
+            (root / machine).symlink_to(target)
+        with lab.client() as c:
+            r = c.post("/pcaps", json=full(lab["destination_conf"], time_limit=3))
+            assert r.status_code == 200, r.text
+        done = lab.wait_end(r.json()["result"]["id"], timeout=15)
+    finally:
+        for machine in MACHINES:
+            (root / machine).unlink(missing_ok=True)
+        for machine, away in kept.items():
+            os.rename(away, root / machine)
+    assert done["status"] == "failed"
+    for machine in MACHINES:
+        assert f"'{machine}' is a symbolic link" in done["error_message"], done["error_message"]
+    assert sorted(str(p) for p in target.rglob("*")) == before
+    for machine in MACHINES:
+        assert lab.tables(machine) == []
+
+
 def test_tcpdump_on_the_edge_sees_the_same_packets(lab, tmp_path):
     """The peer check: tcpdump with the equivalent BPF filter on every machine."""
     client = lab["addresses"]["client"]

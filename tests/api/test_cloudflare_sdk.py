@@ -89,7 +89,11 @@ def test_sdk_drives_every_call(stack, keys, tmp_path):
             destination_conf=conf,
         )
 
-    # Two machines' files in the bucket, then stop and download the merged capture.
+    # ord01 (the one machine of ORD here) captures and writes its file; a file planted
+    # under the name ord02 would write is not part of the capture.
+    me = stack.machine
+    r = me.http.post(f"/captures/{capture.id}/report", json={**me.me, "state": "running"})
+    assert r.status_code == 200, r.text
     t0 = 1_790_000_000_000_000_000
     for m, machine in enumerate(("ord01", "ord02")):
         write_pcap(
@@ -104,6 +108,7 @@ def test_sdk_drives_every_call(stack, keys, tmp_path):
             ],
         )
     pcaps.stop(capture.id, account_id=acct.id)
+    me.finish(capture.id)
     stopped = pcaps.get(capture.id, account_id=acct.id)
     assert stopped.status == "success" and stopped.stop_requested is not None
 
@@ -111,7 +116,7 @@ def test_sdk_drives_every_call(stack, keys, tmp_path):
     out = tmp_path / "merged.pcap"
     download.write_to_file(out)
     rows = tshark_fields(out, "udp.dstport")
-    assert [int(r[0]) for r in rows] == list(range(3000, 3020))
+    assert [int(r[0]) for r in rows] == list(range(3000, 3020, 2))
 
     pcaps.ownership.delete(bucket.id, account_id=acct.id)
     assert list(pcaps.ownership.get(account_id=acct.id)) == []

@@ -28,7 +28,7 @@ def test_file_bucket_challenge_validate_list_delete(stack):
         assert r.status_code == 200, r.text
         bucket = r.json()["result"]
         assert bucket["status"] == "pending" and bucket["validated"] is None
-        assert bucket["destination_conf"] == conf
+        assert bucket["destination_conf"] == conf.rstrip("/")  # its canonical form
         assert bucket["filename"].startswith("ownership-challenge-")
         assert bucket["filename"].endswith(".txt")
         token = (directory / bucket["filename"]).read_text()
@@ -105,14 +105,65 @@ def test_s3_bucket_through_a_real_s3_server(stack):
         assert r.status_code == 200, r.text
 
 
-def test_s3_bucket_that_does_not_exist_names_the_cause(stack):
-    acct = stack.account()
+def test_a_bucket_not_proven_gives_no_hint_whether_it_exists(stack):
+    acct, victim = stack.account(), stack.account()
+    root = stack.server.data_dir / "buckets"
+    theirs = root / victim.id
+    stack.validated_bucket(victim)
+    before = sorted(p.name for p in theirs.iterdir())
+    (root / f"link-{acct.id}").symlink_to(theirs)
+    (root / f"file-{acct.id}").write_text("not a directory")
+    confs = [
+        f"file://{root}/missing-{acct.id}",
+        f"file://{root}/link-{acct.id}",
+        f"file://{root}/file-{acct.id}",
+        "s3://no-such-bucket-here/x",
+    ]
+    messages = set()
     with stack.client(acct) as c:
-        r = c.post("/pcaps/ownership", json={"destination_conf": "s3://no-such-bucket-here/x"})
-        assert r.status_code == 400
-        code, message = error_of(r)
-        assert code == 1302
-        assert "no-such-bucket-here" in message and "could not write" in message
+        for conf in confs:
+            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+            assert r.status_code == 400, r.text
+            code, message = error_of(r)
+            assert code == 1302 and f"could not write an ownership challenge into {conf}" in message
+            messages.add(message.replace(conf, "<bucket>"))
+        assert c.get("/pcaps/ownership").json()["result"] == []
+    assert len(messages) == 1, messages
+    # Nothing was written through the link into the other account's bucket.
+    assert sorted(p.name for p in theirs.iterdir()) == before
+
+
+def test_spellings_of_one_bucket_are_one_bucket(stack):
+    acct = stack.account()
+    directory = stack.server.data_dir / "buckets" / f"alias-{acct.id}"
+    directory.mkdir(parents=True)
+    canonical = f"file://{directory}"
+    spellings = [
+        f"file://{directory}/",
+        "file://" + str(directory).replace("/", "//") + "//",
+        f"FILE://{directory}",
+    ]
+    with stack.client(acct) as c:
+        added = []
+        for conf in spellings:
+            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+            assert r.status_code == 200, r.text
+            added.append(r.json()["result"])
+        assert {b["id"] for b in added} == {added[0]["id"]}
+        assert {b["destination_conf"] for b in added} == {canonical}
+        # Each new challenge replaced the last: one file in the bucket, not one per spelling.
+        files = [p for p in directory.iterdir() if p.name.startswith("ownership-challenge-")]
+        assert [p.name for p in files] == [added[-1]["filename"]]
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": spellings[1], "ownership_challenge": files[0].read_text()},
+        )
+        assert r.status_code == 200, r.text
+        assert [b["status"] for b in c.get("/pcaps/ownership").json()["result"]] == ["success"]
+        r = c.post("/pcaps", json=full(spellings[0], time_limit=5, colo_name="ORD"))
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["destination_conf"] == canonical
+        assert c.put(f"/pcaps/{r.json()['result']['id']}/stop").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -128,6 +179,9 @@ def test_s3_bucket_that_does_not_exist_names_the_cause(stack):
         ("s3://bucket/x?endpoint=http://127.0.0.1:1", "only region"),
         ("s3://user:secret@bucket/x", "credentials"),
         ("s3://bucket:9000/x", "ports"),
+        ("s3://bucket:abc/", "'bucket:abc' names a port"),
+        ("s3://bucket/x?region=a1&region=b2", "twice"),
+        ("s3://bucket/x?region", "do not parse"),
         ("s3://Bad_Bucket!/x", "not a valid bucket name"),
         ("s3://bucket/a/../b", "not allowed"),
         ("gs://bucket/x?foo=bar", "no parameters"),
@@ -153,3 +207,29 @@ def test_validate_unknown_bucket_is_404(stack):
             json={"destination_conf": "file:///nowhere", "ownership_challenge": "x"},
         )
         assert r.status_code == 404 and "POST /pcaps/ownership" in error_of(r)[1]
+
+
+def test_a_challenge_file_made_a_link_is_not_read(stack):
+    acct, victim = stack.account(), stack.account()
+    root = stack.server.data_dir / "buckets"
+    stack.validated_bucket(victim)
+    secret = root / victim.id / "big.bin"
+    secret.write_bytes(b"s" * (2 << 20))
+    directory = root / f"linked-challenge-{acct.id}"
+    directory.mkdir()
+    conf = f"file://{directory}"
+    with stack.client(acct) as c:
+        filename = c.post("/pcaps/ownership", json={"destination_conf": conf}).json()["result"][
+            "filename"
+        ]
+        (directory / filename).unlink()
+        (directory / filename).symlink_to(secret)
+        r = c.post(
+            "/pcaps/ownership/validate",
+            json={"destination_conf": conf, "ownership_challenge": "s" * 64},
+        )
+    assert r.status_code == 400, r.text
+    code, message = error_of(r)
+    # Not read through the link, and nothing said of its target (its size was, before).
+    assert code == 1302 and f"could not read the ownership challenge {filename}" in message, message
+    assert "larger" not in message and "symbolic" not in message

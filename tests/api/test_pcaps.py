@@ -10,8 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgepcap.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, global_header
-
 SIMPLE = {"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 100}
 # The list test makes 52 full captures on one account back to back: no full-capture rate
 # here (tests/api/test_retention.py tests the rate).
@@ -340,7 +338,8 @@ def test_unreadable_files_in_the_bucket_give_502_naming_the_cause(stack):
 
         def ended() -> str:
             pcap_id = c.post("/pcaps", json=full(conf)).json()["result"]["id"]
-            assert c.put(f"/pcaps/{pcap_id}/stop").json()["result"]["status"] == "success"
+            stack.machine.finish(pcap_id)  # ord01 reports its file written
+            assert c.get(f"/pcaps/{pcap_id}").json()["result"]["status"] == "success"
             return pcap_id
 
         def answers(pcap_id: str) -> list[httpx.Response]:
@@ -358,12 +357,6 @@ def test_unreadable_files_in_the_bucket_give_502_naming_the_cause(stack):
             assert code == 1302 and f"ord01/pcap_{pcap_id}.pcap: not a PCAP file" in message
 
         # Refused before the download starts, not halfway through it.
-        pcap_id = ended()
-        machine_file("ord01", pcap_id, global_header(LINKTYPE_RAW))
-        machine_file("ord02", pcap_id, global_header(LINKTYPE_ETHERNET))
-        for r in answers(pcap_id):
-            assert r.status_code == 502, r.text
-            assert "different link types [1, 101]" in error_of(r)[1]
 
         pcap_id = ended()
         shutil.rmtree(root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import logging
 import queue
@@ -166,9 +167,7 @@ class CaptureWorker(threading.Thread):
             _probe(dest, self.job.object_name)
             bucket = dest.bucket_identity()
             self.sock = netns.run_in(self.ns, NflogSocket, self.group, rcvbuf=self.nflog_rcvbuf)
-            writer = obstore.open_writer(
-                dest.store, self.job.object_name, buffer_size=5 << 20, max_concurrency=2
-            )
+            writer = dest.writer(self.job.object_name)
             writer_thread = threading.Thread(
                 target=self._write_loop,
                 args=(writer, dest, bucket),
@@ -293,9 +292,8 @@ class CaptureWorker(threading.Thread):
                     break
                 writer.write(chunk)
             if not chunk.complete:
-                # Dropping the writer without closing it abandons the upload: a local
-                # staging file is removed, an S3 multipart upload is never completed.
-                del writer
+                # A local staging file is removed, an S3 multipart upload never completed.
+                writer.abort()
                 return
             # A file bucket removed meanwhile would be recreated by the upload: refuse.
             dest.check_same_bucket(bucket, self.job.object_name)
@@ -307,6 +305,8 @@ class CaptureWorker(threading.Thread):
                 else DestinationError(describe_failure(dest, "write", self.job.object_name, exc))
             )
             self.stop_event.set()
+            with contextlib.suppress(Exception):
+                writer.abort()
             # Keep draining so that the reader never blocks on a full queue.
             while not finished and not isinstance(self._out.get(), _End):
                 pass
@@ -428,8 +428,15 @@ class CaptureWorker(threading.Thread):
         self.stop_event.set()
 
 
-def _probe(dest: Any, object_name: str) -> None:
-    """Fail fast when the bucket cannot be reached, before anything is captured."""
+def _probe(dest: Destination, object_name: str) -> None:
+    """Fail fast when the bucket cannot be reached, before anything is captured.
+
+    A file bucket: the machine's directory is opened (made if missing) below the bucket
+    root without following links, as the writer will; a link there fails the capture.
+    """
+    if dest.root is not None:
+        dest.writer(object_name).abort()
+        return
     try:
         stream = obstore.list(dest.store, object_name.rsplit("/", 1)[0], chunk_size=1)
         next(iter(stream), None)

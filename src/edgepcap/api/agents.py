@@ -115,7 +115,7 @@ def job(pcap: Pcap, machine: str) -> dict[str, Any]:
         "packet_limit": pcap.packet_limit,
         "byte_limit": pcap.byte_limit,
         "destination_conf": pcap.destination_conf,
-        "object_name": f"{machine}/pcap_{pcap.id}.pcap",
+        "object_name": execution.object_name(machine, pcap.id),
     }
 
 

@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
-from edgepcap import captures
+from edgepcap import captures, execution
 from edgepcap import machines as fleet
+from edgepcap.api import downloads
 from edgepcap.api.auth import Caller, caller, presented
 from edgepcap.api.errors import APIError, Code, envelope
 from edgepcap.api.schemas import (
@@ -24,11 +26,11 @@ from edgepcap.api.schemas import (
     error_responses,
 )
 from edgepcap.api.timefmt import rfc3339
-from edgepcap.destinations import DestinationError, parse
+from edgepcap.destinations import DestinationError
 from edgepcap.models import Account as AccountRow
 from edgepcap.models import Pcap, PcapBlob
 from edgepcap.packets import preview
-from edgepcap.pcap import PcapError, Reader, global_header, merge
+from edgepcap.pcap import PcapError, Reader, global_header
 
 # Every customer route authenticates and validates its path: 400, 401 and 403 everywhere.
 router = APIRouter(responses=error_responses(400, 401, 403, 503))
@@ -82,6 +84,7 @@ def raise_capture_error(exc: captures.CaptureError) -> None:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     status, code = {
         "invalid": (400, Code.INVALID_VALUE),
+        "destination": (400, Code.DESTINATION_INVALID),
         "bucket": (400, Code.DESTINATION_NOT_VALIDATED),
         "rate_limited": (429, Code.SAMPLE_RATE_LIMITED),
         "busy": (429, Code.FULL_CAPTURE_ACTIVE),
@@ -204,12 +207,20 @@ def preview_pcap(
             )
         blob = session.get(PcapBlob, pcap.id) if pcap.type == "simple" else None
         data = blob.data if blob is not None else None
+        names = execution.reported_objects(pcap)
+    stores = request.app.state.stores
     try:
         if pcap.type == "simple":
             reader = Reader([data or global_header()], f"pcap_{pcap.id}.pcap")
+            rows = preview(reader, count)
         else:
-            reader = Reader(_merged_bytes(request, pcap), f"pcap_{pcap.id}.pcap")
-        rows = preview(reader, count)
+            with downloads.SLOTS.take(who.account_id, stores.reads_per_account):
+                merged = downloads.Merged(pcap.destination_conf or "", names, stores, False)
+                try:
+                    reader = Reader(merged.body, f"pcap_{pcap.id}.pcap")
+                    rows = preview(reader, count)
+                finally:
+                    merged.close()
     except (DestinationError, PcapError) as exc:
         raise APIError(
             502, Code.DESTINATION_UNREACHABLE, f"cannot read the capture: {exc}"
@@ -256,6 +267,7 @@ def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> Response:
     """The capture as one PCAP file (full captures: all machines' files merged by time)."""
     with request.app.state.db.session() as session:
         pcap = owned(session, who, pcap_id)
+        names = execution.reported_objects(pcap)
     if pcap.status != "success":
         detail = f" ({pcap.error_message})" if pcap.error_message else ""
         raise APIError(
@@ -275,29 +287,29 @@ def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> Response:
             media_type="application/vnd.tcpdump.pcap",
             headers={"Content-Disposition": f'attachment; filename="pcap_{pcap.id}.pcap"'},
         )
-    return _merged_download(request, pcap)
+    return _merged_download(request, who, pcap, names)
 
 
-def _merged_bytes(request: Request, pcap: Pcap) -> Any:
-    """All machines' `<machine>/pcap_<id>.pcap` objects, merged by time while streaming."""
-    dest = parse(pcap.destination_conf or "", request.app.state.stores)
-    suffix = f"/pcap_{pcap.id}.pcap"
-    names = sorted(n for n in dest.list() if n.endswith(suffix) and n.count("/") >= 1)
-    readers = [Reader(dest.stream(name), name) for name in names]
-    return merge(readers)
-
-
-def _merged_download(request: Request, pcap: Pcap) -> StreamingResponse:
+def _merged_download(request: Request, who: Caller, pcap: Pcap, names: list[str]) -> Response:
+    """The machines' reported objects, merged by time while streaming."""
+    stores = request.app.state.stores
+    slot = downloads.SLOTS.take(who.account_id, stores.reads_per_account)
     try:
-        body = _merged_bytes(request, pcap)
+        merged = downloads.Merged(pcap.destination_conf or "", names, stores, True)
     except (DestinationError, PcapError) as exc:
+        slot.release()
         raise APIError(
             502,
             Code.DESTINATION_UNREACHABLE,
             f"cannot read capture {pcap.id} from its bucket: {exc}",
         ) from exc
+    except BaseException:
+        slot.release()
+        raise
     return StreamingResponse(
-        body,
+        downloads.stream(merged, slot),
         media_type="application/vnd.tcpdump.pcap",
         headers={"Content-Disposition": f'attachment; filename="pcap_{pcap.id}.pcap"'},
+        # Also when the client went away before the end (the body is then never finished).
+        background=BackgroundTask(slot.release),
     )

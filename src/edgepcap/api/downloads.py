@@ -1,0 +1,121 @@
+"""Reading a full capture back from its bucket, for download and preview.
+
+Only the objects the capture's machines reported complete are read (never a listing of
+the bucket, whatever else a customer put there), at most `read_max_objects` of them and,
+for a download, `read_max_bytes` in all (StoreSettings). Each account has at most
+`reads_per_account` downloads and previews open at once in one API process; one more is
+answered 429 with Retry-After. A download holds its slot until its body is sent or the
+client goes away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from edgepcap.api.errors import APIError, Code
+from edgepcap.destinations import DestinationError, StoreSettings, parse
+from edgepcap.pcap import Reader, merge
+
+RETRY_AFTER = 5  # seconds a refused download or preview is told to wait
+
+
+class ReadSlots:
+    """Per-account counters of downloads and previews in progress (in-process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+
+    def take(self, account_id: str, limit: int) -> Slot:
+        with self._lock:
+            held = self._open.get(account_id, 0)
+            if held >= limit:
+                raise APIError(
+                    429,
+                    Code.READS_BUSY,
+                    f"this account already has {held} downloads or previews in progress (at "
+                    f"most {limit} at once): retry in {RETRY_AFTER} s",
+                    headers={"Retry-After": str(RETRY_AFTER)},
+                )
+            self._open[account_id] = held + 1
+        return Slot(self, account_id)
+
+    def _give_back(self, account_id: str) -> None:
+        with self._lock:
+            left = self._open.get(account_id, 1) - 1
+            if left > 0:
+                self._open[account_id] = left
+            else:
+                self._open.pop(account_id, None)
+
+
+SLOTS = ReadSlots()
+
+
+class Slot:
+    """One read in progress; `release` is idempotent."""
+
+    def __init__(self, slots: ReadSlots, account_id: str) -> None:
+        self._slots: ReadSlots | None = slots
+        self._account = account_id
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, None
+        if slots is not None:
+            slots._give_back(self._account)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+class Merged:
+    """The capture's objects opened and merged by time; `close` releases every object."""
+
+    def __init__(self, conf: str, names: list[str], stores: StoreSettings, download: bool):
+        self._open: list[Iterator[bytes]] = []
+        if len(names) > stores.read_max_objects:
+            raise DestinationError(
+                f"the capture has {len(names)} files, more than the {stores.read_max_objects} "
+                "this server merges: read them from the bucket directly"
+            )
+        dest = parse(conf, stores)
+        try:
+            sized = []
+            for name in names:
+                size, chunks = dest.open(name)
+                self._open.append(chunks)
+                sized.append((name, size, chunks))
+            total = sum(size for _, size, _ in sized)
+            if download and total > stores.read_max_bytes:
+                raise DestinationError(
+                    f"its files hold {total} bytes, more than the {stores.read_max_bytes} this "
+                    f"server merges into one download: read {', '.join(names)} from the "
+                    "bucket directly"
+                )
+            self.readers = [Reader(chunks, name) for name, _, chunks in sized]
+            self.body = merge(self.readers)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for chunks in self._open:
+            with contextlib.suppress(Exception):
+                chunks.close()  # type: ignore[attr-defined]
+        self._open = []
+
+
+def stream(merged: Merged, slot: Slot) -> Iterator[bytes]:
+    """The download's body; the objects and the slot are released however it ends."""
+    try:
+        yield from merged.body
+    finally:
+        merged.close()
+        slot.release()
