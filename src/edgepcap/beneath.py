@@ -27,6 +27,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted under a file's name must not hang the reader.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# The bucket is the customer's: its directory's own mode decides who reads it, not the
+# umask of the agent (`up` and the lab run theirs with 077 to keep their data dir private).
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 
@@ -77,10 +79,14 @@ def _walk(fd: int, rel: str, create: bool) -> int:
         for part in _parts(rel):
             walked = f"{walked}/{part}" if walked else part
             try:
+                made = False
                 if create:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, DIR_MODE, dir_fd=fd)
+                        made = True
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                if made:
+                    os.fchmod(child, DIR_MODE)  # whatever the process's umask
             except OSError as exc:
                 raise _why(exc, walked, _is_link(fd, part)) from None
             os.close(fd)
@@ -197,6 +203,7 @@ class Writer:
             self.fd: int | None = os.open(
                 self.staging, _CREATE_FLAGS, FILE_MODE, dir_fd=self.dir_fd
             )
+            os.fchmod(self.fd, FILE_MODE)  # whatever the process's umask
         except OSError as exc:
             os.close(self.dir_fd)
             raise _why(exc, f"{where}/{self.staging}".lstrip("/")) from None
