@@ -76,3 +76,12 @@ def test_a_read_stops_at_the_size_the_file_had_when_opened(root):
     with open(root / "bucket" / "ord01" / "pcap_x.pcap", "ab") as grow:
         grow.write(b"b" * 10)
     assert b"".join(found.chunks(4)) == b"a" * 10
+
+
+def test_a_folder_moved_away_during_a_write_fails_it(root):
+    writer = beneath.Writer(root, "bucket", "ord01/pcap_x.pcap")
+    writer.write(b"packets")
+    (root / "bucket" / "ord01").rename(root / "bucket" / "moved")
+    with pytest.raises(OSError, match="'bucket/ord01' was moved or replaced during the write"):
+        writer.close()
+    assert os.listdir(root / "bucket" / "moved") == []  # staging file removed, nothing done

@@ -85,12 +85,12 @@ def _walk(fd: int, rel: str, create: bool) -> int:
                         os.mkdir(part, DIR_MODE, dir_fd=fd)
                         made = True
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                if made:
-                    os.fchmod(child, DIR_MODE)  # whatever the process's umask
             except OSError as exc:
                 raise _why(exc, walked, _is_link(fd, part)) from None
             os.close(fd)
             fd = child
+            if made:
+                os.fchmod(fd, DIR_MODE)  # whatever the process's umask
     except BaseException:
         os.close(fd)
         raise
@@ -118,28 +118,46 @@ def _split(name: str) -> tuple[str, str]:
 
 
 class OpenFile:
-    """A regular file opened for reading; reads stop at the size it had when opened."""
+    """A regular file opened for reading. Iterating gives its bytes in chunks, up to the
+    size it had when opened; the end of the file, or `close`, releases the descriptor,
+    whether or not reading ever began (a download that fails on its third file closes
+    the two before it)."""
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, chunk_size: int = 256 * 1024) -> None:
         self.fd: int | None = fd
         self.size = size
+        self.left = size
+        self.chunk_size = chunk_size
 
-    def chunks(self, chunk_size: int = 256 * 1024) -> Iterator[bytes]:
-        left = self.size
-        try:
-            while left > 0 and self.fd is not None:
-                data = os.read(self.fd, min(chunk_size, left))
-                if not data:
-                    return
-                left -= len(data)
-                yield data
-        finally:
+    def chunks(self, chunk_size: int = 256 * 1024) -> OpenFile:
+        self.chunk_size = chunk_size
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.fd is None or self.left <= 0:
             self.close()
+            raise StopIteration
+        try:
+            data = os.read(self.fd, min(self.chunk_size, self.left))
+        except BaseException:
+            self.close()
+            raise
+        if not data:
+            self.close()
+            raise StopIteration
+        self.left -= len(data)
+        return data
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def open_file(root: Path, bucket: str, name: str) -> OpenFile:
@@ -197,15 +215,18 @@ class Writer:
     def __init__(self, root: Path, bucket: str, name: str) -> None:
         where, self.leaf = _split(name)
         self.name = name
+        self.root = root
+        self.folder = "/".join(p for p in (bucket, where) if p)
         self.dir_fd = _walk(open_dir(root, bucket), where, create=True)
         self.staging = f".{self.leaf}.{secrets.token_hex(6)}.part"
+        self.fd: int | None = None
+        self._created = False
         try:
-            self.fd: int | None = os.open(
-                self.staging, _CREATE_FLAGS, FILE_MODE, dir_fd=self.dir_fd
-            )
+            self.fd = os.open(self.staging, _CREATE_FLAGS, FILE_MODE, dir_fd=self.dir_fd)
+            self._created = True
             os.fchmod(self.fd, FILE_MODE)  # whatever the process's umask
         except OSError as exc:
-            os.close(self.dir_fd)
+            self.abort()
             raise _why(exc, f"{where}/{self.staging}".lstrip("/")) from None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -221,6 +242,13 @@ class Writer:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
+            # The folder held open must still be the one at its name: a customer who moved
+            # it away meanwhile would otherwise get a part reported done where it is not.
+            held = os.fstat(self.dir_fd)
+            if identity(self.root, self.folder) != (held.st_dev, held.st_ino):
+                raise BeneathError(
+                    errno.ESTALE, f"{self.folder!r} was moved or replaced during the write"
+                )
             os.rename(self.staging, self.leaf, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except BaseException:
             self.abort()
@@ -233,8 +261,9 @@ class Writer:
             os.close(self.fd)
             self.fd = None
         if self.dir_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.unlink(self.staging, dir_fd=self.dir_fd)
+            if self._created:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.staging, dir_fd=self.dir_fd)
             os.close(self.dir_fd)
             self.dir_fd = -1
 
