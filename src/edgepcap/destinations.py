@@ -332,6 +332,13 @@ def parse(conf: str, settings: StoreSettings) -> Destination:
     prefix = parts.prefix or None
     bucket = parts.bucket
     if parts.scheme == "s3":
+        if settings.s3_endpoint and parts.region not in (None, settings.s3_region):
+            # The operator's S3-compatible store has one region; any other name would only
+            # be another spelling of the same bucket (another row, another challenge file).
+            raise DestinationError(
+                f"region {parts.region!r}: this server's S3 store has one region, "
+                f"{settings.s3_region}: leave ?region= out"
+            )
         region = parts.region or settings.s3_region
         config: dict[str, Any] = {"region": region}
         client: dict[str, Any] = {"timeout": "30s", "connect_timeout": "5s"}
@@ -401,7 +408,9 @@ def _file_destination(conf: str, rel: str, settings: StoreSettings) -> Destinati
     # refused when the bucket is used (beneath), not resolved here.
     root = settings.bucket_root
     target = Path("/" + rel)
-    if target != root and root not in target.parents:
-        raise DestinationError(f"file destinations must lie under this server's bucket root {root}")
-    bucket = target.relative_to(root).as_posix() if target != root else ""
+    if root not in target.parents:  # the root itself holds every tenant's buckets
+        raise DestinationError(
+            f"file destinations must be a directory below this server's bucket root {root}"
+        )
+    bucket = target.relative_to(root).as_posix()
     return Destination(conf=conf, scheme="file", store=None, root=root, bucket=bucket)

@@ -182,6 +182,7 @@ def test_spellings_of_one_bucket_are_one_bucket(stack):
         ("s3://bucket:abc/", "'bucket:abc' names a port"),
         ("s3://bucket/x?region=a1&region=b2", "twice"),
         ("s3://bucket/x?region", "do not parse"),
+        ("s3://bucket/x?region=zz-west-9", "has one region"),
         ("s3://Bad_Bucket!/x", "not a valid bucket name"),
         ("s3://bucket/a/../b", "not allowed"),
         ("gs://bucket/x?foo=bar", "no parameters"),
@@ -233,3 +234,14 @@ def test_a_challenge_file_made_a_link_is_not_read(stack):
     # Not read through the link, and nothing said of its target (its size was, before).
     assert code == 1302 and f"could not read the ownership challenge {filename}" in message, message
     assert "larger" not in message and "symbolic" not in message
+
+
+def test_the_bucket_root_itself_is_no_bucket(stack):
+    # It holds every account's bucket directories: proving it would reach all of them.
+    acct = stack.account()
+    root = stack.server.data_dir / "buckets"
+    with stack.client(acct) as c:
+        for conf in (f"file://{root}", f"file://{root}/"):
+            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
+            assert r.status_code == 400, r.text
+            assert "below this server's bucket root" in error_of(r)[1]
