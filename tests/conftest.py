@@ -329,10 +329,10 @@ class MachineHeartbeat:
             with contextlib.suppress(httpx.HTTPError):
                 self.http.post("/heartbeat", json=self.me)
 
-    def finish(self, pcap_id: str, done: bool = True) -> None:
+    def finish(self, pcap_id: str, done: bool = True, error: str = "failed on purpose") -> None:
         """Report this machine's part of a capture done, its file written where it was
-        told (or failed, with no file)."""
-        report = {"state": "failed", "error": "failed on purpose"}
+        told (or failed with `error`, with no file)."""
+        report = {"state": "failed", "error": error}
         if done:
             report = {"state": "done", "object_name": f"{self.me['machine']}/pcap_{pcap_id}.pcap"}
         r = self.http.post(f"/captures/{pcap_id}/report", json={**self.me, **report})

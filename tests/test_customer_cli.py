@@ -204,6 +204,30 @@ def test_text_from_the_server_prints_as_text_not_markup(stack):
     assert f"error: `colo_name` '{colo}' is neither" in out.stderr, out.stderr
 
 
+def test_terminal_escapes_in_text_from_the_server_do_not_reach_the_terminal(stack):
+    # A machine's error message reaches every customer whose capture ran there; an escape
+    # sequence in it could make a link, clear the screen or retitle the terminal.
+    acct = stack.account()
+    conf = stack.validated_bucket(acct)
+    full = stack.client(acct).post(
+        "/pcaps",
+        json={"system": "magic-transit", "type": "full", "time_limit": 60, "colo_name": "ORD",
+              "destination_conf": conf},
+    ).json()["result"]  # fmt: skip
+    error = "disk \x1b]8;;http://x\x1b\\full\x1b]8;;\x1b\\\x1b[2J"
+    stack.machine.finish(full["id"], done=False, error=error)
+    out = run(stack, acct, "pcaps", "get", full["id"])
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout, repr(out.stdout)
+    assert error.replace("\x1b", "\ufffd") in out.stdout, out.stdout
+    assert (
+        json.loads(run(stack, acct, "pcaps", "get", full["id"], "--json").stdout)["machines"][0][
+            "error"
+        ]
+        == error
+    )  # --json is the API's answer as it is
+
+
 def test_the_token_can_come_from_a_file(stack, tmp_path):
     # Neither an argument (ps shows it) nor the environment of all the shell starts.
     acct = stack.account()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.segment import Segment
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -25,11 +28,32 @@ buckets_app = typer.Typer(
 )
 
 
+# Terminal control characters (C0 but tab and newline, DEL, C1) in printed text.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class _PlainConsole(Console):
+    """A console that prints control characters in text as U+FFFD.
+
+    Most text comes from the server (errors, a machine's error message, names a customer
+    chose): an escape sequence in it could make a link, clear the screen or retitle the
+    terminal. Rich's own styling and cursor moves are not in that text (styles are
+    rendered around it, cursor moves are control segments), so they pass.
+    """
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            Segment(_UNPRINTABLE.sub("\ufffd", text), style, control) if not control else seg
+            for seg in buffer
+            for text, style, control in (seg,)
+        )
+
+
 def _console(stderr: bool = False) -> Console:
     # Strings print as they are: most come from the server (errors, a machine's error
     # message, names a customer chose), and Rich would read `[link=…]` in them as a link,
     # `:name:` as an emoji. Our own styling is given as Text objects.
-    console = Console(stderr=stderr, soft_wrap=True, markup=False, emoji=False)
+    console = _PlainConsole(stderr=stderr, soft_wrap=True, markup=False, emoji=False)
     # The file itself: Rich's is_terminal also says yes under FORCE_COLOR, as CI sets it.
     isatty = getattr(console.file, "isatty", lambda: False)
     if not isatty() and "COLUMNS" not in os.environ:
