@@ -7,10 +7,12 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event, text
 
 from edgepcap.accounts import AccountError, add_prefix, create_account
-from edgepcap.db import Database, database_url
+from edgepcap.db import MIGRATIONS, Database, database_url, migrate
 from edgepcap.models import Prefix
 
 
@@ -74,3 +76,33 @@ def test_overlapping_prefixes_added_at_once_leave_one_owner(backend, tmp_path, r
         assert len([c for c in held if c.startswith("198.51.100.")]) == 1, held
     finally:
         db.close()
+
+
+def test_overlaps_left_by_racing_writers_are_named_when_the_rule_is_added(postgres):
+    # A database that older versions' racing writers left with overlapping prefixes: the
+    # migration that adds PostgreSQL's rule says which ones, instead of its bare error.
+    url = postgres.new_database()
+    engine = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0005")
+            for account, cidr in (("a1", "10.0.0.0/24"), ("a2", "10.0.0.0/25")):
+                conn.execute(
+                    text(
+                        "INSERT INTO accounts (id, name, email, api_token_hash, api_key_hash,"
+                        " created) VALUES (:id, :id, :id, :id, :id, now())"
+                    ),
+                    {"id": account},
+                )
+                conn.execute(
+                    text("INSERT INTO prefixes (account_id, cidr) VALUES (:a, :c)"),
+                    {"a": account, "c": cidr},
+                )
+        with pytest.raises(RuntimeError) as refused:
+            migrate(engine)
+        assert "10.0.0.0/24 (account a1) and 10.0.0.0/25 (account a2)" in str(refused.value)
+    finally:
+        engine.dispose()

@@ -9,6 +9,7 @@ application's check; an exclusion constraint makes the database refuse the secon
 SQLite has none: there the check runs under the database's write lock (accounts.py).
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -16,14 +17,31 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
+OVERLAPS = sa.text(
+    "SELECT a.cidr, a.account_id, b.cidr, b.account_id FROM prefixes a JOIN prefixes b"
+    " ON a.id < b.id AND a.cidr::inet && b.cidr::inet ORDER BY a.id, b.id"
+)
+
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        # inet's && is false across address families, as the application's check is.
-        op.execute(
-            "ALTER TABLE prefixes ADD CONSTRAINT ex_prefixes_no_overlap "
-            "EXCLUDE USING gist ((cidr::inet) inet_ops WITH &&)"
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    # Overlaps that racing writers left behind would stop the constraint (and the API's
+    # start) with PostgreSQL's bare error: name them, and what to do, instead.
+    found = bind.execute(OVERLAPS).all()
+    if found:
+        pairs = "; ".join(f"{a} (account {aa}) and {b} (account {ba})" for a, aa, b, ba in found)
+        raise RuntimeError(
+            f"cannot add the rule that no two prefixes overlap: {len(found)} pair(s) do: "
+            f"{pairs}. Delete one prefix of each pair from the table `prefixes`, then start "
+            "edgepcap again."
         )
+    # inet's && is false across address families, as the application's check is.
+    op.execute(
+        "ALTER TABLE prefixes ADD CONSTRAINT ex_prefixes_no_overlap "
+        "EXCLUDE USING gist ((cidr::inet) inet_ops WITH &&)"
+    )
 
 
 def downgrade() -> None:
