@@ -111,10 +111,10 @@ def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) 
         time_limit=600,
         packet_limit=None,
         byte_limit=None,
-        destination_conf=f"file://{root}",
+        destination_conf=f"file://{root}/bench",
         object_name="bench01/x.pcap",
     )
-    (root / "bench01").mkdir()
+    (root / "bench" / "bench01").mkdir(parents=True)
     cp = LocalControlPlane()
     done = threading.Event()
     worker = CaptureWorker(
@@ -137,7 +137,7 @@ def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) 
     _wait_quiet(lambda: worker.written_packets, enough=(count + topo.others) // (topo.others + 1))
     worker.request_stop("stop")
     done.wait(30)
-    written = count_packets(root / "bench01" / "x.pcap")
+    written = count_packets(root / "bench" / "bench01" / "x.pcap")
     shutil.rmtree(root, ignore_errors=True)
     report = cp.final
     return {
