@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.topology import DST, SINK, Topology, pair, routed
-from edgepcap import netns, nft
 from edgepcap.agent import sampler
 from edgepcap.agent.agent import bound_malloc
+from edgepcap.agent.kernel import netns, nft
 from edgepcap.agent.worker import CaptureWorker, Job
 from edgepcap.destinations import StoreSettings
-from edgepcap.filters import FilterV1
-from edgepcap.pcap import GLOBAL_HEADER, parse_global_header
+from edgepcap.formats.filters import FilterV1
+from edgepcap.formats.pcapfile import GLOBAL_HEADER, parse_global_header
 
 # Seconds tcpdump keeps reading after the generator ends: the kernel holds a last partial
 # batch up to 1 s, on NFLOG (NFULNL_TIMEOUT_DEFAULT, which libpcap leaves) and on AF_PACKET

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from edgepcap.pcap import LINKTYPE_RAW, global_header
-from edgepcap.samples import records
-from edgepcap.samples.segments import SegmentStore
+from edgepcap.control.samples.segments import SegmentStore
+from edgepcap.formats import samples as records
+from edgepcap.formats.pcapfile import LINKTYPE_RAW, global_header
 
 ACCOUNTS = 20
 

@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 
 from bench import capture, samples
-from edgepcap.accounts import create_account
-from edgepcap.db import Database, open_database
-from edgepcap.machines import create_agent_key
+from edgepcap.control.accounts import create_account
+from edgepcap.control.db import Database, open_database
+from edgepcap.control.fleet import create_agent_key
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGEPCAP = str(Path(sys.executable).parent / "edgepcap")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepcap import netns, nft
+from edgepcap.agent.kernel import netns, nft
 from edgepcap.lab.topology import link
 
 GEN_MAC, RX_MAC, RT_IN_MAC, RT_OUT_MAC = (

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
 uv run --locked ruff check .
 uv run --locked ruff format --check .
+uv run --locked lint-imports --no-cache  # the layers: pyproject.toml, [tool.importlinter]
 exec uv run --locked pytest "$@"

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edgepcap.accounts import create_account, describe
-from edgepcap.db import Database, open_database
+from edgepcap.control.accounts import create_account, describe
+from edgepcap.control.db import Database, open_database
 
 BIN = Path(sys.executable).parent
 EDGEPCAP = str(BIN / "edgepcap")

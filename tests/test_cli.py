@@ -231,10 +231,10 @@ def test_up_keeps_its_machines_key_and_replaces_any_other(admin):
     """`up`'s key file: kept while bound to this colo and machine; a key from before keys
     were bound (or for another --machine) is revoked and replaced."""
     from edgepcap.cli import _up_agent_key
-    from edgepcap.credentials import hash_secret
-    from edgepcap.db import open_database
-    from edgepcap.machines import find_agent_key
-    from edgepcap.models import AgentKey
+    from edgepcap.control.credentials import hash_secret
+    from edgepcap.control.db import open_database
+    from edgepcap.control.fleet import find_agent_key
+    from edgepcap.control.models import AgentKey
 
     key_file = admin.data_dir / "agent-key"
     key_file.write_text("epa_unbound")

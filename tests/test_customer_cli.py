@@ -6,9 +6,9 @@ import json
 import os
 import subprocess
 
-from edgepcap.pcap import Packet
+from edgepcap.formats.pcapfile import Packet
 from tests.conftest import EDGEPCAP
-from tests.packets import udp, write_pcap
+from tests.support.packets import udp, write_pcap
 
 
 def run(stack, account, *args, token=None, env_extra=None):

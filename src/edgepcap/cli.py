@@ -73,7 +73,7 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _open(data_dir: Path, database: str | None):  # type: ignore[no-untyped-def]
-    from edgepcap.db import open_database
+    from edgepcap.control.db import open_database
 
     return open_database(data_dir, database or os.environ.get("EDGEPCAP_DATABASE"))
 
@@ -89,10 +89,10 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from edgepcap import full_rate, retention
     from edgepcap.api.app import open_app
     from edgepcap.api.metrics import TOKEN_FILE_ENV, operator_token
-    from edgepcap.db import make_data_dir
+    from edgepcap.control import full_rate, retention
+    from edgepcap.control.db import make_data_dir
 
     host, port = _parse_listen(listen)
     _private_files()
@@ -188,8 +188,8 @@ def up(
     import subprocess
     import sys
 
-    from edgepcap import accounts as accounts_mod
-    from edgepcap.machines import FleetError, check_names
+    from edgepcap.control import accounts as accounts_mod
+    from edgepcap.control.fleet import FleetError, check_names
 
     _private_files()
     name = machine or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
@@ -265,7 +265,7 @@ def _up_agent_key(session: Any, key_file: Path, colo: str, machine: str) -> None
     """`up`'s agent key, bound to this host's machine: the one in `key_file` while it is
     for this colo and machine and not revoked, else a new one (the old one, `up`'s own,
     is revoked: a key file from before keys were bound, or for another --machine)."""
-    from edgepcap.machines import create_agent_key, find_agent_key, revoke_agent_key
+    from edgepcap.control.fleet import create_agent_key, find_agent_key, revoke_agent_key
 
     if key_file.exists():
         row = find_agent_key(session, key_file.read_text().strip())
@@ -305,7 +305,7 @@ def accounts_create(
     ] = None,
 ) -> None:
     """Create an account; prints its id, prefixes and credentials once, as JSON."""
-    from edgepcap import accounts as accounts_mod
+    from edgepcap.control import accounts as accounts_mod
 
     db = _open(data_dir, database)
     try:
@@ -323,8 +323,8 @@ def accounts_list(data_dir: DataDir = Path("edgepcap-data"), database: DatabaseU
     """List accounts as JSON lines (no secrets: they are stored hashed)."""
     from sqlalchemy import select
 
-    from edgepcap import accounts as accounts_mod
-    from edgepcap.models import Account
+    from edgepcap.control import accounts as accounts_mod
+    from edgepcap.control.models import Account
 
     db = _open(data_dir, database)
     with db.session() as session:
@@ -341,7 +341,7 @@ def accounts_add_prefix(
     database: DatabaseUrl = None,
 ) -> None:
     """Give an account another prefix."""
-    from edgepcap import accounts as accounts_mod
+    from edgepcap.control import accounts as accounts_mod
 
     db = _open(data_dir, database)
     try:
@@ -359,7 +359,7 @@ def accounts_rotate_token(
     account_id: str, data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl = None
 ) -> None:
     """Replace the account's API token and API key; prints the new ones once."""
-    from edgepcap import accounts as accounts_mod
+    from edgepcap.control import accounts as accounts_mod
 
     db = _open(data_dir, database)
     try:
@@ -381,7 +381,7 @@ def agents_create_key(
     label: Annotated[str, typer.Option(help="A note on where the key is used.")] = "",
 ) -> None:
     """Mint a key for one machine; prints {"id", "agent_key", "colo", "machine"} once."""
-    from edgepcap.machines import FleetError, create_agent_key
+    from edgepcap.control.fleet import FleetError, create_agent_key
 
     db = _open(data_dir, database)
     try:
@@ -400,7 +400,7 @@ def agents_revoke_key(
     key_id: str, data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl = None
 ) -> None:
     """Revoke an agent key at once: its agent's next request gets 401."""
-    from edgepcap.machines import FleetError, describe_key, revoke_agent_key
+    from edgepcap.control.fleet import FleetError, describe_key, revoke_agent_key
 
     db = _open(data_dir, database)
     try:
@@ -417,8 +417,8 @@ def agents_list(data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl
     """List agent keys as JSON lines: machine, colo, revoked (unbound keys: machine null)."""
     from sqlalchemy import select
 
-    from edgepcap.machines import describe_key
-    from edgepcap.models import AgentKey
+    from edgepcap.control.fleet import describe_key
+    from edgepcap.control.models import AgentKey
 
     db = _open(data_dir, database)
     with db.session() as session:
@@ -458,7 +458,7 @@ def agent(
     import sys
     from urllib.parse import urlsplit
 
-    from edgepcap.machines import FleetError, check_names
+    from edgepcap.control.fleet import FleetError, check_names
 
     try:
         colo, machine = check_names(colo, machine)

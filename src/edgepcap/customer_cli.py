@@ -327,8 +327,8 @@ def download(
 @pcaps_app.command("summary")
 def summary(file: Path, as_json: Json = False) -> None:
     """Top talkers, protocols and time span of a PCAP file (no Wireshark needed)."""
-    from edgepcap.packets import summarise
-    from edgepcap.pcap import PcapError, Reader
+    from edgepcap.formats.packets import summarise
+    from edgepcap.formats.pcapfile import PcapError, Reader
 
     def chunks() -> Any:
         with file.open("rb") as fh:

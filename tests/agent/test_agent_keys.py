@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgepcap import netns
+from edgepcap.agent.kernel import netns
 from tests.conftest import Stack, start_server, stop_server, wait_for
-from tests.support_agentkeys import machine_up, mint_key, run_agent
+from tests.support.agentkeys import machine_up, mint_key, run_agent
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from edgepcap import machines as fleet
-from edgepcap import nft
+from edgepcap.agent.kernel import nft
+from edgepcap.control import fleet
 from edgepcap.lab import lab as labmod
-from tests.agent.test_full_capture import captured, expected, in_prefixes, packets_in
-from tests.api.test_pcaps import full
 from tests.conftest import wait_for
-from tests.packets import tshark_fields
+from tests.support.api import full
+from tests.support.captures import captured, expected, in_prefixes, packets_in
+from tests.support.packets import tshark_fields
 
 MACHINES = ("ord01", "ord02")
 

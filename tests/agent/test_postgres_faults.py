@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgepcap import machines as fleet
-from tests.agent.test_full_capture import captured, expected, in_prefixes
+from edgepcap.control import fleet
 from tests.conftest import Lab, Postgres, running_lab, wait_for
+from tests.support.captures import captured, expected, in_prefixes
 
 MACHINES = ("ord01", "ord02")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgepcap.pcap import Reader
-from tests.agent.test_full_capture import in_prefixes, packets_in
+from edgepcap.formats.pcapfile import Reader
+from tests.support.captures import in_prefixes, packets_in
 
 FILTERS = [
     {},

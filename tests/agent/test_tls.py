@@ -13,11 +13,11 @@ import httpx
 import pytest
 import trustme
 
-from edgepcap import netns, nft
-from edgepcap.pcap import Reader
+from edgepcap.agent.kernel import netns, nft
+from edgepcap.formats.pcapfile import Reader
 from tests.conftest import Stack, start_server, stop_server, wait_for
-from tests.support_agentkeys import machine_up, mint_key, run_agent
-from tests.test_nft import OUTSIDE, send, wire
+from tests.support.agentkeys import machine_up, mint_key, run_agent
+from tests.support.kernel import OUTSIDE, send, wire
 
 
 @pytest.fixture

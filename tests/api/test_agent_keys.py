@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import MachineHeartbeat, Stack
-from tests.support_agentkeys import agent_client, mint_key, new_boot
+from tests.support.agentkeys import agent_client, mint_key, new_boot
 
 
 def error(r) -> tuple[int, int, str]:
@@ -120,9 +120,9 @@ def test_a_revoked_key_is_refused_at_once(stack: Stack):
 
 
 def test_keys_minted_before_binding_are_refused_with_what_to_do(stack: Stack):
-    from edgepcap.credentials import hash_secret
-    from edgepcap.db import open_database
-    from edgepcap.models import AgentKey
+    from edgepcap.control.credentials import hash_secret
+    from edgepcap.control.db import open_database
+    from edgepcap.control.models import AgentKey
 
     # What migration 0004 leaves of a key minted before keys were bound: no colo, no machine.
     db = open_database(stack.server.data_dir, stack.server.database)

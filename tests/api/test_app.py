@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from tests.conftest import start_server, stop_server, wait_for
-from tests.test_db import wal_frames
+from tests.support.sqlite import wal_frames
 
 
 def test_the_server_checkpoints_the_wal_that_commits_leave_behind(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.api.test_pcaps import SIMPLE, error_of, full
+from tests.support.api import SIMPLE, error_of, full
 
 ZERO = "0" * 32
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.api.test_pcaps import SIMPLE, error_of
+from tests.support.api import SIMPLE, error_of
 
 RAW = {
     "duplicate keys": (

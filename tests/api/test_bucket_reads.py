@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edgepcap.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, Packet, global_header, record
-from tests.api.test_pcaps import error_of, full
+from edgepcap.formats.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_RAW, Packet, global_header, record
 from tests.conftest import register_machine, wait_for
+from tests.support.api import error_of, full
 
 MAX_OBJECTS = 2
 MAX_BYTES = 32 << 20

@@ -6,8 +6,8 @@ import cloudflare
 import pytest
 from cloudflare import Cloudflare
 
-from edgepcap.pcap import Packet
-from tests.packets import tshark_fields, udp, write_pcap
+from edgepcap.formats.pcapfile import Packet
+from tests.support.packets import tshark_fields, udp, write_pcap
 
 
 def sdk(stack, account, keys: bool) -> Cloudflare:

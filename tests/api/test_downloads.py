@@ -8,7 +8,7 @@ import pytest
 
 from edgepcap.api.downloads import Merged
 from edgepcap.destinations import DestinationError, StoreSettings
-from edgepcap.pcap import LINKTYPE_RAW, PcapError, global_header
+from edgepcap.formats.pcapfile import LINKTYPE_RAW, PcapError, global_header
 
 
 def open_fds() -> int:

@@ -17,24 +17,18 @@ import pytest
 import schemathesis
 from schemathesis import GenerationMode
 
-from tests.api.test_pcaps import SIMPLE, full
 from tests.conftest import Account, Stack
+from tests.support import fuzz as fuzz_support
+from tests.support.api import SIMPLE, full
+from tests.support.fuzz import CHECKS
 
-# Captures may come as fast as the fuzzer sends them, so it reaches the handler past the
-# one-sample-per-minute limit and the full-capture rate (tests/api/test_pcaps.py and
-# tests/api/test_retention.py test the limits themselves).
-SERVER_ENV = {"EDGEPCAP_SAMPLE_INTERVAL": "0", "EDGEPCAP_FULL_CAPTURE_RATE": "0"}
+# The stack fixture's server settings for this module (scripts/fuzz-api uses the same).
+SERVER_ENV = fuzz_support.SERVER_ENV
+
 # Per operation and mode (positive, negative); the long run sets more.
 EXAMPLES = int(os.environ.get("EDGEPCAP_FUZZ_EXAMPLES", "10"))
 # Unset: derandomized, the same cases every run. The long run sets a seed and prints it.
 SEED = os.environ.get("EDGEPCAP_FUZZ_SEED")
-CHECKS = (
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_headers_conformance",
-    "response_schema_conformance",
-)
 AUTH_HEADERS = ("authorization", "x-auth-email", "x-auth-key")
 FULL_ONLY = ("byte_limit", "colo", "colo_name", "destination_conf")
 

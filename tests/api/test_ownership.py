@@ -5,7 +5,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from tests.api.test_pcaps import error_of, full
+from tests.support.api import error_of, full
 
 
 def s3_client(stack):

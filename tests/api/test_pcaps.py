@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-SIMPLE = {"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 100}
+from tests.support.api import SIMPLE, error_of, full
+
 # The list test makes 52 full captures on one account back to back: no full-capture rate
 # here (tests/api/test_retention.py tests the rate).
 SERVER_ENV = {"EDGEPCAP_FULL_CAPTURE_RATE": "0"}
@@ -33,24 +34,6 @@ FIELDS = {
     "machines",
 }
 SUBMITTED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-
-
-def full(conf: str, **extra: object) -> dict[str, object]:
-    return {
-        "system": "magic-transit",
-        "type": "full",
-        "time_limit": 300,
-        "colo_name": "ORD",
-        "destination_conf": conf,
-        **extra,
-    }
-
-
-def error_of(r: httpx.Response) -> tuple[int, str]:
-    body = r.json()
-    assert body["success"] is False and body["result"] is None, body
-    assert body["errors"] and all(e["code"] >= 1000 for e in body["errors"]), body
-    return body["errors"][0]["code"], " | ".join(e["message"] for e in body["errors"])
 
 
 def test_create_sample_then_get_and_list(stack):

@@ -9,14 +9,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from edgepcap import execution
-from edgepcap import machines as fleet
-from edgepcap.accounts import create_account
-from edgepcap.credentials import new_id
-from edgepcap.db import open_database
-from edgepcap.models import Pcap
-from tests.api.test_pcaps import SIMPLE, full
+from edgepcap.control import execution, fleet
+from edgepcap.control.accounts import create_account
+from edgepcap.control.credentials import new_id
+from edgepcap.control.db import open_database
+from edgepcap.control.models import Pcap
 from tests.conftest import S3_ENV, Stack, register_machine, start_server, stop_server
+from tests.support.api import SIMPLE, full
 
 
 @pytest.fixture(scope="module")

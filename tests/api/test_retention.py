@@ -12,11 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from edgepcap.accounts import create_account, describe
-from edgepcap.db import Database, open_database
-from edgepcap.models import CaptureMachine, Pcap, PcapBlob, utcnow
-from edgepcap.pcap import LINKTYPE_RAW, global_header
-from tests.api.test_pcaps import SIMPLE, error_of, full
+from edgepcap.control.accounts import create_account, describe
+from edgepcap.control.db import Database, open_database
+from edgepcap.control.models import CaptureMachine, Pcap, PcapBlob, utcnow
+from edgepcap.formats.pcapfile import LINKTYPE_RAW, global_header
 from tests.conftest import (
     EDGEPCAP,
     S3_ENV,
@@ -28,6 +27,7 @@ from tests.conftest import (
     stop_server,
     wait_for,
 )
+from tests.support.api import SIMPLE, error_of, full
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -14,11 +14,12 @@ import pytest
 from bench import capture, samples
 from bench.suite import Figure, percentile
 from bench.topology import SINK, pair, routed
-from edgepcap import netns, nft, pcap
 from edgepcap.agent import sampler
-from edgepcap.nflog import NflogSocket
-from edgepcap.samples import records
-from tests.samples.test_sample_captures import binomial_interval
+from edgepcap.agent.kernel import netns, nft
+from edgepcap.agent.kernel.nflog import NflogSocket
+from edgepcap.formats import pcapfile as pcap
+from edgepcap.formats import samples as records
+from tests.support.statistics import binomial_interval
 
 
 def test_the_packet_count_matches_the_reader_and_refuses_a_cut_file(tmp_path: Path):

@@ -9,7 +9,6 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import start_server, stop_server
-from tests.dashboard.test_dashboard import browser  # noqa: F401 - the fixture
 
 # Playwright's init scripts run outside the page's policy: this one records what it refused.
 RECORD_VIOLATIONS = """
@@ -28,7 +27,7 @@ def server(tmp_path_factory):
         stop_server(running)
 
 
-def visit(browser, url: str):  # noqa: F811
+def visit(browser, url: str):
     page = browser.new_page()
     page.set_default_timeout(15_000)
     page.add_init_script(RECORD_VIOLATIONS)
@@ -61,7 +60,7 @@ def check_clean(page, seen, origin: str) -> None:
     assert any(v.startswith("script-src") for v in page.evaluate("window.__violations"))
 
 
-def test_the_dashboard_runs_under_its_policy(server, browser):  # noqa: F811
+def test_the_dashboard_runs_under_its_policy(server, browser):
     page, seen = visit(browser, server.url + "/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.get_by_label("Account ID").fill("0" * 32)
@@ -72,7 +71,7 @@ def test_the_dashboard_runs_under_its_policy(server, browser):  # noqa: F811
     page.close()
 
 
-def test_the_api_docs_run_under_their_policy(server, browser):  # noqa: F811
+def test_the_api_docs_run_under_their_policy(server, browser):
     page, seen = visit(browser, server.url + "/client/v4/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("edgepcap")
     expect(page.locator(".opblock-summary-path").first).to_be_visible()

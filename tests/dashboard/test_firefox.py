@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dashboard.test_dashboard import ARTIFACTS
+from tests.support.browsers import ARTIFACTS
 
 HERE = Path(__file__).resolve().parent / "firefox"
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgepcap import nft
-from edgepcap.agent.client import ControlPlane, ControlPlaneError
+from edgepcap.agent.control_plane import ControlPlane, ControlPlaneError
+from edgepcap.agent.kernel import nft
 from edgepcap.agent.sampler import Sampler
 from edgepcap.agent.worker import NFLOG_RCVBUF, CaptureWorker, Job
 from edgepcap.destinations import StoreSettings

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from edgepcap import netns, nft
-from edgepcap.agent.client import ControlPlane
-from edgepcap.nflog import NflogSocket
-from edgepcap.samples import records
+from edgepcap.agent.control_plane import ControlPlane
+from edgepcap.agent.kernel import netns, nft
+from edgepcap.agent.kernel.nflog import NflogSocket
+from edgepcap.formats import samples as records
 
 log = logging.getLogger("edgepcap.agent")
 GROUP = 100

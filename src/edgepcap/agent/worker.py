@@ -14,8 +14,9 @@ from typing import Any
 
 import obstore
 
-from edgepcap import netns, nft, pcap
-from edgepcap.agent.client import ControlPlane
+from edgepcap.agent.control_plane import ControlPlane
+from edgepcap.agent.kernel import netns, nft
+from edgepcap.agent.kernel.nflog import NflogSocket
 from edgepcap.destinations import (
     Destination,
     DestinationError,
@@ -23,8 +24,8 @@ from edgepcap.destinations import (
     describe_failure,
     parse,
 )
-from edgepcap.filters import FilterV1
-from edgepcap.nflog import NflogSocket
+from edgepcap.formats import pcapfile as pcap
+from edgepcap.formats.filters import FilterV1
 
 log = logging.getLogger("edgepcap.agent")
 REPORT_EVERY = 0.2

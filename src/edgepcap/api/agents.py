@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from edgepcap import execution
-from edgepcap import machines as fleet
 from edgepcap.api.errors import APIError, Code
-from edgepcap.models import Machine, Pcap
-from edgepcap.samples import admission, records
+from edgepcap.control import execution, fleet
+from edgepcap.control.models import Machine, Pcap
+from edgepcap.control.samples import admission
+from edgepcap.formats import samples as records
 
 PREFIX = "/agent/v1"
 router = APIRouter(prefix=PREFIX, tags=["agents"], include_in_schema=False)

@@ -26,14 +26,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgepcap import captures, execution, full_rate, retention
 from edgepcap.api import agents, errors, openapi, ownership, pcaps, web
 from edgepcap.api.metrics import authorize, operator_token, render_metrics
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
-from edgepcap.db import Database, database_url
+from edgepcap.control import captures, execution, full_rate, retention
+from edgepcap.control.db import Database, database_url
+from edgepcap.control.models import utcnow
+from edgepcap.control.samples.store import SampleStore, open_store
 from edgepcap.destinations import StoreSettings
-from edgepcap.models import utcnow
-from edgepcap.samples.store import SampleStore, open_store
 
 PREFIX = "/client/v4"
 MAX_BODY = 64 * 1024

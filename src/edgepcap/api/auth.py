@@ -10,8 +10,8 @@ from sqlalchemy import bindparam, select
 
 from edgepcap.api.errors import APIError, Code
 from edgepcap.api.schemas import hex_id
-from edgepcap.credentials import hash_secret
-from edgepcap.models import Account
+from edgepcap.control.credentials import hash_secret
+from edgepcap.control.models import Account
 
 
 @dataclass(frozen=True)

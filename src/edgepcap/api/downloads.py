@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from edgepcap.api.errors import APIError, Code
 from edgepcap.destinations import DestinationError, StoreSettings, parse
-from edgepcap.pcap import Reader, merge
+from edgepcap.formats.pcapfile import Reader, merge
 
 RETRY_AFTER = 5  # seconds a refused download or preview is told to wait
 

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgepcap.api.errors import APIError, Code
-from edgepcap.db import Database
-from edgepcap.machines import is_live
-from edgepcap.models import Machine, RefusedSamples, utcnow
-from edgepcap.samples.admission import REASONS
+from edgepcap.control.db import Database
+from edgepcap.control.fleet import is_live
+from edgepcap.control.models import Machine, RefusedSamples, utcnow
+from edgepcap.control.samples.admission import REASONS
 
 SAMPLER_COUNTERS = {
     "sampled": "samples the kernel delivered to the sampler",

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from edgepcap import ownership
 from edgepcap.api.auth import Caller, caller
 from edgepcap.api.errors import APIError, Code, envelope
 from edgepcap.api.pcaps import check_id
@@ -20,8 +19,9 @@ from edgepcap.api.schemas import (
     error_responses,
 )
 from edgepcap.api.timefmt import rfc3339
+from edgepcap.control import ownership
+from edgepcap.control.models import Bucket
 from edgepcap.destinations import DestinationError
-from edgepcap.models import Bucket
 
 router = APIRouter(responses=error_responses(400, 401, 403, 503))
 Account = Annotated[Caller, Depends(caller)]

@@ -8,8 +8,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from edgepcap import captures, execution
-from edgepcap import machines as fleet
 from edgepcap.api import downloads
 from edgepcap.api.auth import Caller, caller, presented
 from edgepcap.api.errors import APIError, Code, envelope
@@ -26,11 +24,12 @@ from edgepcap.api.schemas import (
     error_responses,
 )
 from edgepcap.api.timefmt import rfc3339
+from edgepcap.control import captures, execution, fleet
+from edgepcap.control.models import Account as AccountRow
+from edgepcap.control.models import Pcap, PcapBlob
 from edgepcap.destinations import DestinationError
-from edgepcap.models import Account as AccountRow
-from edgepcap.models import Pcap, PcapBlob
-from edgepcap.packets import preview
-from edgepcap.pcap import PcapError, Reader, global_header
+from edgepcap.formats.packets import preview
+from edgepcap.formats.pcapfile import PcapError, Reader, global_header
 
 # Every customer route authenticates and validates its path: 400, 401 and 403 everywhere.
 router = APIRouter(responses=error_responses(400, 401, 403, 503))

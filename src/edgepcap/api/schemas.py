@@ -9,8 +9,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, get_type_hints
 from fastapi import Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
 
-from edgepcap.filters import FilterV1, Integral
-from edgepcap.packets import Decoded
+from edgepcap.formats.filters import FilterV1, Integral
+from edgepcap.formats.packets import Decoded
 
 T = TypeVar("T")
 

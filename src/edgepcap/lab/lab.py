@@ -16,13 +16,14 @@ from typing import Any
 
 import httpx
 
-from edgepcap import accounts, nft
+from edgepcap.agent.kernel import nft
 from edgepcap.agent.sampler import TABLE as SAMPLER_TABLE
-from edgepcap.db import open_database
+from edgepcap.control import accounts
+from edgepcap.control.db import open_database
+from edgepcap.control.fleet import create_agent_key, is_live
+from edgepcap.control.models import Machine
 from edgepcap.lab import topology
 from edgepcap.lab.topology import CLIENT4, CLIENT6, TENANTS, Layout
-from edgepcap.machines import create_agent_key, is_live
-from edgepcap.models import Machine
 
 STATE = "lab-state.json"
 
@@ -332,7 +333,7 @@ def down(data_dir: Path) -> list[str]:
             done.append(f"stopped process {pid}")
     tag = state.get("tag") or Layout.create(data_dir, "lab", 1).tag
     for name in topology.stray_namespaces(tag):
-        from edgepcap import netns
+        from edgepcap.agent.kernel import netns
 
         netns.delete(name)
         done.append(f"removed namespace {name}")

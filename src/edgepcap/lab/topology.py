@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepcap import netns, nft
+from edgepcap.agent.kernel import netns, nft
 
 CLIENT4, CLIENT6 = "198.51.100.10", "2001:db8:c::10"
 TENANTS = {

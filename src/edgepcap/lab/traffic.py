@@ -13,7 +13,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 
-from edgepcap import netns
+from edgepcap.agent.kernel import netns
 from edgepcap.lab.topology import CLIENT4, CLIENT6, Layout
 
 MAX_COUNT = 100_000

@@ -1,0 +1,13 @@
+"""The control plane's rules and storage, below the HTTP layer.
+
+* `accounts`, `credentials` — accounts, their prefixes, hashed secrets.
+* `captures` — admitting captures, answering sample captures, expiry, the checked reads.
+* `full_rate`, `retention` — the full-capture rate and the retention of ended captures.
+* `execution` — a full capture across machines: assignment, progress, leases, completion.
+* `fleet` — agent keys, registration, liveness, `colo_name` resolution.
+* `ownership` — bucket ownership challenges.
+* `models`, `db`, `migrations/` — tables, the database, Alembic migrations.
+* `samples/` — the sample stores and what they admit.
+
+May import `formats`, `destinations`; never `api`, `cli`, `agent` or `lab`.
+"""

@@ -1,0 +1,379 @@
+"""How a full capture runs across machines: assignment, progress, budget leases, completion.
+
+Limits are totals over all machines. The unleased remainder lives in the capture's row;
+a machine asks for a lease when it has packets to write, and leases are taken with
+compare-and-set updates, so the sum of what machines write never exceeds the limit,
+whichever API process answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session, aliased
+
+from edgepcap.control import fleet
+from edgepcap.control.models import (
+    ACTIVE_STATUSES,
+    MACHINE_ACTIVE,
+    CaptureMachine,
+    Machine,
+    Pcap,
+    utcnow,
+)
+
+# A machine that stops reporting progress for this long while running is lost.
+REPORT_TIMEOUT = dt.timedelta(seconds=10)
+
+
+@dataclass
+class Report:
+    """What an agent tells about its part of a capture."""
+
+    state: str  # running | done | failed
+    packets: int = 0
+    bytes: int = 0
+    kernel_matched: int = 0
+    dropped: int = 0
+    overruns: int = 0
+    want_packets: int = 0
+    want_bytes: int = 0
+    need_packets: int = 0
+    need_bytes: int = 0
+    release_packets: int = 0
+    release_bytes: int = 0
+    object_name: str | None = None
+    error: str | None = None
+    end_reason: str | None = None
+
+
+@dataclass
+class Answer:
+    stop: bool = False
+    release: bool = False
+    grant_packets: int = 0
+    grant_bytes: int = 0
+    reason: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def object_name(machine: str, pcap_id: str) -> str:
+    """Where a machine writes its part of a full capture, in the capture's bucket."""
+    return f"{machine}/pcap_{pcap_id}.pcap"
+
+
+def reported_objects(pcap: Pcap) -> list[str]:
+    """The objects of a capture: those its machines reported complete, by the names they
+    were given. Nothing else in the bucket belongs to the capture, whatever its name."""
+    return [
+        m.object_name
+        for m in pcap.machines
+        if m.state == "done" and m.object_name == object_name(m.machine, pcap.id)
+    ]
+
+
+def assign(session: Session, pcap: Pcap, targets: list[Machine]) -> None:
+    """Give the capture to the live machines among `targets`; fail it when none is live."""
+    now = utcnow()
+    live = [m for m in targets if fleet.is_live(m, now)]
+    if not live:
+        names = ", ".join(m.name for m in targets)
+        pcap.status = "failed"
+        pcap.finished = now
+        pcap.end_reason = "error"
+        pcap.error_message = (
+            f"no live machine in {pcap.colo_name}: {names} sent no heartbeat in the last "
+            f"{int(fleet.HEARTBEAT_TIMEOUT.total_seconds())} s"
+        )
+        return
+    pcap.packets_left = pcap.packet_limit
+    pcap.bytes_left = pcap.byte_limit
+    for m in live:
+        pcap.machines.append(CaptureMachine(machine=m.name, state="assigned"))
+
+
+def jobs_for(session: Session, machine: str) -> list[tuple[Pcap, CaptureMachine]]:
+    rows = session.execute(
+        select(Pcap, CaptureMachine)
+        .join(CaptureMachine, CaptureMachine.pcap_id == Pcap.id)
+        .where(CaptureMachine.machine == machine, CaptureMachine.state == "assigned")
+        .where(Pcap.status.in_(ACTIVE_STATUSES))
+        .order_by(Pcap.submitted)
+    )
+    return [(p, cm) for p, cm in rows]
+
+
+def stops_for(session: Session, machine: str, pcap_ids: list[str]) -> list[tuple[str, str]]:
+    """Which of the captures `machine` is running it should stop now, and why."""
+    if not pcap_ids:
+        return []
+    rows = session.execute(
+        select(Pcap, CaptureMachine)
+        .join(CaptureMachine, CaptureMachine.pcap_id == Pcap.id)
+        .where(CaptureMachine.machine == machine, CaptureMachine.pcap_id.in_(pcap_ids))
+    )
+    found: dict[str, str | None] = {}
+    for pcap, part in rows:
+        reason = None
+        if part.state not in MACHINE_ACTIVE:
+            reason = part.error or "this part of the capture has ended"
+        elif pcap.stop_requested is not None:
+            reason = "stop"
+        elif pcap.end_reason in ("packet_limit", "byte_limit"):
+            reason = pcap.end_reason
+        found[pcap.id] = reason
+    out = [(i, r) for i, r in found.items() if r]
+    out += [(i, "unknown capture") for i in pcap_ids if i not in found]
+    return out
+
+
+def _cas_take(session: Session, pcap_id: str, column: str, amount: int) -> int:
+    """Take up to `amount` from the capture's unleased budget; returns what was taken."""
+    col = getattr(Pcap, column)
+    for _ in range(20):
+        left = session.scalar(select(col).where(Pcap.id == pcap_id))
+        if left is None:
+            return amount  # no such limit
+        take = min(left, amount)
+        if take <= 0:
+            return 0
+        done = session.execute(
+            update(Pcap)
+            .where(Pcap.id == pcap_id, col == left)
+            .values({column: left - take})
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount == 1:  # type: ignore[attr-defined]
+            return take
+    return 0
+
+
+def _give_back(session: Session, pcap_id: str, column: str, amount: int) -> None:
+    if amount > 0:
+        col = getattr(Pcap, column)
+        session.execute(
+            update(Pcap)
+            .where(Pcap.id == pcap_id, col.is_not(None))
+            .values({column: col + amount})
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _outstanding(rows: list[CaptureMachine], but: str) -> tuple[int, int]:
+    """Leases other running machines hold and have not used (as far as they reported)."""
+    p = b = 0
+    for r in rows:
+        if r.machine != but and r.state in MACHINE_ACTIVE:
+            p += max(0, r.granted_packets - r.packets)
+            b += max(0, r.granted_bytes - r.bytes)
+    return p, b
+
+
+def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Report) -> Answer:
+    now = utcnow()
+    # A part's end may end the capture. Two machines ending at once must not each see the
+    # other still active (write skew): their end reports take the capture's row in turn,
+    # and finish_if_done then reads the other parts as committed. Lock order: part, then
+    # capture, as progress reports do (their budget updates).
+    ending = rep.state in ("done", "failed")
+    part = session.get(CaptureMachine, (pcap_id, machine), with_for_update=ending)
+    pcap = session.get(Pcap, pcap_id, with_for_update=ending)
+    if part is None or pcap is None:
+        return Answer(stop=True, reason="unknown capture")
+    if part.state not in MACHINE_ACTIVE or (part.boot_id and part.boot_id != boot_id):
+        return Answer(stop=True, reason=part.error or "this part of the capture has ended")
+
+    part.packets, part.bytes = rep.packets, rep.bytes
+    part.kernel_matched, part.dropped, part.overruns = rep.kernel_matched, rep.dropped, rep.overruns
+    part.last_report = now
+    if part.state == "assigned":
+        part.state = "running"
+        part.boot_id = boot_id
+        part.started = now
+        if pcap.status == "pending":
+            pcap.status = "running"
+            pcap.started = now
+
+    if rep.release_packets or rep.release_bytes:
+        rel_p = min(rep.release_packets, part.granted_packets)
+        rel_b = min(rep.release_bytes, part.granted_bytes)
+        _give_back(session, pcap.id, "packets_left", rel_p)
+        _give_back(session, pcap.id, "bytes_left", rel_b)
+        part.granted_packets -= rel_p
+        part.granted_bytes -= rel_b
+
+    answer = Answer()
+    if rep.state in ("done", "failed"):
+        part.state = rep.state
+        part.finished = now
+        part.error = rep.error
+        part.object_name = rep.object_name
+        if rep.end_reason and not pcap.end_reason:
+            pcap.end_reason = rep.end_reason
+        # Whatever it did not use goes back for the others.
+        _give_back(session, pcap.id, "packets_left", max(0, part.granted_packets - rep.packets))
+        _give_back(session, pcap.id, "bytes_left", max(0, part.granted_bytes - rep.bytes))
+        part.granted_packets, part.granted_bytes = rep.packets, rep.bytes
+        session.flush()
+        _refresh_totals(pcap)
+        finish_if_done(session, pcap)
+        answer.stop = True
+        return answer
+
+    deadline = pcap.started + dt.timedelta(seconds=pcap.time_limit) if pcap.started else None
+    if pcap.stop_requested is not None:
+        answer.stop, answer.reason = True, "stop"
+    elif deadline is not None and now >= deadline:
+        answer.stop, answer.reason = True, "time_limit"
+    elif rep.need_packets or rep.need_bytes or rep.want_packets or rep.want_bytes:
+        session.flush()
+        want_p = max(rep.want_packets, rep.need_packets)
+        want_b = max(rep.want_bytes, rep.need_bytes)
+        limited_p = pcap.packet_limit is not None
+        limited_b = pcap.byte_limit is not None
+        got_p = _cas_take(session, pcap.id, "packets_left", want_p) if limited_p and want_p else 0
+        got_b = _cas_take(session, pcap.id, "bytes_left", want_b) if limited_b and want_b else 0
+        part.granted_packets += got_p
+        part.granted_bytes += got_b
+        answer.grant_packets, answer.grant_bytes = got_p, got_b
+        session.refresh(pcap)
+        have_p = part.granted_packets - rep.packets
+        have_b = part.granted_bytes - rep.bytes
+        short_p = limited_p and have_p < rep.need_packets
+        short_b = limited_b and have_b < rep.need_bytes
+        if short_p or short_b:
+            others_p, others_b = _outstanding(list(pcap.machines), machine)
+            # The waiting packet can never be written: nothing left anywhere.
+            if short_p and have_p + others_p + (pcap.packets_left or 0) < rep.need_packets:
+                _end_by_limit(pcap, "packet_limit")
+            elif short_b and have_b + others_b + (pcap.bytes_left or 0) < rep.need_bytes:
+                _end_by_limit(pcap, "byte_limit")
+            else:
+                pcap.reclaim = True
+        elif pcap.reclaim:
+            pcap.reclaim = False
+        if pcap.end_reason in ("packet_limit", "byte_limit"):
+            answer.stop, answer.reason = True, pcap.end_reason
+    if pcap.end_reason in ("packet_limit", "byte_limit"):
+        answer.stop, answer.reason = True, pcap.end_reason
+    answer.release = bool(pcap.reclaim) and not answer.stop
+    _refresh_totals(pcap)
+    session.flush()
+    return answer
+
+
+def _end_by_limit(pcap: Pcap, reason: str) -> None:
+    pcap.end_reason = pcap.end_reason or reason
+    pcap.reclaim = False
+
+
+def _refresh_totals(pcap: Pcap) -> None:
+    pcap.packets_captured = sum(m.packets for m in pcap.machines)
+    pcap.bytes_captured = sum(m.bytes for m in pcap.machines)
+
+
+def finish_if_done(session: Session, pcap: Pcap) -> bool:
+    """Close the capture once no machine is still working on it."""
+    if pcap.status not in ACTIVE_STATUSES or not pcap.machines:
+        return False
+    if any(m.state in MACHINE_ACTIVE for m in pcap.machines):
+        return False
+    _refresh_totals(pcap)
+    now = utcnow()
+    done = [m for m in pcap.machines if m.state == "done"]
+    failed = [m for m in pcap.machines if m.state == "failed"]
+    notes = [f"{m.machine}: {m.error}" for m in failed]
+    drops = [m for m in pcap.machines if m.dropped or m.overruns]
+    if drops:
+        notes.append(
+            "kernel drops: "
+            + ", ".join(
+                f"{m.machine} lost {m.dropped} packets ({m.overruns} overruns)" for m in drops
+            )
+        )
+    pcap.finished = now
+    pcap.reclaim = False
+    if done:
+        pcap.status = "success"
+        if pcap.packets_captured == 0:
+            where = ", ".join(m.machine for m in done)
+            notes.insert(0, f"no packets matched the filter on {where} during the capture")
+    else:
+        pcap.status = "failed"
+        pcap.end_reason = "error"
+    pcap.error_message = "; ".join(notes) or None
+    session.flush()
+    return True
+
+
+def stop(session: Session, pcap: Pcap) -> None:
+    """Record a stop: machines that never started are done at once, the rest stop on report."""
+    now = utcnow()
+    pcap.stop_requested = pcap.stop_requested or now
+    pcap.end_reason = pcap.end_reason or "stop"
+    for m in pcap.machines:
+        if m.state == "assigned":
+            m.state = "done"
+            m.finished = now
+    if pcap.machines:
+        finish_if_done(session, pcap)
+    elif pcap.status == "pending":
+        pcap.status = "success"
+        pcap.finished = now
+        pcap.error_message = "stopped before any machine started capturing: no packets captured"
+    session.flush()
+
+
+def sweep(session: Session, hearing_since: dt.datetime | None = None) -> int:
+    """Fail the parts of machines that went silent; returns how many parts were failed.
+
+    `hearing_since` is when this control plane became able to hear agents (its start, or
+    the end of its database outage): silence before then is the control plane's own
+    blindness, not the machine's, so it is not held against the machine.
+    """
+    now = utcnow()
+    since = hearing_since or dt.datetime.min
+    failed = 0
+    rows = session.execute(
+        select(CaptureMachine, Machine)
+        .join(Machine, Machine.name == CaptureMachine.machine)
+        .where(CaptureMachine.state.in_(MACHINE_ACTIVE))
+    ).all()
+    touched: dict[str, Pcap] = {}
+    # Captures whose parts have all ended but that are still open (an end decided
+    # elsewhere that raced with another): close them now.
+    others = aliased(CaptureMachine)
+    for pcap in session.scalars(
+        select(Pcap)
+        .where(Pcap.status.in_(ACTIVE_STATUSES))
+        .where(exists().where(CaptureMachine.pcap_id == Pcap.id))
+        .where(~exists().where(others.pcap_id == Pcap.id, others.state.in_(MACHINE_ACTIVE)))
+    ):
+        touched[pcap.id] = pcap
+    for part, machine in rows:
+        reason = None
+        if not fleet.is_live(machine, now) and now - since > fleet.HEARTBEAT_TIMEOUT:
+            reason = (
+                f"agent stopped sending heartbeats at {machine.last_seen:%H:%M:%S} UTC; "
+                "its part of the capture is lost"
+            )
+        elif part.state == "running" and part.boot_id and part.boot_id != machine.boot_id:
+            reason = "agent restarted during the capture; its part of the capture is lost"
+        elif (
+            part.state == "running"
+            and part.last_report
+            and now - max(part.last_report, since) > REPORT_TIMEOUT
+        ):
+            reason = "agent stopped reporting progress; its part of the capture is lost"
+        if reason:
+            part.state = "failed"
+            part.error = reason
+            part.finished = now
+            touched[part.pcap_id] = part.pcap
+            failed += 1
+    session.flush()
+    for pcap in touched.values():
+        finish_if_done(session, pcap)
+    return failed

@@ -1,0 +1,174 @@
+"""The fleet: agent keys, machine registration, liveness, and what a `colo_name` names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgepcap.control.credentials import hash_secret, new_id, new_secret
+from edgepcap.control.models import AgentKey, Machine, Prefix, RefusedSamples, utcnow
+
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_TIMEOUT = dt.timedelta(seconds=5)
+MACHINE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+COLO_NAME = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
+
+
+class FleetError(ValueError):
+    pass
+
+
+def create_agent_key(
+    session: Session, colo: str, machine: str, label: str = ""
+) -> tuple[AgentKey, str]:
+    """A new key for `machine` of `colo` only; the secret is returned once, stored hashed.
+
+    Machine names are unique across colos (a `colo_name` may name one machine), so a key
+    for the same name in another colo is refused while a key binding it elsewhere lives.
+    """
+    colo, machine = check_names(colo, machine)
+    elsewhere = session.scalar(
+        select(AgentKey.colo).where(
+            AgentKey.machine == machine, AgentKey.colo != colo, AgentKey.revoked.is_(None)
+        )
+    )
+    if elsewhere is not None:
+        raise FleetError(
+            f"machine {machine!r} has a key in colo {elsewhere}: revoke it first "
+            "(`edgepcap agents list`, `edgepcap agents revoke-key ID`)"
+        )
+    key = new_secret("epa")
+    row = AgentKey(id=new_id(), key_hash=hash_secret(key), label=label, colo=colo, machine=machine)
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def find_agent_key(session: Session, key: str) -> AgentKey | None:
+    return session.scalar(select(AgentKey).where(AgentKey.key_hash == hash_secret(key)))
+
+
+def revoke_agent_key(session: Session, key_id: str) -> AgentKey:
+    row = session.get(AgentKey, key_id)
+    if row is None:
+        raise FleetError(f"no agent key {key_id!r} (`edgepcap agents list` shows them)")
+    if row.revoked is None:
+        row.revoked = utcnow()
+    session.flush()
+    return row
+
+
+def describe_key(row: AgentKey) -> dict[str, Any]:
+    """A key as `agents list` shows it (never the secret, which is not stored)."""
+    return {
+        "id": row.id,
+        "colo": row.colo,
+        "machine": row.machine,
+        "label": row.label,
+        "created": row.created.isoformat(),
+        "revoked": row.revoked.isoformat() if row.revoked else None,
+    }
+
+
+def count_refused(session: Session, machine: str, counts: dict[str, int]) -> None:
+    """Add refused sample records to the machine's counters (one atomic upsert each,
+    so that API processes refusing at once do not lose counts)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    for reason, n in counts.items():
+        if n <= 0:
+            continue
+        stmt = insert(RefusedSamples).values(machine=machine, reason=reason, count=n)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["machine", "reason"],
+                set_={"count": RefusedSamples.count + stmt.excluded.count},
+            )
+        )
+
+
+def check_names(colo: str, machine: str) -> tuple[str, str]:
+    colo, machine = colo.upper(), machine.lower()
+    if not COLO_NAME.match(colo):
+        raise FleetError(f"colo {colo!r} must be letters and digits, e.g. ORD")
+    if not MACHINE_NAME.match(machine):
+        raise FleetError(f"machine {machine!r} must be lowercase letters, digits and '-'")
+    return colo, machine
+
+
+def register(session: Session, colo: str, machine: str, boot_id: str) -> Machine:
+    colo, machine = check_names(colo, machine)
+    row = session.get(Machine, machine)
+    now = utcnow()
+    if row is None:
+        row = Machine(name=machine, colo=colo, registered=now)
+        session.add(row)
+    row.colo = colo
+    row.last_seen = now
+    row.boot_id = boot_id
+    session.flush()
+    return row
+
+
+def heartbeat(
+    session: Session, machine: str, boot_id: str, stats: dict[str, int] | None = None
+) -> Machine | None:
+    row = session.get(Machine, machine)
+    if row is None or row.boot_id != boot_id:
+        return None
+    row.last_seen = utcnow()
+    if stats is not None:
+        row.stats = stats
+    session.flush()
+    return row
+
+
+def is_live(machine: Machine, now: dt.datetime | None = None) -> bool:
+    return machine.last_seen >= (now or utcnow()) - HEARTBEAT_TIMEOUT
+
+
+def resolve(session: Session, colo_name: str) -> tuple[str, list[Machine]]:
+    """The machines a `colo_name` names: one machine (`ord02`) or a whole colo (`ORD`)."""
+    machine = session.get(Machine, colo_name.lower())
+    if machine is not None:
+        return machine.name, [machine]
+    colo = colo_name.upper()
+    members = list(
+        session.scalars(select(Machine).where(Machine.colo == colo).order_by(Machine.name))
+    )
+    if members:
+        return colo, members
+    known = sorted({m.colo for m in session.scalars(select(Machine))})
+    hint = f"known colos: {', '.join(known)}" if known else "no machine has registered yet"
+    raise FleetError(f"`colo_name` {colo_name!r} is neither a colo nor a machine ({hint})")
+
+
+def prefix_map(session: Session) -> dict[str, Any]:
+    """Every account's prefixes, with a version that changes whenever any of them does."""
+    accounts: dict[str, list[str]] = {}
+    for account_id, cidr in session.execute(
+        select(Prefix.account_id, Prefix.cidr).order_by(Prefix.account_id, Prefix.cidr)
+    ):
+        accounts.setdefault(account_id, []).append(cidr)
+    version = hashlib.sha256(json.dumps(accounts, sort_keys=True).encode()).hexdigest()[:16]
+    return {"version": version, "accounts": accounts}
+
+
+def colos(session: Session) -> list[dict[str, Any]]:
+    """Every colo with its machines and whether each is live now."""
+    now = utcnow()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in session.scalars(select(Machine).order_by(Machine.colo, Machine.name)):
+        out.setdefault(m.colo, []).append({"name": m.name, "live": is_live(m, now)})
+    return [
+        {"colo": c, "machines": ms, "live": sum(m["live"] for m in ms)} for c, ms in out.items()
+    ]

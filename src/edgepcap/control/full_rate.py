@@ -1,0 +1,84 @@
+"""The per-account rate of full captures: at most N creates per one-minute window.
+
+Each full capture installs nftables tables on every machine of its colo and removes them
+when it ends, so a create→stop loop (or creates to a colo with no live machine, which
+fail at once) would churn the whole colo. The rate counts every full create that gets as
+far as making a capture, whether it then runs or fails at once.
+
+The window lives on the account's row and one conditional UPDATE takes a place in it, so
+that every API process sharing the database agrees (as the sample limit does). A window
+is the minute from the first create after the previous window closed, and lets at most N
+through; any 60 s overlap at most two windows, so never more than 2N.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+
+from sqlalchemy import case, or_, select, update
+from sqlalchemy.orm import Session
+
+from edgepcap.control.models import Account
+
+DEFAULT_RATE = 10
+WINDOW = dt.timedelta(minutes=1)
+SETTING = "EDGEPCAP_FULL_CAPTURE_RATE"
+
+
+class RateLimited(Exception):
+    """No place left in the account's window; `retry_after` seconds until there is."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def full_capture_rate() -> int:
+    """Full creates per minute per account (EDGEPCAP_FULL_CAPTURE_RATE; 0: no limit)."""
+    value = os.environ.get(SETTING, "").strip()
+    if not value:
+        return DEFAULT_RATE
+    if not value.isdigit():
+        raise ValueError(
+            f"{SETTING} must be a whole number of full captures per minute "
+            f"(0: no limit), got {value!r}"
+        )
+    return int(value)
+
+
+def take_slot(session: Session, account_id: str, now: dt.datetime) -> None:
+    """Count one full create against the account's window, or raise RateLimited.
+
+    Runs in the create's transaction: a create refused later (an active full capture)
+    rolls its place back with everything else.
+    """
+    rate = full_capture_rate()
+    if rate == 0:
+        return
+    start, count = Account.full_window_start, Account.full_window_count
+    fresh = or_(start.is_(None), start <= now - WINDOW)
+    # SET reads the row as it was: a closed window restarts at one, an open one counts up.
+    result = session.execute(
+        update(Account)
+        .where(Account.id == account_id, or_(fresh, count < rate))
+        .values(
+            full_window_start=case((fresh, now), else_=start),
+            full_window_count=case((fresh, 1), else_=count + 1),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return
+    began = session.scalar(select(start).where(Account.id == account_id)) or now
+    # Bounded by the window: another API host's clock may run ahead of this one's.
+    left = (began + WINDOW - now).total_seconds()
+    seconds = min(math.ceil(WINDOW.total_seconds()), max(1, math.ceil(left)))
+    captures = "full capture" if rate == 1 else "full captures"
+    raise RateLimited(
+        f"at most {rate} {captures} per minute per account (counting those that fail "
+        f"at once, e.g. for lack of a live machine): {rate} created since "
+        f"{began:%H:%M:%S} UTC; retry in {seconds} s",
+        seconds,
+    )

@@ -1,0 +1,101 @@
+"""The embedded sample store: per-partition, per-account segment files of fixed-size records.
+
+Chosen by measurement (shared/MEASUREMENTS.md: per-minute numpy files answered a 10 000
+packet query in 8-19 ms cold, faster than chDB, DuckDB or Parquet, and need no server and
+no file lock, so several API processes can share them). Each append writes new segments
+under a hidden name and publishes them by rename: a reader never sees half a file.
+Retention drops whole partition directories.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgepcap.control.samples.store import SampleQuery, matching, newest
+from edgepcap.formats import samples as records
+
+NS = 1_000_000_000
+
+
+class SegmentStore:
+    def __init__(self, root: Path, retention: dt.timedelta, partition_seconds: int = 60) -> None:
+        self.root = root
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.retention = retention
+        self.partition_ns = partition_seconds * NS
+        self._writer = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._seq = 0
+
+    def _dir(self, partition: int, account_id: str) -> Path:
+        return self.root / f"{partition:012d}" / account_id
+
+    def append(self, wire: np.ndarray) -> int:
+        if len(wire) == 0:
+            return 0
+        oldest = _now_ns() - int(self.retention.total_seconds() * NS)
+        wire = wire[wire["ts"] >= oldest]
+        partitions = wire["ts"] // self.partition_ns
+        for account in np.unique(wire["account"]):
+            mine = wire["account"] == account
+            account_id = bytes(account).hex()
+            for partition in np.unique(partitions[mine]):
+                rows = records.stored(wire[mine & (partitions == partition)])
+                directory = self._dir(int(partition), account_id)
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._seq += 1
+                name = f"{self._writer}-{self._seq:09d}.seg"
+                hidden = directory / f".{name}.tmp"
+                # Customers' packets: readable by the service's user only, from creation.
+                fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    rows.tofile(fh)
+                os.rename(hidden, directory / name)
+        return len(wire)
+
+    def query(self, q: SampleQuery) -> np.ndarray:
+        first = q.start_ns // self.partition_ns
+        last = q.end_ns // self.partition_ns
+        chunks = []
+        for partition in range(first, last + 1):
+            directory = self._dir(partition, q.account_id)
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(".seg") and not name.startswith("."):
+                    try:
+                        chunks.append(np.fromfile(directory / name, dtype=records.STORED))
+                    except FileNotFoundError:
+                        continue  # dropped by retention meanwhile
+        if not chunks:
+            return np.zeros(0, dtype=records.STORED)
+        rows = np.concatenate(chunks)
+        return newest(matching(rows, q), q.limit)
+
+    def expire(self, now_ns: int) -> int:
+        cutoff = now_ns - int(self.retention.total_seconds() * NS)
+        dropped = 0
+        for entry in os.listdir(self.root):
+            if entry.isdigit() and (int(entry) + 1) * self.partition_ns <= cutoff:
+                shutil.rmtree(self.root / entry, ignore_errors=True)
+                dropped += 1
+        return dropped
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.seg"))
+
+    def close(self) -> None:
+        pass
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.time_ns()

@@ -1,0 +1,102 @@
+"""The sample-store interface, the query every backend answers, and the backend factory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgepcap.formats import samples as records
+from edgepcap.formats.filters import FilterV1
+
+DEFAULT_RETENTION = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class SampleQuery:
+    """Samples of one account in [start_ns, end_ns] matching `filter`: the newest `limit`.
+
+    Only samples whose source or destination lies in one of `prefixes` (the account's, as
+    they are now) are answered, family by family: what the account's history holds from a
+    prefix it no longer has, or that ingest should not have let in, is never handed out.
+    """
+
+    account_id: str
+    start_ns: int
+    end_ns: int
+    filter: FilterV1
+    limit: int
+    prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+class SampleStore(Protocol):
+    retention: dt.timedelta
+
+    def append(self, wire: np.ndarray) -> int:
+        """Keep wire records (account + sample); returns how many were kept."""
+        ...
+
+    def query(self, q: SampleQuery) -> np.ndarray:
+        """Stored records, oldest first: the newest `q.limit` that match."""
+        ...
+
+    def expire(self, now_ns: int) -> int:
+        """Drop whole partitions older than the retention; returns how many were dropped."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _filter_mask(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
+    """Rows in the query's window that match its filter (`matching` adds the prefixes)."""
+    mask = (rows["ts"] >= q.start_ns) & (rows["ts"] <= q.end_ns)
+    f = q.filter
+    for addr, side in ((f.source, "src"), (f.destination, "dst")):
+        if addr is not None:
+            mask &= records.is_address(rows, side, addr)
+    if f.protocol is not None:
+        mask &= rows["proto"] == f.protocol
+    if f.source_port is not None:
+        mask &= (rows["sport"] == f.source_port) & np.isin(rows["proto"], records.PORT_PROTOCOLS)
+    if f.destination_port is not None:
+        mask &= (rows["dport"] == f.destination_port) & np.isin(
+            rows["proto"], records.PORT_PROTOCOLS
+        )
+    return mask
+
+
+def matching(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
+    """The rows that match the query: its window and filter, and the account's prefixes
+    family by family (checked on the rows left, which are fewer and all in memory)."""
+    rows = rows[_filter_mask(rows, q)]
+    owned = records.owned(rows, q.prefixes)
+    return rows if owned.all() else rows[owned]
+
+
+def newest(rows: np.ndarray, limit: int) -> np.ndarray:
+    """The newest `limit` rows, returned oldest first."""
+    order = np.argsort(rows["ts"], kind="stable")
+    return rows[order[-limit:]] if limit else rows[:0]
+
+
+def open_store(url: str | None, data_dir: Path) -> SampleStore:
+    """No URL or `segments://DIR`: embedded files; `clickhouse://host:port/db`: ClickHouse."""
+    retention = dt.timedelta(
+        seconds=float(
+            os.environ.get("EDGEPCAP_SAMPLE_RETENTION", DEFAULT_RETENTION.total_seconds())
+        )
+    )
+    partition = int(os.environ.get("EDGEPCAP_SAMPLE_PARTITION", "60"))
+    if url and url.startswith("clickhouse://"):
+        from edgepcap.control.samples.clickhouse import ClickHouseStore
+
+        return ClickHouseStore(url, retention=retention, partition_seconds=partition)
+    from edgepcap.control.samples.segments import SegmentStore
+
+    root = Path(url.removeprefix("segments://")) if url else data_dir / "samples"
+    return SegmentStore(root, retention=retention, partition_seconds=partition)

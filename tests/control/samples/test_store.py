@@ -1,0 +1,171 @@
+"""Both sample-store backends answer the same queries the same way."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from edgepcap.control.samples.clickhouse import ClickHouseStore
+from edgepcap.control.samples.segments import SegmentStore
+from edgepcap.control.samples.store import SampleQuery
+from edgepcap.formats import samples as records
+from edgepcap.formats.filters import FilterV1
+from tests.support.packets import udp
+from tests.support.samples import claim
+
+A, B = "a" * 32, "b" * 32
+# An account holding ::/80, as could be given before IPv6 prefixes over ::ffff:0:0/96 were
+# refused: it covers every IPv4-mapped address, so only the family tells its samples apart.
+LEGACY, LEGACY_NET = "c" * 32, ipaddress.ip_network("::/80")
+VICTIM, MAPPED_VICTIM = "203.0.113.10", "::ffff:203.0.113.10"  # A's IPv4, and its mapped form
+NETS = {
+    A: [ipaddress.ip_network("203.0.113.0/25"), ipaddress.ip_network("2001:db8:a::/48")],
+    B: [ipaddress.ip_network("203.0.113.128/25")],
+}
+counter = itertools.count()
+
+
+@pytest.fixture(params=["segments", "clickhouse"])
+def store(request, tmp_path):
+    retention = dt.timedelta(hours=24)
+    if request.param == "segments":
+        s = SegmentStore(tmp_path / "samples", retention, partition_seconds=60)
+    else:
+        host = request.getfixturevalue("clickhouse")
+        s = ClickHouseStore(
+            f"clickhouse://{host}/t{next(counter)}_{int(time.time())}",
+            retention,
+            partition_seconds=60,
+        )
+    yield s
+    s.close()
+
+
+def batch(now_ns: int, specs: list[tuple[str, str, int, int, int]]) -> np.ndarray:
+    """Wire records for (src, dst, sport, dport, ts offset in ms before now)."""
+    snaps = [udp(s, d, sp, dp, b"p" * 200) for s, d, sp, dp, _ in specs]
+    ts = [now_ns - off * 1_000_000 for *_, off in specs]
+    rows = records.parse(snaps, ts, [len(x) for x in snaps])
+    return records.attribute(rows, NETS)
+
+
+def q(
+    account: str,
+    now_ns: int,
+    seconds: int = 300,
+    limit: int = 10_000,
+    prefixes: tuple | None = None,
+    **f,
+) -> SampleQuery:
+    """The account's query; its prefixes are NETS' unless given."""
+    nets = tuple(NETS[account]) if prefixes is None else prefixes
+    return SampleQuery(
+        account, now_ns - seconds * 1_000_000_000, now_ns, FilterV1(**f), limit, nets
+    )
+
+
+def test_query_by_account_window_filter_and_limit(store):
+    now = time.time_ns()
+    specs = []
+    for i in range(50):
+        specs.append(("198.51.100.1", "203.0.113.10", 1000 + i % 5, 53, 10 * i))
+        specs.append(("198.51.100.2", "203.0.113.140", 2000, 80, 10 * i))
+    specs.append(("2001:db8:c::1", "2001:db8:a::5", 3000, 443, 5))
+    specs.append(("198.51.100.1", "203.0.113.10", 1000, 53, 400_000))  # outside 300 s
+    assert store.append(batch(now, specs)) == len(specs)
+
+    got = store.query(q(A, now))
+    assert len(got) == 51
+    assert (np.diff(got["ts"]) >= 0).all()  # oldest first
+    assert all(
+        records.join(r["dst_hi"], r["dst_lo"])
+        in (ipaddress.ip_address("203.0.113.10"), ipaddress.ip_address("2001:db8:a::5"))
+        for r in got
+    )
+    # The other account sees only its own.
+    other = store.query(q(B, now))
+    assert len(other) == 50 and set(other["dport"]) == {80}
+
+    assert len(store.query(q(A, now, source_port=1003))) == 10
+    assert len(store.query(q(A, now, destination_address="2001:db8:a::5"))) == 1
+    assert (
+        len(store.query(q(A, now, source_address="198.51.100.1", protocol=17, destination_port=53)))
+        == 50
+    )
+    assert len(store.query(q(A, now, protocol=6))) == 0
+    assert len(store.query(q(A, now, seconds=500))) == 52
+
+    newest = store.query(q(A, now, limit=7))
+    assert len(newest) == 7
+    assert newest["ts"].min() >= np.sort(got["ts"])[-7]
+
+    row = got[-1]
+    assert row["cap_len"] == records.SNAPLEN
+    assert row["orig_len"] == 20 + 8 + 200
+    assert bytes(row["data"][:1]) == b"\x45"
+
+
+def test_expire_drops_whole_old_partitions(store):
+    now = time.time_ns()
+    old = batch(now, [("198.51.100.1", "203.0.113.10", 1, 2, 180_000)])  # 3 minutes ago
+    fresh = batch(now, [("198.51.100.1", "203.0.113.10", 1, 2, 0)])
+    store.append(np.concatenate([old, fresh]))
+    assert len(store.query(q(A, now))) == 2
+    store.retention = dt.timedelta(seconds=60)
+    assert store.expire(time.time_ns()) >= 1
+    assert len(store.query(q(A, now))) == 1
+
+
+def test_attribution_files_a_sample_only_under_a_prefix_of_its_family():
+    snaps = [udp("198.51.100.1", VICTIM, 1000, 53), udp("2001:db8:c::1", MAPPED_VICTIM, 1000, 53)]
+    rows = records.parse(snaps, [time.time_ns()] * 2, [len(s) for s in snaps])
+    wire = records.attribute(rows, {**NETS, LEGACY: [LEGACY_NET]})
+    owners = sorted((bytes(w["account"]).hex(), int(w["family"])) for w in wire)
+    # The IPv4 packet is A's alone; the IPv6 one to ::ffff:203.0.113.10 is not A's.
+    assert owners == [(A, 4), (LEGACY, 6)]
+
+
+def test_an_ipv6_sample_to_a_mapped_address_is_not_in_the_ipv4_history(store):
+    now = time.time_ns()
+    store.append(
+        np.concatenate(
+            [
+                claim([("198.51.100.1", VICTIM)], A, now - 3_000_000),
+                # Filed under A although neither address is in A's prefixes of its family.
+                claim([("2001:db8:c::1", MAPPED_VICTIM)], A, now - 2_000_000),
+                # A's by its IPv6 source, but its destination is not the IPv4 address.
+                claim([("2001:db8:a::1", MAPPED_VICTIM)], A, now - 1_000_000),
+            ]
+        )
+    )
+    got = store.query(q(A, now))
+    assert list(got["family"]) == [4, 6]
+    assert records.join(got["src_hi"][1], got["src_lo"][1], 6) == ipaddress.ip_address(
+        "2001:db8:a::1"
+    )
+    only_v4 = store.query(q(A, now, destination_address=VICTIM))
+    assert list(only_v4["family"]) == [4]
+    assert bytes(only_v4["data"][0][:1]) == b"\x45"  # an IPv4 header
+    assert len(store.query(q(A, now, destination_address="2001:db8:a::1"))) == 0
+
+
+def test_a_v6_prefix_over_the_mapped_range_never_answers_v4_records(store):
+    now = time.time_ns()
+    store.append(
+        np.concatenate(
+            [
+                # IPv4 samples that got into the account's history.
+                claim([("198.51.100.1", VICTIM), (VICTIM, "198.51.100.7")], LEGACY, now - 1_000),
+                claim([("2001:db8:c::1", "::1:2:3")], LEGACY, now),
+            ]
+        )
+    )
+    got = store.query(q(LEGACY, now, prefixes=(LEGACY_NET,)))
+    assert list(got["family"]) == [6]
+    assert records.join(got["dst_hi"][0], got["dst_lo"][0], 6) == ipaddress.ip_address("::1:2:3")
+    assert len(store.query(q(LEGACY, now, prefixes=(LEGACY_NET,), source_address=VICTIM))) == 0
