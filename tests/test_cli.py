@@ -230,7 +230,7 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
 def test_up_keeps_its_machines_key_and_replaces_any_other(admin):
     """`up`'s key file: kept while bound to this colo and machine; a key from before keys
     were bound (or for another --machine) is revoked and replaced."""
-    from edgepcap.cli import _up_agent_key
+    from edgepcap.cli.server import _up_agent_key
     from edgepcap.control.credentials import hash_secret
     from edgepcap.control.db import open_database
     from edgepcap.control.fleet import find_agent_key

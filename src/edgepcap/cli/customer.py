@@ -1,76 +1,23 @@
-"""`edgepcap pcaps …` and `edgepcap buckets …`: the API from a terminal, for people and scripts."""
+"""`edgepcap pcaps …` and `edgepcap buckets …`: the API from a terminal, for people and scripts.
+
+Each command calls the API through `edgepcap.client` (its settings: flags, else the
+EDGEPCAP_* environment); `console` prints the answers.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import re
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.segment import Segment
-from rich.table import Column, Table
+from rich.table import Table
 from rich.text import Text
 
+from edgepcap.cli.console import _die, _filter_summary, _id_column, _print_json, _show, err, out
 from edgepcap.client import Client, ClientError, Settings
-
-pcaps_app = typer.Typer(
-    help="Packet captures: create, watch, stop, download.", no_args_is_help=True
-)
-buckets_app = typer.Typer(
-    help="Buckets for full captures: add, validate, list, delete.", no_args_is_help=True
-)
-
-
-# Terminal control characters (C0 but tab and newline, DEL, C1) in printed text.
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-class _PlainConsole(Console):
-    """A console that prints control characters in text as U+FFFD.
-
-    Most text comes from the server (errors, a machine's error message, names a customer
-    chose): an escape sequence in it could make a link, clear the screen or retitle the
-    terminal. Rich's own styling and cursor moves are not in that text (styles are
-    rendered around it, cursor moves are control segments), so they pass.
-    """
-
-    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
-        return super()._render_buffer(
-            Segment(_UNPRINTABLE.sub("\ufffd", text), style, control) if not control else seg
-            for seg in buffer
-            for text, style, control in (seg,)
-        )
-
-
-def _console(stderr: bool = False) -> Console:
-    # Strings print as they are: most come from the server (errors, a machine's error
-    # message, names a customer chose), and Rich would read `[link=…]` in them as a link,
-    # `:name:` as an emoji. Our own styling is given as Text objects.
-    console = _PlainConsole(stderr=stderr, soft_wrap=True, markup=False, emoji=False)
-    # The file itself: Rich's is_terminal also says yes under FORCE_COLOR, as CI sets it.
-    isatty = getattr(console.file, "isatty", lambda: False)
-    if not isatty() and "COLUMNS" not in os.environ:
-        # Read by a script or copied from a log: Rich's default of 80 columns there cut
-        # ids short in tables. Tables take the width they need instead.
-        console.width = 1000
-    return console
-
-
-out = _console()
-err = _console(stderr=True)
-
-
-def _id_column() -> Column:
-    # A new one per table: a Rich table keeps its cells in its Column objects.
-    return Column("id", no_wrap=True, min_width=32)  # never cut: it is there to copy
-
 
 Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
 AccountId = Annotated[str | None, typer.Option("--account", help="Account id (EDGEPCAP_ACCOUNT).")]
@@ -93,11 +40,6 @@ def _client(api: str | None, account: str | None, token: str | None) -> Client:
         raise
 
 
-def _die(message: str, code: int = 1) -> None:
-    err.print(Text.assemble(("error:", "red"), f" {message}"), highlight=False)
-    raise typer.Exit(code)
-
-
 def _run(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
@@ -105,57 +47,6 @@ def _run(fn: Any, *args: Any) -> Any:
         _die(str(exc))
 
 
-def _filter_summary(f: dict[str, Any]) -> str:
-    if not f:
-        return "all packets"
-    src = f.get("source_address", "any") + (f":{f['source_port']}" if "source_port" in f else "")
-    dst = f.get("destination_address", "any") + (
-        f":{f['destination_port']}" if "destination_port" in f else ""
-    )
-    proto = f" proto {f['protocol']}" if "protocol" in f else ""
-    return f"{src} → {dst}{proto}"
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2))
-
-
-def _show(p: dict[str, Any]) -> None:
-    table = Table(show_header=False, box=None)
-    for key in (
-        "id",
-        "type",
-        "status",
-        "submitted",
-        "colo_name",
-        "destination_conf",
-        "time_limit",
-        "packet_limit",
-        "byte_limit",
-        "offset_time",
-        "stop_requested",
-        "packets_captured",
-        "error_message",
-    ):
-        if p.get(key) is not None:
-            table.add_row(Text(key, style="bold"), str(p[key]))
-    table.add_row(Text("filter", style="bold"), _filter_summary(p.get("filter_v1") or {}))
-    out.print(table)
-    if p.get("machines"):
-        machines = Table("machine", "state", "packets", "bytes", "dropped", "file / error")
-        for m in p["machines"]:
-            machines.add_row(
-                m["machine"],
-                m["state"],
-                str(m["packets"]),
-                str(m["bytes"]),
-                str(m["dropped"]),
-                m.get("error") or m.get("object") or "",
-            )
-        out.print(machines)
-
-
-@pcaps_app.command("create")
 def create(
     type_: Annotated[str, typer.Option("--type", help="simple (sampled history) or full.")],
     time_limit: Annotated[float, typer.Option(help="Seconds (simple 1-300, full 1-86400).")],
@@ -239,7 +130,6 @@ def _watch(client: Client, pcap: dict[str, Any]) -> dict[str, Any]:
     return pcap
 
 
-@pcaps_app.command("list")
 def list_(
     as_json: Json = False, api: Api = None, account: AccountId = None, token: Token = None
 ) -> None:
@@ -263,7 +153,6 @@ def list_(
     out.print(table)
 
 
-@pcaps_app.command("get")
 def get(
     pcap_id: str,
     as_json: Json = False,
@@ -276,7 +165,6 @@ def get(
     _print_json(pcap) if as_json else _show(pcap)
 
 
-@pcaps_app.command("stop")
 def stop(
     pcap_id: str,
     as_json: Json = False,
@@ -289,7 +177,6 @@ def stop(
     _print_json(pcap) if as_json else _show(pcap)
 
 
-@pcaps_app.command("download")
 def download(
     pcap_id: str,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the PCAP.")],
@@ -324,7 +211,6 @@ def download(
     err.print(f"wrote {written} bytes to {output}")
 
 
-@pcaps_app.command("summary")
 def summary(file: Path, as_json: Json = False) -> None:
     """Top talkers, protocols and time span of a PCAP file (no Wireshark needed)."""
     from edgepcap.formats.packets import summarise
@@ -366,7 +252,6 @@ def summary(file: Path, as_json: Json = False) -> None:
     out.print(protocols, talkers, conversations)
 
 
-@buckets_app.command("add")
 def bucket_add(
     destination: str,
     as_json: Json = False,
@@ -392,7 +277,6 @@ def bucket_add(
     )
 
 
-@buckets_app.command("validate")
 def bucket_validate(
     destination: str,
     challenge: Annotated[str | None, typer.Option(help="The challenge file's contents.")] = None,
@@ -413,7 +297,6 @@ def bucket_validate(
     _print_json(bucket) if as_json else out.print(f"bucket {bucket['id']} is {bucket['status']}")
 
 
-@buckets_app.command("list")
 def bucket_list(
     as_json: Json = False, api: Api = None, account: AccountId = None, token: Token = None
 ) -> None:
@@ -430,7 +313,6 @@ def bucket_list(
     out.print(table)
 
 
-@buckets_app.command("delete")
 def bucket_delete(
     bucket_id: str, api: Api = None, account: AccountId = None, token: Token = None
 ) -> None:

@@ -1,0 +1,18 @@
+"""`edgepcap`, the command line: the top layer, which may import every other.
+
+* `app` — the command tree: the Typer app, its sub-apps, each command's name; `main`.
+* `options` — what the operator's commands share: `--data-dir`, `--database`, … and helpers.
+* `server` — `api` and `up`: the control plane in the foreground (`up`: with an agent).
+* `admin` — `accounts …` and `agents …`: accounts and agent keys, straight in the database.
+* `agent` — `agent`: checks its flags, then execs into `python -m edgepcap.agent`.
+* `lab` — `lab up|down|traffic`, over `edgepcap.lab`.
+* `customer` — `pcaps …` and `buckets …`: the API through `edgepcap.client`;
+  `console` — how they print (server text as text, tables, errors).
+
+Heavy imports (uvicorn, the API app, the database, Alembic) stay inside the commands, so
+that `edgepcap --help` and the customer commands start fast.
+"""
+
+from edgepcap.cli.app import main
+
+__all__ = ["main"]
