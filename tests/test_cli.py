@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import EDGEPCAP, start_server, stop_server
+from tests.support.processes import EDGEPCAP
+from tests.support.servers import start_server, stop_server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -129,7 +130,7 @@ def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
     import os
     import signal
 
-    from tests.conftest import free_port, wait_for
+    from tests.support.processes import free_port, wait_for
 
     port = free_port()
     data = tmp_path / "node"

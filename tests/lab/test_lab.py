@@ -7,7 +7,8 @@ import subprocess
 
 from edgepcap.lab import lab as labmod
 from edgepcap.lab.topology import stray_namespaces
-from tests.conftest import EDGEPCAP, free_port, lab_down
+from tests.support.lab import lab_down
+from tests.support.processes import EDGEPCAP, free_port
 
 KEYS = {
     "api",

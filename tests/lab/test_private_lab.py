@@ -7,7 +7,7 @@ import json
 import stat
 from pathlib import Path
 
-from tests.conftest import running_lab
+from tests.support.lab import running_lab
 
 PASSWORD = "db-password-not-for-ps"
 
