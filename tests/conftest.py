@@ -1,5 +1,10 @@
 """Fixtures that run the real thing (API servers, PostgreSQL, an S3 server, the lab,
-ClickHouse); the drivers are in tests/support/."""
+ClickHouse), and the markers that say what a test needs; the drivers are in tests/support/.
+
+The markers (pyproject.toml) are set here from the fixtures a test uses, so that
+`pytest -m "not root and not browser"` leaves out what a laptop cannot run; a test that
+needs root without such a fixture says so with `pytestmark`/`@pytest.mark.root`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,34 @@ from tests.support.servers import (
     stop_server,
 )
 from tests.support.stack import Stack
+
+# What a fixture needs: the lab namespaces and nftables (root), a browser, PostgreSQL
+# (started through `runuser`, so root too) or clickhouse-server.
+FIXTURE_MARKS = {
+    "lab": "root",
+    "browser": "browser",
+    "postgres": "postgres",
+    "private_postgres": "postgres",
+    "clickhouse": "clickhouse",
+}
+# A test or fixture that takes its backend as a param (`stack`, the CLI's `admin`, the
+# sample stores, `backend`) gets the server with getfixturevalue, which fixturenames does
+# not show: the param's value says it instead, so name a backend by these values.
+PARAM_MARKS = {"postgresql": "postgres", "clickhouse": "clickhouse"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {FIXTURE_MARKS[n] for n in getattr(item, "fixturenames", ()) if n in FIXTURE_MARKS}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            marks |= {
+                PARAM_MARKS[v]
+                for v in callspec.params.values()
+                if isinstance(v, str) and v in PARAM_MARKS
+            }
+        for mark in sorted(marks):
+            item.add_marker(mark)
 
 
 @pytest.fixture(scope="module")

@@ -126,6 +126,7 @@ def test_api_runs_on_the_data_dir_and_database_given(admin):
         stop_server(server)
 
 
+@pytest.mark.root  # `up` runs an agent: nftables
 def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
     import os
     import signal

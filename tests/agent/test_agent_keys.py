@@ -15,6 +15,8 @@ from tests.support.processes import wait_for
 from tests.support.servers import start_server, stop_server
 from tests.support.stack import Stack
 
+pytestmark = pytest.mark.root  # agents in namespaces
+
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[tuple[Stack, str]]:

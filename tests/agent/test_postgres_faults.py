@@ -13,6 +13,8 @@ from tests.support.lab import Lab, running_lab
 from tests.support.postgres import Postgres
 from tests.support.processes import wait_for
 
+pytestmark = pytest.mark.root  # running_lab: namespaces, nftables
+
 MACHINES = ("ord01", "ord02")
 
 

@@ -21,6 +21,8 @@ from tests.support.processes import wait_for
 from tests.support.servers import start_server, stop_server
 from tests.support.stack import Stack
 
+pytestmark = pytest.mark.root  # agents in namespaces, nftables
+
 
 @pytest.fixture
 def tls_stack(tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
