@@ -253,7 +253,7 @@ def wrk_load(url: str, account: str, token: str, pcap_id: str, seconds: float) -
 
 
 def fig_api(quick: bool) -> list[Figure]:
-    from tests.conftest import start_postgres
+    from tests.support.postgres import start_postgres
 
     out = []
     # PostgreSQL's initdb and start (~3 s) overlap the first API's start; every load

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import EDGEPCAP, start_server, stop_server
+from tests.support.processes import EDGEPCAP
+from tests.support.servers import start_server, stop_server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -125,11 +126,12 @@ def test_api_runs_on_the_data_dir_and_database_given(admin):
         stop_server(server)
 
 
+@pytest.mark.root  # `up` runs an agent: nftables
 def test_up_starts_a_single_node_with_a_demo_account(tmp_path):
     import os
     import signal
 
-    from tests.conftest import free_port, wait_for
+    from tests.support.processes import free_port, wait_for
 
     port = free_port()
     data = tmp_path / "node"

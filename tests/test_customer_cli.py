@@ -7,8 +7,8 @@ import os
 import subprocess
 
 from edgepcap.formats.pcapfile import Packet
-from tests.conftest import EDGEPCAP
 from tests.support.packets import udp, write_pcap
+from tests.support.processes import EDGEPCAP
 
 
 def run(stack, account, *args, token=None, env_extra=None):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import EDGEPCAP, free_port, wait_for
+from tests.support.processes import EDGEPCAP, free_port, wait_for
 
 
 def mode(path: Path) -> int:

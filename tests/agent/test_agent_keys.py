@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from edgepcap.agent.kernel import netns
-from tests.conftest import Stack, start_server, stop_server, wait_for
 from tests.support.agentkeys import machine_up, mint_key, run_agent
+from tests.support.processes import wait_for
+from tests.support.servers import start_server, stop_server
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.root  # agents in namespaces
 
 
 @pytest.fixture

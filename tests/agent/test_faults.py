@@ -14,10 +14,10 @@ from pathlib import Path
 from edgepcap.agent.kernel import nft
 from edgepcap.control import fleet
 from edgepcap.lab import lab as labmod
-from tests.conftest import wait_for
 from tests.support.api import full
 from tests.support.captures import captured, expected, in_prefixes, packets_in
 from tests.support.packets import tshark_fields
+from tests.support.processes import wait_for
 
 MACHINES = ("ord01", "ord02")
 

@@ -151,7 +151,7 @@ def test_cli_create_wait_follows_the_capture_to_its_end(lab):
     import json
     import subprocess
 
-    from tests.conftest import EDGEPCAP
+    from tests.support.processes import EDGEPCAP
 
     env = {
         **os.environ,

@@ -8,8 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from edgepcap.control import fleet
-from tests.conftest import Lab, Postgres, running_lab, wait_for
 from tests.support.captures import captured, expected, in_prefixes
+from tests.support.lab import Lab, running_lab
+from tests.support.postgres import Postgres
+from tests.support.processes import wait_for
+
+pytestmark = pytest.mark.root  # running_lab: namespaces, nftables
 
 MACHINES = ("ord01", "ord02")
 

@@ -15,9 +15,13 @@ import trustme
 
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.formats.pcapfile import Reader
-from tests.conftest import Stack, start_server, stop_server, wait_for
 from tests.support.agentkeys import machine_up, mint_key, run_agent
 from tests.support.kernel import OUTSIDE, send, wire
+from tests.support.processes import wait_for
+from tests.support.servers import start_server, stop_server
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.root  # agents in namespaces, nftables
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from tests.conftest import MachineHeartbeat, Stack
 from tests.support.agentkeys import agent_client, mint_key, new_boot
+from tests.support.servers import MachineHeartbeat
+from tests.support.stack import Stack
 
 
 def error(r) -> tuple[int, int, str]:

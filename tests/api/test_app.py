@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from tests.conftest import start_server, stop_server, wait_for
+from tests.support.processes import wait_for
+from tests.support.servers import start_server, stop_server
 from tests.support.sqlite import wal_frames
 
 

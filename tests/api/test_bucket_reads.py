@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgepcap.formats.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_RAW, Packet, global_header, record
-from tests.conftest import register_machine, wait_for
 from tests.support.api import error_of, full
+from tests.support.processes import wait_for
+from tests.support.servers import register_machine
 
 MAX_OBJECTS = 2
 MAX_BYTES = 32 << 20

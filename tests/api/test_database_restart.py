@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import new_account, start_server, stop_server
+from tests.support.servers import new_account, start_server, stop_server
 
 
 def test_reads_and_writes_survive_a_restart_without_a_failed_request(private_postgres, tmp_path):

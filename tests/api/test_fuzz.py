@@ -17,10 +17,10 @@ import pytest
 import schemathesis
 from schemathesis import GenerationMode
 
-from tests.conftest import Account, Stack
 from tests.support import fuzz as fuzz_support
 from tests.support.api import SIMPLE, full
 from tests.support.fuzz import CHECKS
+from tests.support.stack import Account, Stack
 
 # The stack fixture's server settings for this module (scripts/fuzz-api uses the same).
 SERVER_ENV = fuzz_support.SERVER_ENV

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from edgepcap.api.app import MAX_BODY, check_json
-from tests.conftest import register_machine, start_server, stop_server
+from tests.support.servers import register_machine, start_server, stop_server
 
 # Agents heartbeat once a second: an answer later than that is a beat missed.
 HEARTBEAT_PERIOD = 1.0

@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import start_server, stop_server
+from tests.support.servers import start_server, stop_server
 
 
 @pytest.fixture(scope="module")

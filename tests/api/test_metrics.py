@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import EDGEPCAP, free_port, new_account, start_server, stop_server
+from tests.support.processes import EDGEPCAP, free_port
+from tests.support.servers import new_account, start_server, stop_server
 
 TOKEN = "operator-token-for-tests-0123456789"
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}

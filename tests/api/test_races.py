@@ -14,8 +14,9 @@ from edgepcap.control.accounts import create_account
 from edgepcap.control.credentials import new_id
 from edgepcap.control.db import open_database
 from edgepcap.control.models import Pcap
-from tests.conftest import S3_ENV, Stack, register_machine, start_server, stop_server
 from tests.support.api import SIMPLE, full
+from tests.support.servers import S3_ENV, register_machine, start_server, stop_server
+from tests.support.stack import Stack
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,10 @@ from edgepcap.control.accounts import create_account, describe
 from edgepcap.control.db import Database, open_database
 from edgepcap.control.models import CaptureMachine, Pcap, PcapBlob, utcnow
 from edgepcap.formats.pcapfile import LINKTYPE_RAW, global_header
-from tests.conftest import (
-    EDGEPCAP,
-    S3_ENV,
-    Server,
-    Stack,
-    free_port,
-    register_machine,
-    start_server,
-    stop_server,
-    wait_for,
-)
 from tests.support.api import SIMPLE, error_of, full
+from tests.support.processes import EDGEPCAP, free_port, wait_for
+from tests.support.servers import S3_ENV, Server, register_machine, start_server, stop_server
+from tests.support.stack import Stack
 
 BACKENDS = ["sqlite", "postgresql"]
 

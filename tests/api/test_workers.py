@@ -8,7 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Postgres, new_account, start_server, stop_server, wait_for
+from tests.support.postgres import Postgres
+from tests.support.processes import wait_for
+from tests.support.servers import new_account, start_server, stop_server
 
 
 def children(pid: int) -> set[int]:

@@ -55,6 +55,7 @@ def ip_stats(ns: str) -> dict[str, int]:
     return dict(zip(names, map(int, values), strict=True))
 
 
+@pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
 def test_both_capture_paths_account_for_every_packet_of_a_small_run():
     with pair() as topo:
         ours = capture.run_ours(topo, 2000, 64)
@@ -71,6 +72,7 @@ def test_both_capture_paths_account_for_every_packet_of_a_small_run():
     assert theirs["offered"] == 2000 and theirs["written"] == 2000, theirs
 
 
+@pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
 def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked():
     with routed() as topo:
         assert topo.router is not None
@@ -99,6 +101,7 @@ def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked()
         assert ip_stats(topo.router)["ForwDatagrams"] == 1500
 
 
+@pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
 def test_the_sampler_part_logs_one_packet_in_a_hundred_of_the_forwarded_traffic():
     with routed() as topo:
         assert topo.router is not None
@@ -121,6 +124,7 @@ def test_the_sampler_part_logs_one_packet_in_a_hundred_of_the_forwarded_traffic(
         assert topo.counter(topo.rx, SINK) == 20_000
 
 
+@pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
 def test_tcpdump_on_the_router_device_keeps_every_forwarded_packet_of_a_small_run():
     with routed() as topo:
         assert topo.router is not None
@@ -132,6 +136,7 @@ def test_tcpdump_on_the_router_device_keeps_every_forwarded_packet_of_a_small_ru
         assert topo.counter(topo.rx, SINK) == 2000
 
 
+@pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
 def test_mixed_traffic_gives_the_capture_one_packet_in_share():
     with routed() as topo:
         mixed = dataclasses.replace(topo, others=capture.MIXED_SHARE - 1).at_router()

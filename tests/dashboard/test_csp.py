@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import start_server, stop_server
+from tests.support.servers import start_server, stop_server
 
 # Playwright's init scripts run outside the page's policy: this one records what it refused.
 RECORD_VIOLATIONS = """

@@ -11,6 +11,8 @@ import pytest
 
 from tests.support.browsers import ARTIFACTS
 
+pytestmark = pytest.mark.browser  # Debian's firefox-esr
+
 HERE = Path(__file__).resolve().parent / "firefox"
 
 

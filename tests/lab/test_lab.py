@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from edgepcap.lab import lab as labmod
 from edgepcap.lab.topology import stray_namespaces
-from tests.conftest import EDGEPCAP, free_port, lab_down
+from tests.support.lab import lab_down
+from tests.support.processes import EDGEPCAP, free_port
 
 KEYS = {
     "api",
@@ -22,6 +25,7 @@ KEYS = {
 }
 
 
+@pytest.mark.root  # namespaces, nftables
 def test_lab_up_writes_lab_json_and_down_removes_everything(tmp_path):
     data = tmp_path / "lab"
     try:

@@ -7,7 +7,11 @@ import json
 import stat
 from pathlib import Path
 
-from tests.conftest import running_lab
+import pytest
+
+from tests.support.lab import running_lab
+
+pytestmark = pytest.mark.root  # running_lab: namespaces, nftables
 
 PASSWORD = "db-password-not-for-ps"
 

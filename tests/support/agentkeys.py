@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import EDGEPCAP, Stack
+from tests.support.processes import EDGEPCAP
+from tests.support.stack import Stack
 
 
 def mint_key(stack: Stack, colo: str, machine: str) -> dict[str, Any]:

@@ -155,6 +155,7 @@ def test_a_truncated_message_ends_the_batch_without_a_bad_record():
     assert f.packets == 2
 
 
+@pytest.mark.root  # a real NFLOG socket
 def test_a_real_socket_asks_for_stamps_at_bind_only_on_kernels_before_6_6():
     sock = NflogSocket(2911, rcvbuf=1 << 20)
     try:

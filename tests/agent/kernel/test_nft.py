@@ -16,6 +16,8 @@ from edgepcap.formats.pcapfile import Packet
 from tests.support.kernel import OUTSIDE, send, wire
 from tests.support.statistics import binomial_interval
 
+pytestmark = pytest.mark.root  # namespaces, nftables, NFLOG sockets
+
 GROUP = 2901
 PREFIX = "203.0.113.0/24"
 

@@ -10,9 +10,10 @@ import httpx
 
 from edgepcap.formats import samples as records
 from edgepcap.formats.pcapfile import Reader
-from tests.conftest import MachineHeartbeat, Stack
 from tests.support.agentkeys import agent_client, mint_key, new_boot, refused
 from tests.support.packets import udp
+from tests.support.servers import MachineHeartbeat
+from tests.support.stack import Stack
 
 SERVER_ENV = {"EDGEPCAP_SAMPLE_INTERVAL": "0"}
 HOUR_NS = 3600 * 10**9

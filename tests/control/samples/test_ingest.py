@@ -13,9 +13,10 @@ import pytest
 
 from edgepcap.formats import samples as records
 from edgepcap.formats.pcapfile import Reader
-from tests.conftest import EDGEPCAP, MachineHeartbeat, start_server, stop_server, wait_for
 from tests.support.packets import udp
+from tests.support.processes import EDGEPCAP, wait_for
 from tests.support.samples import claim
+from tests.support.servers import MachineHeartbeat, start_server, stop_server
 
 
 @pytest.fixture(params=["segments", "clickhouse"])

@@ -8,8 +8,8 @@ import math
 import subprocess
 import time
 
-from tests.conftest import wait_for
 from tests.support.captures import expected, in_prefixes, packets_in
+from tests.support.processes import wait_for
 from tests.support.statistics import binomial_interval
 
 
@@ -108,7 +108,7 @@ def test_nothing_in_the_window_is_success_with_an_explanation(lab):
 
 
 def test_prefix_changes_reach_the_sampler_without_a_restart(lab):
-    from tests.conftest import EDGEPCAP
+    from tests.support.processes import EDGEPCAP
 
     out = subprocess.run(
         [
