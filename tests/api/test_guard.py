@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from edgepcap.api.app import MAX_BODY, check_json
+from edgepcap.api.guard import MAX_BODY, check_json
 from tests.support.servers import register_machine, start_server, stop_server
 
 # Agents heartbeat once a second: an answer later than that is a beat missed.

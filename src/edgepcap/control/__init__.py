@@ -3,6 +3,7 @@
 * `accounts`, `credentials` — accounts, their prefixes, hashed secrets.
 * `captures` — admitting captures, answering sample captures, expiry, the checked reads.
 * `full_rate`, `retention` — the full-capture rate and the retention of ended captures.
+* `supervisor` — the API process's thread that sweeps lost machines, expiry, retention.
 * `execution` — a full capture across machines: assignment, progress, leases, completion.
 * `fleet` — agent keys, registration, liveness, `colo_name` resolution.
 * `ownership` — bucket ownership challenges.

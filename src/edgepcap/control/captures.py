@@ -294,7 +294,7 @@ def _full_capture_busy(session: Session, account_id: str) -> CaptureError:
 def expire_overdue(session: Session, since: dt.datetime, account_id: str | None = None) -> None:
     """Fail full captures that no machine finished long after their time limit (of one
     account, or of all: the supervisor's sweep). `since`: from when agents could be heard
-    (app.Supervisor); a capture that ended during an outage gets its grace after it."""
+    (supervisor.Supervisor); a capture that ended during an outage gets its grace after it."""
     now = utcnow()
     query = select(Pcap).where(Pcap.type == "full", Pcap.status.in_(ACTIVE_STATUSES))
     if account_id is not None:

@@ -1,0 +1,124 @@
+"""The supervisor thread of an API process: fails the parts of silent machines, closes
+and expires captures, expires samples and deletes captures past their retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from edgepcap.control import captures, execution, retention
+from edgepcap.control.db import Database
+from edgepcap.control.models import utcnow
+from edgepcap.control.samples.store import SampleStore
+
+EXPIRE_EVERY = 10.0
+# The API process's logger: the supervisor runs in it, and its warnings were always there.
+log = logging.getLogger("edgepcap.api")
+
+
+class Supervisor:
+    """Fails the parts of silent machines and closes captures, twice a second; deletes
+    captures past their retention (retention.py) at a slower pace.
+
+    It judges silence only over time in which it could hear the agents: from its own start,
+    and again from the end of any database outage it saw (heartbeats cannot be recorded
+    while the database is down, so machines would all look silent).
+    """
+
+    def __init__(
+        self, db: Database, samples: SampleStore, lock: Path | None, every: float = 0.5
+    ) -> None:
+        self.db = db
+        self.samples = samples
+        self.lock = lock
+        self._lock_fd: int | None = None
+        self._next_expiry = 0.0
+        self._next_retention = 0.0
+        self.keep = retention.capture_retention()
+        self.every = every
+        self.hearing_since: dt.datetime | None = utcnow()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _leads(self) -> bool:
+        """Whether this process sweeps: one worker per data dir does (a lock file, so that
+        another takes over when it dies); sweeps are safe to repeat, but not free."""
+        if self.lock is None or self._lock_fd is not None:
+            return True
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def listening_since(self) -> dt.datetime:
+        """Since when agents could be heard (now, while the database is unreachable)."""
+        return self.hearing_since or utcnow()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                # Every worker, not only the one that sweeps: any one's checkpoint serves
+                # all, and the WAL's bound must not hang on which of them leads.
+                self.db.checkpoint()
+            except Exception as exc:
+                log.warning("SQLite checkpoint failed (%s); retrying", exc)
+            since = self.listening_since()
+            try:
+                with self.db.session() as session:
+                    if self._leads():
+                        execution.sweep(session, since)
+                        captures.expire_overdue(session, since)
+                    else:
+                        # Not sweeping, but this worker answers agents' registrations too:
+                        # it must know when the database was unreachable.
+                        session.execute(text("SELECT 1"))
+                if self.hearing_since is None:
+                    log.warning("database reachable again; machines get a fresh heartbeat window")
+                self.hearing_since = since
+            except OperationalError as exc:
+                if self.hearing_since is not None:
+                    first = str(exc.orig or exc).strip().splitlines()[0][:300]
+                    log.warning("supervisor: the database is unreachable (%s); retrying", first)
+                self.hearing_since = None
+                continue
+            except Exception:
+                log.exception("supervisor sweep failed; retrying")
+                self.hearing_since = None
+                continue
+            try:
+                if time.monotonic() >= self._next_expiry:
+                    self.samples.expire(time.time_ns())
+                    self._next_expiry = time.monotonic() + EXPIRE_EVERY
+            except Exception:
+                log.exception("sample expiry failed; retrying")
+            try:
+                if time.monotonic() >= self._next_retention and self._leads():
+                    self._next_retention = time.monotonic() + retention.sweep_period(self.keep)
+                    if retention.sweep(self.db, self.keep):
+                        self._next_retention = 0.0  # a backlog: one batch per loop
+            except OperationalError:
+                pass  # an outage: the sweep above reports it
+            except Exception:
+                log.exception("capture retention sweep failed; retrying")
