@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from edgepcap.control import captures
+from edgepcap.control import reads as captures
 from edgepcap.control.accounts import create_account
 from edgepcap.control.credentials import hash_secret
 from edgepcap.control.db import Database, database_url, fetch_all

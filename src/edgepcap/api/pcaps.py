@@ -24,7 +24,7 @@ from edgepcap.api.schemas import (
     error_responses,
 )
 from edgepcap.api.timefmt import rfc3339
-from edgepcap.control import captures, execution, fleet
+from edgepcap.control import captures, execution, fleet, reads
 from edgepcap.control.models import Account as AccountRow
 from edgepcap.control.models import Pcap, PcapBlob
 from edgepcap.destinations import DestinationError
@@ -44,7 +44,7 @@ def check_id(value: str, what: str = "pcap_id") -> str:
     return value
 
 
-def render(view: captures.View) -> dict[str, Any]:
+def render(view: reads.View) -> dict[str, Any]:
     pcap, machines = view
     return {
         "id": pcap["id"],
@@ -125,7 +125,7 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
         except captures.CaptureError as exc:
             raise_capture_error(exc)
         session.flush()
-        result = envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
+        result = envelope(render(reads.view(session.connection(), who.account_id, pcap.id)))
         assigned = bool(result["result"]["machines"])
     if assigned:
         request.app.state.wakeup.notify()  # its machines' long polls answer now
@@ -135,7 +135,7 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
 # The two GETs below run on the event loop, not in the thread pool: they are one or two
 # indexed reads, cheaper than the hand-over to a thread, and they are what dashboards and
 # scripts poll (BENCHMARKS.md, API figure). Everything slower stays a plain `def`. They
-# check the credentials inside that read (`captures.views_checked`: one round trip, not
+# check the credentials inside that read (`reads.views_checked`: one round trip, not
 # two); when the check fails, `caller` gives the 401 or 403 every other endpoint gives.
 
 
@@ -146,10 +146,10 @@ async def list_pcaps(request: Request, account_id: AccountId) -> dict[str, Any]:
     if not ID_PATTERN.match(account_id):
         await caller(request, account_id)  # 401 or 403: no such id reaches the database
     db = request.app.state.db
-    found = db.read(lambda c: captures.views_checked(c, account_id, creds))
+    found = db.read(lambda c: reads.views_checked(c, account_id, creds))
     if found is None:
         who = await caller(request, account_id)
-        found = db.read(lambda c: captures.views(c, who.account_id))
+        found = db.read(lambda c: reads.views(c, who.account_id))
     return envelope([render(v) for v in found])
 
 
@@ -173,10 +173,10 @@ async def get_pcap(
         await caller(request, account_id)  # credentials are judged before anything else
         check_id(pcap_id)
     db = request.app.state.db
-    found = db.read(lambda c: captures.views_checked(c, account_id, creds, pcap_id))
+    found = db.read(lambda c: reads.views_checked(c, account_id, creds, pcap_id))
     if found is None:
         who = await caller(request, account_id)
-        found = db.read(lambda c: captures.views(c, who.account_id, pcap_id))
+        found = db.read(lambda c: reads.views(c, who.account_id, pcap_id))
     if not found:
         # Another account's capture looks exactly like a missing one.
         raise APIError(404, Code.NOT_FOUND, f"no packet capture {pcap_id} in this account")
@@ -241,7 +241,7 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
         try:
             pcap = captures.stop(session, who.account_id, pcap_id)
             session.flush()
-            result = envelope(render(captures.view(session.connection(), who.account_id, pcap.id)))
+            result = envelope(render(reads.view(session.connection(), who.account_id, pcap.id)))
         except captures.CaptureError as exc:
             raise_capture_error(exc)
             raise

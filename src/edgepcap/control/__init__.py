@@ -1,7 +1,9 @@
 """The control plane's rules and storage, below the HTTP layer.
 
 * `accounts`, `credentials` — accounts, their prefixes, hashed secrets.
-* `captures` — admitting captures, answering sample captures, expiry, the checked reads.
+* `captures` — admitting captures, getting and stopping one, expiry.
+* `reads` — the checked read path: captures as plain rows, with the credentials' check.
+* `sample_captures` — the sample interval; answering sample captures from the store.
 * `full_rate`, `retention` — the full-capture rate and the retention of ended captures.
 * `supervisor` — the API process's thread that sweeps lost machines, expiry, retention.
 * `execution` — a full capture across machines: assignment, progress, leases, completion.

@@ -1,38 +1,31 @@
-"""Capture requests: creation under the rate limits, listing, stopping and expiry."""
+"""Capture requests: admission under the rate limits, getting one, stopping and expiry.
+The checked reads are in `reads`, answering sample captures in `sample_captures`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
 import math
-import os
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
-from sqlalchemy import Connection, Select, and_, bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from edgepcap import destinations
-from edgepcap.control import execution, fleet, full_rate
-from edgepcap.control.accounts import Network, account_networks
+from edgepcap.control import execution, fleet, full_rate, sample_captures
+from edgepcap.control.accounts import account_networks
 from edgepcap.control.credentials import new_id
-from edgepcap.control.db import fetch_all
 from edgepcap.control.models import (
     ACTIVE_STATUSES,
     MACHINE_ACTIVE,
     Account,
     Bucket,
-    CaptureMachine,
     Pcap,
-    PcapBlob,
     utcnow,
 )
-from edgepcap.control.samples.store import SampleQuery, SampleStore
-from edgepcap.formats import pcapfile as pcap_format
+from edgepcap.control.samples.store import SampleStore
 from edgepcap.formats.filters import FilterV1
-from edgepcap.formats.samples import SNAPLEN
 
 
 class CaptureRequest(Protocol):
@@ -50,22 +43,10 @@ class CaptureRequest(Protocol):
     filter_v1: FilterV1 | None
 
 
-class PresentedCredentials(Protocol):
-    """What a request presented, as the checked reads need it (the API's `Presented`)."""
-
-    token_hash: str | None
-    email: str | None
-
-    def key_matches(self, stored: str | None) -> bool: ...
-
-
-SAMPLE_INTERVAL = dt.timedelta(minutes=1)
 # A full capture that outlives its time limit by this much without a machine
 # reporting its end is failed, so that it does not hold the account's single
 # full-capture slot forever.
 OVERDUE_GRACE = dt.timedelta(seconds=60)
-LIST_LIMIT = 50
-SAMPLE_RATE = 100
 
 
 class CaptureError(Exception):
@@ -134,7 +115,10 @@ def create(
     )
     targets = []
     if req.type == "simple":
-        _take_sample_slot(session, account, now)
+        try:
+            sample_captures.take_slot(session, account, now)
+        except sample_captures.RateLimited as exc:
+            raise CaptureError("rate_limited", str(exc), exc.retry_after) from None
     else:
         _require_validated_bucket(session, account, conf or "")
         try:
@@ -155,100 +139,10 @@ def create(
         session.rollback()
         raise _full_capture_busy(session, account.id) from None
     if req.type == "simple" and samples is not None:
-        answer_sample(
+        sample_captures.answer_sample(
             session, pcap, samples, req.filter_v1 or FilterV1(), account_networks(account)
         )
     return pcap
-
-
-def _ns(naive_utc: dt.datetime) -> int:
-    delta = naive_utc - dt.datetime(1970, 1, 1)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
-def sample_records(rows: np.ndarray) -> bytes:
-    """PCAP records of stored samples, built with numpy: no per-packet Python work."""
-    n = len(rows)
-    header = np.zeros(n, dtype=[("sec", "<u4"), ("usec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
-    header["sec"] = rows["ts"] // 1_000_000_000
-    header["usec"] = (rows["ts"] % 1_000_000_000) // 1000
-    header["incl"] = rows["cap_len"]
-    header["orig"] = rows["orig_len"]
-    full = np.concatenate([header.view(np.uint8).reshape(n, 16), rows["data"]], axis=1)
-    keep = np.arange(16 + SNAPLEN)[None, :] < (16 + rows["cap_len"].astype(np.int64))[:, None]
-    return full[keep].tobytes()
-
-
-def answer_sample(
-    session: Session,
-    pcap: Pcap,
-    samples: SampleStore,
-    flt: FilterV1,
-    prefixes: Sequence[Network],
-) -> None:
-    """Answer a sample capture from history at once: the newest matching samples of the
-    account's `prefixes` (each matched within its own address family)."""
-    end = pcap.offset_time or pcap.submitted
-    start = end - dt.timedelta(seconds=pcap.time_limit)
-    to_ns = lambda t: int(t.replace(tzinfo=dt.UTC).timestamp() * 1e6) * 1000  # noqa: E731
-    rows = samples.query(
-        SampleQuery(
-            pcap.account_id,
-            to_ns(start),
-            to_ns(end),
-            flt,
-            pcap.packet_limit or 1,
-            tuple(prefixes),
-        )
-    )
-    body = pcap_format.global_header(pcap_format.LINKTYPE_RAW, SNAPLEN) + sample_records(rows)
-    session.add(PcapBlob(pcap_id=pcap.id, data=body))
-    pcap.status = "success"
-    pcap.finished = utcnow()
-    pcap.packets_captured = len(rows)
-    pcap.bytes_captured = int(rows["cap_len"].sum()) if len(rows) else 0
-    if not len(rows):
-        pcap.error_message = (
-            f"no sampled packets of this account matched the filter between "
-            f"{start:%Y-%m-%dT%H:%M:%S}Z and {end:%Y-%m-%dT%H:%M:%S}Z "
-            f"(1 in {SAMPLE_RATE} packets are sampled)"
-        )
-    session.flush()
-
-
-def _take_sample_slot(session: Session, account: Account, now: dt.datetime) -> None:
-    # One conditional UPDATE decides the race: whichever process sets
-    # last_sample_at first wins; the database serialises the rest.
-    interval = sample_interval()
-    cutoff = now - interval
-    result = session.execute(
-        update(Account)
-        .where(Account.id == account.id)
-        .where((Account.last_sample_at.is_(None)) | (Account.last_sample_at <= cutoff))
-        .values(last_sample_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 1:  # type: ignore[attr-defined]
-        return
-    last = session.scalar(select(Account.last_sample_at).where(Account.id == account.id))
-    wait = interval - (now - last) if last else interval
-    seconds = max(1, math.ceil(wait.total_seconds()))
-    raise CaptureError(
-        "rate_limited",
-        f"one sample capture per {_interval_words(interval)} per account: retry in {seconds} s",
-        retry_after=seconds,
-    )
-
-
-def sample_interval() -> dt.timedelta:
-    """One sample request per this interval per account (EDGEPCAP_SAMPLE_INTERVAL seconds)."""
-    value = os.environ.get("EDGEPCAP_SAMPLE_INTERVAL")
-    return dt.timedelta(seconds=float(value)) if value else SAMPLE_INTERVAL
-
-
-def _interval_words(interval: dt.timedelta) -> str:
-    seconds = interval.total_seconds()
-    return "minute" if seconds == 60 else f"{seconds:g} s"
 
 
 def _require_validated_bucket(session: Session, account: Account, conf: str) -> None:
@@ -315,91 +209,6 @@ def expire_overdue(session: Session, since: dt.datetime, account_id: str | None 
                 pcap.finished = now
                 pcap.error_message = f"no machine of {pcap.colo_name} {reason}"
     session.flush()
-
-
-PCAPS = Pcap.__table__
-PARTS = CaptureMachine.__table__
-View = tuple[dict[str, Any], list[dict[str, Any]]]
-
-
-def views(conn: Connection, account_id: str, pcap_id: str | None = None) -> list[View]:
-    """One capture of an account (or its newest LIST_LIMIT) as plain rows, each with its
-    machines' parts: the read path of every GET. Core rows, not ORM objects: they cost a
-    fifth as much per request (two queries, no identity map, no lazy loads)."""
-    if pcap_id is None:
-        pcaps = fetch_all(conn, _NEWEST, {"account_id": account_id})
-    else:
-        pcaps = fetch_all(conn, _ONE, {"account_id": account_id, "id": pcap_id})
-    return _with_parts(conn, pcaps)
-
-
-def _with_parts(conn: Connection, pcaps: Sequence[dict[str, Any]]) -> list[View]:
-    parts: dict[str, list[dict[str, Any]]] = {}
-    full = [p["id"] for p in pcaps if p["type"] == "full"]
-    if full:
-        for part in fetch_all(conn, _PARTS, {"ids": full}):
-            parts.setdefault(part["pcap_id"], []).append(part)
-    return [(p, parts.get(p["id"], [])) for p in pcaps]
-
-
-# Built once: statements reused as objects skip SQLAlchemy's per-call cache-key work.
-_OWNED = select(PCAPS).where(PCAPS.c.account_id == bindparam("account_id"))
-_ONE = _OWNED.where(PCAPS.c.id == bindparam("id"))
-_NEWEST = _OWNED.order_by(PCAPS.c.submitted.desc(), PCAPS.c.id.desc()).limit(LIST_LIMIT)
-_PARTS = (
-    select(PARTS)
-    .where(PARTS.c.pcap_id.in_(bindparam("ids", expanding=True)))
-    .order_by(PARTS.c.pcap_id, PARTS.c.machine)
-)
-ACCOUNTS = Account.__table__
-
-
-def _checked(by_token: bool, one: bool) -> Select[Any]:
-    """The account's row (none if the credentials do not match) joined to its captures."""
-    on = PCAPS.c.account_id == ACCOUNTS.c.id
-    if one:
-        on = and_(on, PCAPS.c.id == bindparam("id"))
-    match = (
-        ACCOUNTS.c.api_token_hash == bindparam("token_hash")
-        if by_token
-        else ACCOUNTS.c.email == bindparam("email")
-    )
-    query = (
-        select(ACCOUNTS.c.api_key_hash, PCAPS)
-        .select_from(ACCOUNTS.outerjoin(PCAPS, on))
-        .where(ACCOUNTS.c.id == bindparam("account_id"), match)
-    )
-    if not one:
-        query = query.order_by(PCAPS.c.submitted.desc(), PCAPS.c.id.desc()).limit(LIST_LIMIT)
-    return query
-
-
-_CHECKED = {(t, o): _checked(t, o) for t in (True, False) for o in (True, False)}
-
-
-def views_checked(
-    conn: Connection, account_id: str, creds: PresentedCredentials, pcap_id: str | None = None
-) -> list[View] | None:
-    """`views`, read together with the check that `creds` are `account_id`'s: one round
-    trip instead of two for what is polled most (on PostgreSQL, a third more requests per
-    second). None when they are not: the caller then works out which error to give."""
-    by_token = creds.token_hash is not None
-    statement = _CHECKED[(by_token, pcap_id is not None)]
-    params = {"account_id": account_id, "id": pcap_id}
-    params.update({"token_hash": creds.token_hash} if by_token else {"email": creds.email})
-    rows = fetch_all(conn, statement, params)
-    if not rows or not (by_token or creds.key_matches(rows[0]["api_key_hash"])):
-        return None
-    pcaps = [row for row in rows if row["id"] is not None]
-    return _with_parts(conn, pcaps)
-
-
-def view(conn: Connection, account_id: str, pcap_id: str) -> View:
-    found = views(conn, account_id, pcap_id)
-    # Another account's capture looks exactly like a missing one.
-    if not found:
-        raise CaptureError("not_found", f"no packet capture {pcap_id} in this account")
-    return found[0]
 
 
 def get(session: Session, account_id: str, pcap_id: str) -> Pcap:

@@ -1,0 +1,116 @@
+"""Sample captures: the per-account interval between them, and answering one at once from
+the sample store's history as a PCAP file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from edgepcap.control.accounts import Network
+from edgepcap.control.models import Account, Pcap, PcapBlob, utcnow
+from edgepcap.control.samples.store import SampleQuery, SampleStore
+from edgepcap.formats import pcapfile as pcap_format
+from edgepcap.formats.filters import FilterV1
+from edgepcap.formats.samples import SNAPLEN
+
+SAMPLE_INTERVAL = dt.timedelta(minutes=1)
+SAMPLE_RATE = 100
+
+
+class RateLimited(Exception):
+    """The account's sample capture came too soon; `retry_after` seconds until it may."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def sample_records(rows: np.ndarray) -> bytes:
+    """PCAP records of stored samples, built with numpy: no per-packet Python work."""
+    n = len(rows)
+    header = np.zeros(n, dtype=[("sec", "<u4"), ("usec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
+    header["sec"] = rows["ts"] // 1_000_000_000
+    header["usec"] = (rows["ts"] % 1_000_000_000) // 1000
+    header["incl"] = rows["cap_len"]
+    header["orig"] = rows["orig_len"]
+    full = np.concatenate([header.view(np.uint8).reshape(n, 16), rows["data"]], axis=1)
+    keep = np.arange(16 + SNAPLEN)[None, :] < (16 + rows["cap_len"].astype(np.int64))[:, None]
+    return full[keep].tobytes()
+
+
+def answer_sample(
+    session: Session,
+    pcap: Pcap,
+    samples: SampleStore,
+    flt: FilterV1,
+    prefixes: Sequence[Network],
+) -> None:
+    """Answer a sample capture from history at once: the newest matching samples of the
+    account's `prefixes` (each matched within its own address family)."""
+    end = pcap.offset_time or pcap.submitted
+    start = end - dt.timedelta(seconds=pcap.time_limit)
+    to_ns = lambda t: int(t.replace(tzinfo=dt.UTC).timestamp() * 1e6) * 1000  # noqa: E731
+    rows = samples.query(
+        SampleQuery(
+            pcap.account_id,
+            to_ns(start),
+            to_ns(end),
+            flt,
+            pcap.packet_limit or 1,
+            tuple(prefixes),
+        )
+    )
+    body = pcap_format.global_header(pcap_format.LINKTYPE_RAW, SNAPLEN) + sample_records(rows)
+    session.add(PcapBlob(pcap_id=pcap.id, data=body))
+    pcap.status = "success"
+    pcap.finished = utcnow()
+    pcap.packets_captured = len(rows)
+    pcap.bytes_captured = int(rows["cap_len"].sum()) if len(rows) else 0
+    if not len(rows):
+        pcap.error_message = (
+            f"no sampled packets of this account matched the filter between "
+            f"{start:%Y-%m-%dT%H:%M:%S}Z and {end:%Y-%m-%dT%H:%M:%S}Z "
+            f"(1 in {SAMPLE_RATE} packets are sampled)"
+        )
+    session.flush()
+
+
+def take_slot(session: Session, account: Account, now: dt.datetime) -> None:
+    """Take the account's sample capture slot, or raise RateLimited."""
+    # One conditional UPDATE decides the race: whichever process sets
+    # last_sample_at first wins; the database serialises the rest.
+    interval = sample_interval()
+    cutoff = now - interval
+    result = session.execute(
+        update(Account)
+        .where(Account.id == account.id)
+        .where((Account.last_sample_at.is_(None)) | (Account.last_sample_at <= cutoff))
+        .values(last_sample_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return
+    last = session.scalar(select(Account.last_sample_at).where(Account.id == account.id))
+    wait = interval - (now - last) if last else interval
+    seconds = max(1, math.ceil(wait.total_seconds()))
+    raise RateLimited(
+        f"one sample capture per {_interval_words(interval)} per account: retry in {seconds} s",
+        seconds,
+    )
+
+
+def sample_interval() -> dt.timedelta:
+    """One sample request per this interval per account (EDGEPCAP_SAMPLE_INTERVAL seconds)."""
+    value = os.environ.get("EDGEPCAP_SAMPLE_INTERVAL")
+    return dt.timedelta(seconds=float(value)) if value else SAMPLE_INTERVAL
+
+
+def _interval_words(interval: dt.timedelta) -> str:
+    seconds = interval.total_seconds()
+    return "minute" if seconds == 60 else f"{seconds:g} s"
