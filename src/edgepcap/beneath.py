@@ -10,7 +10,7 @@ operation fail naming the component; it is never written or read through.
 Why descriptor walking and not openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS): the walk
 gives the same guarantee with plain `os` calls on every kernel and libc, needs no ctypes,
 and tells which component was the link. `..` and empty components never reach it: paths
-are canonical (destinations.canonical) and object names are checked here as well.
+are canonical (bucket_urls.canonical) and object names are checked here as well.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from edgepcap.api.downloads import Merged
-from edgepcap.destinations import DestinationError, StoreSettings
+from edgepcap.bucket_urls import DestinationError
+from edgepcap.destinations import StoreSettings
 from edgepcap.formats.pcapfile import LINKTYPE_RAW, PcapError, global_header
 
 

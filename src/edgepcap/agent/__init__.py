@@ -6,5 +6,6 @@
 * `control_plane` — the agent's HTTP client of the agent protocol.
 * `kernel/` — nftables, NFLOG, namespaces.
 
-May import `formats`, `destinations`, `beneath`; never `control`, `api`, `cli` or `lab`.
+May import `formats`, `bucket_urls`, `destinations`, `beneath`; never `control`, `api`, `cli`
+or `lab`.
 """

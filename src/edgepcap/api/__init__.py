@@ -9,5 +9,5 @@
 * `agents`, `wakeup` — the agent protocol's routes; waking long polls.
 * `metrics`, `web`, `timefmt` — `/metrics`; security headers and the docs page; times.
 
-May import `control`, `destinations`, `beneath`, `formats`; never `cli` or `lab`.
+May import `control`, `bucket_urls`, `destinations`, `beneath`, `formats`; never `cli` or `lab`.
 """

@@ -15,7 +15,8 @@ import threading
 from collections.abc import Iterator
 
 from edgepcap.api.errors import APIError, Code
-from edgepcap.destinations import DestinationError, StoreSettings, parse
+from edgepcap.bucket_urls import DestinationError
+from edgepcap.destinations import StoreSettings, parse
 from edgepcap.formats.pcapfile import Reader, merge
 
 RETRY_AFTER = 5  # seconds a refused download or preview is told to wait

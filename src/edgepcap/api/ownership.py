@@ -19,9 +19,9 @@ from edgepcap.api.schemas import (
     error_responses,
 )
 from edgepcap.api.timefmt import rfc3339
+from edgepcap.bucket_urls import DestinationError
 from edgepcap.control import ownership
 from edgepcap.control.models import Bucket
-from edgepcap.destinations import DestinationError
 
 router = APIRouter(responses=error_responses(400, 401, 403, 503))
 Account = Annotated[Caller, Depends(caller)]

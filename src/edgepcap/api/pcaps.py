@@ -24,10 +24,10 @@ from edgepcap.api.schemas import (
     error_responses,
 )
 from edgepcap.api.timefmt import rfc3339
+from edgepcap.bucket_urls import DestinationError
 from edgepcap.control import captures, execution, fleet, reads
 from edgepcap.control.models import Account as AccountRow
 from edgepcap.control.models import Pcap, PcapBlob
-from edgepcap.destinations import DestinationError
 from edgepcap.formats.packets import preview
 from edgepcap.formats.pcapfile import PcapError, Reader, global_header
 

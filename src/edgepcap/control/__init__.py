@@ -12,5 +12,5 @@
 * `models`, `db`, `migrations/` — tables, the database, Alembic migrations.
 * `samples/` — the sample stores and what they admit.
 
-May import `formats`, `destinations`; never `api`, `cli`, `agent` or `lab`.
+May import `formats`, `bucket_urls`, `destinations`; never `api`, `cli`, `agent` or `lab`.
 """

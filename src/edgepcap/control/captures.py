@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from edgepcap import destinations
+from edgepcap import bucket_urls
 from edgepcap.control import execution, fleet, full_rate, sample_captures
 from edgepcap.control.accounts import account_networks
 from edgepcap.control.credentials import new_id
@@ -92,8 +92,8 @@ def create(
     conf = None
     if req.destination_conf is not None:
         try:
-            conf = destinations.canonical(req.destination_conf)
-        except destinations.DestinationError as exc:
+            conf = bucket_urls.canonical(req.destination_conf)
+        except bucket_urls.DestinationError as exc:
             raise CaptureError("destination", f"`destination_conf`: {exc}") from None
     now = utcnow()
     pcap = Pcap(

@@ -15,9 +15,10 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from edgepcap.bucket_urls import DestinationError, canonical
 from edgepcap.control.credentials import hash_secret, matches, new_id
 from edgepcap.control.models import Bucket, utcnow
-from edgepcap.destinations import DestinationError, StoreSettings, canonical, parse
+from edgepcap.destinations import StoreSettings, parse
 
 log = logging.getLogger("edgepcap.api")
 

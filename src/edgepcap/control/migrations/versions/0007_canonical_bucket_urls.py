@@ -14,7 +14,7 @@ parses is left as it is: it cannot be used, and the account can delete it.
 import sqlalchemy as sa
 from alembic import op
 
-from edgepcap.destinations import DestinationError, canonical
+from edgepcap.bucket_urls import DestinationError, canonical
 
 revision = "0007"
 down_revision = "0006"
