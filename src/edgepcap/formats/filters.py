@@ -87,17 +87,3 @@ class FilterV1(BaseModel):
     @property
     def destination(self) -> IPAddress | None:
         return ipaddress.ip_address(self.destination_address) if self.destination_address else None
-
-    def summary(self) -> str:
-        """A one-line human reading, e.g. `203.0.113.7:80 -> any proto 6`."""
-        parts = []
-        src = self.source_address or "any"
-        dst = self.destination_address or "any"
-        if self.source_port is not None:
-            src += f" port {self.source_port}"
-        if self.destination_port is not None:
-            dst += f" port {self.destination_port}"
-        parts.append(f"{src} -> {dst}")
-        if self.protocol is not None:
-            parts.append(f"proto {self.protocol}")
-        return " ".join(parts) if self.as_dict() else "all packets"

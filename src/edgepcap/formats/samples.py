@@ -178,7 +178,3 @@ def stored(wire: np.ndarray) -> np.ndarray:
     for name in STORED.names:
         out[name] = wire[name]
     return out
-
-
-def account_ids(wire: np.ndarray) -> list[str]:
-    return sorted({bytes(a).hex() for a in np.unique(wire["account"])})

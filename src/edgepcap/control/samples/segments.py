@@ -88,9 +88,6 @@ class SegmentStore:
                 dropped += 1
         return dropped
 
-    def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*.seg"))
-
     def close(self) -> None:
         pass
 
