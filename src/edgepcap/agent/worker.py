@@ -1,48 +1,28 @@
-"""One machine's part of one full capture: nft table → NFLOG → PCAP → bucket, with reporting."""
+"""One machine's part of one full capture: nft table → NFLOG → PCAP → bucket, with reporting.
+The lease arithmetic is in `budget`, the writer thread in `upload`."""
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import ipaddress
 import logging
-import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import obstore
-
+from edgepcap.agent.budget import Leases
 from edgepcap.agent.control_plane import ControlPlane
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.agent.kernel.nflog import NflogSocket
-from edgepcap.destinations import (
-    Destination,
-    DestinationError,
-    StoreSettings,
-    describe_failure,
-    parse,
-)
+from edgepcap.agent.upload import Upload, probe
+from edgepcap.destinations import StoreSettings, parse
 from edgepcap.formats import pcapfile as pcap
 from edgepcap.formats.filters import FilterV1
 
 log = logging.getLogger("edgepcap.agent")
 REPORT_EVERY = 0.2
 FINAL_REPORT_PATIENCE = 600.0  # seconds of retrying the end-of-capture report
-PENDING_MAX_PACKETS = 200_000
-PENDING_MAX_BYTES = 64 << 20
 FLUSH_BYTES = 256 << 10
-
-
-class _End:
-    """The end of a capture's byte stream: complete the upload, or abandon it."""
-
-    def __init__(self, complete: bool) -> None:
-        self.complete = complete
-
-
-COMPLETE, ABANDON = _End(True), _End(False)
 NFLOG_RCVBUF = 32 << 20  # measured: no drops up to ~275 k pps (shared/MEASUREMENTS.md)
 
 
@@ -85,39 +65,13 @@ class Job:
         )
 
 
-@dataclass
-class Budget:
-    """Leased packets and bytes this machine may still write (None: no such limit)."""
-
-    limited_packets: bool
-    limited_bytes: bool
-    packets: int = 0
-    bytes: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def try_take(self, size: int) -> bool:
-        with self.lock:
-            if self.limited_packets and self.packets < 1:
-                return False
-            if self.limited_bytes and self.bytes < size:
-                return False
-            if self.limited_packets:
-                self.packets -= 1
-            if self.limited_bytes:
-                self.bytes -= size
-            return True
-
-    def add(self, packets: int, bytes_: int) -> None:
-        with self.lock:
-            self.packets += packets
-            self.bytes += bytes_
-
-    @property
-    def unlimited(self) -> bool:
-        return not (self.limited_packets or self.limited_bytes)
-
-
 class CaptureWorker(threading.Thread):
+    """One machine's part of one full capture, on a thread of its own: installs the
+    capture's nftables table, reads the matched packets from NFLOG until the time limit or
+    a stop, writes them as PCAP records (within the leased budget, when the capture is
+    limited) to an `Upload`, removes the table, and reports progress (a reporter thread,
+    every REPORT_EVERY s) and the end (retried until the control plane listens)."""
+
     def __init__(
         self,
         job: Job,
@@ -139,19 +93,13 @@ class CaptureWorker(threading.Thread):
         self.table = f"{nft.TABLE_PREFIX}{job.id}"
         self.stop_event = threading.Event()
         self.stop_reason: str | None = None
-        self.budget = Budget(job.packet_limit is not None, job.byte_limit is not None)
+        self.leases = Leases(job.packet_limit, job.byte_limit)
         self.written_packets = 0
         self.written_bytes = 0
-        self.budget_dropped = 0
         self.over_limit = 0  # matched after the limit was reached: not written, not lost
-        self.pending: collections.deque[pcap.Packet] = collections.deque()
-        self.pending_bytes = 0
-        self.release_now = False
         self.sock: NflogSocket | None = None
+        self.upload: Upload | None = None
         self.table_installed = False
-        self._rate: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=8)
-        self._out: queue.Queue[bytes | bytearray | _End] = queue.Queue(maxsize=32)
-        self._writer_error: BaseException | None = None
         self._lock = threading.Lock()
 
     # -- the capture -------------------------------------------------------------
@@ -159,24 +107,18 @@ class CaptureWorker(threading.Thread):
     def run(self) -> None:
         error: str | None = None
         kernel = (0, 0)
-        writer_thread = None
         reporter = threading.Thread(
             target=self._report_loop, name=f"report-{self.job.id[:8]}", daemon=True
         )
         try:
             dest = parse(self.job.destination_conf, self.stores)
-            _probe(dest, self.job.object_name)
+            probe(dest, self.job.object_name)
             bucket = dest.bucket_identity()
             self.sock = netns.run_in(self.ns, NflogSocket, self.group, rcvbuf=self.nflog_rcvbuf)
-            writer = dest.writer(self.job.object_name)
-            writer_thread = threading.Thread(
-                target=self._write_loop,
-                args=(writer, dest, bucket),
-                name=f"write-{self.job.id[:8]}",
-                daemon=True,
+            self.upload = Upload(
+                dest, bucket, self.job.object_name, f"write-{self.job.id[:8]}", self.stop_event
             )
-            writer_thread.start()
-            self._out.put(pcap.global_header(pcap.LINKTYPE_RAW, 0xFFFF))
+            self.upload.put(pcap.global_header(pcap.LINKTYPE_RAW, 0xFFFF))
             self.table_installed = True
             nft.install(
                 nft.CaptureRule(
@@ -205,11 +147,10 @@ class CaptureWorker(threading.Thread):
             if error is None and self.stop_reason == "agent_shutdown":
                 error = "the agent was shut down during the capture"
             # A failed part leaves no file: the upload is dropped, never completed.
-            self._out.put(COMPLETE if error is None else ABANDON)
-            if writer_thread is not None:
-                writer_thread.join()
-            if self._writer_error is not None and error is None:
-                error = str(self._writer_error)
+            if self.upload is not None:
+                self.upload.finish(error is None)
+                if self.upload.error is not None and error is None:
+                    error = str(self.upload.error)
             self.stop_event.set()
             if reporter.is_alive():
                 reporter.join(5)
@@ -217,100 +158,53 @@ class CaptureWorker(threading.Thread):
             self.on_exit(self)
 
     def _read_loop(self) -> None:
-        assert self.sock is not None
+        assert self.sock is not None and self.upload is not None
         deadline = time.monotonic() + self.job.time_limit
         batch = bytearray()
         while not self.stop_event.is_set():
             if time.monotonic() >= deadline:
                 self.stop_reason = self.stop_reason or "time_limit"
                 break
-            if self._writer_error is not None:
-                raise self._writer_error
+            if self.upload.error is not None:
+                raise self.upload.error
             packets = self._read_once(0.05, batch)
             if len(batch) >= FLUSH_BYTES or (batch and not packets):
                 # The batch itself goes to the writer (no copy); reading goes on in a new one.
-                self._out.put(batch)
+                self.upload.put(batch)
                 batch = bytearray()
         if batch:
-            self._out.put(batch)
+            self.upload.put(batch)
 
     def _drain(self) -> None:
-        assert self.sock is not None
+        assert self.sock is not None and self.upload is not None
         batch = bytearray()
         while self._read_once(0, batch):
             if len(batch) >= FLUSH_BYTES:
-                self._out.put(batch)
+                self.upload.put(batch)
                 batch = bytearray()
         if batch:
-            self._out.put(batch)
+            self.upload.put(batch)
         if self.stop_reason in ("packet_limit", "byte_limit"):
-            self.over_limit += len(self.pending)
+            self.over_limit += self.leases.discard()
         else:
             # Matched, but the capture ended before a lease for them arrived.
-            self.budget_dropped += len(self.pending)
-        self.pending.clear()
-        self.pending_bytes = 0
+            self.leases.dropped += self.leases.discard()
 
     def _read_once(self, timeout: float, batch: bytearray) -> int:
         """One receive: append what may be written as PCAP records; returns packets received."""
         assert self.sock is not None
-        if self.budget.unlimited:
+        if self.leases.budget.unlimited:
             got, size = self.sock.receive_records(timeout, batch)
             with self._lock:
                 self.written_packets += got
                 self.written_bytes += size
             return got
         packets = self.sock.receive(timeout)
-        self._budgeted(packets, batch)
-        return len(packets)
-
-    def _budgeted(self, packets: list[Any], batch: bytearray) -> None:
-        pending = self.pending
-        for p in packets:
-            pending.append(p)
-            self.pending_bytes += len(p.data)
-        written = written_bytes = 0
-        while pending and self.budget.try_take(len(pending[0].data)):
-            p = pending.popleft()
-            self.pending_bytes -= len(p.data)
-            batch += pcap.record(p)
-            written += 1
-            written_bytes += len(p.data)
-        while len(pending) > PENDING_MAX_PACKETS or self.pending_bytes > PENDING_MAX_BYTES:
-            self.pending_bytes -= len(pending.popleft().data)
-            self.budget_dropped += 1
+        written, written_bytes = self.leases.admit(packets, batch)
         with self._lock:
             self.written_packets += written
             self.written_bytes += written_bytes
-
-    def _write_loop(self, writer: Any, dest: Destination, bucket: Any) -> None:
-        finished = False
-        try:
-            while True:
-                chunk = self._out.get()
-                if isinstance(chunk, _End):
-                    finished = True
-                    break
-                writer.write(chunk)
-            if not chunk.complete:
-                # A local staging file is removed, an S3 multipart upload never completed.
-                writer.abort()
-                return
-            # A file bucket removed meanwhile would be recreated by the upload: refuse.
-            dest.check_same_bucket(bucket, self.job.object_name)
-            writer.close()
-        except Exception as exc:
-            self._writer_error = (
-                exc
-                if isinstance(exc, DestinationError)
-                else DestinationError(describe_failure(dest, "write", self.job.object_name, exc))
-            )
-            self.stop_event.set()
-            with contextlib.suppress(Exception):
-                writer.abort()
-            # Keep draining so that the reader never blocks on a full queue.
-            while not finished and not isinstance(self._out.get(), _End):
-                pass
+        return len(packets)
 
     def _remove_table(self) -> tuple[int, int]:
         self.table_installed = False
@@ -340,34 +234,11 @@ class CaptureWorker(threading.Thread):
                 "state": state,
                 "packets": self.written_packets,
                 "bytes": self.written_bytes,
-                "dropped": (sock.dropped if sock else 0) + self.budget_dropped,
+                "dropped": (sock.dropped if sock else 0) + self.leases.dropped,
                 "overruns": sock.overruns if sock else 0,
             }
-        if state == "running" and not self.budget.unlimited:
-            now = time.monotonic()
-            self._rate.append((now, report["packets"], report["bytes"]))
-            t0, p0, b0 = self._rate[0]
-            span = max(now - t0, REPORT_EVERY)
-            # Ask for about a second of traffic at the recent rate, at least a little.
-            rate_p = (report["packets"] - p0) / span
-            rate_b = (report["bytes"] - b0) / span
-            with self.budget.lock:
-                have_p, have_b = self.budget.packets, self.budget.bytes
-                if self.release_now:
-                    report["release_packets"], report["release_bytes"] = have_p, have_b
-                    self.budget.packets = self.budget.bytes = 0
-                    have_p = have_b = 0
-                    self.release_now = False
-            head = self.pending[0] if self.pending else None
-            if head is not None:
-                report["need_packets"] = 1 if self.budget.limited_packets else 0
-                report["need_bytes"] = len(head.data) if self.budget.limited_bytes else 0
-                want_p = max(64, int(rate_p * 1.0), len(self.pending))
-                want_b = max(64 << 10, int(rate_b * 1.0), self.pending_bytes)
-                if self.budget.limited_packets:
-                    report["want_packets"] = max(0, want_p - have_p)
-                if self.budget.limited_bytes:
-                    report["want_bytes"] = max(0, want_b - have_b)
+        if state == "running" and not self.leases.budget.unlimited:
+            self.leases.ask(report, time.monotonic(), REPORT_EVERY)
         return report
 
     def _report_loop(self) -> None:
@@ -390,9 +261,7 @@ class CaptureWorker(threading.Thread):
 
     def _take(self, answer: dict[str, Any]) -> None:
         """Act on the control plane's answer to a progress report."""
-        self.budget.add(answer.get("grant_packets", 0), answer.get("grant_bytes", 0))
-        if answer.get("release"):
-            self.release_now = True
+        self.leases.take(answer)
         if answer.get("stop"):
             self.stop_reason = self.stop_reason or answer.get("reason") or "stop"
             self.stop_event.set()
@@ -427,22 +296,6 @@ class CaptureWorker(threading.Thread):
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
         self.stop_event.set()
-
-
-def _probe(dest: Destination, object_name: str) -> None:
-    """Fail fast when the bucket cannot be reached, before anything is captured.
-
-    A file bucket: the machine's directory is opened (made if missing) below the bucket
-    root without following links, as the writer will; a link there fails the capture.
-    """
-    if dest.root is not None:
-        dest.writer(object_name).abort()
-        return
-    try:
-        stream = obstore.list(dest.store, object_name.rsplit("/", 1)[0], chunk_size=1)
-        next(iter(stream), None)
-    except Exception as exc:
-        raise DestinationError(describe_failure(dest, "list", object_name, exc)) from exc
 
 
 def _describe(exc: BaseException) -> str:
