@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edgepcap.agent.kernel import nflog
+from edgepcap.agent.kernel import nflog_messages as nflog
 from edgepcap.agent.kernel.nflog import NflogSocket
 from edgepcap.formats import pcapfile as pcap
 

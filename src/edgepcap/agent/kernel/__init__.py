@@ -1,2 +1,3 @@
-"""The agent's kernel work: nftables tables (`nft`), the NFLOG reader (`nflog`), network
-namespaces (`netns`). Imports only `formats` besides itself."""
+"""The agent's kernel work: nftables tables (`nft`), the NFLOG reader (`nflog`) and its
+messages' layout and parsing (`nflog_messages`), network namespaces (`netns`). Imports
+only `formats` besides itself."""
