@@ -23,7 +23,9 @@ log = logging.getLogger("edgepcap.agent")
 REPORT_EVERY = 0.2
 FINAL_REPORT_PATIENCE = 600.0  # seconds of retrying the end-of-capture report
 FLUSH_BYTES = 256 << 10
-NFLOG_RCVBUF = 32 << 20  # measured: no drops up to ~275 k pps (shared/MEASUREMENTS.md)
+# The NFLOG socket's receive buffer: deep enough that a reader busy for a moment drops
+# nothing at the lab's top rates (BENCHMARKS.md, full capture at top rate).
+NFLOG_RCVBUF = 32 << 20
 
 
 @dataclass

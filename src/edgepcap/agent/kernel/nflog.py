@@ -1,9 +1,9 @@
 """NFLOG over netlink: bind a log group, receive packets in batches, count kernel drops.
 The messages' layout and parsing are in `nflog_messages`.
 
-Hand-written because no maintained Python library speaks NFLOG with the batching and
-buffer tuning measured in shared/MEASUREMENTS.md (128 KiB batches, queue threshold,
-32 MiB receive buffer: 0 drops up to ~275 k pps here, beating tcpdump piped to Python).
+Hand-written because no maintained Python library speaks NFLOG with batching and buffer
+tuning: it reads 128 KiB batches, sets the group's queue threshold and a large receive
+buffer, and counts what the kernel dropped (figures: BENCHMARKS.md, full capture).
 """
 
 from __future__ import annotations

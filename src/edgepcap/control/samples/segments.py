@@ -1,8 +1,8 @@
 """The embedded sample store: per-partition, per-account segment files of fixed-size records.
 
-Chosen by measurement (shared/MEASUREMENTS.md: per-minute numpy files answered a 10 000
-packet query in 8-19 ms cold, faster than chDB, DuckDB or Parquet, and need no server and
-no file lock, so several API processes can share them). Each append writes new segments
+Chosen by measurement over chDB, DuckDB and Parquet: per-minute numpy files answered a
+cold 10 000-packet query fastest, and need no server and no file lock, so several API
+processes can share them (BENCHMARKS.md, sample captures). Each append writes new segments
 under a hidden name and publishes them by rename: a reader never sees half a file.
 Retention drops whole partition directories.
 """
