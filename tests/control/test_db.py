@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from edgepcap.control import reads as captures
+from edgepcap.control import reads
 from edgepcap.control.accounts import create_account
 from edgepcap.control.credentials import hash_secret
 from edgepcap.control.db import Database, database_url, fetch_all
@@ -112,12 +112,12 @@ def test_polled_reads_on_the_driver_return_what_sqlalchemy_returns(postgres, tmp
             account_id, token_hash = account.id, hash_secret(creds.api_token)
         one = {"account_id": account_id, "token_hash": token_hash, "id": f"{1:032x}"}
         reads = [
-            (captures._CHECKED[(True, False)], one),
-            (captures._CHECKED[(True, True)], one),
-            (captures._NEWEST, {"account_id": account_id}),
-            (captures._ONE, {"account_id": account_id, "id": f"{2:032x}"}),
-            (captures._PARTS, {"ids": [f"{1:032x}", f"{2:032x}"]}),
-            (captures._PARTS, {"ids": [f"{2:032x}"]}),  # another length of the IN list
+            (reads._CHECKED[(True, False)], one),
+            (reads._CHECKED[(True, True)], one),
+            (reads._NEWEST, {"account_id": account_id}),
+            (reads._ONE, {"account_id": account_id, "id": f"{2:032x}"}),
+            (reads._PARTS, {"ids": [f"{1:032x}", f"{2:032x}"]}),
+            (reads._PARTS, {"ids": [f"{2:032x}"]}),  # another length of the IN list
         ]
         for statement, params in reads:
             fast = db.read(lambda c, st=statement, p=params: fetch_all(c, st, p))
@@ -126,7 +126,7 @@ def test_polled_reads_on_the_driver_return_what_sqlalchemy_returns(postgres, tmp
             assert fast == slow and fast
         # They ran as the driver's prepared statements, on the kept connection.
         assert db.read(lambda c: prepared(c, "capture_machines")) >= 2
-        newest = db.read(lambda c: captures.views(c, account_id))
+        newest = db.read(lambda c: reads.views(c, account_id))
         assert [p["id"] for p, _ in newest] == [f"{i:032x}" for i in range(3)]
         assert [[m["packets"] for m in parts] for _, parts in newest] == [[], [7, 14], [7, 14]]
         assert newest[1][0]["filter_v1"] == {"protocol": 17, "destination_port": 53}
@@ -162,7 +162,7 @@ def test_a_driver_read_fails_as_sqlalchemy_would_and_survives_a_dropped_connecti
         assert dropped >= 2
         # The driver read finds the kept connection dead, and the retry must not be handed
         # the dead pooled one: it reads on a new connection.
-        assert db.read(lambda c: captures.views(c, "0" * 32)) == []
+        assert db.read(lambda c: reads.views(c, "0" * 32)) == []
         assert db.read(lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar_one()) != kept
     finally:
         db.close()
