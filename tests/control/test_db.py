@@ -111,7 +111,7 @@ def test_polled_reads_on_the_driver_return_what_sqlalchemy_returns(postgres, tmp
                 s.add(pcap)
             account_id, token_hash = account.id, hash_secret(creds.api_token)
         one = {"account_id": account_id, "token_hash": token_hash, "id": f"{1:032x}"}
-        reads = [
+        polled = [
             (reads._CHECKED[(True, False)], one),
             (reads._CHECKED[(True, True)], one),
             (reads._NEWEST, {"account_id": account_id}),
@@ -119,7 +119,7 @@ def test_polled_reads_on_the_driver_return_what_sqlalchemy_returns(postgres, tmp
             (reads._PARTS, {"ids": [f"{1:032x}", f"{2:032x}"]}),
             (reads._PARTS, {"ids": [f"{2:032x}"]}),  # another length of the IN list
         ]
-        for statement, params in reads:
+        for statement, params in polled:
             fast = db.read(lambda c, st=statement, p=params: fetch_all(c, st, p))
             with db.engine.connect() as conn:
                 slow = [dict(r) for r in conn.execute(statement, params).mappings()]
