@@ -9,12 +9,11 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, get_type_hints
 from fastapi import Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
 
-from edgepcap.formats.filters import FilterV1, Integral
+from edgepcap.formats.filters import PORT_PROTOCOLS, FilterV1, Integral
 from edgepcap.formats.packets import Decoded
 
 T = TypeVar("T")
 
-PORT_PROTOCOLS = (6, 17, 33, 132, 136)
 SIMPLE_TIME_LIMIT = 300
 FULL_TIME_LIMIT = 86_400
 MAX_PACKET_LIMIT = 10_000

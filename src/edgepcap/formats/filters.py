@@ -1,4 +1,5 @@
-"""The `filter_v1` capture filter: typed, validated fields and their match on a packet."""
+"""The `filter_v1` capture filter: typed, validated fields, the protocols whose ports it can
+match, and its one-line summary for people."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# tcp, udp, dccp, sctp, udplite: their headers start with the source and destination port,
+# so a port filter can match them, and only them.
+PORT_PROTOCOLS = (6, 17, 33, 132, 136)
 
 
 def integral(value: Any) -> int:
@@ -87,3 +91,17 @@ class FilterV1(BaseModel):
     @property
     def destination(self) -> IPAddress | None:
         return ipaddress.ip_address(self.destination_address) if self.destination_address else None
+
+
+def summary(f: dict[str, Any]) -> str:
+    """A `filter_v1` as given in the API (a dict, fields absent when unset) in one line,
+    such as `192.0.2.1:53 → any proto 17`. The dashboard's `filterSummary` (app.js) is a
+    copy of this in JavaScript: change both together."""
+    if not f:
+        return "all packets"
+    src = f.get("source_address", "any") + (f":{f['source_port']}" if "source_port" in f else "")
+    dst = f.get("destination_address", "any") + (
+        f":{f['destination_port']}" if "destination_port" in f else ""
+    )
+    proto = f" proto {f['protocol']}" if "protocol" in f else ""
+    return f"{src} → {dst}{proto}"

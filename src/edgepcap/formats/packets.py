@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Any
 
+from edgepcap.formats.filters import PORT_PROTOCOLS
 from edgepcap.formats.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_RAW, Packet, Reader
 
 PROTOCOLS = {
@@ -61,7 +62,7 @@ def decode(packet: Packet, linktype: int = LINKTYPE_RAW) -> Decoded:
         l4 = data[40:]
     else:
         l4 = b""
-    if proto_num in (6, 17, 33, 132, 136) and len(l4) >= 4:
+    if proto_num in PORT_PROTOCOLS and len(l4) >= 4:
         sport = int.from_bytes(l4[0:2], "big")
         dport = int.from_bytes(l4[2:4], "big")
     name = PROTOCOLS.get(proto_num, str(proto_num) if proto_num >= 0 else "?")

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgepcap.formats import filters
+
 SNAPLEN = 160
 ACCOUNT_BYTES = 16
 
@@ -36,7 +38,8 @@ STORED = np.dtype(
 WIRE = np.dtype(
     [("account", f"V{ACCOUNT_BYTES}"), *[(n, STORED.fields[n][0]) for n in STORED.names]]
 )
-PORT_PROTOCOLS = np.array([6, 17, 33, 132, 136], dtype=np.uint8)
+# filters.PORT_PROTOCOLS as an array, for np.isin over a batch of rows
+PORT_PROTOCOLS = np.array(filters.PORT_PROTOCOLS, dtype=np.uint8)
 MAPPED = np.uint64(0x0000FFFF00000000)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepcap.agent.kernel import netns
-from edgepcap.formats.filters import FilterV1
+from edgepcap.formats.filters import PORT_PROTOCOLS, FilterV1
 
 TABLE_PREFIX = "edgepcap_"
 PRIORITY_RAW = -300
@@ -22,7 +22,6 @@ PRIORITY_RAW = -300
 # interval set lookup ~120 ns, a compare rule ~10-15 ns; 4 prefixes as compares cost 60 %
 # of the set, 8 about as much as the set, so 4 keeps a clear gain (BENCHMARKS.md).
 INLINE_PREFIXES = 4
-PORT_PROTOCOLS = (6, 17, 33, 132, 136)  # tcp, udp, dccp, sctp, udplite: have th ports
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
