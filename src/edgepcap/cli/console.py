@@ -68,17 +68,6 @@ def _die(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _filter_summary(f: dict[str, Any]) -> str:
-    if not f:
-        return "all packets"
-    src = f.get("source_address", "any") + (f":{f['source_port']}" if "source_port" in f else "")
-    dst = f.get("destination_address", "any") + (
-        f":{f['destination_port']}" if "destination_port" in f else ""
-    )
-    proto = f" proto {f['protocol']}" if "protocol" in f else ""
-    return f"{src} → {dst}{proto}"
-
-
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
 
@@ -102,7 +91,9 @@ def _show(p: dict[str, Any]) -> None:
     ):
         if p.get(key) is not None:
             table.add_row(Text(key, style="bold"), str(p[key]))
-    table.add_row(Text("filter", style="bold"), _filter_summary(p.get("filter_v1") or {}))
+    from edgepcap.formats.filters import summary  # pydantic: loaded by the commands that show
+
+    table.add_row(Text("filter", style="bold"), summary(p.get("filter_v1") or {}))
     out.print(table)
     if p.get("machines"):
         machines = Table("machine", "state", "packets", "bytes", "dropped", "file / error")

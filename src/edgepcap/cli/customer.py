@@ -16,7 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 from rich.text import Text
 
-from edgepcap.cli.console import _die, _filter_summary, _id_column, _print_json, _show, err, out
+from edgepcap.cli.console import _die, _id_column, _print_json, _show, err, out
 from edgepcap.client import Client, ClientError, Settings
 
 Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
@@ -138,6 +138,8 @@ def list_(
     if as_json:
         _print_json(pcaps)
         return
+    from edgepcap.formats.filters import summary  # pydantic: loaded only for the table
+
     table = Table(_id_column(), "type", "colo", "filter", "submitted", "status", "packets")
     for p in pcaps:
         style = {"success": "green", "failed": "red", "running": "yellow"}.get(p["status"], "")
@@ -145,7 +147,7 @@ def list_(
             p["id"],
             p["type"],
             p.get("colo_name") or "-",
-            _filter_summary(p.get("filter_v1") or {}),
+            summary(p.get("filter_v1") or {}),
             p["submitted"],
             Text(p["status"], style=style),
             str(p["packets_captured"]),

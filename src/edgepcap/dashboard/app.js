@@ -44,6 +44,8 @@ function say(text) { $("#status").textContent = text; }
 
 function badge(status) { return `<span class="badge ${esc(status)}">${esc(status)}</span>`; }
 
+// A copy of edgepcap.formats.filters.summary (the CLI's): the same text for the same
+// filter, so change both together.
 function filterSummary(f) {
   if (!f || !Object.keys(f).length) return "all packets";
   const src = (f.source_address || "any") + (f.source_port != null ? `:${f.source_port}` : "");
