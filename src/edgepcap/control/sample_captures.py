@@ -33,15 +33,7 @@ class RateLimited(Exception):
 
 def sample_records(rows: np.ndarray) -> bytes:
     """PCAP records of stored samples, built with numpy: no per-packet Python work."""
-    n = len(rows)
-    header = np.zeros(n, dtype=[("sec", "<u4"), ("usec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
-    header["sec"] = rows["ts"] // 1_000_000_000
-    header["usec"] = (rows["ts"] % 1_000_000_000) // 1000
-    header["incl"] = rows["cap_len"]
-    header["orig"] = rows["orig_len"]
-    full = np.concatenate([header.view(np.uint8).reshape(n, 16), rows["data"]], axis=1)
-    keep = np.arange(16 + SNAPLEN)[None, :] < (16 + rows["cap_len"].astype(np.int64))[:, None]
-    return full[keep].tobytes()
+    return pcap_format.records(rows["ts"], rows["cap_len"], rows["orig_len"], rows["data"])
 
 
 def answer_sample(

@@ -37,7 +37,6 @@ from edgepcap.agent.kernel.nflog_messages import (
     NLMSG_ERROR,
     NLMSGHDR,
     PACKET_TYPE,
-    RECORD,
     SO_RCVBUFFORCE,
     SO_TIMESTAMPNS,
     SOL_SOCKET,
@@ -48,7 +47,7 @@ from edgepcap.agent.kernel.nflog_messages import (
     stamps_logged_packets,
     walk,
 )
-from edgepcap.formats.pcapfile import Packet
+from edgepcap.formats.pcapfile import RECORD_HEADER, Packet
 
 
 class NflogError(OSError):
@@ -169,7 +168,7 @@ class NflogSocket:
         """Append the PCAP records of the packet messages in `data` (one netlink read)."""
         n = len(data)
         offset = count = total = 0
-        pack_record = RECORD.pack
+        pack_record = RECORD_HEADER.pack
         layout = self._layout
         next_seq, lost = self._next_seq, 0
         while offset + 16 <= n:

@@ -36,7 +36,6 @@ PACKET_TYPE = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
 NLMSGHDR = struct.Struct("=IHHII")
 NFGENMSG = struct.Struct("!BBH")
 NLATTR = struct.Struct("=HH")
-RECORD = struct.Struct("<IIII")
 PACKET_HDR = struct.Struct("!HB")  # hardware protocol, hook
 NF_INET_FORWARD = 2  # hooks up to here are the ones where the kernel can stamp packets
 U32 = struct.Struct("!I")
