@@ -1,8 +1,9 @@
 """What both sides speak, and nothing else of edgepcap.
 
-* `pcapfile` — PCAP files: records, streaming reader and writer, merge by time.
+* `pcapfile` — PCAP files: the record layout and its writers (one packet; a numpy batch),
+  streaming reader, merge by time.
 * `packets` — decoding packets for previews and summaries.
-* `filters` — `filter_v1`, typed and validated.
+* `filters` — `filter_v1`, typed and validated; the protocols that have ports; its summary.
 * `samples` — sample records: the fixed-size rows agents ship and the stores keep.
 
 Imports nothing else of edgepcap.
