@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from edgepcap.formats import protocol
 from edgepcap.lab import lab as labmod
 
 
@@ -105,7 +106,7 @@ def main() -> int:
         sampler.join()
         files = {
             p.parent.name: p.stat().st_size
-            for p in Path(info["destination_conf"][7:]).glob(f"*/pcap_{pcap_id}.pcap")
+            for p in Path(info["destination_conf"][7:]).glob(protocol.object_name("*", pcap_id))
         }
         out = {
             "figure": "agent peak RSS during a full capture",

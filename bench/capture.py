@@ -19,10 +19,12 @@ from bench.topology import DST, SINK, Topology, pair, routed
 from edgepcap.agent import sampler
 from edgepcap.agent.agent import bound_malloc
 from edgepcap.agent.kernel import netns, nft
-from edgepcap.agent.worker import CaptureWorker, Job
+from edgepcap.agent.worker import CaptureWorker
 from edgepcap.destinations import StoreSettings
+from edgepcap.formats import protocol
 from edgepcap.formats.filters import FilterV1
 from edgepcap.formats.pcapfile import GLOBAL_HEADER, parse_global_header
+from edgepcap.formats.protocol import Job
 
 # Seconds tcpdump keeps reading after the generator ends: the kernel holds a last partial
 # batch up to 1 s, on NFLOG (NFULNL_TIMEOUT_DEFAULT, which libpcap leaves) and on AF_PACKET
@@ -39,10 +41,10 @@ class LocalControlPlane:
     machine = "bench01"
 
     def __init__(self) -> None:
-        self.final: dict[str, Any] = {}
+        self.final: protocol.ReportWire = {}
 
-    def report(self, _pcap_id: str, report: dict[str, Any]) -> dict[str, Any]:
-        if report["state"] != "running":
+    def report(self, _pcap_id: str, report: protocol.ReportWire) -> dict[str, Any]:
+        if report["state"] != protocol.RUNNING:
             self.final = report
         return {}
 

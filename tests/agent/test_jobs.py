@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgepcap.agent.worker import Job
+from edgepcap.formats.protocol import Job
 
 GOOD = {
     "id": "a" * 32,

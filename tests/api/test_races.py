@@ -14,6 +14,7 @@ from edgepcap.control.accounts import create_account
 from edgepcap.control.credentials import new_id
 from edgepcap.control.db import open_database
 from edgepcap.control.models import Pcap
+from edgepcap.formats import protocol
 from tests.support.api import SIMPLE, full
 from tests.support.servers import S3_ENV, register_machine, start_server, stop_server
 from tests.support.stack import Stack
@@ -107,12 +108,12 @@ def _running_capture(db) -> str:
         pcap_id = pcap.id
     for m in NAMES:
         with db.session() as s:
-            execution.report(s, m, BOOT, pcap_id, execution.Report(state="running"))
+            execution.report(s, m, BOOT, pcap_id, protocol.Report(state="running"))
     return pcap_id
 
 
-def _done(pcap_id: str, machine: str) -> execution.Report:
-    return execution.Report(state="done", object_name=f"{machine}/pcap_{pcap_id}.pcap")
+def _done(pcap_id: str, machine: str) -> protocol.Report:
+    return protocol.Report(state="done", object_name=f"{machine}/pcap_{pcap_id}.pcap")
 
 
 @pytest.fixture

@@ -14,8 +14,10 @@ from typing import Any
 from edgepcap.agent.control_plane import ControlPlane, ControlPlaneError
 from edgepcap.agent.kernel import nft
 from edgepcap.agent.sampler import Sampler
-from edgepcap.agent.worker import NFLOG_RCVBUF, CaptureWorker, Job
+from edgepcap.agent.worker import NFLOG_RCVBUF, CaptureWorker
 from edgepcap.destinations import StoreSettings
+from edgepcap.formats import protocol
+from edgepcap.formats.protocol import Job
 
 log = logging.getLogger("edgepcap.agent")
 GROUPS = range(1000, 2000)  # NFLOG groups for full captures; one per running capture
@@ -136,9 +138,12 @@ class Agent:
     def _refuse(self, pcap_id: str, message: str) -> None:
         if len(pcap_id) == 32:
             try:
-                self.cp.report(
-                    pcap_id, {"state": "failed", "error": message, "end_reason": "error"}
-                )
+                refusal: protocol.ReportWire = {
+                    "state": protocol.FAILED,
+                    "error": message,
+                    "end_reason": protocol.ERROR,
+                }
+                self.cp.report(pcap_id, refusal)
             except Exception as exc:
                 log.warning("could not report refusal of %s: %s", pcap_id, exc)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepcap.formats import pcapfile as pcap
+from edgepcap.formats.protocol import Answer, ReportWire
 
 PENDING_MAX_PACKETS = 200_000
 PENDING_MAX_BYTES = 64 << 20
@@ -85,7 +86,7 @@ class Leases:
         self.pending_bytes = 0
         return count
 
-    def ask(self, report: dict[str, Any], now: float, min_span: float) -> None:
+    def ask(self, report: ReportWire, now: float, min_span: float) -> None:
         """Add to a running progress report what it gives back and asks for."""
         self._rate.append((now, report["packets"], report["bytes"]))
         t0, p0, b0 = self._rate[0]
@@ -111,8 +112,8 @@ class Leases:
             if self.budget.limited_bytes:
                 report["want_bytes"] = max(0, want_b - have_b)
 
-    def take(self, answer: dict[str, Any]) -> None:
+    def take(self, answer: Answer) -> None:
         """The grants and release of the control plane's answer to a progress report."""
-        self.budget.add(answer.get("grant_packets", 0), answer.get("grant_bytes", 0))
-        if answer.get("release"):
+        self.budget.add(answer.grant_packets, answer.grant_bytes)
+        if answer.release:
             self.release_now = True

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from edgepcap.formats.protocol import ReportWire
+
 
 class ControlPlaneError(RuntimeError):
     pass
@@ -83,7 +85,7 @@ class ControlPlane:
         answer.setdefault("stop", [])
         return answer
 
-    def report(self, pcap_id: str, report: dict[str, Any]) -> dict[str, Any]:
+    def report(self, pcap_id: str, report: ReportWire) -> dict[str, Any]:
         return self._call("POST", f"/captures/{pcap_id}/report", json={**self.me, **report})
 
     def close(self) -> None:

@@ -3,11 +3,9 @@ The lease arithmetic is in `budget`, the writer thread in `upload`."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from edgepcap.agent.budget import Leases
@@ -17,7 +15,8 @@ from edgepcap.agent.kernel.nflog import NflogSocket
 from edgepcap.agent.upload import Upload, probe
 from edgepcap.destinations import StoreSettings, parse
 from edgepcap.formats import pcapfile as pcap
-from edgepcap.formats.filters import FilterV1
+from edgepcap.formats import protocol
+from edgepcap.formats.protocol import Answer, Job, ReportWire
 
 log = logging.getLogger("edgepcap.agent")
 REPORT_EVERY = 0.2
@@ -26,45 +25,6 @@ FLUSH_BYTES = 256 << 10
 # The NFLOG socket's receive buffer: deep enough that a reader busy for a moment drops
 # nothing at the lab's top rates (BENCHMARKS.md, full capture at top rate).
 NFLOG_RCVBUF = 32 << 20
-
-
-@dataclass
-class Job:
-    """A capture job as the control plane sends it, checked before it reaches the kernel."""
-
-    id: str
-    prefixes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-    filter: FilterV1
-    time_limit: int
-    packet_limit: int | None
-    byte_limit: int | None
-    destination_conf: str
-    object_name: str
-
-    @classmethod
-    def parse(cls, raw: dict[str, Any], machine: str) -> Job:
-        pcap_id = str(raw["id"])
-        if len(pcap_id) != 32 or any(c not in "0123456789abcdef" for c in pcap_id):
-            raise ValueError(f"job id {pcap_id!r} is not 32 hex digits")
-        prefixes = [ipaddress.ip_network(p, strict=True) for p in raw["prefixes"]]
-        if not prefixes:
-            raise ValueError("job has no account prefixes: refusing to capture everything")
-        time_limit = int(raw["time_limit"])
-        if not 1 <= time_limit <= 86_400:
-            raise ValueError(f"job time_limit {time_limit} out of range")
-        object_name = f"{machine}/pcap_{pcap_id}.pcap"
-        if raw.get("object_name") != object_name:
-            raise ValueError(f"job object name {raw.get('object_name')!r} is not {object_name}")
-        return cls(
-            id=pcap_id,
-            prefixes=prefixes,
-            filter=FilterV1.model_validate(raw.get("filter_v1") or {}),
-            time_limit=time_limit,
-            packet_limit=raw.get("packet_limit"),
-            byte_limit=raw.get("byte_limit"),
-            destination_conf=str(raw["destination_conf"]),
-            object_name=object_name,
-        )
 
 
 class CaptureWorker(threading.Thread):
@@ -165,7 +125,7 @@ class CaptureWorker(threading.Thread):
         batch = bytearray()
         while not self.stop_event.is_set():
             if time.monotonic() >= deadline:
-                self.stop_reason = self.stop_reason or "time_limit"
+                self.stop_reason = self.stop_reason or protocol.TIME_LIMIT
                 break
             if self.upload.error is not None:
                 raise self.upload.error
@@ -186,7 +146,7 @@ class CaptureWorker(threading.Thread):
                 batch = bytearray()
         if batch:
             self.upload.put(batch)
-        if self.stop_reason in ("packet_limit", "byte_limit"):
+        if self.stop_reason in protocol.LIMIT_REASONS:
             self.over_limit += self.leases.discard()
         else:
             # Matched, but the capture ended before a lease for them arrived.
@@ -229,17 +189,17 @@ class CaptureWorker(threading.Thread):
 
     # -- reporting -----------------------------------------------------------------
 
-    def _snapshot(self, state: str) -> dict[str, Any]:
+    def _snapshot(self, state: str) -> ReportWire:
         sock = self.sock
         with self._lock:
-            report: dict[str, Any] = {
+            report: ReportWire = {
                 "state": state,
                 "packets": self.written_packets,
                 "bytes": self.written_bytes,
                 "dropped": (sock.dropped if sock else 0) + self.leases.dropped,
                 "overruns": sock.overruns if sock else 0,
             }
-        if state == "running" and not self.leases.budget.unlimited:
+        if state == protocol.RUNNING and not self.leases.budget.unlimited:
             self.leases.ask(report, time.monotonic(), REPORT_EVERY)
         return report
 
@@ -248,7 +208,7 @@ class CaptureWorker(threading.Thread):
         # The first report goes at once: it is what makes the capture `running`.
         while not self.stop_event.is_set():
             try:
-                answer = self.cp.report(self.job.id, self._snapshot("running"))
+                answer = self.cp.report(self.job.id, self._snapshot(protocol.RUNNING))
             except Exception as exc:
                 # The control plane may be away for a while; the capture goes on.
                 if failures % 50 == 0:
@@ -258,25 +218,25 @@ class CaptureWorker(threading.Thread):
                 if failures:
                     log.info("progress reports for %s reach the control plane again", self.job.id)
                     failures = 0
-                self._take(answer)
+                self._take(Answer.from_wire(answer))
             self.stop_event.wait(REPORT_EVERY)
 
-    def _take(self, answer: dict[str, Any]) -> None:
+    def _take(self, answer: Answer) -> None:
         """Act on the control plane's answer to a progress report."""
         self.leases.take(answer)
-        if answer.get("stop"):
-            self.stop_reason = self.stop_reason or answer.get("reason") or "stop"
+        if answer.stop:
+            self.stop_reason = self.stop_reason or answer.reason or protocol.STOP
             self.stop_event.set()
 
     def _final_report(self, error: str | None, kernel: tuple[int, int]) -> None:
-        report = self._snapshot("failed" if error else "done")
+        report = self._snapshot(protocol.FAILED if error else protocol.DONE)
         report["kernel_matched"] = kernel[0]
         # The rule's counter is the truth: losses at the very end leave no gap in the
         # NFLOG sequence numbers to see.
         unaccounted = kernel[0] - report["packets"] - self.over_limit
         report["dropped"] = max(report["dropped"], unaccounted)
         report["error"] = error
-        report["end_reason"] = "error" if error else self.stop_reason
+        report["end_reason"] = protocol.ERROR if error else self.stop_reason
         report["object_name"] = None if error else self.job.object_name
         # The file is complete: keep telling the control plane until it listens again (it
         # may be restarting, or its database may be), or it would count this part lost.

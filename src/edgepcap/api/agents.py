@@ -16,6 +16,7 @@ from edgepcap.api.errors import APIError, Code
 from edgepcap.control import execution, fleet
 from edgepcap.control.models import Machine, Pcap
 from edgepcap.control.samples import admission
+from edgepcap.formats import protocol
 from edgepcap.formats import samples as records
 
 PREFIX = "/agent/v1"
@@ -87,25 +88,12 @@ class BeatIn(Beat):
     stats: dict[str, int] = Field(default_factory=dict, max_length=32)
 
 
-class ReportIn(Beat):
-    state: str = Field(pattern=r"^(running|done|failed)$")
-    packets: int = Field(0, ge=0)
-    bytes: int = Field(0, ge=0)
-    kernel_matched: int = Field(0, ge=0)
-    dropped: int = Field(0, ge=0)
-    overruns: int = Field(0, ge=0)
-    want_packets: int = Field(0, ge=0)
-    want_bytes: int = Field(0, ge=0)
-    need_packets: int = Field(0, ge=0)
-    need_bytes: int = Field(0, ge=0)
-    release_packets: int = Field(0, ge=0)
-    release_bytes: int = Field(0, ge=0)
-    object_name: str | None = Field(None, max_length=1024)
-    error: str | None = Field(None, max_length=2000)
-    end_reason: str | None = Field(None, max_length=32)
+# A report, with the machine and boot it comes from (Beat's fields first, as agents send them).
+class ReportIn(protocol.Report, Beat):
+    pass
 
 
-def job(pcap: Pcap, machine: str) -> dict[str, Any]:
+def job(pcap: Pcap, machine: str) -> protocol.JobWire:
     return {
         "id": pcap.id,
         "account_id": pcap.account_id,
@@ -115,7 +103,7 @@ def job(pcap: Pcap, machine: str) -> dict[str, Any]:
         "packet_limit": pcap.packet_limit,
         "byte_limit": pcap.byte_limit,
         "destination_conf": pcap.destination_conf,
-        "object_name": execution.object_name(machine, pcap.id),
+        "object_name": protocol.object_name(machine, pcap.id),
     }
 
 
@@ -147,7 +135,7 @@ def heartbeat(request: Request, caller: Agent, body: BeatIn) -> dict[str, Any]:
 
 def _poll(
     request: Request, machine: str, boot_id: str, running: list[str]
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]] | None:
+) -> tuple[list[protocol.JobWire], list[dict[str, str]]] | None:
     with request.app.state.db.session() as session:
         known = session.get(Machine, machine)
         if known is None or known.boot_id != boot_id:
@@ -210,7 +198,7 @@ async def jobs(
 @router.post("/captures/{pcap_id}/report")
 def report(request: Request, caller: Agent, pcap_id: str, body: ReportIn) -> dict[str, Any]:
     caller.check(body.machine)
-    rep = execution.Report(**body.model_dump(exclude={"machine", "boot_id"}))
+    rep = protocol.Report.model_construct(**body.model_dump(exclude={"machine", "boot_id"}))
     with request.app.state.db.session() as session:
         # Only the machine's current run reports: a previous run (or a copy of its key
         # elsewhere) must not take over a part that no current worker is capturing.

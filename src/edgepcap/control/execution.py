@@ -9,7 +9,6 @@ whichever API process answers.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, aliased
@@ -23,45 +22,11 @@ from edgepcap.control.models import (
     Pcap,
     utcnow,
 )
+from edgepcap.formats import protocol
+from edgepcap.formats.protocol import Answer, Report, object_name
 
 # A machine that stops reporting progress for this long while running is lost.
 REPORT_TIMEOUT = dt.timedelta(seconds=10)
-
-
-@dataclass
-class Report:
-    """What an agent tells about its part of a capture."""
-
-    state: str  # running | done | failed
-    packets: int = 0
-    bytes: int = 0
-    kernel_matched: int = 0
-    dropped: int = 0
-    overruns: int = 0
-    want_packets: int = 0
-    want_bytes: int = 0
-    need_packets: int = 0
-    need_bytes: int = 0
-    release_packets: int = 0
-    release_bytes: int = 0
-    object_name: str | None = None
-    error: str | None = None
-    end_reason: str | None = None
-
-
-@dataclass
-class Answer:
-    stop: bool = False
-    release: bool = False
-    grant_packets: int = 0
-    grant_bytes: int = 0
-    reason: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
-
-
-def object_name(machine: str, pcap_id: str) -> str:
-    """Where a machine writes its part of a full capture, in the capture's bucket."""
-    return f"{machine}/pcap_{pcap_id}.pcap"
 
 
 def reported_objects(pcap: Pcap) -> list[str]:
@@ -82,7 +47,7 @@ def assign(session: Session, pcap: Pcap, targets: list[Machine]) -> None:
         names = ", ".join(m.name for m in targets)
         pcap.status = "failed"
         pcap.finished = now
-        pcap.end_reason = "error"
+        pcap.end_reason = protocol.ERROR
         pcap.error_message = (
             f"no live machine in {pcap.colo_name}: {names} sent no heartbeat in the last "
             f"{int(fleet.HEARTBEAT_TIMEOUT.total_seconds())} s"
@@ -120,8 +85,8 @@ def stops_for(session: Session, machine: str, pcap_ids: list[str]) -> list[tuple
         if part.state not in MACHINE_ACTIVE:
             reason = part.error or "this part of the capture has ended"
         elif pcap.stop_requested is not None:
-            reason = "stop"
-        elif pcap.end_reason in ("packet_limit", "byte_limit"):
+            reason = protocol.STOP
+        elif pcap.end_reason in protocol.LIMIT_REASONS:
             reason = pcap.end_reason
         found[pcap.id] = reason
     out = [(i, r) for i, r in found.items() if r]
@@ -177,7 +142,7 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
     # other still active (write skew): their end reports take the capture's row in turn,
     # and finish_if_done then reads the other parts as committed. Lock order: part, then
     # capture, as progress reports do (their budget updates).
-    ending = rep.state in ("done", "failed")
+    ending = rep.state in protocol.ENDED_STATES
     part = session.get(CaptureMachine, (pcap_id, machine), with_for_update=ending)
     pcap = session.get(Pcap, pcap_id, with_for_update=ending)
     if part is None or pcap is None:
@@ -205,7 +170,7 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
         part.granted_bytes -= rel_b
 
     answer = Answer()
-    if rep.state in ("done", "failed"):
+    if rep.state in protocol.ENDED_STATES:
         part.state = rep.state
         part.finished = now
         part.error = rep.error
@@ -224,9 +189,9 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
 
     deadline = pcap.started + dt.timedelta(seconds=pcap.time_limit) if pcap.started else None
     if pcap.stop_requested is not None:
-        answer.stop, answer.reason = True, "stop"
+        answer.stop, answer.reason = True, protocol.STOP
     elif deadline is not None and now >= deadline:
-        answer.stop, answer.reason = True, "time_limit"
+        answer.stop, answer.reason = True, protocol.TIME_LIMIT
     elif rep.need_packets or rep.need_bytes or rep.want_packets or rep.want_bytes:
         session.flush()
         want_p = max(rep.want_packets, rep.need_packets)
@@ -247,16 +212,16 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
             others_p, others_b = _outstanding(list(pcap.machines), machine)
             # The waiting packet can never be written: nothing left anywhere.
             if short_p and have_p + others_p + (pcap.packets_left or 0) < rep.need_packets:
-                _end_by_limit(pcap, "packet_limit")
+                _end_by_limit(pcap, protocol.PACKET_LIMIT)
             elif short_b and have_b + others_b + (pcap.bytes_left or 0) < rep.need_bytes:
-                _end_by_limit(pcap, "byte_limit")
+                _end_by_limit(pcap, protocol.BYTE_LIMIT)
             else:
                 pcap.reclaim = True
         elif pcap.reclaim:
             pcap.reclaim = False
-        if pcap.end_reason in ("packet_limit", "byte_limit"):
+        if pcap.end_reason in protocol.LIMIT_REASONS:
             answer.stop, answer.reason = True, pcap.end_reason
-    if pcap.end_reason in ("packet_limit", "byte_limit"):
+    if pcap.end_reason in protocol.LIMIT_REASONS:
         answer.stop, answer.reason = True, pcap.end_reason
     answer.release = bool(pcap.reclaim) and not answer.stop
     _refresh_totals(pcap)
@@ -302,7 +267,7 @@ def finish_if_done(session: Session, pcap: Pcap) -> bool:
             notes.insert(0, f"no packets matched the filter on {where} during the capture")
     else:
         pcap.status = "failed"
-        pcap.end_reason = "error"
+        pcap.end_reason = protocol.ERROR
     pcap.error_message = "; ".join(notes) or None
     session.flush()
     return True
@@ -312,7 +277,7 @@ def stop(session: Session, pcap: Pcap) -> None:
     """Record a stop: machines that never started are done at once, the rest stop on report."""
     now = utcnow()
     pcap.stop_requested = pcap.stop_requested or now
-    pcap.end_reason = pcap.end_reason or "stop"
+    pcap.end_reason = pcap.end_reason or protocol.STOP
     for m in pcap.machines:
         if m.state == "assigned":
             m.state = "done"

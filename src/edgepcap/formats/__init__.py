@@ -5,6 +5,8 @@
 * `packets` — decoding packets for previews and summaries.
 * `filters` — `filter_v1`, typed and validated; the protocols that have ports; its summary.
 * `samples` — sample records: the fixed-size rows agents ship and the stores keep.
+* `protocol` — the agent protocol: jobs, progress/end reports, answers, end reasons,
+  and the object name of a machine's part of a full capture.
 
 Imports nothing else of edgepcap.
 """

@@ -1,0 +1,150 @@
+"""The agent protocol (`/agent/v1`), as both sides speak it: the job an agent receives,
+the report it sends about its part of a full capture, the answer to that report, the
+reasons a capture ends, and where a machine writes its part.
+
+The field names and their meanings are the wire: old and new agents and control planes
+talk to each other, so a field may be added (with a default) but never renamed or dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields
+from typing import Any, TypedDict
+
+from pydantic import BaseModel, Field
+
+from edgepcap.formats.filters import FilterV1
+
+# Why a capture (or one machine's part of it) ended: the `end_reason` of a report and of
+# a capture, and the `reason` of an answer that says stop.
+TIME_LIMIT = "time_limit"
+PACKET_LIMIT = "packet_limit"
+BYTE_LIMIT = "byte_limit"
+STOP = "stop"
+ERROR = "error"
+LIMIT_REASONS = (PACKET_LIMIT, BYTE_LIMIT)
+
+# The states of a machine's part, as its reports give them.
+RUNNING, DONE, FAILED = "running", "done", "failed"
+ENDED_STATES = (DONE, FAILED)
+
+
+def object_name(machine: str, pcap_id: str) -> str:
+    """Where a machine writes its part of a full capture, in the capture's bucket."""
+    return f"{machine}/pcap_{pcap_id}.pcap"
+
+
+class JobWire(TypedDict):
+    """A job as the control plane sends it (`GET /jobs`, `jobs[]`)."""
+
+    id: str
+    account_id: str
+    prefixes: list[str]
+    filter_v1: dict[str, Any]
+    time_limit: int
+    packet_limit: int | None
+    byte_limit: int | None
+    destination_conf: str
+    object_name: str
+
+
+@dataclass
+class Job:
+    """A capture job as the agent runs it, checked before it reaches the kernel."""
+
+    id: str
+    prefixes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    filter: FilterV1
+    time_limit: int
+    packet_limit: int | None
+    byte_limit: int | None
+    destination_conf: str
+    object_name: str
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], machine: str) -> Job:
+        pcap_id = str(raw["id"])
+        if len(pcap_id) != 32 or any(c not in "0123456789abcdef" for c in pcap_id):
+            raise ValueError(f"job id {pcap_id!r} is not 32 hex digits")
+        prefixes = [ipaddress.ip_network(p, strict=True) for p in raw["prefixes"]]
+        if not prefixes:
+            raise ValueError("job has no account prefixes: refusing to capture everything")
+        time_limit = int(raw["time_limit"])
+        if not 1 <= time_limit <= 86_400:
+            raise ValueError(f"job time_limit {time_limit} out of range")
+        expected = object_name(machine, pcap_id)
+        if raw.get("object_name") != expected:
+            raise ValueError(f"job object name {raw.get('object_name')!r} is not {expected}")
+        return cls(
+            id=pcap_id,
+            prefixes=prefixes,
+            filter=FilterV1.model_validate(raw.get("filter_v1") or {}),
+            time_limit=time_limit,
+            packet_limit=raw.get("packet_limit"),
+            byte_limit=raw.get("byte_limit"),
+            destination_conf=str(raw["destination_conf"]),
+            object_name=expected,
+        )
+
+
+class Report(BaseModel):
+    """What an agent tells about its part of a capture (`POST /captures/{id}/report`,
+    besides the machine and boot it comes from). An agent sends only the fields it has
+    something to say in; the others are 0 or null."""
+
+    state: str = Field(pattern=r"^(running|done|failed)$")
+    packets: int = Field(0, ge=0)
+    bytes: int = Field(0, ge=0)
+    kernel_matched: int = Field(0, ge=0)
+    dropped: int = Field(0, ge=0)
+    overruns: int = Field(0, ge=0)
+    # Budget leases of a limited capture: wanted ahead, needed now, given back.
+    want_packets: int = Field(0, ge=0)
+    want_bytes: int = Field(0, ge=0)
+    need_packets: int = Field(0, ge=0)
+    need_bytes: int = Field(0, ge=0)
+    release_packets: int = Field(0, ge=0)
+    release_bytes: int = Field(0, ge=0)
+    object_name: str | None = Field(None, max_length=1024)
+    error: str | None = Field(None, max_length=2000)
+    end_reason: str | None = Field(None, max_length=32)
+
+
+class ReportWire(TypedDict, total=False):
+    """A `Report` as the agent builds it: the same keys, only those it has a value for."""
+
+    state: str
+    packets: int
+    bytes: int
+    kernel_matched: int
+    dropped: int
+    overruns: int
+    want_packets: int
+    want_bytes: int
+    need_packets: int
+    need_bytes: int
+    release_packets: int
+    release_bytes: int
+    object_name: str | None
+    error: str | None
+    end_reason: str | None
+
+
+@dataclass
+class Answer:
+    """The control plane's answer to a report: stop (and why), give back leases, or
+    take these grants."""
+
+    stop: bool = False
+    release: bool = False
+    grant_packets: int = 0
+    grant_bytes: int = 0
+    reason: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> Answer:
+        """The answer as received; fields it lacks keep their defaults, unknown ones
+        (from a newer control plane) are ignored."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
