@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgepcap.agent.control_plane import ControlPlane, ControlPlaneError
+from edgepcap.agent.control_plane import ControlPlane, ControlPlaneError, ReRegister
 from edgepcap.agent.kernel import nft
 from edgepcap.agent.sampler import Sampler
 from edgepcap.agent.worker import NFLOG_RCVBUF, CaptureWorker
@@ -72,11 +72,10 @@ class Agent:
         while not self.stopping.wait(self.heartbeat_interval):
             try:
                 self.cp.heartbeat(self.sampler.snapshot() if self.sampler else None)
+            except ReRegister:
+                self._register()
             except ControlPlaneError as exc:
-                if str(exc) == "re-register":
-                    self._register()
-                else:
-                    log.warning("heartbeat failed: %s", exc)
+                log.warning("heartbeat failed: %s", exc)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -87,12 +86,12 @@ class Agent:
             asked = time.monotonic()
             try:
                 answer = self.cp.jobs(wait=20, running=running)
+            except ReRegister:
+                self._register()
+                continue
             except ControlPlaneError as exc:
-                if str(exc) == "re-register":
-                    self._register()
-                else:
-                    log.warning("job poll failed: %s", exc)
-                    self.stopping.wait(1.0)
+                log.warning("job poll failed: %s", exc)
+                self.stopping.wait(1.0)
                 continue
             except Exception as exc:
                 log.warning("job poll failed: %s", exc)

@@ -13,7 +13,15 @@ from edgepcap.formats.protocol import ReportWire
 
 
 class ControlPlaneError(RuntimeError):
-    pass
+    """A call the control plane refused or failed; the message says why."""
+
+
+class ReRegister(ControlPlaneError):
+    """HTTP 409: the control plane does not know this machine or this boot of its agent;
+    the agent registers again and carries on."""
+
+    def __init__(self) -> None:
+        super().__init__("re-register")
 
 
 class ControlPlane:
@@ -47,7 +55,7 @@ class ControlPlane:
                 ) from exc
             raise
         if r.status_code == 409:
-            raise ControlPlaneError("re-register")
+            raise ReRegister()
         if r.status_code >= 400:
             try:
                 message = r.json()["errors"][0]["message"]

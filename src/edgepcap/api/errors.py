@@ -1,4 +1,5 @@
-"""Cloudflare's response envelope and the error codes edgepcap answers with."""
+"""Cloudflare's response envelope, the error codes edgepcap answers with, and the HTTP
+answer to each refusal of the control plane (`control.errors`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgepcap.control import errors as refusals
 
 log = logging.getLogger("edgepcap.api")
 
@@ -55,6 +58,31 @@ class APIError(Exception):
         self.status = status
         self.errors = [(code, message), *(extra or [])]
         self.headers = headers
+
+
+# Each refusal's status and code, by its class (its own or its nearest listed base).
+REFUSALS: dict[type[refusals.Refused], tuple[int, Code]] = {
+    refusals.NotFound: (404, Code.NOT_FOUND),
+    refusals.InvalidRequest: (400, Code.INVALID_VALUE),
+    refusals.DestinationInvalid: (400, Code.DESTINATION_INVALID),
+    refusals.BucketNotValidated: (400, Code.DESTINATION_NOT_VALIDATED),
+    refusals.WrongState: (409, Code.WRONG_STATE),
+    refusals.SampleRateLimited: (429, Code.SAMPLE_RATE_LIMITED),
+    refusals.FullRateLimited: (429, Code.FULL_CAPTURE_RATE_LIMITED),
+    refusals.FullCaptureBusy: (429, Code.FULL_CAPTURE_ACTIVE),
+    refusals.ChallengeMismatch: (400, Code.CHALLENGE_MISMATCH),
+    refusals.ChallengeUnreachable: (400, Code.DESTINATION_UNREACHABLE),
+}
+
+
+def refused(exc: refusals.Refused) -> APIError:
+    """The HTTP answer to a refusal: its status and code, its message, and Retry-After
+    when it says how long to wait."""
+    status, code = next(REFUSALS[c] for c in type(exc).__mro__ if c in REFUSALS)
+    headers = None
+    if isinstance(exc, refusals.RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
+    return APIError(status, code, str(exc), headers=headers)
 
 
 def envelope(result: Any) -> dict[str, Any]:

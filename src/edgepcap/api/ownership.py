@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from edgepcap.api.auth import Caller, caller
-from edgepcap.api.errors import APIError, Code, envelope
+from edgepcap.api.errors import APIError, Code, envelope, refused
 from edgepcap.api.pcaps import check_id
 from edgepcap.api.schemas import (
     BucketId,
@@ -21,6 +21,7 @@ from edgepcap.api.schemas import (
 from edgepcap.api.timefmt import rfc3339
 from edgepcap.bucket_urls import DestinationError
 from edgepcap.control import ownership
+from edgepcap.control.errors import ChallengeMismatch, Refused
 from edgepcap.control.models import Bucket
 
 router = APIRouter(responses=error_responses(400, 401, 403, 503))
@@ -38,20 +39,6 @@ def render(bucket: Bucket) -> dict[str, Any]:
     }
 
 
-def _destination_error(exc: DestinationError) -> APIError:
-    text = str(exc)
-    code = (
-        Code.DESTINATION_UNREACHABLE if text.startswith("could not") else Code.DESTINATION_INVALID
-    )
-    return APIError(400, code, text)
-
-
-def _ownership_error(exc: ownership.OwnershipError) -> APIError:
-    if exc.kind == "not_found":
-        return APIError(404, Code.NOT_FOUND, str(exc))
-    return APIError(400, Code.CHALLENGE_MISMATCH, str(exc))
-
-
 @router.post(
     "/accounts/{account_id}/pcaps/ownership",
     response_model=Envelope[OwnershipOut],
@@ -64,7 +51,9 @@ def add_bucket(request: Request, who: Account, body: OwnershipCreate) -> dict[st
         try:
             bucket = ownership.add(session, who.account_id, body.destination_conf, state.stores)
         except DestinationError as exc:
-            raise _destination_error(exc) from exc
+            raise APIError(400, Code.DESTINATION_INVALID, str(exc)) from exc
+        except Refused as exc:
+            raise refused(exc) from exc
         return envelope(render(bucket))
 
 
@@ -92,10 +81,11 @@ def validate_bucket(request: Request, who: Account, body: OwnershipValidate) -> 
                 state.stores,
             )
         except DestinationError as exc:
-            raise _destination_error(exc) from exc
-        except ownership.OwnershipError as exc:
-            session.commit()  # keep the recorded `failed` status
-            raise _ownership_error(exc) from exc
+            raise APIError(400, Code.DESTINATION_INVALID, str(exc)) from exc
+        except Refused as exc:
+            if isinstance(exc, ChallengeMismatch):
+                session.commit()  # keep the recorded `failed` status
+            raise refused(exc) from exc
         return envelope(render(bucket))
 
 
@@ -109,6 +99,6 @@ def delete_bucket(request: Request, who: Account, ownership_id: BucketId) -> dic
     with request.app.state.db.session() as session:
         try:
             ownership.delete(session, who.account_id, ownership_id)
-        except ownership.OwnershipError as exc:
-            raise _ownership_error(exc) from exc
+        except Refused as exc:
+            raise refused(exc) from exc
         return envelope({"id": ownership_id})

@@ -10,7 +10,7 @@ from starlette.background import BackgroundTask
 
 from edgepcap.api import downloads
 from edgepcap.api.auth import Caller, caller, presented
-from edgepcap.api.errors import APIError, Code, envelope
+from edgepcap.api.errors import APIError, Code, envelope, refused
 from edgepcap.api.schemas import (
     ID_PATTERN,
     AccountId,
@@ -26,6 +26,7 @@ from edgepcap.api.schemas import (
 from edgepcap.api.timefmt import rfc3339
 from edgepcap.bucket_urls import DestinationError
 from edgepcap.control import captures, execution, fleet, reads
+from edgepcap.control.errors import Refused
 from edgepcap.control.models import Account as AccountRow
 from edgepcap.control.models import Pcap, PcapBlob
 from edgepcap.formats.packets import preview
@@ -79,30 +80,13 @@ def render(view: reads.View) -> dict[str, Any]:
     }
 
 
-def raise_capture_error(exc: captures.CaptureError) -> None:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    status, code = {
-        "invalid": (400, Code.INVALID_VALUE),
-        "destination": (400, Code.DESTINATION_INVALID),
-        "bucket": (400, Code.DESTINATION_NOT_VALIDATED),
-        "rate_limited": (429, Code.SAMPLE_RATE_LIMITED),
-        "busy": (429, Code.FULL_CAPTURE_ACTIVE),
-        "full_rate_limited": (429, Code.FULL_CAPTURE_RATE_LIMITED),
-        "not_found": (404, Code.NOT_FOUND),
-        "state": (409, Code.WRONG_STATE),
-        "not_ready": (409, Code.NOT_READY),
-    }[exc.kind]
-    raise APIError(status, code, str(exc), headers=headers) from exc
-
-
 def owned(session: Any, who: Caller, pcap_id: str) -> Pcap:
     """The caller's capture `pcap_id`; a bad id is a 400 and another account's is a 404."""
     check_id(pcap_id)
     try:
         return captures.get(session, who.account_id, pcap_id)
-    except captures.CaptureError as exc:
-        raise_capture_error(exc)
-        raise
+    except Refused as exc:
+        raise refused(exc) from exc
 
 
 @router.post(
@@ -122,8 +106,8 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
                 request.app.state.samples,
                 request.app.state.supervisor.listening_since(),
             )
-        except captures.CaptureError as exc:
-            raise_capture_error(exc)
+        except Refused as exc:
+            raise refused(exc) from exc
         session.flush()
         result = envelope(render(reads.view(session.connection(), who.account_id, pcap.id)))
         assigned = bool(result["result"]["machines"])
@@ -242,9 +226,8 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
             pcap = captures.stop(session, who.account_id, pcap_id)
             session.flush()
             result = envelope(render(reads.view(session.connection(), who.account_id, pcap.id)))
-        except captures.CaptureError as exc:
-            raise_capture_error(exc)
-            raise
+        except Refused as exc:
+            raise refused(exc) from exc
     request.app.state.wakeup.notify()  # machines capturing it hear of the stop now
     return result
 

@@ -9,6 +9,7 @@
 * `execution` — a full capture across machines: assignment, progress, leases, completion.
 * `fleet` — agent keys, registration, liveness, `colo_name` resolution.
 * `ownership` — bucket ownership challenges.
+* `errors` — the refusals (`Refused` and one subclass per reason) the rules above raise.
 * `models`, `db`, `migrations/` — tables, the database, Alembic migrations.
 * `samples/` — the sample stores and what they admit.
 

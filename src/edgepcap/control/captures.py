@@ -1,5 +1,6 @@
 """Capture requests: admission under the rate limits, getting one, stopping and expiry.
-The checked reads are in `reads`, answering sample captures in `sample_captures`."""
+The checked reads are in `reads`, answering sample captures in `sample_captures`; what a
+refusal raises is in `errors`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ from edgepcap import bucket_urls
 from edgepcap.control import execution, fleet, full_rate, sample_captures
 from edgepcap.control.accounts import account_networks
 from edgepcap.control.credentials import new_id
+from edgepcap.control.errors import (
+    BucketNotValidated,
+    DestinationInvalid,
+    FullCaptureBusy,
+    InvalidRequest,
+    NotFound,
+    WrongState,
+)
 from edgepcap.control.models import (
     ACTIVE_STATUSES,
     MACHINE_ACTIVE,
@@ -49,15 +58,6 @@ class CaptureRequest(Protocol):
 OVERDUE_GRACE = dt.timedelta(seconds=60)
 
 
-class CaptureError(Exception):
-    """A capture request refused; `kind` selects the HTTP answer."""
-
-    def __init__(self, kind: str, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.retry_after = retry_after
-
-
 def _naive_utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC).replace(tzinfo=None)
 
@@ -73,8 +73,7 @@ def check_filter_reachable(account: Account, req: CaptureRequest) -> None:
         return any(addr.version == n.version and addr in n for n in nets)
 
     if not owned(f.source) and not owned(f.destination):
-        raise CaptureError(
-            "invalid",
+        raise InvalidRequest(
             f"neither `filter_v1.source_address` ({f.source}) nor `filter_v1.destination_address` "
             f"({f.destination}) is in this account's prefixes "
             f"({', '.join(str(n) for n in nets)}): the capture could never match a packet",
@@ -94,7 +93,7 @@ def create(
         try:
             conf = bucket_urls.canonical(req.destination_conf)
         except bucket_urls.DestinationError as exc:
-            raise CaptureError("destination", f"`destination_conf`: {exc}") from None
+            raise DestinationInvalid(f"`destination_conf`: {exc}") from None
     now = utcnow()
     pcap = Pcap(
         id=new_id(),
@@ -115,20 +114,14 @@ def create(
     )
     targets = []
     if req.type == "simple":
-        try:
-            sample_captures.take_slot(session, account, now)
-        except sample_captures.RateLimited as exc:
-            raise CaptureError("rate_limited", str(exc), exc.retry_after) from None
+        sample_captures.take_slot(session, account, now)
     else:
         _require_validated_bucket(session, account, conf or "")
         try:
             _name, targets = fleet.resolve(session, req.colo_name or "")
         except fleet.FleetError as exc:
-            raise CaptureError("invalid", str(exc)) from None
-        try:
-            full_rate.take_slot(session, account.id, now)
-        except full_rate.RateLimited as exc:
-            raise CaptureError("full_rate_limited", str(exc), exc.retry_after) from None
+            raise InvalidRequest(str(exc)) from None
+        full_rate.take_slot(session, account.id, now)
         expire_overdue(session, since or utcnow(), account.id)
         pcap.prefixes = [p.cidr for p in account.prefixes]
         execution.assign(session, pcap, targets)
@@ -150,20 +143,18 @@ def _require_validated_bucket(session: Session, account: Account, conf: str) -> 
         select(Bucket).where(Bucket.account_id == account.id, Bucket.destination_conf == conf)
     )
     if bucket is None:
-        raise CaptureError(
-            "bucket",
+        raise BucketNotValidated(
             f"`destination_conf` {conf!r} is not a bucket of this account: add it with "
             "POST /pcaps/ownership and validate it first",
         )
     if bucket.status != "success":
-        raise CaptureError(
-            "bucket",
+        raise BucketNotValidated(
             f"bucket {conf!r} is not validated yet: put the contents of {bucket.filename} "
             "into POST /pcaps/ownership/validate",
         )
 
 
-def _full_capture_busy(session: Session, account_id: str) -> CaptureError:
+def _full_capture_busy(session: Session, account_id: str) -> FullCaptureBusy:
     active = session.scalar(
         select(Pcap).where(
             Pcap.account_id == account_id,
@@ -177,11 +168,10 @@ def _full_capture_busy(session: Session, account_id: str) -> CaptureError:
         ident = f" ({active.id}, {active.status})"
         ends = active.submitted + dt.timedelta(seconds=active.time_limit)
         seconds = max(1, math.ceil((ends - utcnow()).total_seconds()))
-    return CaptureError(
-        "busy",
+    return FullCaptureBusy(
         f"this account already has a pending or running full capture{ident}: stop it with "
         f"PUT /pcaps/{{id}}/stop or retry in {seconds} s",
-        retry_after=seconds,
+        seconds,
     )
 
 
@@ -214,19 +204,15 @@ def expire_overdue(session: Session, since: dt.datetime, account_id: str | None 
 def get(session: Session, account_id: str, pcap_id: str) -> Pcap:
     pcap = session.get(Pcap, pcap_id, options=[selectinload(Pcap.machines)])
     if pcap is None or pcap.account_id != account_id:
-        raise CaptureError("not_found", f"no packet capture {pcap_id} in this account")
+        raise NotFound(f"no packet capture {pcap_id} in this account")
     return pcap
 
 
 def stop(session: Session, account_id: str, pcap_id: str) -> Pcap:
     pcap = get(session, account_id, pcap_id)
     if pcap.type != "full":
-        raise CaptureError(
-            "state", "only full captures can be stopped; sample captures end at once"
-        )
+        raise WrongState("only full captures can be stopped; sample captures end at once")
     if pcap.status not in ACTIVE_STATUSES:
-        raise CaptureError(
-            "state", f"capture {pcap.id} has already ended with status {pcap.status}"
-        )
+        raise WrongState(f"capture {pcap.id} has already ended with status {pcap.status}")
     execution.stop(session, pcap)
     return pcap

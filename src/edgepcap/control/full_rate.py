@@ -20,19 +20,12 @@ import os
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
+from edgepcap.control.errors import FullRateLimited
 from edgepcap.control.models import Account
 
 DEFAULT_RATE = 10
 WINDOW = dt.timedelta(minutes=1)
 SETTING = "EDGEPCAP_FULL_CAPTURE_RATE"
-
-
-class RateLimited(Exception):
-    """No place left in the account's window; `retry_after` seconds until there is."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def full_capture_rate() -> int:
@@ -49,7 +42,7 @@ def full_capture_rate() -> int:
 
 
 def take_slot(session: Session, account_id: str, now: dt.datetime) -> None:
-    """Count one full create against the account's window, or raise RateLimited.
+    """Count one full create against the account's window, or raise FullRateLimited.
 
     Runs in the create's transaction: a create refused later (an active full capture)
     rolls its place back with everything else.
@@ -76,7 +69,7 @@ def take_slot(session: Session, account_id: str, now: dt.datetime) -> None:
     left = (began + WINDOW - now).total_seconds()
     seconds = min(math.ceil(WINDOW.total_seconds()), max(1, math.ceil(left)))
     captures = "full capture" if rate == 1 else "full captures"
-    raise RateLimited(
+    raise FullRateLimited(
         f"at most {rate} {captures} per minute per account (counting those that fail "
         f"at once, e.g. for lack of a live machine): {rate} created since "
         f"{began:%H:%M:%S} UTC; retry in {seconds} s",

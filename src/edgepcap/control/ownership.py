@@ -17,16 +17,11 @@ from sqlalchemy.orm import Session
 
 from edgepcap.bucket_urls import DestinationError, canonical
 from edgepcap.control.credentials import hash_secret, matches, new_id
+from edgepcap.control.errors import ChallengeMismatch, ChallengeUnreachable, NotFound
 from edgepcap.control.models import Bucket, utcnow
 from edgepcap.destinations import StoreSettings, parse
 
 log = logging.getLogger("edgepcap.api")
-
-
-class OwnershipError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def list_buckets(session: Session, account_id: str) -> list[Bucket]:
@@ -49,7 +44,7 @@ def add(session: Session, account_id: str, conf: str, settings: StoreSettings) -
         dest.put(filename, token.encode())
     except DestinationError as exc:
         log.warning("account %s: ownership challenge not written: %s", account_id, exc)
-        raise DestinationError(
+        raise ChallengeUnreachable(
             f"could not write an ownership challenge into {dest.conf}: the bucket does not "
             "exist or this server may not write into it (the cause is not told before "
             "ownership is proven)"
@@ -78,9 +73,7 @@ def validate(
     conf = canonical(conf)
     bucket = _find(session, account_id, conf)
     if bucket is None:
-        raise OwnershipError(
-            "not_found", f"no bucket {conf!r} in this account: add it with POST /pcaps/ownership"
-        )
+        raise NotFound(f"no bucket {conf!r} in this account: add it with POST /pcaps/ownership")
     if bucket.status == "success":
         return bucket
     dest = parse(conf, settings)
@@ -88,7 +81,7 @@ def validate(
         stored = dest.get(bucket.filename).decode("utf-8", "replace").strip()
     except DestinationError as exc:
         log.warning("account %s: ownership challenge not read: %s", account_id, exc)
-        raise DestinationError(
+        raise ChallengeUnreachable(
             f"could not read the ownership challenge {bucket.filename} back from {dest.conf}: "
             "it is missing, not a file this server wrote, or the bucket is not reachable "
             "(the cause is not told before ownership is proven)"
@@ -101,8 +94,7 @@ def validate(
     ):
         bucket.status = "failed"
         session.flush()
-        raise OwnershipError(
-            "mismatch",
+        raise ChallengeMismatch(
             f"`ownership_challenge` does not match the contents of {bucket.filename} in the "
             "bucket: copy the file's contents exactly",
         )
@@ -121,6 +113,6 @@ def _find(session: Session, account_id: str, conf: str) -> Bucket | None:
 def delete(session: Session, account_id: str, bucket_id: str) -> None:
     bucket = session.get(Bucket, bucket_id)
     if bucket is None or bucket.account_id != account_id:
-        raise OwnershipError("not_found", f"no bucket {bucket_id} in this account")
+        raise NotFound(f"no bucket {bucket_id} in this account")
     session.delete(bucket)
     session.flush()

@@ -8,8 +8,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Select, and_, bindparam, select
 
-from edgepcap.control.captures import CaptureError
 from edgepcap.control.db import fetch_all
+from edgepcap.control.errors import NotFound
 from edgepcap.control.models import Account, CaptureMachine, Pcap
 
 LIST_LIMIT = 50
@@ -105,5 +105,5 @@ def view(conn: Connection, account_id: str, pcap_id: str) -> View:
     found = views(conn, account_id, pcap_id)
     # Another account's capture looks exactly like a missing one.
     if not found:
-        raise CaptureError("not_found", f"no packet capture {pcap_id} in this account")
+        raise NotFound(f"no packet capture {pcap_id} in this account")
     return found[0]

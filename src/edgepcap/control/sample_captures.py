@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from edgepcap.control.accounts import Network
+from edgepcap.control.errors import SampleRateLimited
 from edgepcap.control.models import Account, Pcap, PcapBlob, utcnow
 from edgepcap.control.samples.store import SampleQuery, SampleStore
 from edgepcap.formats import pcapfile as pcap_format
@@ -21,14 +22,6 @@ from edgepcap.formats.samples import SNAPLEN
 
 SAMPLE_INTERVAL = dt.timedelta(minutes=1)
 SAMPLE_RATE = 100
-
-
-class RateLimited(Exception):
-    """The account's sample capture came too soon; `retry_after` seconds until it may."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def sample_records(rows: np.ndarray) -> bytes:
@@ -74,7 +67,7 @@ def answer_sample(
 
 
 def take_slot(session: Session, account: Account, now: dt.datetime) -> None:
-    """Take the account's sample capture slot, or raise RateLimited."""
+    """Take the account's sample capture slot, or raise SampleRateLimited."""
     # One conditional UPDATE decides the race: whichever process sets
     # last_sample_at first wins; the database serialises the rest.
     interval = sample_interval()
@@ -91,7 +84,7 @@ def take_slot(session: Session, account: Account, now: dt.datetime) -> None:
     last = session.scalar(select(Account.last_sample_at).where(Account.id == account.id))
     wait = interval - (now - last) if last else interval
     seconds = max(1, math.ceil(wait.total_seconds()))
-    raise RateLimited(
+    raise SampleRateLimited(
         f"one sample capture per {_interval_words(interval)} per account: retry in {seconds} s",
         seconds,
     )
