@@ -68,9 +68,3 @@ def _open(data_dir: Path, database: str | None):  # type: ignore[no-untyped-def]
     from edgepcap.control.db import open_database
 
     return open_database(data_dir, database or os.environ.get("EDGEPCAP_DATABASE"))
-
-
-def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)

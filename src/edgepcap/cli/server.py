@@ -23,8 +23,8 @@ from edgepcap.cli.options import (
     _open,
     _parse_listen,
     _private_files,
-    _write_secret,
 )
+from edgepcap.control.credentials import write_secret_file
 
 
 def serve(
@@ -156,7 +156,7 @@ def up(
             if not creds_file.exists():
                 account, creds = accounts_mod.create_account(session, "demo", ["203.0.113.0/24"])
                 demo = json.dumps(accounts_mod.describe(account, creds), indent=2)
-                _write_secret(creds_file, demo)
+                write_secret_file(creds_file, demo)
         if agent:
             with db.session() as session:
                 _up_agent_key(session, key_file, colo, name)
@@ -167,7 +167,7 @@ def up(
     if metrics_token_file is None and not os.environ.get("EDGEPCAP_METRICS_TOKEN"):
         metrics_token_file = data_dir / "metrics-token"
         if not metrics_token_file.exists():
-            _write_secret(metrics_token_file, secrets.token_urlsafe(32))
+            write_secret_file(metrics_token_file, secrets.token_urlsafe(32))
     info = json.loads(creds_file.read_text())
     host, port = _parse_listen(listen)
     typer.echo(
@@ -221,7 +221,7 @@ def _up_agent_key(session: Any, key_file: Path, colo: str, machine: str) -> None
         if row is not None:
             revoke_agent_key(session, row.id)
         key_file.unlink()
-    _write_secret(key_file, create_agent_key(session, colo, machine, "edgepcap up")[1])
+    write_secret_file(key_file, create_agent_key(session, colo, machine, "edgepcap up")[1])
 
 
 def _die_with_parent() -> None:

@@ -19,6 +19,7 @@ import httpx
 from edgepcap.agent.kernel import nft
 from edgepcap.agent.sampler import TABLE as SAMPLER_TABLE
 from edgepcap.control import accounts
+from edgepcap.control.credentials import write_secret_file
 from edgepcap.control.db import open_database
 from edgepcap.control.fleet import create_agent_key, is_live
 from edgepcap.control.models import Machine
@@ -93,7 +94,7 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         metrics_token = secrets.token_urlsafe(32)
         metrics_token_file = data_dir / "metrics-token"
         metrics_token_file.unlink(missing_ok=True)
-        _write_private(metrics_token_file, metrics_token)
+        write_secret_file(metrics_token_file, metrics_token)
         env = {
             **inherited,
             "EDGEPCAP_BUCKET_ROOT": str(buckets),
@@ -188,7 +189,7 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         }
         # Credentials: readable by root only from the start, not once written.
         (data_dir / "lab.json").unlink(missing_ok=True)
-        _write_private(data_dir / "lab.json", json.dumps(lab, indent=2))
+        write_secret_file(data_dir / "lab.json", json.dumps(lab, indent=2))
         return lab
     except BaseException:
         down(data_dir)
@@ -288,13 +289,6 @@ def _validate_bucket(api: str, acct: dict[str, Any], bucket: Path) -> str:
         if r.status_code != 200:
             raise LabError(f"validating bucket {conf}: {r.text}")
     return conf
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a new file that only its owner can read, from its creation on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
 
 
 def _save(data_dir: Path, state: dict[str, Any]) -> None:
