@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgepcap.api.errors import APIError, Code
 from edgepcap.control import execution, fleet
-from edgepcap.control.models import Machine, Pcap
+from edgepcap.control.models import Pcap
 from edgepcap.control.samples import admission
 from edgepcap.formats import protocol
 from edgepcap.formats import samples as records
@@ -69,6 +69,11 @@ def agent(request: Request) -> Caller:
 
 
 Agent = Annotated[Caller, Depends(agent)]
+
+
+def _register_again() -> APIError:
+    """The answer to a machine that is unknown or not in its current run."""
+    return APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
 
 
 class Hello(BaseModel):
@@ -129,7 +134,7 @@ def heartbeat(request: Request, caller: Agent, body: BeatIn) -> dict[str, Any]:
     caller.check(body.machine)
     with request.app.state.db.session() as session:
         if fleet.heartbeat(session, body.machine, body.boot_id, body.stats) is None:
-            raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+            raise _register_again()
         return {"ok": True}
 
 
@@ -137,8 +142,7 @@ def _poll(
     request: Request, machine: str, boot_id: str, running: list[str]
 ) -> tuple[list[protocol.JobWire], list[dict[str, str]]] | None:
     with request.app.state.db.session() as session:
-        known = session.get(Machine, machine)
-        if known is None or known.boot_id != boot_id:
+        if fleet.current_run(session, machine, boot_id) is None:
             return None
         jobs = [job(p, machine) for p, _part in execution.jobs_for(session, machine)]
         stops = [
@@ -179,7 +183,7 @@ async def jobs(
         while True:
             found = await run_in_threadpool(_poll, request, machine, boot_id, capturing)
             if found is None:
-                raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+                raise _register_again()
             new_jobs, stops = found
             if new_jobs or stops or time.monotonic() >= deadline:
                 return {"jobs": new_jobs, "stop": stops}
@@ -202,9 +206,8 @@ def report(request: Request, caller: Agent, pcap_id: str, body: ReportIn) -> dic
     with request.app.state.db.session() as session:
         # Only the machine's current run reports: a previous run (or a copy of its key
         # elsewhere) must not take over a part that no current worker is capturing.
-        known = session.get(Machine, body.machine)
-        if known is None or known.boot_id != body.boot_id:
-            raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+        if fleet.current_run(session, body.machine, body.boot_id) is None:
+            raise _register_again()
         answer = execution.report(session, body.machine, body.boot_id, pcap_id, rep)
     if answer.stop or answer.release:
         # Other machines of the capture learn of the end (or the reclaim) at once.
@@ -246,8 +249,7 @@ def _admit_samples(
     under the key's machine, and a batch not from its current boot is refused whole."""
     mine = machine == caller.machine
     with request.app.state.db.session() as session:
-        known = session.get(Machine, caller.machine)
-        current = mine and known is not None and known.boot_id == boot_id
+        current = mine and fleet.current_run(session, caller.machine, boot_id) is not None
         if current:
             ok, counts = admission.refusals(wire, time.time_ns())
         else:
@@ -255,7 +257,7 @@ def _admit_samples(
         fleet.count_refused(session, caller.machine, counts)
     caller.check(machine)
     if not current:
-        raise APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
+        raise _register_again()
     return ok
 
 

@@ -119,11 +119,18 @@ def register(session: Session, colo: str, machine: str, boot_id: str) -> Machine
     return row
 
 
+def current_run(session: Session, machine: str, boot_id: str) -> Machine | None:
+    """The machine, if `boot_id` is its current run (what it registered last); else None:
+    a previous run, or a copy of its key elsewhere, speaks for nobody."""
+    row = session.get(Machine, machine)
+    return row if row is not None and row.boot_id == boot_id else None
+
+
 def heartbeat(
     session: Session, machine: str, boot_id: str, stats: dict[str, int] | None = None
 ) -> Machine | None:
-    row = session.get(Machine, machine)
-    if row is None or row.boot_id != boot_id:
+    row = current_run(session, machine, boot_id)
+    if row is None:
         return None
     row.last_seen = utcnow()
     if stats is not None:
