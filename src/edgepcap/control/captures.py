@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from edgepcap import bucket_urls
-from edgepcap.control import execution, fleet, full_rate, sample_captures
+from edgepcap.control import execution, fleet, full_rate, ownership, sample_captures
 from edgepcap.control.accounts import account_networks
 from edgepcap.control.credentials import new_id
 from edgepcap.control.errors import (
@@ -29,7 +29,6 @@ from edgepcap.control.models import (
     ACTIVE_STATUSES,
     MACHINE_ACTIVE,
     Account,
-    Bucket,
     Pcap,
     utcnow,
 )
@@ -139,9 +138,7 @@ def create(
 
 
 def _require_validated_bucket(session: Session, account: Account, conf: str) -> None:
-    bucket = session.scalar(
-        select(Bucket).where(Bucket.account_id == account.id, Bucket.destination_conf == conf)
-    )
+    bucket = ownership.find_bucket(session, account.id, conf)
     if bucket is None:
         raise BucketNotValidated(
             f"`destination_conf` {conf!r} is not a bucket of this account: add it with "

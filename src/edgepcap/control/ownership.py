@@ -35,7 +35,7 @@ def list_buckets(session: Session, account_id: str) -> list[Bucket]:
 def add(session: Session, account_id: str, conf: str, settings: StoreSettings) -> Bucket:
     """Write a fresh challenge into the bucket; a validated bucket is returned as it is."""
     dest = parse(conf, settings)
-    bucket = _find(session, account_id, dest.conf)
+    bucket = find_bucket(session, account_id, dest.conf)
     if bucket is not None and bucket.status == "success":
         return bucket
     token = secrets.token_hex(32)
@@ -71,7 +71,7 @@ def validate(
     session: Session, account_id: str, conf: str, challenge: str, settings: StoreSettings
 ) -> Bucket:
     conf = canonical(conf)
-    bucket = _find(session, account_id, conf)
+    bucket = find_bucket(session, account_id, conf)
     if bucket is None:
         raise NotFound(f"no bucket {conf!r} in this account: add it with POST /pcaps/ownership")
     if bucket.status == "success":
@@ -104,7 +104,7 @@ def validate(
     return bucket
 
 
-def _find(session: Session, account_id: str, conf: str) -> Bucket | None:
+def find_bucket(session: Session, account_id: str, conf: str) -> Bucket | None:
     return session.scalar(
         select(Bucket).where(Bucket.account_id == account_id, Bucket.destination_conf == conf)
     )
