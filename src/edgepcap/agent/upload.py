@@ -64,7 +64,8 @@ class Upload:
                 # A local staging file is removed, an S3 multipart upload never completed.
                 writer.abort()
                 return
-            # A file bucket removed meanwhile would be recreated by the upload: refuse.
+            # A file bucket removed or replaced meanwhile fails the part, saying so (the
+            # writer's own check would only say that its folder moved).
             dest.check_same_bucket(self.bucket, self.object_name)
             writer.close()
         except Exception as exc:
