@@ -16,6 +16,7 @@ import trustme
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.formats.pcapfile import Reader
 from tests.support.agentkeys import machine_up, mint_key, run_agent
+from tests.support.api import full
 from tests.support.kernel import OUTSIDE, send, wire
 from tests.support.processes import wait_for
 from tests.support.servers import start_server, stop_server
@@ -57,14 +58,7 @@ def test_an_agent_with_the_ca_file_registers_and_captures_over_tls(tls_stack):
     with wire() as (sender, ns), agent(stack, "tls01", ns, "--ca-file", str(ca_file)) as log:
         wait_for(lambda: machine_up(stack, "tls01"), 30, "tls01 to register over TLS")
         with stack.client(account) as c:
-            body = {
-                "system": "magic-transit",
-                "type": "full",
-                "time_limit": 60,
-                "colo_name": "tls01",
-                "destination_conf": conf,
-            }
-            r = c.post("/pcaps", json=body)
+            r = c.post("/pcaps", json=full(conf, time_limit=60, colo_name="tls01"))
             assert r.status_code == 200, r.text
             pcap_id = r.json()["result"]["id"]
             wait_for(

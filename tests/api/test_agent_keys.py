@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.support.agentkeys import agent_client, mint_key, new_boot
+from tests.support.api import full
 from tests.support.servers import MachineHeartbeat
 from tests.support.stack import Stack
 
@@ -58,14 +59,7 @@ def test_reports_only_for_the_machines_own_parts_and_current_boot(stack: Stack):
         account = stack.account()
         conf = stack.validated_bucket(account)
         with stack.client(account) as c:
-            body = {
-                "system": "magic-transit",
-                "type": "full",
-                "time_limit": 300,
-                "colo_name": "DFW",
-                "destination_conf": conf,
-            }
-            r = c.post("/pcaps", json=body)
+            r = c.post("/pcaps", json=full(conf, colo_name="DFW"))
             assert r.status_code == 200, r.text
             pcap_id = r.json()["result"]["id"]
             with agent_client(stack, keys["dfw01"]) as a:

@@ -11,6 +11,7 @@ import httpx
 from edgepcap.formats import samples as records
 from edgepcap.formats.pcapfile import Reader
 from tests.support.agentkeys import agent_client, mint_key, new_boot, refused
+from tests.support.api import SIMPLE
 from tests.support.packets import udp
 from tests.support.servers import MachineHeartbeat
 from tests.support.stack import Stack
@@ -89,12 +90,7 @@ def test_future_stale_and_overlong_samples_are_refused_and_counted(stack: Stack,
     with stack.client(account) as c:
         r = c.post(
             "/pcaps",
-            json={
-                "system": "magic-transit",
-                "type": "simple",
-                "time_limit": 60,
-                "packet_limit": 100,
-            },
+            json=SIMPLE,
         )
         assert r.status_code == 200, r.text
         pcap = r.json()["result"]

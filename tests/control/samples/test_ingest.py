@@ -13,6 +13,7 @@ import pytest
 
 from edgepcap.formats import samples as records
 from edgepcap.formats.pcapfile import Reader
+from tests.support.api import SIMPLE
 from tests.support.packets import udp
 from tests.support.processes import EDGEPCAP, wait_for
 from tests.support.samples import claim
@@ -102,12 +103,7 @@ def test_samples_are_checked_kept_queried_and_expired(short_retention):
             r = httpx.post(
                 f"{server.api}/accounts/{account['id']}/pcaps",
                 headers={"Authorization": f"Bearer {account['api_token']}"},
-                json={
-                    "system": "magic-transit",
-                    "type": "simple",
-                    "time_limit": 60,
-                    "packet_limit": 100,
-                },
+                json=SIMPLE,
             )
             assert r.status_code == 200, r.text
             return r.json()["result"]
@@ -164,7 +160,7 @@ def sampled(server, account):
     r = httpx.post(
         base,
         headers=auth,
-        json={"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 100},
+        json=SIMPLE,
     )
     assert r.status_code == 200, r.text
     pcap = r.json()["result"]
