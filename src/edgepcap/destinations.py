@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -37,19 +37,44 @@ class StoreSettings:
     read_max_objects: int = READ_MAX_OBJECTS
     read_max_bytes: int = READ_MAX_BYTES
     reads_per_account: int = READS_PER_ACCOUNT
+    # Schemes whose credentials obstore will find in the environment, or every scheme's
+    # when the cloud's instance metadata provides them (EDGEPCAP_CLOUD_METADATA=1).
+    credentials: frozenset[str] = frozenset()
 
     @classmethod
-    def from_env(cls, data_dir: Path) -> StoreSettings:
-        root = os.environ.get("EDGEPCAP_BUCKET_ROOT") or str(data_dir / "buckets")
-        env = os.environ.get
+    def from_env(
+        cls,
+        data_dir: Path,
+        environ: Mapping[str, str] = os.environ,
+        bucket_root: str | None = None,
+    ) -> StoreSettings:
+        """The settings of this process's environment, read once at its start."""
+        root = bucket_root or environ.get("EDGEPCAP_BUCKET_ROOT") or str(data_dir / "buckets")
+        env = environ.get
+        if env("EDGEPCAP_CLOUD_METADATA") == "1":
+            credentials = frozenset(CREDENTIAL_ENV)
+        else:
+            credentials = frozenset(
+                scheme for scheme, names in CREDENTIAL_ENV.items() if any(map(env, names))
+            )
         return cls(
             bucket_root=Path(root).resolve(),
             s3_endpoint=env("EDGEPCAP_S3_ENDPOINT") or None,
             s3_region=env("EDGEPCAP_S3_REGION", "us-east-1"),
-            read_max_objects=int(env("EDGEPCAP_READ_MAX_OBJECTS") or READ_MAX_OBJECTS),
-            read_max_bytes=int(env("EDGEPCAP_READ_MAX_BYTES") or READ_MAX_BYTES),
-            reads_per_account=int(env("EDGEPCAP_READS_PER_ACCOUNT") or READS_PER_ACCOUNT),
+            read_max_objects=_whole(environ, "EDGEPCAP_READ_MAX_OBJECTS", READ_MAX_OBJECTS),
+            read_max_bytes=_whole(environ, "EDGEPCAP_READ_MAX_BYTES", READ_MAX_BYTES),
+            reads_per_account=_whole(environ, "EDGEPCAP_READS_PER_ACCOUNT", READS_PER_ACCOUNT),
+            credentials=credentials,
         )
+
+
+def _whole(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a whole number, at least 1, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -234,7 +259,7 @@ def parse(conf: str, settings: StoreSettings) -> Destination:
     conf = parts.canonical()
     if parts.scheme == "file":
         return _file_destination(conf, parts.prefix, settings)
-    _require_credentials(parts.scheme)
+    _require_credentials(parts.scheme, settings)
     prefix = parts.prefix or None
     bucket = parts.bucket
     if parts.scheme == "s3":
@@ -297,11 +322,9 @@ CREDENTIAL_ENV = {
 }
 
 
-def _require_credentials(scheme: str) -> None:
-    if os.environ.get("EDGEPCAP_CLOUD_METADATA") == "1":
-        return
-    names = CREDENTIAL_ENV[scheme]
-    if not any(os.environ.get(n) for n in names):
+def _require_credentials(scheme: str, settings: StoreSettings) -> None:
+    if scheme not in settings.credentials:
+        names = CREDENTIAL_ENV[scheme]
         raise DestinationError(
             f"this server has no credentials for {scheme}:// buckets (set one of "
             f"{', '.join(names)} in its environment, or EDGEPCAP_CLOUD_METADATA=1 to use "

@@ -24,8 +24,6 @@ def main() -> None:
     )
     # One line per HTTP request would bury what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if config["bucket_root"]:
-        os.environ["EDGEPCAP_BUCKET_ROOT"] = config["bucket_root"]
     # Out of the environment once read: the agent's children (nft) need not see it.
     key = os.environ.pop("EDGEPCAP_AGENT_KEY")
     run_agent(
@@ -34,7 +32,7 @@ def main() -> None:
         config["colo"],
         config["machine"],
         config["netns"],
-        StoreSettings.from_env(Path("/var/lib/edgepcap")),
+        StoreSettings.from_env(Path("/var/lib/edgepcap"), bucket_root=config["bucket_root"]),
         config["sample_rate"],
         config["nflog_rcvbuf"],
         Path(config["ca_file"]) if config.get("ca_file") else None,

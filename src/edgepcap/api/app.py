@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,50 +20,50 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgepcap.api import agents, errors, openapi, ownership, pcaps, web
 from edgepcap.api.access_log import QuietAgents
 from edgepcap.api.guard import RequestGuard
-from edgepcap.api.metrics import authorize, operator_token, render_metrics
+from edgepcap.api.metrics import authorize, render_metrics
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
-from edgepcap.control import full_rate
 from edgepcap.control.db import Database, database_url
 from edgepcap.control.samples.store import SampleStore, open_store
+from edgepcap.control.settings import Limits, Settings
 from edgepcap.control.supervisor import Supervisor
 from edgepcap.destinations import StoreSettings
 
 PREFIX = "/client/v4"
 
 
-def open_app(
-    data_dir: Path, database: str | None, sample_store: str | None, migrated: bool = False
-) -> FastAPI:
-    """The app on a data dir, its database and sample store."""
-    db = Database(database_url(data_dir, database), migrated=migrated, background_checkpoints=True)
-    stores = StoreSettings.from_env(data_dir)
-    stores.bucket_root.mkdir(parents=True, exist_ok=True)
-    samples = open_store(sample_store, data_dir)
+def open_app(settings: Settings, migrated: bool = False) -> FastAPI:
+    """The app on the settings' data dir, database and sample store."""
+    data_dir = settings.data_dir
+    db = Database(
+        database_url(data_dir, settings.database),
+        migrated=migrated,
+        background_checkpoints=True,
+    )
+    settings.stores.bucket_root.mkdir(parents=True, exist_ok=True)
+    samples = open_store(
+        settings.sample_store, data_dir, settings.sample_retention, settings.sample_partition
+    )
+    supervisor = Supervisor(db, samples, data_dir / "supervisor.lock", settings.capture_retention)
     return create_app(
-        db, stores, samples, data_dir / "supervisor.lock", metrics_token=operator_token()
+        db, settings.stores, samples, supervisor, settings.limits, settings.metrics_token
     )
 
 
 def from_environment() -> FastAPI:
     """The app of one `edgepcap api --workers N` worker: the parent passes its settings in
-    the environment (uvicorn starts workers from an import string) and has migrated."""
-    return open_app(
-        Path(os.environ["EDGEPCAP_DATA_DIR"]),
-        os.environ.get("EDGEPCAP_DATABASE") or None,
-        os.environ.get("EDGEPCAP_SAMPLE_STORE") or None,
-        migrated=True,
-    )
+    the environment (uvicorn starts workers from an import string), has checked them and
+    has migrated."""
+    return open_app(Settings.from_environ(), migrated=True)
 
 
 def create_app(
     db: Database,
     stores: StoreSettings,
     samples: SampleStore,
-    supervisor_lock: Path | None = None,
+    supervisor: Supervisor,
+    limits: Limits,
     metrics_token: str | None = None,
 ) -> FastAPI:
-    full_rate.full_capture_rate()  # a bad setting stops the start, not every full create
-    supervisor = Supervisor(db, samples, supervisor_lock)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +97,7 @@ def create_app(
     app.state.stores = stores
     app.state.samples = samples
     app.state.supervisor = supervisor
+    app.state.limits = limits
     app.state.wakeup = Wakeup()
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import gc
 import hmac
-import os
-from collections.abc import Mapping
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,31 +33,6 @@ SAMPLER_COUNTERS = {
     "backlog": "samples waiting to be shipped",
     "ship_errors": "failed attempts to ship a batch",
 }
-
-
-TOKEN_ENV = "EDGEPCAP_METRICS_TOKEN"  # noqa: S105 - the variable's name
-TOKEN_FILE_ENV = "EDGEPCAP_METRICS_TOKEN_FILE"  # noqa: S105 - the variable's name
-MIN_TOKEN = 16
-
-
-def operator_token(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The token `/metrics` asks for: the contents of the file EDGEPCAP_METRICS_TOKEN_FILE
-    names, or EDGEPCAP_METRICS_TOKEN; None when neither is set (no `/metrics`)."""
-    path = environ.get(TOKEN_FILE_ENV)
-    if path:
-        try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read the metrics token file {path}: {exc}") from exc
-        where = f"the metrics token file {path}"
-    else:
-        token = environ.get(TOKEN_ENV, "").strip()
-        where = TOKEN_ENV
-        if not token:
-            return None
-    if len(token) < MIN_TOKEN or not token.isprintable() or " " in token:
-        raise ValueError(f"{where}: the token must be {MIN_TOKEN} or more printable characters")
-    return token
 
 
 def authorize(authorization: str | None, token: str | None) -> None:

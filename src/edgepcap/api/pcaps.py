@@ -103,6 +103,7 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
                 session,
                 account,
                 body,
+                request.app.state.limits,
                 request.app.state.samples,
                 request.app.state.supervisor.listening_since(),
             )

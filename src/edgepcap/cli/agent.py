@@ -67,8 +67,6 @@ def agent(
         _fail("--sample-rate must be 0 (off) to 1000000")
     if not 4096 <= nflog_rcvbuf <= 1 << 30:
         _fail("--nflog-rcvbuf must be 4096 to 1073741824 bytes")
-    if bucket_root is not None:
-        os.environ["EDGEPCAP_BUCKET_ROOT"] = str(bucket_root.resolve())
     # The agent runs for months: it execs into a process without the CLI's libraries
     # (Typer, Rich, the database models), which were a sixth of its memory. Same pid; the
     # key stays in the environment, out of the command line.
@@ -80,7 +78,7 @@ def agent(
         "netns": netns,
         "sample_rate": sample_rate,
         "nflog_rcvbuf": nflog_rcvbuf,
-        "bucket_root": os.environ.get("EDGEPCAP_BUCKET_ROOT"),
+        "bucket_root": str(bucket_root.resolve()) if bucket_root else None,
         "ca_file": str(ca_file.resolve()) if ca_file else None,
     }
     sys.stdout.flush()

@@ -39,9 +39,8 @@ def serve(
     import uvicorn
 
     from edgepcap.api.app import open_app
-    from edgepcap.api.metrics import TOKEN_FILE_ENV, operator_token
-    from edgepcap.control import full_rate, retention
     from edgepcap.control.db import make_data_dir
+    from edgepcap.control.settings import TOKEN_FILE_ENV, SettingError, Settings
 
     host, port = _parse_listen(listen)
     _private_files()
@@ -49,14 +48,11 @@ def serve(
     if metrics_token_file is not None:
         os.environ[TOKEN_FILE_ENV] = str(metrics_token_file.resolve())  # workers read it too
     try:  # checked here, before workers start: they would only die one by one
-        full_rate.full_capture_rate()
-        retention.capture_retention()
-        if operator_token() is None:
-            typer.echo("no metrics token (--metrics-token-file): GET /metrics is off", err=True)
-    except ValueError as exc:
+        settings = Settings.from_environ(data_dir.resolve(), database, sample_store)
+    except SettingError as exc:
         _fail(str(exc))
-    database = database or os.environ.get("EDGEPCAP_DATABASE")
-    sample_store = sample_store or os.environ.get("EDGEPCAP_SAMPLE_STORE")
+    if settings.metrics_token is None:
+        typer.echo("no metrics token (--metrics-token-file): GET /metrics is off", err=True)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -73,13 +69,14 @@ def serve(
     if tls is not None:
         options["ssl_certfile"], options["ssl_keyfile"] = str(tls[0]), str(tls[1])
     if workers == 1:
-        uvicorn.run(open_app(data_dir, database, sample_store), **options)
+        uvicorn.run(open_app(settings), **options)
         return
     # Migrate once here, so that workers starting together do not race on the schema.
-    _open(data_dir, database).close()
-    os.environ["EDGEPCAP_DATA_DIR"] = str(data_dir.resolve())
-    os.environ["EDGEPCAP_DATABASE"] = database or ""
-    os.environ["EDGEPCAP_SAMPLE_STORE"] = sample_store or ""
+    _open(data_dir, settings.database).close()
+    # Workers start from an import string: the environment is how their settings reach them.
+    os.environ["EDGEPCAP_DATA_DIR"] = str(settings.data_dir)
+    os.environ["EDGEPCAP_DATABASE"] = settings.database or ""
+    os.environ["EDGEPCAP_SAMPLE_STORE"] = settings.sample_store or ""
     uvicorn.run("edgepcap.api.app:from_environment", factory=True, workers=workers, **options)
 
 

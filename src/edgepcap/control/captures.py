@@ -33,6 +33,7 @@ from edgepcap.control.models import (
     utcnow,
 )
 from edgepcap.control.samples.store import SampleStore
+from edgepcap.control.settings import Limits
 from edgepcap.formats.filters import FilterV1
 
 
@@ -83,6 +84,7 @@ def create(
     session: Session,
     account: Account,
     req: CaptureRequest,
+    limits: Limits,
     samples: SampleStore | None = None,
     since: dt.datetime | None = None,
 ) -> Pcap:
@@ -113,14 +115,14 @@ def create(
     )
     targets = []
     if req.type == "simple":
-        sample_captures.take_slot(session, account, now)
+        sample_captures.take_slot(session, account, now, limits.sample_interval)
     else:
         _require_validated_bucket(session, account, conf or "")
         try:
             _name, targets = fleet.resolve(session, req.colo_name or "")
         except fleet.FleetError as exc:
             raise InvalidRequest(str(exc)) from None
-        full_rate.take_slot(session, account.id, now)
+        full_rate.take_slot(session, account.id, now, limits.full_capture_rate)
         expire_overdue(session, since or utcnow(), account.id)
         pcap.prefixes = [p.cidr for p in account.prefixes]
         execution.assign(session, pcap, targets)

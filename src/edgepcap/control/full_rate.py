@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
@@ -23,31 +22,16 @@ from sqlalchemy.orm import Session
 from edgepcap.control.errors import FullRateLimited
 from edgepcap.control.models import Account
 
-DEFAULT_RATE = 10
 WINDOW = dt.timedelta(minutes=1)
-SETTING = "EDGEPCAP_FULL_CAPTURE_RATE"
 
 
-def full_capture_rate() -> int:
-    """Full creates per minute per account (EDGEPCAP_FULL_CAPTURE_RATE; 0: no limit)."""
-    value = os.environ.get(SETTING, "").strip()
-    if not value:
-        return DEFAULT_RATE
-    if not value.isdigit():
-        raise ValueError(
-            f"{SETTING} must be a whole number of full captures per minute "
-            f"(0: no limit), got {value!r}"
-        )
-    return int(value)
-
-
-def take_slot(session: Session, account_id: str, now: dt.datetime) -> None:
-    """Count one full create against the account's window, or raise FullRateLimited.
+def take_slot(session: Session, account_id: str, now: dt.datetime, rate: int) -> None:
+    """Count one full create against the account's window of `rate` (0: no limit), or
+    raise FullRateLimited.
 
     Runs in the create's transaction: a create refused later (an active full capture)
     rolls its place back with everything else.
     """
-    rate = full_capture_rate()
     if rate == 0:
         return
     start, count = Account.full_window_start, Account.full_window_count

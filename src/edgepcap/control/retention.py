@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -18,8 +17,6 @@ from sqlalchemy.orm import Session
 from edgepcap.control.db import Database
 from edgepcap.control.models import ACTIVE_STATUSES, CaptureMachine, Pcap, PcapBlob, utcnow
 
-DEFAULT_RETENTION = dt.timedelta(days=30)
-SETTING = "EDGEPCAP_CAPTURE_RETENTION"
 # Captures deleted per transaction: short transactions, and at most this many blobs
 # (~1.8 MB each) freed at once.
 BATCH = 100
@@ -27,20 +24,6 @@ BATCH = 100
 # least once a minute (the default's pace) and at most twice a second.
 LONGEST_PERIOD = 60.0
 log = logging.getLogger("edgepcap.api")
-
-
-def capture_retention() -> dt.timedelta:
-    """How long ended captures are kept (EDGEPCAP_CAPTURE_RETENTION seconds, default 30 days)."""
-    value = os.environ.get(SETTING, "").strip()
-    if not value:
-        return DEFAULT_RETENTION
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < 1e10:
-        raise ValueError(f"{SETTING} must be a number of seconds, 0 < n < 1e10, got {value!r}")
-    return dt.timedelta(seconds=seconds)
 
 
 def sweep_period(retention: dt.timedelta) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,7 +19,6 @@ from edgepcap.formats import pcapfile as pcap_format
 from edgepcap.formats.filters import FilterV1
 from edgepcap.formats.samples import SNAPLEN
 
-SAMPLE_INTERVAL = dt.timedelta(minutes=1)
 SAMPLE_RATE = 100
 
 
@@ -66,11 +64,11 @@ def answer_sample(
     session.flush()
 
 
-def take_slot(session: Session, account: Account, now: dt.datetime) -> None:
-    """Take the account's sample capture slot, or raise SampleRateLimited."""
+def take_slot(session: Session, account: Account, now: dt.datetime, interval: dt.timedelta) -> None:
+    """Take the account's sample capture slot (one per `interval`), or raise
+    SampleRateLimited."""
     # One conditional UPDATE decides the race: whichever process sets
     # last_sample_at first wins; the database serialises the rest.
-    interval = sample_interval()
     cutoff = now - interval
     result = session.execute(
         update(Account)
@@ -88,12 +86,6 @@ def take_slot(session: Session, account: Account, now: dt.datetime) -> None:
         f"one sample capture per {_interval_words(interval)} per account: retry in {seconds} s",
         seconds,
     )
-
-
-def sample_interval() -> dt.timedelta:
-    """One sample request per this interval per account (EDGEPCAP_SAMPLE_INTERVAL seconds)."""
-    value = os.environ.get("EDGEPCAP_SAMPLE_INTERVAL")
-    return dt.timedelta(seconds=float(value)) if value else SAMPLE_INTERVAL
 
 
 def _interval_words(interval: dt.timedelta) -> str:

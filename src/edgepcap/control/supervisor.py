@@ -34,7 +34,12 @@ class Supervisor:
     """
 
     def __init__(
-        self, db: Database, samples: SampleStore, lock: Path | None, every: float = 0.5
+        self,
+        db: Database,
+        samples: SampleStore,
+        lock: Path | None,
+        keep: dt.timedelta,
+        every: float = 0.5,
     ) -> None:
         self.db = db
         self.samples = samples
@@ -42,7 +47,7 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._next_expiry = 0.0
         self._next_retention = 0.0
-        self.keep = retention.capture_retention()
+        self.keep = keep  # ended captures, then deleted
         self.every = every
         self.hearing_since: dt.datetime | None = utcnow()
         self._stop = threading.Event()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -13,8 +12,6 @@ import numpy as np
 
 from edgepcap.formats import samples as records
 from edgepcap.formats.filters import FilterV1
-
-DEFAULT_RETENTION = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -84,14 +81,14 @@ def newest(rows: np.ndarray, limit: int) -> np.ndarray:
     return rows[order[-limit:]] if limit else rows[:0]
 
 
-def open_store(url: str | None, data_dir: Path) -> SampleStore:
-    """No URL or `segments://DIR`: embedded files; `clickhouse://host:port/db`: ClickHouse."""
-    retention = dt.timedelta(
-        seconds=float(
-            os.environ.get("EDGEPCAP_SAMPLE_RETENTION", DEFAULT_RETENTION.total_seconds())
-        )
-    )
-    partition = int(os.environ.get("EDGEPCAP_SAMPLE_PARTITION", "60"))
+def open_store(
+    url: str | None,
+    data_dir: Path,
+    retention: dt.timedelta,
+    partition: int,
+) -> SampleStore:
+    """No URL or `segments://DIR`: embedded files; `clickhouse://host:port/db`: ClickHouse.
+    Samples are kept for `retention`, in partitions of `partition` seconds."""
     if url and url.startswith("clickhouse://"):
         from edgepcap.control.samples.clickhouse import ClickHouseStore
 
