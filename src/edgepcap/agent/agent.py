@@ -24,6 +24,15 @@ GROUPS = range(1000, 2000)  # NFLOG groups for full captures; one per running ca
 
 
 class Agent:
+    """One edge machine's agent: the loop that connects the machine to the control plane.
+
+    `run` removes tables a previous run left, registers (again whenever the control plane
+    says the machine's boot is unknown), starts the sampler and a heartbeat thread, then
+    long-polls for jobs: each new full capture gets a `CaptureWorker` on its own NFLOG
+    group, each stop is passed to its worker. `shutdown` stops the workers, which remove
+    their tables and report their end, and the sampler.
+    """
+
     def __init__(
         self,
         cp: ControlPlane,

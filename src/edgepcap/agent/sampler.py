@@ -30,6 +30,11 @@ BACKLOG_MAX = 500_000  # records (~110 MiB at most) kept while the store is unre
 
 
 class Sampler(threading.Thread):
+    """The sampler's thread: installs its table, reads sampled packets from NFLOG,
+    attributes each to the account(s) whose prefixes it touches (refreshed from the
+    control plane), and ships them in batches; `snapshot` gives its counters to the
+    heartbeat. Packets of no account are counted and dropped here."""
+
     def __init__(self, cp: ControlPlane, ns: str | None, rate: int) -> None:
         super().__init__(name="sampler", daemon=True)
         self.cp = cp

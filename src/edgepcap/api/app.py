@@ -70,8 +70,8 @@ def create_app(
         supervisor.start()
         # What startup built (modules, the app, SQLAlchemy's and pydantic's tables) lives
         # as long as the process: out of the collector's reach, a full collection no
-        # longer walks it. Measured under the API figure's load: each full collection
-        # stopped the event loop for ~97 ms and set the p99 (BENCHMARKS.md, API).
+        # longer walks it and so no longer stops the event loop for every request in
+        # flight (BENCHMARKS.md, "The garbage collector").
         gc.collect()  # garbage frozen now would never be freed
         gc.freeze()
         undo = on_exit_signal(_app.state.wakeup)

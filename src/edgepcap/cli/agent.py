@@ -68,7 +68,7 @@ def agent(
     if not 4096 <= nflog_rcvbuf <= 1 << 30:
         _fail("--nflog-rcvbuf must be 4096 to 1073741824 bytes")
     # The agent runs for months: it execs into a process without the CLI's libraries
-    # (Typer, Rich, the database models), which were a sixth of its memory. Same pid; the
+    # (Typer, Rich, the database models; BENCHMARKS.md, "Agent memory"). Same pid; the
     # key stays in the environment, out of the command line.
     os.environ["EDGEPCAP_AGENT_KEY"] = agent_key
     config = {

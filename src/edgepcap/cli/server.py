@@ -60,10 +60,10 @@ def serve(
         "access_log": os.environ.get("EDGEPCAP_ACCESS_LOG", "1") == "1",
         # Agents hold long polls open; do not wait for them on shutdown.
         "timeout_graceful_shutdown": 2,
-        # Measured (BENCHMARKS.md, API figure): one process on uvloop lets some connections
-        # wait ten times longer than others under load (p99 ~400 ms against ~35 ms on
-        # asyncio's loop, at the same throughput); with several workers uvloop spreads
-        # the connections over them better, and is the faster loop.
+        # One process on uvloop lets some connections wait far longer than others under
+        # load, at the same throughput as asyncio's loop; with several workers uvloop
+        # spreads the connections over them better, and is the faster loop
+        # (BENCHMARKS.md, "API").
         "loop": "asyncio" if workers == 1 else "auto",
     }
     if tls is not None:

@@ -88,6 +88,17 @@ def create(
     samples: SampleStore | None = None,
     since: dt.datetime | None = None,
 ) -> Pcap:
+    """Admit one capture for `account` and add it to the session, or raise a `Refused`.
+
+    Both kinds: the filter must be able to match the account's prefixes and the bucket
+    URL must be one edgepcap may write (stored canonical). A sample capture (`simple`)
+    takes the account's slot of `limits.sample_interval` and is answered at once from
+    `samples`. A full capture needs a bucket the account has proven, a colo or machine
+    with live machines, a place in `limits.full_capture_rate` and no other active full
+    capture of the account (after expiring overdue ones; `since`: from when the supervisor
+    could hear agents); it is assigned to the colo's machines with the account's prefixes
+    as they are now.
+    """
     check_filter_reachable(account, req)
     conf = None
     if req.destination_conf is not None:

@@ -53,8 +53,8 @@ def make_engine(url: str, ping: bool = True, checkpoints: bool = True) -> Engine
             cur.execute("PRAGMA synchronous=NORMAL")
             if not checkpoints:
                 # Otherwise the commit that takes the WAL past 1000 pages copies it back
-                # and waits for the disk (fdatasync) inside a request: measured 130-370 ms
-                # here, the slowest sample captures of the benchmark (BENCHMARKS.md).
+                # and waits for the disk (fdatasync) inside a request; the supervisor
+                # checkpoints instead (BENCHMARKS.md, "Sample captures and SQLite's WAL").
                 cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             cur.close()
 
@@ -110,8 +110,9 @@ class Database:
             else make_engine(url, ping=False).execution_options(isolation_level="AUTOCOMMIT")
         )
         # One connection kept checked out for those reads: they run on the event loop, one
-        # at a time, and checking a connection out of the pool and back in (with its reset)
-        # cost a sixth of a GET on PostgreSQL. Whoever finds it busy (a thread) uses the pool.
+        # at a time, and a pool checkout and check-in (with its reset) per GET is a cost
+        # the reads do not need (BENCHMARKS.md, "PostgreSQL, one worker"). Whoever finds
+        # it busy (a thread) uses the pool.
         self._held: Connection | None = None
         self._held_lock = threading.Lock()
 
@@ -231,9 +232,9 @@ def fetch_all(
     driver's connection as a prepared statement.
 
     Hand-written because SQLAlchemy's execution and result layers cost as much as the
-    round trip on these reads, which every poll makes: 350 µs against 170 µs per read
-    (measured), most of it building psycopg's 25 column descriptions for the result's
-    metadata on every execution. Only where SQLAlchemy would not convert a value (the
+    round trip on these reads, which every poll makes, most of it building psycopg's
+    column descriptions for the result's metadata on every execution (BENCHMARKS.md,
+    "PostgreSQL, one worker"). Only where SQLAlchemy would not convert a value (the
     plan checks), so the rows are the same either way; elsewhere (SQLite) it runs them.
     """
     dialect = conn.dialect

@@ -137,6 +137,18 @@ def _outstanding(rows: list[CaptureMachine], but: str) -> tuple[int, int]:
 
 
 def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Report) -> Answer:
+    """Record one machine's progress or end report on its part of a capture and answer it.
+
+    A first report marks the part (and a pending capture) running. An end report records
+    the part's outcome and object, gives back what it was granted and did not use, and may
+    end the capture (`finish_if_done`). A progress report may give budget back or ask for
+    more: packets and bytes are taken from the capture's shared budget by compare-and-swap
+    (`_cas_take`), so machines on several API processes never overdraw it; when a machine
+    holds a packet it cannot write and nothing is left anywhere, the capture ends by its
+    limit, else the others are asked to release what they hold. The answer tells the
+    machine to stop (a stop, the time limit, a limit reached), what it was granted, and
+    whether to release unused budget.
+    """
     now = utcnow()
     # A part's end may end the capture. Two machines ending at once must not each see the
     # other still active (write skew): their end reports take the capture's row in turn,
@@ -219,8 +231,6 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
                 pcap.reclaim = True
         elif pcap.reclaim:
             pcap.reclaim = False
-        if pcap.end_reason in protocol.LIMIT_REASONS:
-            answer.stop, answer.reason = True, pcap.end_reason
     if pcap.end_reason in protocol.LIMIT_REASONS:
         answer.stop, answer.reason = True, pcap.end_reason
     answer.release = bool(pcap.reclaim) and not answer.stop

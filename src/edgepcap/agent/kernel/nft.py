@@ -18,9 +18,9 @@ from edgepcap.formats.filters import PORT_PROTOCOLS, FilterV1
 TABLE_PREFIX = "edgepcap_"
 PRIORITY_RAW = -300
 # Up to this many prefixes of one IP version are tested as compares, one rule per prefix
-# and direction; more as an interval set. Measured on forwarded packets that miss: an
-# interval set lookup ~120 ns, a compare rule ~10-15 ns; 4 prefixes as compares cost 60 %
-# of the set, 8 about as much as the set, so 4 keeps a clear gain (BENCHMARKS.md).
+# and direction; more as an interval set: a compare costs a small fraction of a set
+# lookup, and past this many the compares no longer clearly win (BENCHMARKS.md, "Capture
+# tables and the packets they do not want").
 INLINE_PREFIXES = 4
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

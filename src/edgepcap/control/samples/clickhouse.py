@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS samples (
 
 
 class ClickHouseStore:
+    """Samples in one ClickHouse table (`SCHEMA`) of the URL's database, created if
+    missing. `append` inserts a batch in columns; `query` selects the newest `limit` of
+    the account's rows in the window, with the filter and prefixes as SQL; `expire` drops the
+    partitions past the retention."""
+
     def __init__(self, url: str, retention: dt.timedelta, partition_seconds: int = 3600) -> None:
         parts = urlsplit(url)
         self.database = parts.path.strip("/") or "default"

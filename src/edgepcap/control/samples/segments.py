@@ -24,6 +24,11 @@ NS = 1_000_000_000
 
 
 class SegmentStore:
+    """Samples as files under `root`: one directory per partition (`partition_seconds`
+    of time) and account, one segment file per append. `append` keeps what is inside the
+    retention; `query` reads only the account's directories of the partitions in the
+    window, then filters in numpy; `expire` removes partitions past the retention."""
+
     def __init__(self, root: Path, retention: dt.timedelta, partition_seconds: int = 60) -> None:
         self.root = root
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
