@@ -1,13 +1,15 @@
 """The HTTP side of the control plane: the Cloudflare-compatible customer API.
 
 * `app` — the application factory: routers, error handlers, middleware, mounts.
+* `routes/` — the routers: `pcaps`, `ownership` (buckets), `agents` (`/agent/v1`), `metrics`.
+* `deps` — what the customer routes share: the authenticated caller, the id check.
 * `guard` — the request guard: body size, content type, JSON refused before parsing.
 * `access_log` — keeps agents' routine requests out of the access log.
-* `errors`, `auth` — the envelope and error codes; authentication.
-* `pcaps`, `ownership`, `downloads`, `schemas`, `openapi` — the customer routes, their
-  shapes and the OpenAPI document.
-* `agents`, `wakeup` — the agent protocol's routes; waking long polls.
-* `metrics`, `web`, `timefmt` — `/metrics`; security headers and the docs page; times.
+* `errors`, `auth` — the envelope, error codes and refusals' mapping; authentication.
+* `downloads`, `schemas`, `openapi` — merged downloads and previews; the customer shapes;
+  the OpenAPI document.
+* `wakeup` — waking long polls.
+* `web`, `timefmt` — security headers and the docs page; times.
 
 May import `control`, `bucket_urls`, `destinations`, `beneath`, `formats`; never `cli` or `lab`.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from edgepcap.api import agents
+from edgepcap.api.routes import agents
 
 
 class QuietAgents(logging.Filter):

@@ -10,17 +10,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgepcap.api import agents, errors, openapi, ownership, pcaps, web
+from edgepcap.api import errors, openapi, web
 from edgepcap.api.access_log import QuietAgents
 from edgepcap.api.guard import RequestGuard
-from edgepcap.api.metrics import authorize, render_metrics
+from edgepcap.api.routes import agents, metrics, ownership, pcaps
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
 from edgepcap.control.db import Database, database_url
 from edgepcap.control.samples.store import SampleStore, open_store
@@ -98,10 +98,12 @@ def create_app(
     app.state.samples = samples
     app.state.supervisor = supervisor
     app.state.limits = limits
+    app.state.metrics_token = metrics_token
     app.state.wakeup = Wakeup()
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(agents.router)
+    app.include_router(metrics.router)
     app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     app.add_exception_handler(errors.APIError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
@@ -111,12 +113,6 @@ def create_app(
     app.add_middleware(RequestGuard)
     app.add_middleware(web.SecurityHeaders)  # outermost: the guard's refusals get them too
     web.mount_docs(app, PREFIX)
-
-    @app.get("/metrics", include_in_schema=False, response_class=PlainTextResponse)
-    def metrics(authorization: str | None = Header(default=None)) -> str:
-        """Per-machine liveness and sampler counters, in Prometheus' text format."""
-        authorize(authorization, metrics_token)
-        return render_metrics(db)
 
     dashboard = Path(__file__).resolve().parent.parent / "dashboard"
     app.mount("/static", StaticFiles(directory=dashboard), name="static")

@@ -4,11 +4,12 @@
 * `captures` — admitting captures, getting and stopping one, expiry.
 * `reads` — the checked read path: captures as plain rows, with the credentials' check.
 * `sample_captures` — the sample interval; answering sample captures from the store.
+* `settings` — every setting an API process reads, once, at its start.
 * `full_rate`, `retention` — the full-capture rate and the retention of ended captures.
 * `supervisor` — the API process's thread that sweeps lost machines, expiry, retention.
 * `execution` — a full capture across machines: assignment, progress, leases, completion.
 * `fleet` — agent keys, registration, liveness, `colo_name` resolution.
-* `ownership` — bucket ownership challenges.
+* `buckets` — an account's buckets: ownership challenges, their proof, the lookup.
 * `errors` — the refusals (`Refused` and one subclass per reason) the rules above raise.
 * `models`, `db`, `migrations/` — tables, the database, Alembic migrations.
 * `samples/` — the sample stores and what they admit.

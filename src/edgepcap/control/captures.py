@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from edgepcap import bucket_urls
-from edgepcap.control import execution, fleet, full_rate, ownership, sample_captures
+from edgepcap.control import buckets, execution, fleet, full_rate, sample_captures
 from edgepcap.control.accounts import account_networks
 from edgepcap.control.credentials import new_id
 from edgepcap.control.errors import (
@@ -151,7 +151,7 @@ def create(
 
 
 def _require_validated_bucket(session: Session, account: Account, conf: str) -> None:
-    bucket = ownership.find_bucket(session, account.id, conf)
+    bucket = buckets.find_bucket(session, account.id, conf)
     if bucket is None:
         raise BucketNotValidated(
             f"`destination_conf` {conf!r} is not a bucket of this account: add it with "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from edgepcap.api import downloads
 from edgepcap.api.auth import Caller, caller, presented
+from edgepcap.api.deps import Account, check_id
 from edgepcap.api.errors import APIError, Code, envelope, refused
 from edgepcap.api.schemas import (
     ID_PATTERN,
@@ -34,15 +35,6 @@ from edgepcap.formats.pcapfile import PcapError, Reader, global_header
 
 # Every customer route authenticates and validates its path: 400, 401 and 403 everywhere.
 router = APIRouter(responses=error_responses(400, 401, 403, 503))
-Account = Annotated[Caller, Depends(caller)]
-
-
-def check_id(value: str, what: str = "pcap_id") -> str:
-    if not ID_PATTERN.match(value):
-        raise APIError(
-            400, Code.INVALID_IDENTIFIER, f"`{what}` must be 32 lowercase hexadecimal digits"
-        )
-    return value
 
 
 def render(view: reads.View) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from edgepcap.api.auth import Caller, caller
+from edgepcap.api.deps import Account, check_id
 from edgepcap.api.errors import APIError, Code, envelope, refused
-from edgepcap.api.pcaps import check_id
 from edgepcap.api.schemas import (
     BucketId,
     DeletedOut,
@@ -20,12 +19,11 @@ from edgepcap.api.schemas import (
 )
 from edgepcap.api.timefmt import rfc3339
 from edgepcap.bucket_urls import DestinationError
-from edgepcap.control import ownership
+from edgepcap.control import buckets
 from edgepcap.control.errors import ChallengeMismatch, Refused
 from edgepcap.control.models import Bucket
 
 router = APIRouter(responses=error_responses(400, 401, 403, 503))
-Account = Annotated[Caller, Depends(caller)]
 
 
 def render(bucket: Bucket) -> dict[str, Any]:
@@ -49,7 +47,7 @@ def add_bucket(request: Request, who: Account, body: OwnershipCreate) -> dict[st
     state = request.app.state
     with state.db.session() as session:
         try:
-            bucket = ownership.add(session, who.account_id, body.destination_conf, state.stores)
+            bucket = buckets.add(session, who.account_id, body.destination_conf, state.stores)
         except DestinationError as exc:
             raise APIError(400, Code.DESTINATION_INVALID, str(exc)) from exc
         except Refused as exc:
@@ -60,7 +58,7 @@ def add_bucket(request: Request, who: Account, body: OwnershipCreate) -> dict[st
 @router.get("/accounts/{account_id}/pcaps/ownership", response_model=Envelope[list[OwnershipOut]])
 def list_buckets(request: Request, who: Account) -> dict[str, Any]:
     with request.app.state.db.session() as session:
-        return envelope([render(b) for b in ownership.list_buckets(session, who.account_id)])
+        return envelope([render(b) for b in buckets.list_buckets(session, who.account_id)])
 
 
 @router.post(
@@ -73,7 +71,7 @@ def validate_bucket(request: Request, who: Account, body: OwnershipValidate) -> 
     state = request.app.state
     with state.db.session() as session:
         try:
-            bucket = ownership.validate(
+            bucket = buckets.validate(
                 session,
                 who.account_id,
                 body.destination_conf,
@@ -98,7 +96,7 @@ def delete_bucket(request: Request, who: Account, ownership_id: BucketId) -> dic
     check_id(ownership_id, "ownership_id")
     with request.app.state.db.session() as session:
         try:
-            ownership.delete(session, who.account_id, ownership_id)
+            buckets.delete(session, who.account_id, ownership_id)
         except Refused as exc:
             raise refused(exc) from exc
         return envelope({"id": ownership_id})

@@ -13,6 +13,8 @@ from __future__ import annotations
 import gc
 import hmac
 
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,6 +35,16 @@ SAMPLER_COUNTERS = {
     "backlog": "samples waiting to be shipped",
     "ship_errors": "failed attempts to ship a batch",
 }
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request, authorization: str | None = Header(default=None)) -> str:
+    """Per-machine liveness and sampler counters, in Prometheus' text format."""
+    authorize(authorization, request.app.state.metrics_token)
+    return render_metrics(request.app.state.db)
 
 
 def authorize(authorization: str | None, token: str | None) -> None:
