@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from edgepcap.formats.protocol import ReportWire
+from edgepcap.formats.protocol import JobsAnswer, ReportWire, Welcome
 
 
 class ControlPlaneError(RuntimeError):
@@ -68,8 +68,8 @@ class ControlPlane:
     def me(self) -> dict[str, str]:
         return {"machine": self.machine, "boot_id": self.boot_id}
 
-    def register(self) -> dict[str, Any]:
-        return self._call("POST", "/register", json={"colo": self.colo, **self.me})
+    def register(self) -> Welcome:
+        return self._call("POST", "/register", json={"colo": self.colo, **self.me})  # type: ignore[return-value]
 
     def heartbeat(self, stats: dict[str, int] | None = None) -> None:
         self._call("POST", "/heartbeat", json={**self.me, "stats": stats or {}})
@@ -86,12 +86,11 @@ class ControlPlane:
             headers={"Content-Type": "application/octet-stream"},
         )
 
-    def jobs(self, wait: float, running: list[str] | None = None) -> dict[str, Any]:
-        """New jobs, and stops for the `running` captures: {"jobs": [...], "stop": [...]}."""
+    def jobs(self, wait: float, running: list[str] | None = None) -> JobsAnswer:
+        """New jobs, and stops for the `running` captures."""
         params = {**self.me, "wait": wait, "running": ",".join(running or [])}
         answer = self._call("GET", "/jobs", params=params, timeout=wait + 15)
-        answer.setdefault("stop", [])
-        return answer
+        return {"jobs": answer.get("jobs", []), "stop": answer.get("stop", [])}
 
     def report(self, pcap_id: str, report: ReportWire) -> dict[str, Any]:
         return self._call("POST", f"/captures/{pcap_id}/report", json={**self.me, **report})

@@ -1,6 +1,7 @@
-"""The agent protocol (`/agent/v1`), as both sides speak it: the job an agent receives,
-the report it sends about its part of a full capture, the answer to that report, the
-reasons a capture ends, and where a machine writes its part.
+"""The agent protocol (`/agent/v1`), as both sides speak it: registration and heartbeats,
+the long poll's answer (jobs and stops), the job an agent receives, the report it sends
+about its part of a full capture, the answer to that report, the reasons a capture ends,
+and where a machine writes its part.
 
 The field names and their meanings are the wire: old and new agents and control planes
 talk to each other, so a field may be added (with a default) but never renamed or dropped.
@@ -12,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgepcap.formats.filters import FilterV1
 
@@ -33,6 +34,45 @@ ENDED_STATES = (DONE, FAILED)
 def object_name(machine: str, pcap_id: str) -> str:
     """Where a machine writes its part of a full capture, in the capture's bucket."""
     return f"{machine}/pcap_{pcap_id}.pcap"
+
+
+BOOT_ID = r"^[0-9a-f]{32}$"  # one run of an agent: a new one at every start
+
+
+class Beat(BaseModel):
+    """Who a call is from: the machine and its agent's current run (every body and the
+    query of `GET /jobs` and `POST /samples` carry these)."""
+
+    model_config = ConfigDict(extra="forbid")
+    machine: str = Field(max_length=64)
+    boot_id: str = Field(pattern=BOOT_ID)
+
+
+class Hello(Beat):
+    """`POST /register`: a machine of a colo starts a run."""
+
+    colo: str = Field(max_length=16)
+
+
+class Heartbeat(Beat):
+    """`POST /heartbeat`: the run is alive; the sampler's counters ride along."""
+
+    stats: dict[str, int] = Field(default_factory=dict, max_length=32)
+
+
+class Welcome(TypedDict):
+    """The answer to `POST /register`."""
+
+    machine: str
+    colo: str
+    heartbeat_interval: float  # seconds between heartbeats
+
+
+class StopWire(TypedDict):
+    """One capture the machine is running that it should stop, and why (an end reason)."""
+
+    id: str
+    reason: str
 
 
 class JobWire(TypedDict):
@@ -86,6 +126,13 @@ class Job:
             destination_conf=str(raw["destination_conf"]),
             object_name=expected,
         )
+
+
+class JobsAnswer(TypedDict):
+    """The answer to the long poll `GET /jobs`: captures to start and captures to stop."""
+
+    jobs: list[JobWire]
+    stop: list[StopWire]
 
 
 class Report(BaseModel):

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from edgepcap.api.errors import APIError, Code
@@ -23,7 +22,7 @@ PREFIX = "/agent/v1"
 router = APIRouter(prefix=PREFIX, tags=["agents"], include_in_schema=False)
 # Query parameters of every call an agent makes about itself.
 MachineName = Annotated[str, Query(max_length=64)]
-BootId = Annotated[str, Query(pattern=r"^[0-9a-f]{32}$")]
+BootId = Annotated[str, Query(pattern=protocol.BOOT_ID)]
 MAX_WAIT = 30.0
 POLL_EVERY = 0.1
 
@@ -76,25 +75,8 @@ def _register_again() -> APIError:
     return APIError(409, Code.WRONG_STATE, "unknown machine or boot: register again")
 
 
-class Hello(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    colo: str = Field(max_length=16)
-    machine: str = Field(max_length=64)
-    boot_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-
-
-class Beat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    machine: str = Field(max_length=64)
-    boot_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-
-
-class BeatIn(Beat):
-    stats: dict[str, int] = Field(default_factory=dict, max_length=32)
-
-
 # A report, with the machine and boot it comes from (Beat's fields first, as agents send them).
-class ReportIn(protocol.Report, Beat):
+class ReportIn(protocol.Report, protocol.Beat):
     pass
 
 
@@ -112,8 +94,8 @@ def job(pcap: Pcap, machine: str) -> protocol.JobWire:
     }
 
 
-@router.post("/register")
-def register(request: Request, caller: Agent, body: Hello) -> dict[str, Any]:
+@router.post("/register", response_model=None)  # the protocol's shape; nothing to check
+def register(request: Request, caller: Agent, body: protocol.Hello) -> protocol.Welcome:
     try:
         colo, name = fleet.check_names(body.colo, body.machine)
     except fleet.FleetError as exc:
@@ -130,7 +112,7 @@ def register(request: Request, caller: Agent, body: Hello) -> dict[str, Any]:
 
 
 @router.post("/heartbeat")
-def heartbeat(request: Request, caller: Agent, body: BeatIn) -> dict[str, Any]:
+def heartbeat(request: Request, caller: Agent, body: protocol.Heartbeat) -> dict[str, Any]:
     caller.check(body.machine)
     with request.app.state.db.session() as session:
         if fleet.heartbeat(session, body.machine, body.boot_id, body.stats) is None:
@@ -140,16 +122,16 @@ def heartbeat(request: Request, caller: Agent, body: BeatIn) -> dict[str, Any]:
 
 def _poll(
     request: Request, machine: str, boot_id: str, running: list[str]
-) -> tuple[list[protocol.JobWire], list[dict[str, str]]] | None:
+) -> protocol.JobsAnswer | None:
     with request.app.state.db.session() as session:
         if fleet.current_run(session, machine, boot_id) is None:
             return None
         jobs = [job(p, machine) for p, _part in execution.jobs_for(session, machine)]
-        stops = [
+        stops: list[protocol.StopWire] = [
             {"id": pcap_id, "reason": reason}
             for pcap_id, reason in execution.stops_for(session, machine, running)
         ]
-        return jobs, stops
+        return {"jobs": jobs, "stop": stops}
 
 
 def _ids(value: str) -> list[str]:
@@ -159,7 +141,7 @@ def _ids(value: str) -> list[str]:
     return ids
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=None)
 async def jobs(
     request: Request,
     response: Response,
@@ -168,7 +150,7 @@ async def jobs(
     boot_id: BootId,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 20.0,
     running: Annotated[str, Query(max_length=33_000)] = "",
-) -> dict[str, Any]:
+) -> protocol.JobsAnswer:
     """Long poll: answers as soon as the machine has assigned jobs, or one of the captures
     it is `running` should stop (stop requested, limit reached, part ended), or after `wait` s.
     """
@@ -184,9 +166,8 @@ async def jobs(
             found = await run_in_threadpool(_poll, request, machine, boot_id, capturing)
             if found is None:
                 raise _register_again()
-            new_jobs, stops = found
-            if new_jobs or stops or time.monotonic() >= deadline:
-                return {"jobs": new_jobs, "stop": stops}
+            if found["jobs"] or found["stop"] or time.monotonic() >= deadline:
+                return found
             if wakeup.closing:
                 # The process is stopping: this connection ends with the answer, so the
                 # agent's next poll goes to a listener that is still open (or is refused).
