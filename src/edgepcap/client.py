@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import ssl
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,19 @@ def _token_file() -> str | None:
 
 
 class Client:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, verify: ssl.SSLContext | bool = True) -> None:
         self.http = httpx.Client(
             base_url=f"{settings.api}/accounts/{settings.account}",
             headers={"Authorization": f"Bearer {settings.token}"},
             timeout=httpx.Timeout(30.0, read=120.0),
+            verify=verify,
         )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -111,6 +119,13 @@ class Client:
             "/pcaps/ownership/validate",
             json={"destination_conf": conf, "ownership_challenge": challenge},
         )
+
+    def prove_bucket(self, conf: str, read_challenge: Callable[[str], str]) -> dict[str, Any]:
+        """Add the bucket `conf` and prove it is the caller's: `read_challenge(filename)`
+        reads the challenge file back from the bucket, as its owner can. Returns the
+        validated bucket."""
+        challenge = read_challenge(self.add_bucket(conf)["filename"])
+        return self.validate_bucket(conf, challenge)
 
     def delete_bucket(self, bucket_id: str) -> Any:
         return self._call("DELETE", f"/pcaps/ownership/{bucket_id}")

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgepcap.client import Client, Settings
 from tests.support.processes import EDGEPCAP, free_port, wait_for
 from tests.support.servers import S3_ENV
 
@@ -75,15 +76,11 @@ class Lab:
     def validate(self, conf: str, read_challenge: Callable[[str], str]) -> str:
         """Prove ownership of the bucket `conf` as a customer would: ask for a challenge,
         read it back from the bucket (`read_challenge(filename)`), validate; returns conf."""
-        with self.client() as c:
-            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
-            assert r.status_code == 200, r.text
-            token = read_challenge(r.json()["result"]["filename"])
-            r = c.post(
-                "/pcaps/ownership/validate",
-                json={"destination_conf": conf, "ownership_challenge": token},
-            )
-            assert r.status_code == 200, r.text
+        t = self.info
+        settings = Settings(f"{t['api']}/client/v4", t["account_id"], t["api_token"])
+        with Client(settings) as c:
+            bucket = c.prove_bucket(conf, read_challenge)
+        assert bucket["status"] == "success", bucket
         return conf
 
     def get(self, pcap_id: str, tenant: str = "customer") -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from edgepcap.client import Client, Settings
 from edgepcap.control.accounts import create_account, describe
 from edgepcap.control.db import Database, open_database
 from tests.support.processes import EDGEPCAP
@@ -91,14 +92,8 @@ class Stack:
         directory = self.server.data_dir / "buckets" / account.id
         directory.mkdir(parents=True, exist_ok=True)
         conf = f"file://{directory}"
-        with self.client(account) as c:
-            r = c.post("/pcaps/ownership", json={"destination_conf": conf})
-            assert r.status_code == 200, r.text
-            token = (directory / r.json()["result"]["filename"]).read_text()
-            r = c.post(
-                "/pcaps/ownership/validate",
-                json={"destination_conf": conf, "ownership_challenge": token},
-            )
-            assert r.status_code == 200, r.text
-            assert r.json()["result"]["status"] == "success"
+        settings = Settings(api=self.api, account=account.id, token=account.api_token)
+        with Client(settings, verify=self.verify) as c:
+            bucket = c.prove_bucket(conf, lambda name: (directory / name).read_text())
+        assert bucket["status"] == "success", bucket
         return conf

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from edgepcap import client
 from edgepcap.agent.kernel import nft
 from edgepcap.agent.sampler import TABLE as SAMPLER_TABLE
 from edgepcap.control import accounts
@@ -274,20 +275,12 @@ def start_api(data_dir: Path) -> None:
 
 def _validate_bucket(api: str, acct: dict[str, Any], bucket: Path) -> str:
     conf = f"file://{bucket}"
-    with httpx.Client(
-        base_url=f"{api}/client/v4/accounts/{acct['id']}",
-        headers={"Authorization": f"Bearer {acct['api_token']}"},
-    ) as c:
-        r = c.post("/pcaps/ownership", json={"destination_conf": conf})
-        if r.status_code != 200:
-            raise LabError(f"adding bucket {conf}: {r.text}")
-        token = (bucket / r.json()["result"]["filename"]).read_text()
-        r = c.post(
-            "/pcaps/ownership/validate",
-            json={"destination_conf": conf, "ownership_challenge": token},
-        )
-        if r.status_code != 200:
-            raise LabError(f"validating bucket {conf}: {r.text}")
+    settings = client.Settings(api=f"{api}/client/v4", account=acct["id"], token=acct["api_token"])
+    try:
+        with client.Client(settings) as c:
+            c.prove_bucket(conf, lambda name: (bucket / name).read_text())
+    except client.ClientError as exc:
+        raise LabError(f"proving bucket {conf}: {exc}") from None
     return conf
 
 
