@@ -25,7 +25,7 @@ from tests.support.servers import (
 from tests.support.stack import Stack
 
 # What a fixture needs: the lab namespaces and nftables (root), a browser, PostgreSQL
-# (started through `runuser`, so root too) or clickhouse-server.
+# (as root, started through `runuser`; as anyone else, as themselves) or clickhouse-server.
 FIXTURE_MARKS = {
     "lab": "root",
     "browser": "browser",

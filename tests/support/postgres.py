@@ -1,6 +1,7 @@
-"""A throwaway PostgreSQL server on loopback (Debian's binaries, run as the postgres user).
+"""A throwaway PostgreSQL server on loopback (Debian's binaries).
 
-Starting one needs root: `runuser` to the postgres user.
+PostgreSQL refuses to run as root: as root the server runs as the postgres user
+(`runuser`); as anyone else, as that user (a laptop's `pytest -m "not root"`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,7 @@ class Postgres:
 
     def run(self, *args: str) -> None:
         subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
+            _as_server_user(
                 str(self.bindir / "psql"),
                 "-h",
                 "127.0.0.1",
@@ -45,7 +42,7 @@ class Postgres:
                 "-v",
                 "ON_ERROR_STOP=1",
                 *args,
-            ],
+            ),
             check=True,
             capture_output=True,
         )
@@ -60,7 +57,7 @@ class Postgres:
         assert self.data is not None
         pg_ctl = str(self.bindir / "pg_ctl")
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", pg_ctl, "-D", str(self.data), *args],
+            _as_server_user(pg_ctl, "-D", str(self.data), *args),
             check=True,
             capture_output=True,
             timeout=60,
@@ -83,6 +80,11 @@ class Postgres:
         self._pg_ctl("-m", "immediate", "-w", "stop")
 
 
+def _as_server_user(*argv: str) -> list[str]:
+    """`argv` run as the server's user: postgres when we are root, else ourselves."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
+
+
 def _pg_bindir() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
@@ -98,14 +100,11 @@ def start_postgres() -> tuple[Postgres, Callable[[], None]]:
     data = base / "data"
     sock = base / "sock"
     sock.mkdir()
-    for path in (base, sock):
-        shutil.chown(path, "postgres")
+    if os.geteuid() == 0:
+        for path in (base, sock):
+            shutil.chown(path, "postgres")
     subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
+        _as_server_user(
             str(bindir / "initdb"),
             "-D",
             str(data),
@@ -114,7 +113,7 @@ def start_postgres() -> tuple[Postgres, Callable[[], None]]:
             "-U",
             "postgres",
             "--no-sync",
-        ],
+        ),
         check=True,
         capture_output=True,
     )
