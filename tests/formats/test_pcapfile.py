@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 
 from edgepcap.formats.pcapfile import Packet, PcapError, Reader, merge
-from tests.support.packets import tshark_fields, udp, write_pcap
+from tests.support.packets import chunks_of, tshark_fields, udp, write_pcap
 
 T0 = 1_790_000_000 * 1_000_000_000
-
-
-def chunks_of(data: bytes, size: int) -> list[bytes]:
-    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def test_merge_orders_by_time_and_keeps_lengths(tmp_path):

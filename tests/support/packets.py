@@ -23,6 +23,11 @@ def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"x" * 32) 
     return struct.pack("!IHBB16s16s", 6 << 28, len(body), 17, 64, s.packed, d.packed) + body
 
 
+def chunks_of(data: bytes, size: int) -> list[bytes]:
+    """`data` cut into chunks of `size` bytes, as an object store's reads hand it over."""
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
 def write_pcap(path: Path, packets: list[Packet], nanosecond: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:

@@ -2,6 +2,8 @@
 
 * `pcapfile` — PCAP files: the record layout and its writers (one packet; a numpy batch),
   streaming reader, merge by time.
+* `pcapng` — pcapng blocks (section, interfaces, packets with direction, statistics) and
+  PCAP streams merged by time into one pcapng stream, one named interface per machine.
 * `packets` — decoding packets for previews and summaries.
 * `filters` — `filter_v1`, typed and validated; the protocols that have ports; its summary.
 * `samples` — sample records: the fixed-size rows agents ship and the stores keep.
