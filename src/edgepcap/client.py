@@ -94,10 +94,13 @@ class Client:
     def stop(self, pcap_id: str) -> dict[str, Any]:
         return self._call("PUT", f"/pcaps/{pcap_id}/stop")
 
-    def download(self, pcap_id: str) -> Iterator[tuple[int | None, bytes]]:
-        """Chunks of the capture's PCAP, with the total size when the server knows it."""
+    def download(self, pcap_id: str, format: str = "pcap") -> Iterator[tuple[int | None, bytes]]:
+        """Chunks of the capture's file (`pcap` or `pcapng`), with the total size when the
+        server knows it."""
         try:
-            with self.http.stream("GET", f"/pcaps/{pcap_id}/download") as r:
+            with self.http.stream(
+                "GET", f"/pcaps/{pcap_id}/download", params={"format": format}
+            ) as r:
                 if r.status_code != 200:
                     r.read()
                     _result(r)

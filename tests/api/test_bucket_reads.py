@@ -9,12 +9,14 @@ agent would have.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from edgepcap.formats.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_RAW, Packet, global_header, record
 from tests.support.api import error_of, full
+from tests.support.packets import tshark_fields, udp
 from tests.support.processes import wait_for
 from tests.support.servers import register_machine
 
@@ -184,3 +186,61 @@ def test_one_account_has_a_bounded_number_of_reads_at_once(stack, lax):
         )
         assert r.content == data
         assert c.get(f"/pcaps/{pcap_id}/preview").status_code == 200
+
+
+def _packets(machine: int, count: int, first_ns: int) -> bytes:
+    """A machine's PCAP file: `count` UDP packets to port 5000 + machine, 1 ms apart."""
+    return global_header() + b"".join(
+        record(
+            Packet(
+                first_ns + i * 1_000_000,
+                60,
+                udp("198.51.100.1", "203.0.113.9", 40000 + i, 5000 + machine)[:60].ljust(60, b"\0"),
+            )
+        )
+        for i in range(count)
+    )
+
+
+def test_a_pcapng_download_has_one_named_interface_per_machine(stack, lax, tmp_path):
+    acct = stack.account()
+    pcap_id, root = ended(stack, lax, acct, colo="LAX", failed=("lax03",))
+    t0 = 1_700_000_000_000_000_000
+    put(root, f"lax01/pcap_{pcap_id}.pcap", _packets(1, 3, t0))
+    put(root, f"lax02/pcap_{pcap_id}.pcap", _packets(2, 2, t0 + 500_000))
+    with stack.client(acct) as c:
+        plain = c.get(f"/pcaps/{pcap_id}/download")
+        by_query = c.get(f"/pcaps/{pcap_id}/download", params={"format": "pcapng"})
+        by_accept = c.get(f"/pcaps/{pcap_id}/download", headers={"Accept": "application/x-pcapng"})
+        bad = c.get(f"/pcaps/{pcap_id}/download", params={"format": "pcapng2"})
+    assert (
+        plain.status_code == 200 and plain.headers["content-type"] == "application/vnd.tcpdump.pcap"
+    )
+    assert plain.content[:4] == b"\xd4\xc3\xb2\xa1"  # PCAP stays the default
+    for r in (by_query, by_accept):
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/x-pcapng"
+        assert f'filename="pcap_{pcap_id}.pcapng"' in r.headers["content-disposition"]
+    assert by_query.content == by_accept.content
+    assert bad.status_code == 400 and "format" in error_of(bad)[1]
+
+    path = tmp_path / "merged.pcapng"
+    path.write_bytes(by_query.content)
+    rows = tshark_fields(path, "frame.interface_name", "frame.interface_description", "udp.dstport")
+    # Merged by time, each packet on the interface of the machine whose file held it.
+    assert rows == [
+        ["lax01", "edgepcap LAX lax01", "5001"],
+        ["lax02", "edgepcap LAX lax02", "5002"],
+        ["lax01", "edgepcap LAX lax01", "5001"],
+        ["lax02", "edgepcap LAX lax02", "5002"],
+        ["lax01", "edgepcap LAX lax01", "5001"],
+    ]
+    info = subprocess.run(
+        ["capinfos", str(path)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "Number of packets:   5" in info
+    assert f"edgepcap full capture on LAX {pcap_id}; filter: all packets" in info
+    # mergecap reads it as a capture file like any other.
+    again = tmp_path / "again.pcapng"
+    subprocess.run(["mergecap", "-w", str(again), str(path)], check=True, timeout=60)
+    assert len(tshark_fields(again, "frame.interface_name")) == 5

@@ -6,18 +6,33 @@ for a download, `read_max_bytes` in all (StoreSettings). Each account has at mos
 `reads_per_account` downloads and previews open at once in one API process; one more is
 answered 429 with Retry-After. A download holds its slot until its body is sent or the
 client goes away.
+
+A download is PCAP (Cloudflare's, the default) or pcapng (`?format=pcapng`, or an Accept
+header asking for it): one interface per machine, named after it, and a section comment
+naming the capture, so that Wireshark shows which machine saw each packet.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from edgepcap.api.errors import APIError, Code
 from edgepcap.bucket_urls import DestinationError
+from edgepcap.control.models import Pcap
+from edgepcap.control.sample_captures import SAMPLE_RATE
 from edgepcap.destinations import StoreSettings, parse
+from edgepcap.formats import pcapng
+from edgepcap.formats.filters import summary
 from edgepcap.formats.pcapfile import Reader, merge
+from edgepcap.formats.samples import SNAPLEN
+
+PCAP_TYPE = "application/vnd.tcpdump.pcap"
+PCAPNG_TYPE = "application/x-pcapng"
+FORMATS = {"pcap": PCAP_TYPE, "pcapng": PCAPNG_TYPE}
+# A stream of readers as one file: pcapfile.merge (PCAP) or a pcapng layout.
+Layout = Callable[[list[Reader]], Iterator[bytes]]
 
 RETRY_AFTER = 5  # seconds a refused download or preview is told to wait
 
@@ -79,7 +94,14 @@ class Slot:
 class Merged:
     """The capture's objects opened and merged by time; `close` releases every object."""
 
-    def __init__(self, conf: str, names: list[str], stores: StoreSettings, download: bool):
+    def __init__(
+        self,
+        conf: str,
+        names: list[str],
+        stores: StoreSettings,
+        download: bool,
+        layout: Layout = merge,
+    ):
         self._open: list[Iterator[bytes]] = []
         if len(names) > stores.read_max_objects:
             raise DestinationError(
@@ -101,7 +123,7 @@ class Merged:
                     "bucket directly"
                 )
             self.readers = [Reader(chunks, name) for name, _, chunks in sized]
-            self.body = merge(self.readers)
+            self.body = layout(self.readers)
         except BaseException:
             self.close()
             raise
@@ -120,3 +142,44 @@ def stream(merged: Merged, slot: Slot) -> Iterator[bytes]:
     finally:
         merged.close()
         slot.release()
+
+
+def wanted_format(format: str | None, accept: str | None) -> str:
+    """`pcap` or `pcapng`: `?format=` when given, else pcapng only when the Accept header
+    names its type and not PCAP's (curl's `*/*` and Cloudflare's clients get PCAP)."""
+    if format is not None:
+        return format
+    types = {part.split(";")[0].strip().lower() for part in (accept or "").split(",")}
+    return "pcapng" if PCAPNG_TYPE in types and PCAP_TYPE not in types else "pcap"
+
+
+def comment(pcap: Pcap) -> str:
+    """The pcapng section comment: which capture this is."""
+    what = (
+        f"sample capture (1 in {SAMPLE_RATE} packets, first {SNAPLEN} bytes)"
+        if pcap.type == "simple"
+        else f"full capture on {pcap.colo_name}"
+    )
+    return f"edgepcap {what} {pcap.id}; filter: {summary(pcap.filter_v1 or {})}"
+
+
+def machines_layout(pcap: Pcap, colos: dict[str, str]) -> Layout:
+    """pcapng of a full capture's objects: interface i is the machine of object i
+    (`{machine}/pcap_{id}.pcap`), described with its colo."""
+
+    def layout(readers: list[Reader]) -> Iterator[bytes]:
+        sources = []
+        for reader in readers:
+            machine = reader.name.split("/", 1)[0]
+            where = f"{colos[machine]} {machine}" if machine in colos else machine
+            sources.append(pcapng.Source(machine, f"edgepcap {where}", reader))
+        return pcapng.from_pcaps(sources, comment(pcap))
+
+    return layout
+
+
+def sample_pcapng(pcap: Pcap, data: bytes) -> bytes:
+    """A sample capture's stored PCAP as pcapng: one interface, its samples."""
+    reader = Reader([data], f"pcap_{pcap.id}.pcap")
+    description = f"edgepcap samples of every colo, 1 in {SAMPLE_RATE} packets"
+    return b"".join(pcapng.from_pcap(reader, "samples", description, comment(pcap)))

@@ -7,6 +7,7 @@ EDGEPCAP_* environment); `console` prints the answers.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,14 @@ from rich.text import Text
 
 from edgepcap.cli.console import _die, _id_column, _print_json, _show, err, out
 from edgepcap.client import Client, ClientError, Settings
+
+
+class FileFormat(enum.StrEnum):
+    """What `download` writes."""
+
+    pcap = "pcap"
+    pcapng = "pcapng"
+
 
 Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
 AccountId = Annotated[str | None, typer.Option("--account", help="Account id (EDGEPCAP_ACCOUNT).")]
@@ -181,7 +190,15 @@ def stop(
 
 def download(
     pcap_id: str,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the PCAP.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the file.")],
+    format: Annotated[
+        FileFormat,
+        typer.Option(
+            "--format",
+            help="pcap, or pcapng: one interface per machine, named after it, and a "
+            "comment naming the capture.",
+        ),
+    ] = FileFormat.pcap,
     api: Api = None,
     account: AccountId = None,
     token: Token = None,
@@ -202,7 +219,7 @@ def download(
             ) as bar,
         ):
             task = bar.add_task("download", total=None)
-            for total, chunk in client.download(pcap_id):
+            for total, chunk in client.download(pcap_id, format.value):
                 fh.write(chunk)
                 written += len(chunk)
                 bar.update(task, completed=written, total=total)

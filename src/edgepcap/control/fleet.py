@@ -179,3 +179,11 @@ def colos(session: Session) -> list[dict[str, Any]]:
     return [
         {"colo": c, "machines": ms, "live": sum(m["live"] for m in ms)} for c, ms in out.items()
     ]
+
+
+def colos_of(session: Session, machines: list[str]) -> dict[str, str]:
+    """The colo of each of `machines` that is known (a machine never moves colo)."""
+    if not machines:
+        return {}
+    rows = session.execute(select(Machine.name, Machine.colo).where(Machine.name.in_(machines)))
+    return {name: colo for name, colo in rows}

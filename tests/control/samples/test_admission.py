@@ -4,6 +4,7 @@ what is refused is counted on /metrics (SQLite and PostgreSQL: the counters' ups
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 import time
 
 import httpx
@@ -12,7 +13,7 @@ from edgepcap.formats import samples as records
 from edgepcap.formats.pcapfile import Reader
 from tests.support.agentkeys import agent_client, mint_key, new_boot, refused
 from tests.support.api import SIMPLE
-from tests.support.packets import udp
+from tests.support.packets import tshark_fields, udp
 from tests.support.servers import MachineHeartbeat
 from tests.support.stack import Stack
 
@@ -97,6 +98,18 @@ def test_future_stale_and_overlong_samples_are_refused_and_counted(stack: Stack,
         assert pcap["packets_captured"] == 10
         r = c.get(f"/pcaps/{pcap['id']}/download")
         assert r.status_code == 200
+        ng = c.get(f"/pcaps/{pcap['id']}/download", params={"format": "pcapng"})
+        assert ng.status_code == 200 and ng.headers["content-type"] == "application/x-pcapng"
     packets = list(Reader([r.content]))
     assert len(packets) == 10
     assert all(len(p.data) == 160 and p.orig_len == 328 for p in packets)
+
+    # As pcapng: the same packets on one interface, the samples, and a comment saying so.
+    path = tmp_path / "sample.pcapng"
+    path.write_bytes(ng.content)
+    rows = tshark_fields(path, "frame.interface_name", "frame.cap_len", "frame.len")
+    assert rows == [["samples", "160", "328"]] * 10
+    info = subprocess.run(["capinfos", str(path)], capture_output=True, text=True, check=True)
+    assert (
+        f"edgepcap sample capture (1 in 100 packets, first 160 bytes) {pcap['id']}" in info.stdout
+    )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -31,7 +31,7 @@ from edgepcap.control.errors import Refused
 from edgepcap.control.models import Account as AccountRow
 from edgepcap.control.models import Pcap, PcapBlob
 from edgepcap.formats.packets import preview
-from edgepcap.formats.pcapfile import PcapError, Reader, global_header
+from edgepcap.formats.pcapfile import PcapError, Reader, global_header, merge
 
 # Every customer route authenticates and validates its path: 400, 401 and 403 everywhere.
 router = APIRouter(responses=error_responses(400, 401, 403, 503))
@@ -230,19 +230,35 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The PCAP file",
+            "description": "The capture file",
             "content": {
-                "application/vnd.tcpdump.pcap": {"schema": {"type": "string", "format": "binary"}}
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in downloads.FORMATS.values()
             },
         },
         **error_responses(404, 409, 502),
     },
 )
-def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> Response:
-    """The capture as one PCAP file (full captures: all machines' files merged by time)."""
+def download_pcap(
+    request: Request,
+    who: Account,
+    pcap_id: PcapId,
+    format: Annotated[
+        Literal["pcap", "pcapng"] | None,
+        Query(
+            description="`pcap` (the default) or `pcapng`: one interface per machine, named "
+            "after it, and a comment naming the capture (an edgepcap extension). Without "
+            "it, `Accept: application/x-pcapng` asks for pcapng."
+        ),
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    """The capture as one file (full captures: all machines' files merged by time)."""
+    kind = downloads.wanted_format(format, accept)
     with request.app.state.db.session() as session:
         pcap = owned(session, who, pcap_id)
         names = execution.reported_objects(pcap)
+        colos = fleet.colos_of(session, [n.split("/", 1)[0] for n in names])
     if pcap.status != "success":
         detail = f" ({pcap.error_message})" if pcap.error_message else ""
         raise APIError(
@@ -258,19 +274,31 @@ def download_pcap(request: Request, who: Account, pcap_id: PcapId) -> Response:
                 raise APIError(409, Code.NOT_READY, f"capture {pcap.id} has no packet data")
             data = blob.data
         return Response(
-            data,
-            media_type="application/vnd.tcpdump.pcap",
-            headers={"Content-Disposition": f'attachment; filename="pcap_{pcap.id}.pcap"'},
+            downloads.sample_pcapng(pcap, data) if kind == "pcapng" else data,
+            media_type=downloads.FORMATS[kind],
+            headers=_attachment(pcap, kind),
         )
-    return _merged_download(request, who, pcap, names)
+    layout = downloads.machines_layout(pcap, colos) if kind == "pcapng" else merge
+    return _merged_download(request, who, pcap, names, kind, layout)
 
 
-def _merged_download(request: Request, who: Caller, pcap: Pcap, names: list[str]) -> Response:
+def _attachment(pcap: Pcap, kind: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="pcap_{pcap.id}.{kind}"'}
+
+
+def _merged_download(
+    request: Request,
+    who: Caller,
+    pcap: Pcap,
+    names: list[str],
+    kind: str,
+    layout: downloads.Layout,
+) -> Response:
     """The machines' reported objects, merged by time while streaming."""
     stores = request.app.state.stores
     slot = downloads.SLOTS.take(who.account_id, stores.reads_per_account)
     try:
-        merged = downloads.Merged(pcap.destination_conf or "", names, stores, True)
+        merged = downloads.Merged(pcap.destination_conf or "", names, stores, True, layout)
     except (DestinationError, PcapError) as exc:
         slot.release()
         raise APIError(
@@ -283,8 +311,8 @@ def _merged_download(request: Request, who: Caller, pcap: Pcap, names: list[str]
         raise
     return StreamingResponse(
         downloads.stream(merged, slot),
-        media_type="application/vnd.tcpdump.pcap",
-        headers={"Content-Disposition": f'attachment; filename="pcap_{pcap.id}.pcap"'},
+        media_type=downloads.FORMATS[kind],
+        headers=_attachment(pcap, kind),
         # Also when the client went away before the end (the body is then never finished).
         background=BackgroundTask(slot.release),
     )
