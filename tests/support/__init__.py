@@ -18,6 +18,8 @@ Processes the tests run:
 What tests check and build:
 * `api` — customer API request bodies and error answers.
 * `captures` — what a capture holds (tshark), against what the generator sent.
+* `control` — the control plane in process: a proven `file://` bucket, live machines and
+  a full capture assigned to them, on a real SQLite database.
 * `fuzz` — the API fuzzing checks and their server's settings (also `scripts/fuzz-api`).
 * `packets` — building packets and PCAP files.
 * `samples` — sample records filed under an account.
