@@ -137,11 +137,6 @@ def test_only_cloud_metadata_1_admits_every_scheme(tmp_path, azure_account, valu
     assert [parse(CLOUD[s], stores).scheme for s in sorted(CLOUD)] == sorted(CLOUD)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with Azure credentials but no AZURE_STORAGE_ACCOUNT_NAME, parse raises "
-    "obstore's GenericError, not DestinationError (POST /pcaps/ownership answers 500)",
-)
 def test_an_azure_bucket_the_server_cannot_name_an_account_for_is_refused(tmp_path, monkeypatch):
     monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_NAME", raising=False)
     stores = StoreSettings.from_env(tmp_path, {"AZURE_STORAGE_ACCOUNT_KEY": "k"})
@@ -191,11 +186,6 @@ def test_a_bad_read_limit_is_refused_by_name(tmp_path, value):
     assert repr(value) in str(refused.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: str.isdigit() accepts '²', which int() refuses: a bare ValueError "
-    "('invalid literal for int()') that does not name the variable",
-)
 def test_a_superscript_read_limit_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="EDGEPCAP_READ_MAX_BYTES"):
         StoreSettings.from_env(tmp_path, {"EDGEPCAP_READ_MAX_BYTES": "²"})

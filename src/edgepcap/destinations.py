@@ -72,7 +72,7 @@ def _whole(environ: Mapping[str, str], name: str, default: int) -> int:
     value = environ.get(name, "").strip()
     if not value:
         return default
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise ValueError(f"{name} must be a whole number, at least 1, got {value!r}")
     return int(value)
 
@@ -289,10 +289,14 @@ def parse(conf: str, settings: StoreSettings) -> Destination:
         store: Any = S3Store(
             bucket, prefix=prefix, config=config, client_options=client, retry_config=retry
         )
-    elif parts.scheme == "gs":
-        store = GCSStore(bucket, prefix=prefix)
     else:
-        store = AzureStore(bucket, prefix=prefix)
+        kind = GCSStore if parts.scheme == "gs" else AzureStore
+        try:
+            store = kind(bucket, prefix=prefix)
+        except Exception as exc:  # obstore refuses a configuration it cannot complete
+            raise DestinationError(
+                f"this server cannot reach {parts.scheme}:// buckets: {str(exc)[:300]}"
+            ) from None
     return Destination(conf=conf, scheme=parts.scheme, store=store)
 
 

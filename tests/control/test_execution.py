@@ -176,11 +176,6 @@ def test_a_release_returns_only_what_was_granted(db, root):
     assert pcap.packets_left + sum(granted(pcap).values()) == 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a release is capped at the grant, not at the grant left unused, so a "
-    "machine releasing packets it already wrote makes them leasable twice",
-)
 def test_a_release_cannot_return_packets_already_written(db, root):
     pid = full_capture(db, root, TWO, packet_limit=100)
     report(db, "ord01", pid, want_packets=100)

@@ -115,11 +115,6 @@ def test_a_bad_value_is_refused_naming_its_variable(tmp_path, variable, value):
     assert repr(value) in str(refused.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: str.isdigit() accepts '²', which int() refuses: a bare ValueError "
-    "('invalid literal for int()'), not a SettingError naming the variable",
-)
 def test_a_superscript_count_is_refused_naming_its_variable(tmp_path):
     with pytest.raises(SettingError, match="EDGEPCAP_FULL_CAPTURE_RATE"):
         settings(tmp_path, EDGEPCAP_FULL_CAPTURE_RATE="²")

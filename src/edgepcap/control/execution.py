@@ -174,8 +174,9 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
             pcap.started = now
 
     if rep.release_packets or rep.release_bytes:
-        rel_p = min(rep.release_packets, part.granted_packets)
-        rel_b = min(rep.release_bytes, part.granted_bytes)
+        # Only what is granted and not yet written can go back: never a packet twice.
+        rel_p = min(rep.release_packets, max(0, part.granted_packets - rep.packets))
+        rel_b = min(rep.release_bytes, max(0, part.granted_bytes - rep.bytes))
         _give_back(session, pcap.id, "packets_left", rel_p)
         _give_back(session, pcap.id, "bytes_left", rel_b)
         part.granted_packets -= rel_p

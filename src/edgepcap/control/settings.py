@@ -127,7 +127,7 @@ def _count(environ: Mapping[str, str], name: str, default: int, what: str, least
     value = environ.get(name, "").strip()
     if not value:
         return default
-    if not value.isdigit() or int(value) < least:
+    if not (value.isascii() and value.isdigit()) or int(value) < least:
         raise SettingError(f"{name} must be a whole number of {what}, got {value!r}")
     return int(value)
 
