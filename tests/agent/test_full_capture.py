@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from tests.support.captures import captured, expected, in_prefixes, packets_in
+from tests.support.packets import tshark_fields
 
 
 def test_filtered_capture_holds_exactly_the_matching_packets(lab):
@@ -185,3 +188,47 @@ def test_cli_create_wait_follows_the_capture_to_its_end(lab):
     assert done["status"] == "success"
     assert {m["machine"] for m in done["machines"]} == {"ord01", "ord02"}
     assert "packets" in out.stderr  # the progress display
+
+
+# Sends argv[3] UDP datagrams to argv[1]:argv[2] from where it runs (a machine's namespace).
+SEND = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(int(sys.argv[3])): s.sendto(b'x' * 32, (sys.argv[1], int(sys.argv[2])))\n"
+)
+
+
+def test_pcapng_download_names_each_machine_and_what_it_sent_itself(lab, tmp_path):
+    pcap = lab.start_full(filter_v1={"protocol": 17})
+    flows = lab.traffic("--count", "10", "--proto", "udp", "--tenant", "customer")
+    # ord01 sends three datagrams of its own to the customer's first host: its output hook.
+    host = lab["hosts"][0]["v4"]
+    ns = lab["namespaces"]["machines"]["ord01"]
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", SEND, host, "7777", "3"]
+    subprocess.run(argv, check=True, timeout=30)
+    with lab.client() as c:
+        assert c.put(f"/pcaps/{pcap['id']}/stop").status_code == 200
+    done = lab.wait_end(pcap["id"])
+    assert done["status"] == "success", done
+    with lab.client() as c:
+        r = c.get(f"/pcaps/{pcap['id']}/download", params={"format": "pcapng"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-pcapng"
+    path = tmp_path / "capture.pcapng"
+    path.write_bytes(r.content)
+
+    rows = tshark_fields(
+        path,
+        "frame.interface_name",
+        "frame.interface_description",
+        "udp.dstport",
+        "frame.packet_flags_direction",
+    )
+    forwarded = sum(f["packets"] for f in flows if f["proto"] == "udp")
+    assert len(rows) == done["packets_captured"] == forwarded + 3
+    machines = {(r[0], r[1]) for r in rows}
+    assert machines == {("ord01", "edgepcap ORD ord01"), ("ord02", "edgepcap ORD ord02")}
+    own = [r for r in rows if r[2] == "7777"]
+    assert own == [["ord01", "edgepcap ORD ord01", "7777", "0x00000002"]] * 3
+    assert all(r[3] == "0x00000001" for r in rows if r[2] != "7777")  # arrived
+    # The bucket keeps Cloudflare's layout: one PCAP file per machine.
+    assert set(lab.files(pcap["id"])) == {"ord01", "ord02"}

@@ -45,15 +45,18 @@ def pcap_file(count: int, size: int, fill: bytes = b"p", linktype: int = LINKTYP
     )
 
 
-def ended(stack, lax, acct, colo: str = "lax01", failed: tuple[str, ...] = ()) -> tuple[str, Path]:
-    """A full capture of `acct` on `colo` whose machines all reported: (id, bucket dir)."""
+def ended(
+    stack, lax, acct, colo: str = "lax01", failed: tuple[str, ...] = (), outbound=None
+) -> tuple[str, Path]:
+    """A full capture of `acct` on `colo` whose machines all reported: (id, bucket dir);
+    `outbound`: the runs of packets each machine sent itself."""
     conf = stack.validated_bucket(acct)
     with stack.client(acct) as c:
         r = c.post("/pcaps", json=full(conf, colo_name=colo))
         assert r.status_code == 200, r.text
         pcap_id = r.json()["result"]["id"]
     for name in LAX if colo == "LAX" else (colo,):
-        lax[name].finish(pcap_id, done=name not in failed)
+        lax[name].finish(pcap_id, done=name not in failed, outbound=(outbound or {}).get(name))
     return pcap_id, Path(conf.removeprefix("file://"))
 
 
@@ -204,7 +207,10 @@ def _packets(machine: int, count: int, first_ns: int) -> bytes:
 
 def test_a_pcapng_download_has_one_named_interface_per_machine(stack, lax, tmp_path):
     acct = stack.account()
-    pcap_id, root = ended(stack, lax, acct, colo="LAX", failed=("lax03",))
+    # lax01 sent its second packet itself; lax02 forwarded both of its own.
+    pcap_id, root = ended(
+        stack, lax, acct, colo="LAX", failed=("lax03",), outbound={"lax01": [[1, 2]]}
+    )
     t0 = 1_700_000_000_000_000_000
     put(root, f"lax01/pcap_{pcap_id}.pcap", _packets(1, 3, t0))
     put(root, f"lax02/pcap_{pcap_id}.pcap", _packets(2, 2, t0 + 500_000))
@@ -226,14 +232,22 @@ def test_a_pcapng_download_has_one_named_interface_per_machine(stack, lax, tmp_p
 
     path = tmp_path / "merged.pcapng"
     path.write_bytes(by_query.content)
-    rows = tshark_fields(path, "frame.interface_name", "frame.interface_description", "udp.dstport")
-    # Merged by time, each packet on the interface of the machine whose file held it.
+    rows = tshark_fields(
+        path,
+        "frame.interface_name",
+        "frame.interface_description",
+        "udp.dstport",
+        "frame.packet_flags_direction",
+    )
+    # Merged by time, each packet on the interface of the machine whose file held it, in
+    # the direction that machine reported (1 inbound, 2 outbound).
+    inbound, outbound = "0x00000001", "0x00000002"
     assert rows == [
-        ["lax01", "edgepcap LAX lax01", "5001"],
-        ["lax02", "edgepcap LAX lax02", "5002"],
-        ["lax01", "edgepcap LAX lax01", "5001"],
-        ["lax02", "edgepcap LAX lax02", "5002"],
-        ["lax01", "edgepcap LAX lax01", "5001"],
+        ["lax01", "edgepcap LAX lax01", "5001", inbound],
+        ["lax02", "edgepcap LAX lax02", "5002", inbound],
+        ["lax01", "edgepcap LAX lax01", "5001", outbound],
+        ["lax02", "edgepcap LAX lax02", "5002", inbound],
+        ["lax01", "edgepcap LAX lax01", "5001", inbound],
     ]
     info = subprocess.run(
         ["capinfos", str(path)], capture_output=True, text=True, check=True, timeout=60

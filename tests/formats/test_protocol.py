@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgepcap.formats import protocol
+from edgepcap.formats.pcapfile import Packet
+from edgepcap.formats.pcapng import INBOUND, OUTBOUND
+from edgepcap.formats.protocol import OUTBOUND_RUNS, Outbound, Report, directions
 
 
 def test_the_report_the_agent_builds_has_the_fields_the_api_reads():
@@ -18,3 +23,29 @@ def test_an_answer_takes_what_it_knows_and_defaults_the_rest():
 
 def test_object_names_are_the_machines_folder_and_cloudflares_file_name():
     assert protocol.object_name("ord01", "a" * 32) == f"ord01/pcap_{'a' * 32}.pcap"
+
+
+def test_outbound_runs_say_which_packets_the_machine_sent_and_read_back_in_order():
+    sent = {1, 2, 3, 7, 9, 10}
+    outbound = Outbound()
+    for ordinal in range(12):
+        if ordinal in sent:
+            outbound.add(ordinal)
+    assert outbound.runs == [[1, 4], [7, 8], [9, 11]] and outbound.known is None
+    direction = directions(outbound.runs, outbound.known)
+    ways = [direction(Packet(0, 0, b"")) for _ in range(12)]
+    assert ways == [OUTBOUND if i in sent else INBOUND for i in range(12)]
+
+
+def test_past_its_runs_the_direction_is_unknown_not_guessed():
+    outbound = Outbound(limit=2)
+    for ordinal in (0, 2, 4, 6):  # four runs of one; room for two
+        outbound.add(ordinal)
+    assert outbound.runs == [[0, 1], [2, 3]] and outbound.known == 4
+    direction = directions(outbound.runs, outbound.known)
+    ways = [direction(Packet(0, 0, b"")) for _ in range(7)]
+    assert ways == [OUTBOUND, INBOUND, OUTBOUND, INBOUND, None, None, None]
+    # The report carries them, bounded: a longer list is refused.
+    Report(state="done", outbound=[(0, 1)] * OUTBOUND_RUNS, directions_known=4)
+    with pytest.raises(ValueError):
+        Report(state="done", outbound=[(0, 1)] * (OUTBOUND_RUNS + 1))

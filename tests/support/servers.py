@@ -73,12 +73,19 @@ class MachineHeartbeat:
             with contextlib.suppress(httpx.HTTPError):
                 self.http.post("/heartbeat", json=self.me)
 
-    def finish(self, pcap_id: str, done: bool = True, error: str = "failed on purpose") -> None:
+    def finish(
+        self,
+        pcap_id: str,
+        done: bool = True,
+        error: str = "failed on purpose",
+        outbound: list[list[int]] | None = None,
+    ) -> None:
         """Report this machine's part of a capture done, its file written where it was
-        told (or failed with `error`, with no file)."""
-        report = {"state": "failed", "error": error}
+        told, the packets it sent itself `outbound` (or failed with `error`, no file)."""
+        report: dict[str, Any] = {"state": "failed", "error": error}
         if done:
             report = {"state": "done", "object_name": f"{self.me['machine']}/pcap_{pcap_id}.pcap"}
+            report["outbound"] = outbound or []
         r = self.http.post(f"/captures/{pcap_id}/report", json={**self.me, **report})
         assert r.status_code == 200, r.text
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepcap.formats import pcapfile as pcap
-from edgepcap.formats.protocol import Answer, ReportWire
+from edgepcap.formats.pcapng import OUTBOUND
+from edgepcap.formats.protocol import Answer, Outbound, ReportWire
 
 PENDING_MAX_PACKETS = 200_000
 PENDING_MAX_BYTES = 64 << 20
@@ -60,9 +61,12 @@ class Leases:
         self.release_now = False
         self._rate: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=8)
 
-    def admit(self, packets: list[Any], batch: bytearray) -> tuple[int, int]:
-        """Queue `packets`; append the records a lease covers to `batch`; returns the
-        packets and bytes written."""
+    def admit(
+        self, packets: list[Any], batch: bytearray, outbound: Outbound, first: int
+    ) -> tuple[int, int]:
+        """Queue `packets`; append the records a lease covers to `batch` (the first is
+        packet `first` of the object; those the machine sent go to `outbound`); returns
+        the packets and bytes written."""
         pending = self.pending
         for p in packets:
             pending.append(p)
@@ -72,6 +76,8 @@ class Leases:
             p = pending.popleft()
             self.pending_bytes -= len(p.data)
             batch += pcap.record(p)
+            if p.direction == OUTBOUND:
+                outbound.add(first + written)
             written += 1
             written_bytes += len(p.data)
         while len(pending) > PENDING_MAX_PACKETS or self.pending_bytes > PENDING_MAX_BYTES:

@@ -59,6 +59,7 @@ class CaptureWorker(threading.Thread):
         self.written_packets = 0
         self.written_bytes = 0
         self.over_limit = 0  # matched after the limit was reached: not written, not lost
+        self.outbound = protocol.Outbound()  # the object's packets the machine sent itself
         self.sock: NflogSocket | None = None
         self.upload: Upload | None = None
         self.table_installed = False
@@ -156,13 +157,17 @@ class CaptureWorker(threading.Thread):
         """One receive: append what may be written as PCAP records; returns packets received."""
         assert self.sock is not None
         if self.leases.budget.unlimited:
-            got, size = self.sock.receive_records(timeout, batch)
+            got, size = self.sock.receive_records(
+                timeout, batch, self.outbound, self.written_packets
+            )
             with self._lock:
                 self.written_packets += got
                 self.written_bytes += size
             return got
         packets = self.sock.receive(timeout)
-        written, written_bytes = self.leases.admit(packets, batch)
+        written, written_bytes = self.leases.admit(
+            packets, batch, self.outbound, self.written_packets
+        )
         with self._lock:
             self.written_packets += written
             self.written_bytes += written_bytes
@@ -238,6 +243,8 @@ class CaptureWorker(threading.Thread):
         report["error"] = error
         report["end_reason"] = protocol.ERROR if error else self.stop_reason
         report["object_name"] = None if error else self.job.object_name
+        report["outbound"] = self.outbound.runs
+        report["directions_known"] = self.outbound.known
         # The file is complete: keep telling the control plane until it listens again (it
         # may be restarting, or its database may be), or it would count this part lost.
         deadline = time.monotonic() + FINAL_REPORT_PATIENCE

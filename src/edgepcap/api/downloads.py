@@ -23,7 +23,7 @@ from edgepcap.bucket_urls import DestinationError
 from edgepcap.control.models import Pcap
 from edgepcap.control.sample_captures import SAMPLE_RATE
 from edgepcap.destinations import StoreSettings, parse
-from edgepcap.formats import pcapng
+from edgepcap.formats import pcapng, protocol
 from edgepcap.formats.filters import summary
 from edgepcap.formats.pcapfile import Reader, merge
 from edgepcap.formats.samples import SNAPLEN
@@ -165,14 +165,18 @@ def comment(pcap: Pcap) -> str:
 
 def machines_layout(pcap: Pcap, colos: dict[str, str]) -> Layout:
     """pcapng of a full capture's objects: interface i is the machine of object i
-    (`{machine}/pcap_{id}.pcap`), described with its colo."""
+    (`{machine}/pcap_{id}.pcap`), described with its colo; each packet flagged inbound or
+    outbound as its machine reported (`protocol.Outbound`). `pcap.machines` is loaded."""
+    parts = {m.machine: (m.outbound or [], m.directions_known) for m in pcap.machines}
 
     def layout(readers: list[Reader]) -> Iterator[bytes]:
         sources = []
         for reader in readers:
             machine = reader.name.split("/", 1)[0]
             where = f"{colos[machine]} {machine}" if machine in colos else machine
-            sources.append(pcapng.Source(machine, f"edgepcap {where}", reader))
+            runs, known = parts.get(machine, ([], 0))
+            direction = protocol.directions(runs, known)
+            sources.append(pcapng.Source(machine, f"edgepcap {where}", reader, direction))
         return pcapng.from_pcaps(sources, comment(pcap))
 
     return layout

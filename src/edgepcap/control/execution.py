@@ -188,6 +188,8 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
         part.finished = now
         part.error = rep.error
         part.object_name = rep.object_name
+        part.outbound = [list(run) for run in rep.outbound]
+        part.directions_known = rep.directions_known
         if rep.end_reason and not pcap.end_reason:
             pcap.end_reason = rep.end_reason
         # Whatever it did not use goes back for the others.

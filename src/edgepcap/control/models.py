@@ -203,6 +203,10 @@ class CaptureMachine(Base):
     granted_packets: Mapped[int] = mapped_column(BigInteger, default=0)
     granted_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     object_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Which packets of the object the machine sent itself (protocol.Outbound): runs of
+    # ordinals, and how many leading packets they speak for (null: all).
+    outbound: Mapped[list[list[int]] | None] = mapped_column(JSON, nullable=True)
+    directions_known: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

@@ -48,6 +48,9 @@ class Packet:
     ts_ns: int
     orig_len: int
     data: bytes
+    # pcapng's epb_flags direction (pcapng.INBOUND, pcapng.OUTBOUND) where the reader of
+    # the kernel knows it; a PCAP record has no room for it (see protocol.Outbound).
+    direction: int | None = None
 
 
 def global_header(

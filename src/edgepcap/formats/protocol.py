@@ -10,12 +10,15 @@ talk to each other, so a field may be added (with a default) but never renamed o
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepcap.formats.filters import FilterV1
+from edgepcap.formats.pcapfile import Packet
+from edgepcap.formats.pcapng import INBOUND, OUTBOUND
 
 # Why a capture (or one machine's part of it) ended: the `end_reason` of a report and of
 # a capture, and the `reason` of an answer that says stop.
@@ -135,6 +138,58 @@ class JobsAnswer(TypedDict):
     stop: list[StopWire]
 
 
+# Runs of a machine's own packets one end report may list (see Outbound).
+OUTBOUND_RUNS = 4096
+
+
+class Outbound:
+    """Which packets of a machine's object the machine sent itself, in runs of their
+    ordinals in the object: PCAP records have no room for a direction, and the objects stay
+    PCAP (Cloudflare's layout), so the direction travels beside them, in the end report.
+
+    A packet logged on NFLOG's output hook was sent by the machine (outbound); one logged
+    on prerouting arrived (inbound). Forwarded traffic, an edge machine's usual load, is
+    all inbound, so the runs are few; past OUTBOUND_RUNS runs the rest is unknown
+    (`known`: how many leading packets the runs speak for).
+    """
+
+    def __init__(self, limit: int = OUTBOUND_RUNS) -> None:
+        self.runs: list[list[int]] = []  # [first, last + 1] of each run of outbound packets
+        self.known: int | None = None
+        self.limit = limit
+
+    def add(self, ordinal: int) -> None:
+        """Packet `ordinal` of the object (0 first) is outbound; ordinals come in order."""
+        if self.known is not None:
+            return
+        runs = self.runs
+        if runs and runs[-1][1] == ordinal:
+            runs[-1][1] = ordinal + 1
+        elif len(runs) < self.limit:
+            runs.append([ordinal, ordinal + 1])
+        else:
+            self.known = ordinal
+
+
+def directions(runs: list[list[int]], known: int | None) -> Callable[[Packet], int | None]:
+    """The direction of each packet of an object, asked in the object's order (the
+    control plane's side of Outbound): OUTBOUND inside a run, INBOUND between them, None
+    (unknown) from `known` on."""
+    ordinal = -1
+    at = 0
+
+    def direction(_packet: Packet) -> int | None:
+        nonlocal ordinal, at
+        ordinal += 1
+        if known is not None and ordinal >= known:
+            return None
+        while at < len(runs) and runs[at][1] <= ordinal:
+            at += 1
+        return OUTBOUND if at < len(runs) and runs[at][0] <= ordinal else INBOUND
+
+    return direction
+
+
 class Report(BaseModel):
     """What an agent tells about its part of a capture (`POST /captures/{id}/report`,
     besides the machine and boot it comes from). An agent sends only the fields it has
@@ -156,6 +211,9 @@ class Report(BaseModel):
     object_name: str | None = Field(None, max_length=1024)
     error: str | None = Field(None, max_length=2000)
     end_reason: str | None = Field(None, max_length=32)
+    # In an end report: the object's packets the machine sent itself (Outbound).
+    outbound: list[tuple[int, int]] = Field(default_factory=list, max_length=OUTBOUND_RUNS)
+    directions_known: int | None = Field(None, ge=0)
 
 
 class ReportWire(TypedDict, total=False):
@@ -176,6 +234,8 @@ class ReportWire(TypedDict, total=False):
     object_name: str | None
     error: str | None
     end_reason: str | None
+    outbound: list[list[int]]
+    directions_known: int | None
 
 
 @dataclass

@@ -10,6 +10,8 @@ import pytest
 from edgepcap.agent.kernel import nflog_messages as nflog
 from edgepcap.agent.kernel.nflog import NflogSocket
 from edgepcap.formats import pcapfile as pcap
+from edgepcap.formats.pcapng import INBOUND, OUTBOUND
+from edgepcap.formats.protocol import Outbound
 
 PACKET = (nflog.NFNL_SUBSYS_ULOG << 8) | nflog.NFULNL_MSG_PACKET
 IFINDEX_INDEV, HWADDR, PREFIX, SEQ_GLOBAL, HWTYPE, HWHEADER, HWLEN = 4, 8, 10, 13, 15, 16, 17
@@ -162,3 +164,17 @@ def test_a_real_socket_asks_for_stamps_at_bind_only_on_kernels_before_6_6():
         assert (sock._stamp is None) is nflog.stamps_logged_packets()
     finally:
         sock.close()
+
+
+def test_packets_the_machine_sent_are_listed_outbound_on_both_paths():
+    # Hooks 0 (prerouting: arrived) and 3 (output: sent by the machine); the link header
+    # goes away at the sixth message, so the fast path and the walk both see some.
+    hooks = [0, 3, 3, 0, 0, 3, 0, 3]
+    buffer = b"".join(message(i, ipv4(80, i), hook=hook, hw=i < 5) for i, hook in enumerate(hooks))
+    outbound = Outbound()
+    sock = reader()
+    assert sock.records(memoryview(buffer), bytearray(), outbound, first=10) == (8, 640)
+    assert outbound.runs == [[11, 13], [15, 16], [17, 18]] and outbound.known is None
+    # The budgeted path hands packets over with their direction.
+    packets = reader()._parse(memoryview(buffer))
+    assert [p.direction for p in packets] == [OUTBOUND if h == 3 else INBOUND for h in hooks]

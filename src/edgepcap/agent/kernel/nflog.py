@@ -23,6 +23,7 @@ from edgepcap.agent.kernel.nflog_messages import (
     ETH_P_IPV6,
     NETLINK_NETFILTER,
     NF_INET_FORWARD,
+    NF_INET_LOCAL_OUT,
     NFGENMSG,
     NFNL_SUBSYS_ULOG,
     NFULA_CFG_CMD,
@@ -48,6 +49,8 @@ from edgepcap.agent.kernel.nflog_messages import (
     walk,
 )
 from edgepcap.formats.pcapfile import RECORD_HEADER, Packet
+from edgepcap.formats.pcapng import INBOUND, OUTBOUND
+from edgepcap.formats.protocol import Outbound
 
 
 class NflogError(OSError):
@@ -155,17 +158,27 @@ class NflogSocket:
             raise
         return memoryview(self._buf)[:n]
 
-    def receive_records(self, timeout: float | None, out: bytearray) -> tuple[int, int]:
+    def receive_records(
+        self,
+        timeout: float | None,
+        out: bytearray,
+        outbound: Outbound | None = None,
+        first: int = 0,
+    ) -> tuple[int, int]:
         """Append PCAP records (LINKTYPE_RAW, microseconds) of one receive to `out`.
 
         The fast path for captures without a budget: no per-packet objects, the payload is
         copied once from the netlink buffer into the record stream. Returns (packets, bytes).
         """
         data = self._recv(timeout)
-        return (0, 0) if data is None else self.records(data, out)
+        return (0, 0) if data is None else self.records(data, out, outbound, first)
 
-    def records(self, data: memoryview, out: bytearray) -> tuple[int, int]:
-        """Append the PCAP records of the packet messages in `data` (one netlink read)."""
+    def records(
+        self, data: memoryview, out: bytearray, outbound: Outbound | None = None, first: int = 0
+    ) -> tuple[int, int]:
+        """Append the PCAP records of the packet messages in `data` (one netlink read); the
+        ordinals of those the machine sent itself go to `outbound` (the first record
+        appended is packet `first` of the object)."""
         n = len(data)
         offset = count = total = 0
         pack_record = RECORD_HEADER.pack
@@ -184,7 +197,11 @@ class NflogSocket:
                     and 6 <= caplen <= length - layout.payload - 4
                     and offset + length <= n
                 ):
-                    proto, sec, usec, seq, _w0, w1, w2 = layout.values.unpack_from(data, offset)
+                    proto, hook, sec, usec, seq, _w0, w1, w2 = layout.values.unpack_from(
+                        data, offset
+                    )
+                    if hook == NF_INET_LOCAL_OUT and outbound is not None:
+                        outbound.add(first + count)
                     if next_seq is not None and seq != next_seq:
                         lost += (seq - next_seq) & 0xFFFFFFFF
                     next_seq = (seq + 1) & 0xFFFFFFFF
@@ -218,6 +235,8 @@ class NflogSocket:
                     next_seq = (seq + 1) & 0xFFFFFFFF
                 if start >= 0:
                     caplen = end - start
+                    if hook == NF_INET_LOCAL_OUT and outbound is not None:
+                        outbound.add(first + count)
                     if sec < WALL_CLOCK_FLOOR:
                         self._unstamped(hook)
                         sec, usec = divmod(time.time_ns() // 1000, 1_000_000)
@@ -256,7 +275,8 @@ class NflogSocket:
                         if sec >= WALL_CLOCK_FLOOR
                         else time.time_ns()
                     )
-                    out.append(Packet(ts_ns, original_length(payload, proto), payload))
+                    way = OUTBOUND if hook == NF_INET_LOCAL_OUT else INBOUND
+                    out.append(Packet(ts_ns, original_length(payload, proto), payload, way))
             offset += (length + 3) & ~3
         self.packets += len(out)
         return out

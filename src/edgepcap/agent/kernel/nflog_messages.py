@@ -38,6 +38,7 @@ NFGENMSG = struct.Struct("!BBH")
 NLATTR = struct.Struct("=HH")
 PACKET_HDR = struct.Struct("!HB")  # hardware protocol, hook
 NF_INET_FORWARD = 2  # hooks up to here are the ones where the kernel can stamp packets
+NF_INET_LOCAL_OUT = 3  # the output hook: packets the machine sends itself
 U32 = struct.Struct("!I")
 TS = struct.Struct("!QQ")
 ETH_P_IP = 0x0800
@@ -89,10 +90,10 @@ class Layout:
         self.heads = _fields("=", [(0, "IH"), *((p, "HH") for p in (hdr, ts, seq, payload))])
         self.expect = heads[:6]
         self.payload_type = heads[7]
-        # Values in network order: protocol, timestamp, sequence number, and the first
-        # three 16-bit words of the packet (IPv4 total length, IPv6 payload length).
+        # Values in network order: protocol and hook, timestamp, sequence number, and the
+        # first three 16-bit words of the packet (IPv4 total length, IPv6 payload length).
         self.values = _fields(
-            "!", [(hdr + 4, "H"), (ts + 4, "QQ"), (seq + 4, "I"), (payload + 4, "HHH")]
+            "!", [(hdr + 4, "HB"), (ts + 4, "QQ"), (seq + 4, "I"), (payload + 4, "HHH")]
         )
 
     @classmethod

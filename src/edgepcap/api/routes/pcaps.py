@@ -259,6 +259,7 @@ def download_pcap(
         pcap = owned(session, who, pcap_id)
         names = execution.reported_objects(pcap)
         colos = fleet.colos_of(session, [n.split("/", 1)[0] for n in names])
+        layout = downloads.machines_layout(pcap, colos) if kind == "pcapng" else merge
     if pcap.status != "success":
         detail = f" ({pcap.error_message})" if pcap.error_message else ""
         raise APIError(
@@ -278,7 +279,6 @@ def download_pcap(
             media_type=downloads.FORMATS[kind],
             headers=_attachment(pcap, kind),
         )
-    layout = downloads.machines_layout(pcap, colos) if kind == "pcapng" else merge
     return _merged_download(request, who, pcap, names, kind, layout)
 
 
