@@ -92,6 +92,16 @@ class ControlPlane:
         answer = self._call("GET", "/jobs", params=params, timeout=wait + 15)
         return {"jobs": answer.get("jobs", []), "stop": answer.get("stop", [])}
 
+    def live(self, pcap_id: str, records: bytes, first: int, outbound: str) -> None:
+        """Copies of packets first… of the capture's object, for its live viewers."""
+        self._call(
+            "POST",
+            f"/captures/{pcap_id}/live",
+            params={**self.me, "first": first, "outbound": outbound},
+            content=records,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
     def report(self, pcap_id: str, report: ReportWire) -> dict[str, Any]:
         return self._call("POST", f"/captures/{pcap_id}/report", json={**self.me, **report})
 

@@ -12,6 +12,7 @@ from edgepcap.agent.budget import Leases
 from edgepcap.agent.control_plane import ControlPlane
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.agent.kernel.nflog import NflogSocket
+from edgepcap.agent.live import LiveSender
 from edgepcap.agent.upload import Upload, probe
 from edgepcap.destinations import StoreSettings, parse
 from edgepcap.formats import pcapfile as pcap
@@ -60,6 +61,7 @@ class CaptureWorker(threading.Thread):
         self.written_bytes = 0
         self.over_limit = 0  # matched after the limit was reached: not written, not lost
         self.outbound = protocol.Outbound()  # the object's packets the machine sent itself
+        self.live: LiveSender | None = None  # copies for live viewers, while there are any
         self.sock: NflogSocket | None = None
         self.upload: Upload | None = None
         self.table_installed = False
@@ -117,6 +119,8 @@ class CaptureWorker(threading.Thread):
             self.stop_event.set()
             if reporter.is_alive():
                 reporter.join(5)
+            if self.live is not None:
+                self.live.close(2.0)  # the last packets reach the viewers before the end
             self._final_report(error, kernel)
             self.on_exit(self)
 
@@ -130,7 +134,7 @@ class CaptureWorker(threading.Thread):
                 break
             if self.upload.error is not None:
                 raise self.upload.error
-            packets = self._read_once(0.05, batch)
+            packets = self._read(0.05, batch)
             if len(batch) >= FLUSH_BYTES or (batch and not packets):
                 # The batch itself goes to the writer (no copy); reading goes on in a new one.
                 self.upload.put(batch)
@@ -141,7 +145,7 @@ class CaptureWorker(threading.Thread):
     def _drain(self) -> None:
         assert self.sock is not None and self.upload is not None
         batch = bytearray()
-        while self._read_once(0, batch):
+        while self._read(0, batch):
             if len(batch) >= FLUSH_BYTES:
                 self.upload.put(batch)
                 batch = bytearray()
@@ -152,6 +156,16 @@ class CaptureWorker(threading.Thread):
         else:
             # Matched, but the capture ended before a lease for them arrived.
             self.leases.dropped += self.leases.discard()
+
+    def _read(self, timeout: float, batch: bytearray) -> int:
+        """`_read_once`, and a copy of what it wrote for the live viewers if there are any."""
+        before, first = len(batch), self.written_packets
+        got = self._read_once(timeout, batch)
+        live = self.live
+        if live is not None and len(batch) > before:
+            count = self.written_packets - first
+            live.offer(bytes(batch[before:]), first, count, self.outbound)
+        return got
 
     def _read_once(self, timeout: float, batch: bytearray) -> int:
         """One receive: append what may be written as PCAP records; returns packets received."""
@@ -229,6 +243,12 @@ class CaptureWorker(threading.Thread):
     def _take(self, answer: Answer) -> None:
         """Act on the control plane's answer to a progress report."""
         self.leases.take(answer)
+        if answer.live and self.live is None and not self.stop_event.is_set():
+            self.live = LiveSender(self.cp, self.job.id)
+            self.live.start()
+        elif not answer.live and self.live is not None:
+            live, self.live = self.live, None
+            live.close(0)
         if answer.stop:
             self.stop_reason = self.stop_reason or answer.reason or protocol.STOP
             self.stop_event.set()

@@ -15,14 +15,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgepcap.api import errors, openapi, web
 from edgepcap.api.access_log import QuietAgents
 from edgepcap.api.guard import RequestGuard
+from edgepcap.api.live import Hub
+from edgepcap.api.relay import Relay
 from edgepcap.api.routes import agents, metrics, ownership, pcaps
+from edgepcap.api.routes import live as live_routes
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
+from edgepcap.control import live
 from edgepcap.control.db import Database, database_url
+from edgepcap.control.models import utcnow
 from edgepcap.control.samples.store import SampleStore, open_store
 from edgepcap.control.settings import Limits, Settings
 from edgepcap.control.supervisor import Supervisor
@@ -45,7 +51,13 @@ def open_app(settings: Settings, migrated: bool = False) -> FastAPI:
     )
     supervisor = Supervisor(db, samples, data_dir / "supervisor.lock", settings.capture_retention)
     return create_app(
-        db, settings.stores, samples, supervisor, settings.limits, settings.metrics_token
+        db,
+        settings.stores,
+        samples,
+        supervisor,
+        settings.limits,
+        settings.metrics_token,
+        settings.relay_host,
     )
 
 
@@ -63,7 +75,9 @@ def create_app(
     supervisor: Supervisor,
     limits: Limits,
     metrics_token: str | None = None,
+    relay_host: str = "127.0.0.1",
 ) -> FastAPI:
+    relay = Relay(Hub(), relay_host)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +88,8 @@ def create_app(
         # flight (BENCHMARKS.md, "The garbage collector").
         gc.collect()  # garbage frozen now would never be freed
         gc.freeze()
+        address = await relay.start()
+        await run_in_threadpool(_advertise, db, relay, address)
         undo = on_exit_signal(_app.state.wakeup)
         quiet = QuietAgents()
         logging.getLogger("uvicorn.access").addFilter(quiet)
@@ -82,6 +98,9 @@ def create_app(
         finally:
             logging.getLogger("uvicorn.access").removeFilter(quiet)
             undo()
+            await relay.stop()
+            with contextlib.suppress(Exception):
+                await run_in_threadpool(_forget, db, relay)
             supervisor.stop()
 
     app = FastAPI(
@@ -100,8 +119,10 @@ def create_app(
     app.state.limits = limits
     app.state.metrics_token = metrics_token
     app.state.wakeup = Wakeup()
+    app.state.relay = relay
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
+    app.include_router(live_routes.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(agents.router)
     app.include_router(metrics.router)
     app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
@@ -126,3 +147,13 @@ def create_app(
         return errors.envelope({"status": "ok"})
 
     return app
+
+
+def _advertise(db: Database, relay: Relay, address: str) -> None:
+    with db.session() as session:
+        live.register_process(session, relay.id, address, relay.token, utcnow())
+
+
+def _forget(db: Database, relay: Relay) -> None:
+    with db.session() as session:
+        live.forget_process(session, relay.id)

@@ -1,22 +1,25 @@
 """The request guard: refuses oversized, wrongly typed and ill-formed JSON bodies before
 any route parses them (duplicate keys, deep nesting, NUL characters), and bounds agents'
-binary sample batches while they stream in."""
+binary sample batches and live copies while they stream in."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgepcap.api import errors
+from edgepcap.formats import protocol
 
 MAX_BODY = 64 * 1024
 # JSON bodies up to this size are checked on the event loop (well under a millisecond);
 # larger ones on a worker thread.
 CHECK_ON_LOOP = 4 * 1024
 MAX_SAMPLE_BATCH = 32 << 20
+LIVE_PATH = re.compile(r"/agent/v1/captures/[^/]+/live")
 
 MAX_DEPTH = 32
 
@@ -97,9 +100,18 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        # Sample batches from agents are binary and larger than any customer request.
-        binary = scope["path"] == "/agent/v1/samples"
-        limit = MAX_SAMPLE_BATCH if binary else MAX_BODY
+        # Sample batches and live copies from agents are binary and larger than any
+        # customer request.
+        path = scope["path"]
+        binary_limit = (
+            MAX_SAMPLE_BATCH
+            if path == "/agent/v1/samples"
+            else protocol.LIVE_MAX_BYTES
+            if LIVE_PATH.fullmatch(path)
+            else None
+        )
+        binary = binary_limit is not None
+        limit = binary_limit or MAX_BODY
         wanted = b"application/octet-stream" if binary else b"application/json"
         too_large = f"request bodies are limited to {limit} bytes"
         length = headers.get(b"content-length")

@@ -13,7 +13,7 @@ import datetime as dt
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, aliased
 
-from edgepcap.control import fleet
+from edgepcap.control import fleet, live
 from edgepcap.control.models import (
     ACTIVE_STATUSES,
     MACHINE_ACTIVE,
@@ -237,6 +237,7 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
     if pcap.end_reason in protocol.LIMIT_REASONS:
         answer.stop, answer.reason = True, pcap.end_reason
     answer.release = bool(pcap.reclaim) and not answer.stop
+    answer.live = not answer.stop and live.watched(session, pcap.id, now)
     _refresh_totals(pcap)
     session.flush()
     return answer

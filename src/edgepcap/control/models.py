@@ -227,3 +227,30 @@ class PcapBlob(Base):
         ForeignKey("pcaps.id", ondelete="CASCADE"), primary_key=True
     )
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ApiProcess(Base):
+    """A running API process and the relay address other API processes reach it at with
+    live packets (never stored: they pass from process to process)."""
+
+    __tablename__ = "api_processes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    address: Mapped[str] = mapped_column(String(300))
+    # Shown to it by the others: a per-run secret that any process sharing the database
+    # may read, as it reads everything else it needs; it keeps others off the relay port.
+    token: Mapped[str] = mapped_column(String(64))
+    seen: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class LiveWatch(Base):
+    """An API process has live viewers of a capture, until `expires` (it renews while
+    they watch): machines send it copies of the capture's packets meanwhile."""
+
+    __tablename__ = "live_watches"
+
+    pcap_id: Mapped[str] = mapped_column(
+        ForeignKey("pcaps.id", ondelete="CASCADE"), primary_key=True
+    )
+    process_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires: Mapped[dt.datetime] = mapped_column(DateTime)

@@ -16,6 +16,7 @@ Everything below takes plain values from the frozen object, never the environmen
 | EDGEPCAP_SAMPLE_RETENTION | sample_retention | 24 h |
 | EDGEPCAP_SAMPLE_PARTITION | sample_partition | 60 s |
 | EDGEPCAP_METRICS_TOKEN(_FILE) | metrics_token | none: no `/metrics` |
+| EDGEPCAP_RELAY_HOST | relay_host (live copies between API processes) | 127.0.0.1 |
 | EDGEPCAP_BUCKET_ROOT, EDGEPCAP_S3_*, … | stores | see destinations.StoreSettings |
 """
 
@@ -63,6 +64,7 @@ class Settings:
     sample_retention: dt.timedelta = SAMPLE_RETENTION
     sample_partition: int = SAMPLE_PARTITION
     metrics_token: str | None = None
+    relay_host: str = "127.0.0.1"  # where other API processes reach this one's live relay
 
     @classmethod
     def from_environ(
@@ -104,6 +106,7 @@ class Settings:
                 environ, "EDGEPCAP_SAMPLE_PARTITION", SAMPLE_PARTITION, "seconds, at least 1", 1
             ),
             metrics_token=metrics_token(environ),
+            relay_host=environ.get("EDGEPCAP_RELAY_HOST", "").strip() or "127.0.0.1",
         )
 
 

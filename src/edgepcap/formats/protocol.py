@@ -248,6 +248,8 @@ class Answer:
     grant_packets: int = 0
     grant_bytes: int = 0
     reason: str | None = None
+    # Someone watches the capture live: send copies of the records written (`live_runs`).
+    live: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -255,3 +257,42 @@ class Answer:
         """The answer as received; fields it lacks keep their defaults, unknown ones
         (from a newer control plane) are ignored."""
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
+# A live batch (`POST /captures/{id}/live`): the body is PCAP records (microseconds, no
+# file header) as the machine wrote them to its object, packet `first` of the object
+# first; `outbound` says which of them the machine sent itself, as runs "a-b" (ordinals
+# a to b - 1 of the object), comma-separated.
+LIVE_MAX_BYTES = 4 << 20  # of one live batch
+
+
+def runs_text(runs: list[list[int]]) -> str:
+    return ",".join(f"{a}-{b}" for a, b in runs)
+
+
+def parse_runs(text: str, first: int, count: int) -> list[list[int]]:
+    """`runs_text`'s runs, each checked to lie within packets [first, first + count)."""
+    runs: list[list[int]] = []
+    for part in filter(None, text.split(",")):
+        a, sep, b = part.partition("-")
+        if not (sep and a.isascii() and a.isdigit() and b.isascii() and b.isdigit()):
+            raise ValueError(f"outbound run {part!r} is not FIRST-END")
+        start, end = int(a), int(b)
+        if not first <= start < end <= first + count or (runs and start < runs[-1][1]):
+            raise ValueError(f"outbound run {part!r} is out of order or out of the batch")
+        runs.append([start, end])
+    return runs
+
+
+def live_runs(outbound: Outbound, first: int, count: int) -> list[list[int]]:
+    """The runs of `outbound` within packets [first, first + count): what a live batch of
+    those packets says of their directions."""
+    end = first + count
+    runs: list[list[int]] = []
+    for a, b in reversed(outbound.runs):
+        if b <= first:
+            break
+        if a < end:
+            runs.append([max(a, first), min(b, end)])
+    runs.reverse()
+    return runs

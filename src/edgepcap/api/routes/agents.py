@@ -12,11 +12,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from edgepcap.api.errors import APIError, Code
-from edgepcap.control import execution, fleet
-from edgepcap.control.models import Pcap
+from edgepcap.api.live import Piece
+from edgepcap.control import execution, fleet, live
+from edgepcap.control.models import MACHINE_ACTIVE, CaptureMachine, Pcap, utcnow
 from edgepcap.control.samples import admission
 from edgepcap.formats import protocol
 from edgepcap.formats import samples as records
+from edgepcap.formats.pcapfile import RECORD_HEADER
 
 PREFIX = "/agent/v1"
 router = APIRouter(prefix=PREFIX, tags=["agents"], include_in_schema=False)
@@ -253,3 +255,63 @@ def _keep_samples(request: Request, wire: np.ndarray) -> tuple[int, int]:
         ok |= mine & records.owned(wire, nets)
     kept = request.app.state.samples.append(wire[ok]) if ok.any() else 0
     return kept, int(len(wire) - ok.sum())
+
+
+@router.post("/captures/{pcap_id}/live")
+async def live_copies(
+    request: Request,
+    caller: Agent,
+    pcap_id: str,
+    machine: MachineName,
+    boot_id: BootId,
+    first: Annotated[int, Query(ge=0)],
+    outbound: Annotated[str, Query(max_length=200_000)] = "",
+) -> dict[str, Any]:
+    """Copies of packets `first`… of the machine's object of a capture, for its live
+    viewers (on this process or relayed to others); never stored."""
+    caller.check(machine)
+    body = await request.body()
+    count = _records(body)
+    try:
+        runs = protocol.parse_runs(outbound, first, count)
+    except ValueError as exc:
+        raise APIError(400, Code.INVALID_VALUE, str(exc)) from exc
+    relay = request.app.state.relay
+    # Checked and looked up at most every WATCHERS_FOR per machine run and capture.
+    key = (pcap_id, machine, boot_id)
+    watchers = relay.cached_watchers(key)
+    if watchers is None:
+        found = await run_in_threadpool(_live_target, request, pcap_id, machine, boot_id)
+        if found is None:
+            raise _register_again()
+        watchers = found
+        relay.remember_watchers(key, watchers)
+    piece = Piece(machine, caller.colo, first, count, body, runs)
+    await relay.publish(pcap_id, piece, watchers)
+    return {"viewers": len(watchers)}
+
+
+def _records(body: bytes) -> int:
+    """How many whole PCAP records `body` holds; a 400 if it is not just records."""
+    size, pos, count = RECORD_HEADER.size, 0, 0
+    while pos + size <= len(body):
+        pos += size + RECORD_HEADER.unpack_from(body, pos)[2]
+        count += 1
+    if pos != len(body):
+        raise APIError(400, Code.INVALID_VALUE, "a live batch is whole PCAP records")
+    return count
+
+
+def _live_target(
+    request: Request, pcap_id: str, machine: str, boot_id: str
+) -> list[tuple[str, str, str]] | None:
+    """The processes watching the capture, if the machine's current run captures for it
+    (another machine's key, or an earlier run, may not feed its viewers); None: register
+    again."""
+    with request.app.state.db.session() as session:
+        if fleet.current_run(session, machine, boot_id) is None:
+            return None
+        part = session.get(CaptureMachine, (pcap_id, machine))
+        if part is None or part.state not in MACHINE_ACTIVE or part.boot_id != boot_id:
+            return []
+        return live.watchers(session, pcap_id, utcnow())
