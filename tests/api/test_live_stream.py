@@ -79,6 +79,8 @@ def test_viewers_get_every_packet_from_connect_to_end_in_tshark(lab, tmp_path):
         viewer.start()
         viewer.started.wait(10)
         assert viewer.status == 200
+        # At once, before the machines can have heard of the viewers: still in the stream.
+        send_udp(lab, 7100, 5)
         watched(lab, lab["api"], pcap["id"], [viewer])
         send_udp(lab, 7000, 20)  # 20 to each host: 20 through each machine
         with lab.client() as c:
@@ -101,6 +103,8 @@ def test_viewers_get_every_packet_from_connect_to_end_in_tshark(lab, tmp_path):
     for got in (rows, piped_rows):
         mine = [r for r in got if r[2] == "7000"]
         assert Counter(r[0] for r in mine) == {"ord01": 20, "ord02": 20}, err
+        first = [r for r in got if r[2] == "7100"]
+        assert Counter(r[0] for r in first) == {"ord01": 5, "ord02": 5}
         assert {r[1] for r in mine} == {"edgepcap ORD ord01", "edgepcap ORD ord02"}
         assert {r[3] for r in got} == {"0x00000001"}  # all arrived at the machines
         # Nothing in the stream that the capture did not keep.

@@ -3,6 +3,7 @@ The lease arithmetic is in `budget`, the writer thread in `upload`."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -26,6 +27,9 @@ FLUSH_BYTES = 256 << 10
 # The NFLOG socket's receive buffer: deep enough that a reader busy for a moment drops
 # nothing at the lab's top rates (BENCHMARKS.md, full capture at top rate).
 NFLOG_RCVBUF = 32 << 20
+# Records written lately, kept (by reference) for a live viewer who comes: the control
+# plane tells the machine of a viewer with its next report answer, a moment later.
+RECENT_BYTES = 8 << 20
 
 
 class CaptureWorker(threading.Thread):
@@ -61,7 +65,14 @@ class CaptureWorker(threading.Thread):
         self.written_bytes = 0
         self.over_limit = 0  # matched after the limit was reached: not written, not lost
         self.outbound = protocol.Outbound()  # the object's packets the machine sent itself
-        self.live: LiveSender | None = None  # copies for live viewers, while there are any
+        # Copies for live viewers, while there are any: the reporter thread says since
+        # when (`live_since`, from the control plane), the reading thread starts and stops
+        # the sender, and seeds it from the records it wrote lately (`recent`).
+        self.live_since: int | None = None
+        self.live: LiveSender | None = None
+        self.recent: collections.deque[tuple[int, int, bytes | bytearray]] = collections.deque()
+        self.recent_bytes = 0
+        self.batch_first = 0  # ordinal of the first record in the batch being filled
         self.sock: NflogSocket | None = None
         self.upload: Upload | None = None
         self.table_installed = False
@@ -137,28 +148,45 @@ class CaptureWorker(threading.Thread):
             packets = self._read(0.05, batch)
             if len(batch) >= FLUSH_BYTES or (batch and not packets):
                 # The batch itself goes to the writer (no copy); reading goes on in a new one.
-                self.upload.put(batch)
+                self._put(batch)
                 batch = bytearray()
         if batch:
-            self.upload.put(batch)
+            self._put(batch)
 
     def _drain(self) -> None:
         assert self.sock is not None and self.upload is not None
         batch = bytearray()
         while self._read(0, batch):
             if len(batch) >= FLUSH_BYTES:
-                self.upload.put(batch)
+                self._put(batch)
                 batch = bytearray()
         if batch:
-            self.upload.put(batch)
+            self._put(batch)
         if self.stop_reason in protocol.LIMIT_REASONS:
             self.over_limit += self.leases.discard()
         else:
             # Matched, but the capture ended before a lease for them arrived.
             self.leases.dropped += self.leases.discard()
 
+    def _put(self, batch: bytearray) -> None:
+        """Hand a full batch to the writer; keep a reference to it (no copy) a while, for
+        a live viewer who comes now."""
+        assert self.upload is not None
+        self.upload.put(batch)
+        self.recent.append((self.batch_first, self.written_packets - self.batch_first, batch))
+        self.recent_bytes += len(batch)
+        while self.recent_bytes > RECENT_BYTES:
+            self.recent_bytes -= len(self.recent.popleft()[2])
+        self.batch_first = self.written_packets
+
     def _read(self, timeout: float, batch: bytearray) -> int:
         """`_read_once`, and a copy of what it wrote for the live viewers if there are any."""
+        since = self.live_since
+        if since is not None and self.live is None:
+            self._start_live(since, batch)
+        elif since is None and self.live is not None:
+            live, self.live = self.live, None
+            live.close(0)
         before, first = len(batch), self.written_packets
         got = self._read_once(timeout, batch)
         live = self.live
@@ -166,6 +194,18 @@ class CaptureWorker(threading.Thread):
             count = self.written_packets - first
             live.offer(bytes(batch[before:]), first, count, self.outbound)
         return got
+
+    def _start_live(self, since: int, batch: bytearray) -> None:
+        """Start sending copies, from the first record written at or after `since`."""
+        self.live = LiveSender(self.cp, self.job.id)
+        pending = [*self.recent, (self.batch_first, self.written_packets - self.batch_first, batch)]
+        for first, count, chunk in pending:
+            skipped, offset = pcap.records_before(chunk, since)
+            if skipped < count:
+                self.live.offer(
+                    bytes(chunk[offset:]), first + skipped, count - skipped, self.outbound
+                )
+        self.live.start()
 
     def _read_once(self, timeout: float, batch: bytearray) -> int:
         """One receive: append what may be written as PCAP records; returns packets received."""
@@ -243,12 +283,7 @@ class CaptureWorker(threading.Thread):
     def _take(self, answer: Answer) -> None:
         """Act on the control plane's answer to a progress report."""
         self.leases.take(answer)
-        if answer.live and self.live is None and not self.stop_event.is_set():
-            self.live = LiveSender(self.cp, self.job.id)
-            self.live.start()
-        elif not answer.live and self.live is not None:
-            live, self.live = self.live, None
-            live.close(0)
+        self.live_since = answer.live_since
         if answer.stop:
             self.stop_reason = self.stop_reason or answer.reason or protocol.STOP
             self.stop_event.set()

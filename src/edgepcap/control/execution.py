@@ -20,6 +20,7 @@ from edgepcap.control.models import (
     CaptureMachine,
     Machine,
     Pcap,
+    unix_ns,
     utcnow,
 )
 from edgepcap.formats import protocol
@@ -237,7 +238,8 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
     if pcap.end_reason in protocol.LIMIT_REASONS:
         answer.stop, answer.reason = True, pcap.end_reason
     answer.release = bool(pcap.reclaim) and not answer.stop
-    answer.live = not answer.stop and live.watched(session, pcap.id, now)
+    since = None if answer.stop else live.watched(session, pcap.id, now)
+    answer.live_since = None if since is None else unix_ns(since)
     _refresh_totals(pcap)
     session.flush()
     return answer

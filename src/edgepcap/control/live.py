@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from edgepcap.control.models import ACTIVE_STATUSES, ApiProcess, LiveWatch, Pcap
@@ -33,7 +33,13 @@ def forget_process(session: Session, process_id: str) -> None:
 
 def watch(session: Session, pcap_id: str, process_id: str, now: dt.datetime) -> None:
     """This process has viewers of `pcap_id` now (renewed while they watch)."""
-    session.merge(LiveWatch(pcap_id=pcap_id, process_id=process_id, expires=now + WATCH_FOR))
+    row = session.get(LiveWatch, (pcap_id, process_id))
+    if row is None or row.expires <= now:
+        session.merge(
+            LiveWatch(pcap_id=pcap_id, process_id=process_id, since=now, expires=now + WATCH_FOR)
+        )
+    else:
+        row.expires = now + WATCH_FOR
 
 
 def unwatch(session: Session, pcap_id: str, process_id: str) -> None:
@@ -42,14 +48,14 @@ def unwatch(session: Session, pcap_id: str, process_id: str) -> None:
     )
 
 
-def watched(session: Session, pcap_id: str, now: dt.datetime) -> bool:
-    """Whether any process has live viewers of the capture: what its machines are told."""
-    found = session.scalar(
-        select(LiveWatch.pcap_id)
-        .where(LiveWatch.pcap_id == pcap_id, LiveWatch.expires > now)
-        .limit(1)
+def watched(session: Session, pcap_id: str, now: dt.datetime) -> dt.datetime | None:
+    """Since when some process has live viewers of the capture (None: nobody watches):
+    what its machines are told, so that they send what they wrote since then too."""
+    return session.scalar(
+        select(func.min(LiveWatch.since)).where(
+            LiveWatch.pcap_id == pcap_id, LiveWatch.expires > now
+        )
     )
-    return found is not None
 
 
 def watchers(session: Session, pcap_id: str, now: dt.datetime) -> list[tuple[str, str, str]]:

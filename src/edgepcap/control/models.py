@@ -27,6 +27,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def unix_ns(t: dt.datetime) -> int:
+    """A stored (naive UTC) time in nanoseconds since the epoch, to the microsecond."""
+    return int(t.replace(tzinfo=dt.UTC).timestamp() * 1e6) * 1000
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -253,4 +258,5 @@ class LiveWatch(Base):
         ForeignKey("pcaps.id", ondelete="CASCADE"), primary_key=True
     )
     process_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    since: Mapped[dt.datetime] = mapped_column(DateTime)  # when its first viewer came
     expires: Mapped[dt.datetime] = mapped_column(DateTime)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from edgepcap.control.accounts import Network
 from edgepcap.control.errors import SampleRateLimited
-from edgepcap.control.models import Account, Pcap, PcapBlob, utcnow
+from edgepcap.control.models import Account, Pcap, PcapBlob, unix_ns, utcnow
 from edgepcap.control.samples.store import SampleQuery, SampleStore
 from edgepcap.formats import pcapfile as pcap_format
 from edgepcap.formats.filters import FilterV1
@@ -38,7 +38,7 @@ def answer_sample(
     account's `prefixes` (each matched within its own address family)."""
     end = pcap.offset_time or pcap.submitted
     start = end - dt.timedelta(seconds=pcap.time_limit)
-    to_ns = lambda t: int(t.replace(tzinfo=dt.UTC).timestamp() * 1e6) * 1000  # noqa: E731
+    to_ns = unix_ns
     rows = samples.query(
         SampleQuery(
             pcap.account_id,

@@ -67,6 +67,20 @@ def record(packet: Packet, nanosecond: bool = False) -> bytes:
     return RECORD_HEADER.pack(sec, frac, len(packet.data), packet.orig_len) + packet.data
 
 
+def records_before(chunk: bytes | bytearray, ts_ns: int) -> tuple[int, int]:
+    """How many microsecond records at the start of `chunk` (whole records, no file
+    header) are stamped before `ts_ns`, and the offset of the first one that is not."""
+    pos = count = 0
+    size = RECORD_HEADER.size
+    while pos + size <= len(chunk):
+        sec, usec, incl, _orig = RECORD_HEADER.unpack_from(chunk, pos)
+        if sec * 1_000_000_000 + usec * 1000 >= ts_ns:
+            break
+        pos += size + incl
+        count += 1
+    return count, pos
+
+
 def records(
     ts_ns: np.ndarray, cap_len: np.ndarray, orig_len: np.ndarray, data: np.ndarray
 ) -> bytes:

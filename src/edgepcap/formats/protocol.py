@@ -248,8 +248,9 @@ class Answer:
     grant_packets: int = 0
     grant_bytes: int = 0
     reason: str | None = None
-    # Someone watches the capture live: send copies of the records written (`live_runs`).
-    live: bool = False
+    # Someone watches the capture live since this time (unix ns): send copies of the
+    # records written from then on (`live_runs`).
+    live_since: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod

@@ -27,6 +27,7 @@ def upgrade() -> None:
         "live_watches",
         sa.Column("pcap_id", sa.String(length=32), nullable=False),
         sa.Column("process_id", sa.String(length=32), nullable=False),
+        sa.Column("since", sa.DateTime(), nullable=False),
         sa.Column("expires", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(["pcap_id"], ["pcaps.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("pcap_id", "process_id"),
