@@ -49,14 +49,26 @@ class Viewer:
         self.queue: collections.deque[Piece] = collections.deque()
         self.queued = 0
         self.dropped: dict[str, int] = collections.defaultdict(int)
+        self.expected: dict[str, int] = {}  # each machine's next packet ordinal
         self.full_since: float | None = None
         self.event = asyncio.Event()
+        # The task sending this viewer's stream: cancelled (the connection closed) when the
+        # viewer stalls, for it is then blocked writing to a client that does not read.
+        self.task: asyncio.Task[object] | None = None
+        self.cut = False
 
     def put(self, piece: Piece) -> None:
+        expected = self.expected.get(piece.machine, piece.first)
+        if piece.first > expected:  # lost before it reached this process
+            self.dropped[piece.machine] += piece.first - expected
+        self.expected[piece.machine] = max(expected, piece.first + piece.count)
         if self.queued + len(piece.records) > self.limit:
             self.dropped[piece.machine] += piece.count
             if self.full_since is None:
                 self.full_since = time.monotonic()
+            elif self.stalled and self.task is not None and not self.cut:
+                self.cut = True
+                self.task.cancel()
             return
         self.queue.append(piece)
         self.queued += len(piece.records)
@@ -106,10 +118,9 @@ class Stream:
     def __init__(self, comment: str) -> None:
         self.head = pcapng.section_header(comment)
         self.interfaces: dict[str, int] = {}
-        self.expected: dict[str, int] = {}  # each machine's next packet ordinal
         self.told: dict[str, int] = {}  # losses told so far, per machine
 
-    def pieces(self, pieces: list[Piece], viewer: Viewer, out: bytearray) -> None:
+    def pieces(self, pieces: list[Piece], out: bytearray) -> None:
         for piece in pieces:
             index = self.interfaces.get(piece.machine)
             if index is None:
@@ -118,10 +129,6 @@ class Stream:
                 out += pcapng.interface_block(
                     LINKTYPE_RAW, 0xFFFF, piece.machine, description, False
                 )
-            expected = self.expected.get(piece.machine, piece.first)
-            if piece.first > expected:  # lost before it reached this process
-                viewer.dropped[piece.machine] += piece.first - expected
-            self.expected[piece.machine] = max(expected, piece.first + piece.count)
             _packets(out, index, piece)
 
     def losses(self, viewer: Viewer, out: bytearray, comment: str | None = None) -> None:
@@ -168,6 +175,7 @@ async def follow(
 ) -> AsyncIterator[bytes]:
     """The viewer's pcapng until the capture ends (`running()` says whether it still
     does, and its status), the viewer stalls, or the client goes away."""
+    viewer.task = asyncio.current_task()
     yield stream.head
     next_check = 0.0
     ended_at: float | None = None
@@ -176,7 +184,7 @@ async def follow(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(viewer.event.wait(), FLUSH_EVERY)
         out = bytearray()
-        stream.pieces(viewer.take(), viewer, out)
+        stream.pieces(viewer.take(), out)
         stream.losses(viewer, out)
         if viewer.stalled:
             stream.losses(viewer, out, "disconnected: this viewer did not keep up")
