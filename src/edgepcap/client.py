@@ -110,6 +110,19 @@ class Client:
         except httpx.HTTPError as exc:
             raise ClientError(0, f"download interrupted: {exc}") from exc
 
+    def stream(self, pcap_id: str) -> Iterator[bytes]:
+        """A running full capture's packets as they come (pcapng), until it ends."""
+        try:
+            # No read timeout: a capture of quiet traffic may send nothing for minutes.
+            timeout = httpx.Timeout(30.0, read=None)
+            with self.http.stream("GET", f"/pcaps/{pcap_id}/stream", timeout=timeout) as r:
+                if r.status_code != 200:
+                    r.read()
+                    _result(r)
+                yield from r.iter_raw()
+        except httpx.HTTPError as exc:
+            raise ClientError(0, f"stream interrupted: {exc}") from exc
+
     def buckets(self) -> list[dict[str, Any]]:
         return self._call("GET", "/pcaps/ownership")
 

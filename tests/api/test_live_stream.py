@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ from tests.support.lab import Lab, running_lab
 from tests.support.live import Watch, send_udp
 from tests.support.packets import tshark_fields
 from tests.support.postgres import Postgres
-from tests.support.processes import wait_for
+from tests.support.processes import EDGEPCAP, wait_for
 from tests.support.servers import start_server, stop_server
 
 pytestmark = pytest.mark.root  # the lab
@@ -144,3 +145,65 @@ def test_a_viewer_on_another_api_process_gets_the_packets(pg_lab, tmp_path):
     rows = tshark_fields(tmp_path / "s", *FIELDS)
     assert Counter(r[0] for r in rows if r[2] == "7000") == {"ord01": 10, "ord02": 10}
     assert os.path.getsize(tmp_path / "s") == len(viewer.data)
+
+
+def test_the_cli_starts_and_watches_a_capture_into_tshark_and_a_file(lab, tmp_path):
+    env = {
+        **os.environ,
+        "EDGEPCAP_API": lab["api"],
+        "EDGEPCAP_ACCOUNT": lab["account_id"],
+        "EDGEPCAP_TOKEN": lab["api_token"],
+    }
+    create_argv = [EDGEPCAP, "pcaps", "create", "--type", "full", "--time-limit", "8"]
+    create_argv += ["--colo", "ORD", "--destination", lab["destination_conf"], "--proto", "17"]
+    # `create --watch | tshark -l -r -`: tshark prints each packet as it comes.
+    create = subprocess.Popen(
+        [*create_argv, "--watch"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    fields = ["-e", "frame.interface_name", "-e", "udp.dstport"]
+    tshark = subprocess.Popen(
+        ["tshark", "-l", "-r", "-", "-T", "fields", "-E", "separator=,", *fields],
+        stdin=create.stdout,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert create.stdout is not None and tshark.stdout is not None
+    create.stdout.close()
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(tshark.stdout), daemon=True)
+    reader.start()
+    watch = None
+    try:
+        rounds = 0
+
+        def flowing() -> bool:
+            nonlocal rounds
+            rounds += 1
+            assert rounds <= 50
+            send_udp(lab, 6000, 1)
+            return {"ord01,6000\n", "ord02,6000\n"} <= set(lines)
+
+        wait_for(flowing, 20, "packets through tshark from both machines", interval=0.1)
+        with lab.client() as c:
+            pcap_id = c.get("/pcaps").json()["result"][0]["id"]
+        # A second viewer, `pcaps watch -o FILE`, from the moment its file begins.
+        second = tmp_path / "watched.pcapng"
+        watch = subprocess.Popen([EDGEPCAP, "pcaps", "watch", pcap_id, "-o", str(second)], env=env)
+        wait_for(lambda: second.exists() and second.stat().st_size > 0, 10, "the second viewer")
+        send_udp(lab, 7200, 10)
+        _, err = create.communicate(timeout=30)
+        tshark.wait(30)
+        reader.join(10)
+        assert watch.wait(30) == 0
+    finally:
+        for proc in (create, tshark, watch):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert create.returncode == 0, err
+    assert b"the capture ended" in err
+    assert Counter(line for line in lines if ",7200" in line) == {
+        "ord01,7200\n": 10,
+        "ord02,7200\n": 10,
+    }
+    rows = tshark_fields(second, "frame.interface_name", "udp.dstport")
+    assert Counter(r[0] for r in rows if r[1] == "7200") == {"ord01": 10, "ord02": 10}

@@ -49,6 +49,7 @@ pcaps_app.command("create")(customer.create)
 pcaps_app.command("list")(customer.list_)
 pcaps_app.command("get")(customer.get)
 pcaps_app.command("stop")(customer.stop)
+pcaps_app.command("watch")(customer.watch)
 pcaps_app.command("download")(customer.download)
 pcaps_app.command("summary")(customer.summary)
 

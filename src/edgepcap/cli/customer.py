@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 from rich.text import Text
 
+from edgepcap.cli import watch as live
 from edgepcap.cli.console import _die, _id_column, _print_json, _show, err, out
 from edgepcap.client import Client, ClientError, Settings
 
@@ -72,6 +74,14 @@ def create(
     dport: Annotated[int | None, typer.Option(help="filter_v1.destination_port")] = None,
     proto: Annotated[int | None, typer.Option(help="filter_v1.protocol (6 tcp, 17 udp …)")] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the capture ends.")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            help="Full: then write its packets, live, as pcapng to stdout "
+            "(`| wireshark -k -i -`) or -o, until it ends.",
+        ),
+    ] = False,
+    output: live.Output = None,
     as_json: Json = False,
     api: Api = None,
     account: AccountId = None,
@@ -105,7 +115,15 @@ def create(
     ):
         if value is not None:
             body[key] = value
+    if watch and type_ != "full":
+        _die("--watch: only full captures stream (a sample capture is answered at once)", 2)
+    if watch and output is None and sys.stdout.isatty():
+        _die("--watch writes pcapng: pipe it (`| wireshark -k -i -`) or give -o FILE", 2)
     pcap = _run(client.create, body)
+    if watch:
+        err.print(f"capture {pcap['id']} is {pcap['status']}; streaming it")
+        live.follow(client, pcap["id"], output)
+        return
     if wait and pcap["status"] not in END:
         pcap = _watch(client, pcap)
     if as_json:
@@ -137,6 +155,18 @@ def _watch(client: Client, pcap: dict[str, Any]) -> dict[str, Any]:
                 left = f"≤ {max(0, remaining):.0f} s left"
             bar.update(task, completed=pcap["packets_captured"], status=pcap["status"], left=left)
     return pcap
+
+
+def watch(
+    pcap_id: str,
+    output: live.Output = None,
+    api: Api = None,
+    account: AccountId = None,
+    token: Token = None,
+) -> None:
+    """A running full capture's packets, live, as pcapng (one interface per machine) to
+    stdout (`| wireshark -k -i -`) or -o FILE, until it ends; Ctrl-C stops watching."""
+    live.follow(_client(api, account, token), pcap_id, output)
 
 
 def list_(
