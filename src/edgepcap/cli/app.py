@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from edgepcap.cli import admin, agent, customer, lab, server
+from edgepcap.cli import admin, agent, customer, extcap, lab, server
 
 app = typer.Typer(help="edgepcap: on-demand packet captures at the edge.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Manage customer accounts (administration).", no_args_is_help=True)
@@ -23,6 +23,9 @@ buckets_app = typer.Typer(
 agents_app = typer.Typer(
     help="Manage edge agent credentials (administration).", no_args_is_help=True
 )
+extcap_app = typer.Typer(
+    help="An `edgepcap` interface in Wireshark's capture list.", no_args_is_help=True
+)
 lab_app = typer.Typer(
     help="The lab: edge machines and customers in network namespaces.", no_args_is_help=True
 )
@@ -30,6 +33,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(pcaps_app, name="pcaps")
 app.add_typer(buckets_app, name="buckets")
 app.add_typer(agents_app, name="agents")
+app.add_typer(extcap_app, name="extcap")
 app.add_typer(lab_app, name="lab")
 
 app.command()(server.api)
@@ -57,6 +61,9 @@ buckets_app.command("add")(customer.bucket_add)
 buckets_app.command("validate")(customer.bucket_validate)
 buckets_app.command("list")(customer.bucket_list)
 buckets_app.command("delete")(customer.bucket_delete)
+
+extcap_app.command("install")(extcap.install)
+extcap_app.command("uninstall")(extcap.uninstall)
 
 lab_app.command("up")(lab.lab_up)
 lab_app.command("down")(lab.lab_down)
