@@ -57,9 +57,10 @@ class FilterError(ValueError):
 
 
 def filter_v1(expression: str) -> dict[str, Any]:
-    """Wireshark's capture filter as `filter_v1`: `src|dst host ADDR`, `src|dst port N`,
+    """Wireshark's capture filter as `filter_v1`: `[src|dst] host ADDR`, `[src|dst] port
+    N` (without a direction: either way, edgepcap's `address` and `port`),
     `tcp|udp|icmp|icmp6`, `ip proto N`, joined by `and`; a protocol may qualify a port
-    (`udp dst port 53`). Anything else is refused, naming what cannot be expressed."""
+    (`udp port 53`). Anything else is refused, naming what cannot be expressed."""
     out: dict[str, Any] = {}
 
     def put(key: str, value: Any, words: str) -> None:
@@ -83,19 +84,16 @@ def filter_v1(expression: str) -> dict[str, Any]:
         elif len(rest) == 3 and rest[0] in ("src", "dst") and rest[1] == "port":
             key = "source_port" if rest[0] == "src" else "destination_port"
             put(key, _number(rest[2], 1, 65535, words), words)
-        elif rest[0] in ("host", "port") and len(rest) == 2:
-            qualifier = "".join(f"{word} " for word in clause[: len(clause) - len(rest)])
-            raise FilterError(
-                f"`{words}` matches either direction, which filter_v1 cannot: it has a "
-                f"source and a destination; write `{qualifier}src {' '.join(rest)}` or "
-                f"`{qualifier}dst {' '.join(rest)}`"
-            )
+        elif len(rest) == 2 and rest[0] == "host":  # either direction: edgepcap's field
+            put("address", _address(rest[1], words), words)
+        elif len(rest) == 2 and rest[0] == "port":
+            put("port", _number(rest[1], 1, 65535, words), words)
         else:
             raise FilterError(f"`{words}`: filter_v1 cannot express it")
     from edgepcap.formats.filters import PORT_PROTOCOLS
 
     protocol = out.get("protocol")
-    if ("source_port" in out or "destination_port" in out) and protocol not in (
+    if any(k in out for k in ("source_port", "destination_port", "port")) and protocol not in (
         None,
         *PORT_PROTOCOLS,
     ):

@@ -40,7 +40,7 @@ def wire() -> Iterator[tuple[socket.socket, str]]:
             netns.delete(n)
 
 
-def send(sender: socket.socket, src: str, dst: str, dport: int = 5000) -> None:
+def send(sender: socket.socket, src: str, dst: str, dport: int = 5000, sport: int = 4000) -> None:
     kind = b"\x08\x00" if ipaddress.ip_address(src).version == 4 else b"\x86\xdd"
     frame = bytes.fromhex(B_MAC.replace(":", "") + A_MAC.replace(":", "")) + kind
-    sender.send(frame + udp(src, dst, 4000, dport))
+    sender.send(frame + udp(src, dst, sport, dport))

@@ -80,7 +80,7 @@ class CreatePcap(BaseModel):
         if (
             f is not None
             and f.protocol is not None
-            and (f.source_port is not None or f.destination_port is not None)
+            and f.has_ports
             and f.protocol not in PORT_PROTOCOLS
         ):
             raise ValueError(

@@ -51,7 +51,18 @@ function filterSummary(f) {
   const src = (f.source_address || "any") + (f.source_port != null ? `:${f.source_port}` : "");
   const dst = (f.destination_address || "any") +
     (f.destination_port != null ? `:${f.destination_port}` : "");
-  return `${src} → ${dst}` + (f.protocol != null ? ` proto ${f.protocol}` : "");
+  const parts = [];
+  if (f.address != null || f.port != null) {
+    // edgepcap's fields that match either direction
+    const either = f.address != null
+      ? f.address + (f.port != null ? `:${f.port}` : "") : `port ${f.port}`;
+    if (src !== "any" || dst !== "any") parts.push(`${src} → ${dst}`);
+    parts.push(`${either} either way`);
+  } else {
+    parts.push(`${src} → ${dst}`);
+  }
+  if (f.protocol != null) parts.push(`proto ${f.protocol}`);
+  return parts.join(" ");
 }
 
 function stopRefresh() { if (refreshTimer) { clearTimeout(refreshTimer); refreshTimer = null; } }

@@ -64,7 +64,13 @@ def parse_host(value: Any) -> IPAddress:
 
 
 class FilterV1(BaseModel):
-    """Fields of `filter_v1`; an absent or null field matches everything."""
+    """Fields of `filter_v1`; an absent or null field matches everything, and a packet
+    must match every field given.
+
+    `address` and `port` are edgepcap's own (Cloudflare's filter has a source and a
+    destination only): they match a packet whichever way it goes, as `host` and `port` do
+    in a capture filter (tcpdump's, Wireshark's).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -73,8 +79,10 @@ class FilterV1(BaseModel):
     source_port: Port | None = None
     destination_port: Port | None = None
     protocol: Protocol | None = None
+    address: str | None = None
+    port: Port | None = None
 
-    @field_validator("source_address", "destination_address", mode="before")
+    @field_validator("source_address", "destination_address", "address", mode="before")
     @classmethod
     def _address(cls, value: Any) -> str | None:
         if value is None:
@@ -92,10 +100,20 @@ class FilterV1(BaseModel):
     def destination(self) -> IPAddress | None:
         return ipaddress.ip_address(self.destination_address) if self.destination_address else None
 
+    @property
+    def either(self) -> IPAddress | None:
+        """`address`: the source or the destination."""
+        return ipaddress.ip_address(self.address) if self.address else None
+
+    @property
+    def has_ports(self) -> bool:
+        return any(p is not None for p in (self.source_port, self.destination_port, self.port))
+
 
 def summary(f: dict[str, Any]) -> str:
     """A `filter_v1` as given in the API (a dict, fields absent when unset) in one line,
-    such as `192.0.2.1:53 → any proto 17`. The dashboard's `filterSummary` (app.js) is a
+    such as `192.0.2.1:53 → any proto 17`, or `203.0.113.9:80 either way proto 6` with the
+    fields that match either direction. The dashboard's `filterSummary` (app.js) is a
     copy of this in JavaScript: change both together."""
     if not f:
         return "all packets"
@@ -103,5 +121,16 @@ def summary(f: dict[str, Any]) -> str:
     dst = f.get("destination_address", "any") + (
         f":{f['destination_port']}" if "destination_port" in f else ""
     )
-    proto = f" proto {f['protocol']}" if "protocol" in f else ""
-    return f"{src} → {dst}{proto}"
+    if "address" in f or "port" in f:
+        if "address" in f:
+            either = f["address"] + (f":{f['port']}" if "port" in f else "")
+        else:
+            either = f"port {f['port']}"
+        parts = [f"{either} either way"]
+        if src != "any" or dst != "any":
+            parts.insert(0, f"{src} → {dst}")
+    else:
+        parts = [f"{src} → {dst}"]
+    if "protocol" in f:
+        parts.append(f"proto {f['protocol']}")
+    return " ".join(parts)

@@ -110,6 +110,28 @@ def test_query_by_account_window_filter_and_limit(store):
     assert bytes(row["data"][:1]) == b"\x45"
 
 
+def test_address_and_port_match_either_direction(store):
+    now = time.time_ns()
+    specs = [
+        ("198.51.100.1", "203.0.113.10", 40000, 53, 10),  # a query to 203.0.113.10:53
+        ("203.0.113.10", "198.51.100.1", 53, 40000, 20),  # its answer
+        ("203.0.113.11", "198.51.100.1", 53, 40001, 30),  # another host's answer
+        ("198.51.100.1", "203.0.113.10", 40002, 80, 40),  # another port
+        ("2001:db8:c::1", "2001:db8:a::5", 53, 53, 50),  # IPv6, both ports 53
+    ]
+    assert store.append(batch(now, specs)) == len(specs)
+
+    def ports_of(**f) -> list[tuple[int, int]]:
+        return [(int(r["sport"]), int(r["dport"])) for r in store.query(q(A, now, **f))]
+
+    assert sorted(ports_of(address="203.0.113.10", port=53)) == [(53, 40000), (40000, 53)]
+    assert sorted(ports_of(address="203.0.113.10")) == [(53, 40000), (40000, 53), (40002, 80)]
+    assert sorted(ports_of(port=53)) == [(53, 53), (53, 40000), (53, 40001), (40000, 53)]
+    # Either-way fields AND the others: only the answer comes from port 53.
+    assert ports_of(address="203.0.113.10", source_port=53) == [(53, 40000)]
+    assert ports_of(address="2001:db8:a::5", port=53) == [(53, 53)]
+
+
 def test_expire_drops_whole_old_partitions(store):
     now = time.time_ns()
     old = batch(now, [("198.51.100.1", "203.0.113.10", 1, 2, 180_000)])  # 3 minutes ago

@@ -57,19 +57,21 @@ def _prefix_elem(net: Network) -> dict[str, Any]:
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
-def _filter_exprs(f: FilterV1, version: int) -> list[dict[str, Any]] | None:
-    """Matches for `f` in one IP version, or None when `f` cannot match that version."""
+def _filter_exprs(f: FilterV1, version: int) -> list[list[dict[str, Any]]] | None:
+    """Matches for `f` in one IP version, as alternatives (a packet matches when it matches
+    every expression of one of them), or None when `f` cannot match that version. The
+    fields that match either direction (`address`, `port`) make two alternatives each."""
     proto = "ip" if version == 4 else "ip6"
     exprs: list[dict[str, Any]] = []
-    for addr, name in ((f.source, "saddr"), (f.destination, "daddr")):
-        if addr is not None:
-            if addr.version != version:
-                return None
+    for addr, name in ((f.source, "saddr"), (f.destination, "daddr"), (f.either, None)):
+        if addr is not None and addr.version != version:
+            return None
+        if addr is not None and name is not None:
             exprs.append(_match(_payload(proto, name), str(addr)))
     l4 = {"meta": {"key": "l4proto"}}
     if f.protocol is not None:
         exprs.append(_match(l4, f.protocol))
-    if f.source_port is not None or f.destination_port is not None:
+    if f.has_ports:
         if f.protocol is None:
             exprs.append(_match(l4, {"set": list(PORT_PROTOCOLS)}))
         elif f.protocol not in PORT_PROTOCOLS:
@@ -78,7 +80,18 @@ def _filter_exprs(f: FilterV1, version: int) -> list[dict[str, Any]] | None:
             exprs.append(_match(_payload("th", "sport"), f.source_port))
         if f.destination_port is not None:
             exprs.append(_match(_payload("th", "dport"), f.destination_port))
-    return exprs
+    alternatives = [exprs]
+    for value, fields, payload in (
+        (f.address, ("saddr", "daddr"), proto),
+        (f.port, ("sport", "dport"), "th"),
+    ):
+        if value is not None:
+            alternatives = [
+                [*alt, _match(_payload(payload, name), value)]
+                for alt in alternatives
+                for name in fields
+            ]
+    return alternatives
 
 
 def _chain(table: str, name: str, hook: str | None = None) -> dict[str, Any]:
@@ -113,25 +126,36 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
     for version in (4, 6):
         # Collapsed: an interval set refuses overlapping elements, and fewer rules.
         nets = list(ipaddress.collapse_addresses(n for n in rule.prefixes if n.version == version))
-        exprs = _filter_exprs(rule.filter, version)
-        if not nets or exprs is None:
+        alternatives = _filter_exprs(rule.filter, version)
+        if not nets or alternatives is None:
             continue
         proto, settype, name = (
             ("ip", "ipv4_addr", "v4") if version == 4 else ("ip6", "ipv6_addr", "v6")
         )
-        entry = [_match({"meta": {"key": "nfproto"}}, "ipv4" if version == 4 else "ipv6")]
+        family = _match({"meta": {"key": "nfproto"}}, "ipv4" if version == 4 else "ipv6")
+        # A packet the machine sends to itself passed `output` already: on `prerouting`,
+        # from loopback, it would be logged (or drawn) a second time.
+        from_lo = _match({"meta": {"key": "iiftype"}}, "loopback", "!=")
+        heads = {"out": [family], "pre": [family, from_lo]}
+        draw: list[dict[str, Any]] = []
         if rule.sample_mod:
             # Drawn first, once per packet: the packets not drawn (N-1 in N) skip the
             # filter and the prefixes, and each of the account's packets has the same
             # 1-in-N chance whichever of its rules would match it.
-            entry.append(_match({"numgen": {"mode": "random", "mod": rule.sample_mod}}, 0))
-        entry += [*exprs, {"jump": {"target": name}}]
+            numgen = {"numgen": {"mode": "random", "mod": rule.sample_mod}}
+            if len(alternatives) == 1:
+                draw = [_match(numgen, 0)]
+            else:  # one draw for all the alternatives: the undrawn leave the table here
+                for chain, head in heads.items():
+                    cmds.append(
+                        _rule(table, chain, [*head, _match(numgen, 0, "!="), {"accept": None}])
+                    )
         cmds.append(_chain(table, name))  # before the jumps to it
-        cmds.append(_rule(table, "out", entry))
-        # A packet the machine sends to itself passed `output` already: on `prerouting`,
-        # from loopback, it would be logged (or drawn) a second time.
-        from_lo = _match({"meta": {"key": "iiftype"}}, "loopback", "!=")
-        cmds.append(_rule(table, "pre", [entry[0], from_lo, *entry[1:]]))
+        # A packet that matches an alternative but none of the prefixes returns and tries
+        # the next; one that matches the prefixes is logged once and accepted there.
+        for exprs in alternatives:
+            for chain, head in heads.items():
+                cmds.append(_rule(table, chain, [*head, *draw, *exprs, {"jump": {"target": name}}]))
         if len(nets) <= INLINE_PREFIXES:
             matches: list[Any] = [_prefix_elem(n) for n in nets]
         else:

@@ -145,6 +145,16 @@ class ClickHouseStore:
         if f.destination_port is not None:
             where.append(f"dport = %(dport)s AND proto IN ({ports})")
             params["dport"] = f.destination_port
+        if f.either is not None:
+            hi, lo = records.split(f.either)
+            where.append(
+                "family = %(either_family)s AND ((src_hi = %(either_hi)s AND src_lo = "
+                "%(either_lo)s) OR (dst_hi = %(either_hi)s AND dst_lo = %(either_lo)s))"
+            )
+            params.update({"either_family": f.either.version, "either_hi": hi, "either_lo": lo})
+        if f.port is not None:
+            where.append(f"(sport = %(port)s OR dport = %(port)s) AND proto IN ({ports})")
+            params["port"] = f.port
         # Only constant column names and placeholders are joined here; every value goes
         # to the driver as a parameter.
         rows = self.client.execute(

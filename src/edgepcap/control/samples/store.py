@@ -64,6 +64,12 @@ def _filter_mask(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
         mask &= (rows["dport"] == f.destination_port) & np.isin(
             rows["proto"], records.PORT_PROTOCOLS
         )
+    if f.either is not None:
+        addr = f.either
+        mask &= records.is_address(rows, "src", addr) | records.is_address(rows, "dst", addr)
+    if f.port is not None:
+        either = (rows["sport"] == f.port) | (rows["dport"] == f.port)
+        mask &= either & np.isin(rows["proto"], records.PORT_PROTOCOLS)
     return mask
 
 
