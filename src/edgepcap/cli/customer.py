@@ -73,6 +73,12 @@ def create(
     sport: Annotated[int | None, typer.Option(help="filter_v1.source_port")] = None,
     dport: Annotated[int | None, typer.Option(help="filter_v1.destination_port")] = None,
     proto: Annotated[int | None, typer.Option(help="filter_v1.protocol (6 tcp, 17 udp …)")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="filter_v1.address: the source or the destination")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="filter_v1.port: the source or the destination port")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the capture ends.")] = False,
     watch: Annotated[
         bool,
@@ -97,6 +103,8 @@ def create(
             ("source_port", sport),
             ("destination_port", dport),
             ("protocol", proto),
+            ("address", address),
+            ("port", port),
         )
         if v is not None
     }
