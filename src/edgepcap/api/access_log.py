@@ -14,8 +14,9 @@ class QuietAgents(logging.Filter):
     else. Their failures (status 400 and up) and registrations are still logged."""
 
     ROUTINE = re.compile(
-        re.escape(agents.PREFIX) + r"/(jobs|heartbeat|prefixes|samples|captures/[^/?]+/report)"
-        r"(\?|$)"
+        re.escape(agents.PREFIX)
+        + r"/(jobs|heartbeat|prefixes|samples|captures/[^/?]+/(report|live))"
+        + r"(\?|$)"
     )
 
     def filter(self, record: logging.LogRecord) -> bool:

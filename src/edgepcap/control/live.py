@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from edgepcap.control.models import ACTIVE_STATUSES, ApiProcess, LiveWatch, Pcap
 
 WATCH_FOR = dt.timedelta(seconds=5)  # a watch lapses this long after its last renewal
+# A process not seen for this long (it renews while it has viewers) is forgotten when
+# another starts: one that crashed leaves its row behind.
+FORGET_AFTER = dt.timedelta(days=1)
 
 
 def register_process(
     session: Session, process_id: str, address: str, token: str, now: dt.datetime
 ) -> None:
     """This API process takes relayed packets at `address` (host:port) with `token`."""
+    session.execute(delete(ApiProcess).where(ApiProcess.seen < now - FORGET_AFTER))
     session.merge(ApiProcess(id=process_id, address=address, token=token, seen=now))
 
 
@@ -33,6 +37,7 @@ def forget_process(session: Session, process_id: str) -> None:
 
 def watch(session: Session, pcap_id: str, process_id: str, now: dt.datetime) -> None:
     """This process has viewers of `pcap_id` now (renewed while they watch)."""
+    session.execute(update(ApiProcess).where(ApiProcess.id == process_id).values(seen=now))
     row = session.get(LiveWatch, (pcap_id, process_id))
     if row is None or row.expires <= now:
         session.merge(
