@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 from tests.support.captures import captured, expected, in_prefixes, packets_in
-from tests.support.packets import tshark_fields
+from tests.support.live import send_udp
+from tests.support.packets import MACHINE_FIELDS, tshark_fields
 
 
 def test_filtered_capture_holds_exactly_the_matching_packets(lab):
@@ -190,22 +189,13 @@ def test_cli_create_wait_follows_the_capture_to_its_end(lab):
     assert "packets" in out.stderr  # the progress display
 
 
-# Sends argv[3] UDP datagrams to argv[1]:argv[2] from where it runs (a machine's namespace).
-SEND = (
-    "import socket, sys\n"
-    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-    "for _ in range(int(sys.argv[3])): s.sendto(b'x' * 32, (sys.argv[1], int(sys.argv[2])))\n"
-)
-
-
 def test_pcapng_download_names_each_machine_and_what_it_sent_itself(lab, tmp_path):
     pcap = lab.start_full(filter_v1={"protocol": 17})
     flows = lab.traffic("--count", "10", "--proto", "udp", "--tenant", "customer")
     # ord01 sends three datagrams of its own to the customer's first host: its output hook.
     host = lab["hosts"][0]["v4"]
     ns = lab["namespaces"]["machines"]["ord01"]
-    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", SEND, host, "7777", "3"]
-    subprocess.run(argv, check=True, timeout=30)
+    send_udp(lab, 7777, 3, ns=ns, hosts=[host])
     with lab.client() as c:
         assert c.put(f"/pcaps/{pcap['id']}/stop").status_code == 200
     done = lab.wait_end(pcap["id"])
@@ -216,13 +206,7 @@ def test_pcapng_download_names_each_machine_and_what_it_sent_itself(lab, tmp_pat
     path = tmp_path / "capture.pcapng"
     path.write_bytes(r.content)
 
-    rows = tshark_fields(
-        path,
-        "frame.interface_name",
-        "frame.interface_description",
-        "udp.dstport",
-        "frame.packet_flags_direction",
-    )
+    rows = tshark_fields(path, *MACHINE_FIELDS)
     forwarded = sum(f["packets"] for f in flows if f["proto"] == "udp")
     assert len(rows) == done["packets_captured"] == forwarded + 3
     machines = {(r[0], r[1]) for r in rows}

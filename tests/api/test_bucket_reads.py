@@ -16,7 +16,7 @@ import pytest
 
 from edgepcap.formats.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_RAW, Packet, global_header, record
 from tests.support.api import error_of, full
-from tests.support.packets import tshark_fields, udp
+from tests.support.packets import MACHINE_FIELDS, tshark_fields, udp
 from tests.support.processes import wait_for
 from tests.support.servers import register_machine
 
@@ -232,13 +232,7 @@ def test_a_pcapng_download_has_one_named_interface_per_machine(stack, lax, tmp_p
 
     path = tmp_path / "merged.pcapng"
     path.write_bytes(by_query.content)
-    rows = tshark_fields(
-        path,
-        "frame.interface_name",
-        "frame.interface_description",
-        "udp.dstport",
-        "frame.packet_flags_direction",
-    )
+    rows = tshark_fields(path, *MACHINE_FIELDS)
     # Merged by time, each packet on the interface of the machine whose file held it, in
     # the direction that machine reported (1 inbound, 2 outbound).
     inbound, outbound = "0x00000001", "0x00000002"

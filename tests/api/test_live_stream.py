@@ -13,35 +13,21 @@ import pytest
 
 from tests.support.captures import captured
 from tests.support.lab import Lab, running_lab
-from tests.support.live import Watch, send_udp
-from tests.support.packets import tshark_fields
+from tests.support.live import Watch, send_udp, until
+from tests.support.packets import MACHINE_FIELDS, tshark_fields
 from tests.support.postgres import Postgres
 from tests.support.processes import EDGEPCAP, wait_for
 from tests.support.servers import start_server, stop_server
 
 pytestmark = pytest.mark.root  # the lab
 
-FIELDS = (
-    "frame.interface_name",
-    "frame.interface_description",
-    "udp.dstport",
-    "frame.packet_flags_direction",
-)
+FIELDS = MACHINE_FIELDS
 
 
-def watched(lab: Lab, api: str, pcap_id: str, viewers: list[Watch]) -> None:
-    """Traffic to port 6000 until every viewer has both machines' interfaces: from then
-    on every copy reaches them (bounded: at most 100 rounds of two datagrams)."""
-    rounds = 0
-
-    def ready() -> bool:
-        nonlocal rounds
-        rounds += 1
-        assert rounds <= 100
-        send_udp(lab, 6000, 1)
-        return all(v.interfaces() == 2 for v in viewers)
-
-    wait_for(ready, 20, "both machines' copies to reach the viewers", interval=0.1)
+def watched(lab: Lab, viewers: list[Watch]) -> None:
+    """Traffic until every viewer has both machines' interfaces: from then on every copy
+    reaches them."""
+    until(lab, lambda: all(v.interfaces() == 2 for v in viewers), "copies to reach viewers")
 
 
 def stream_url(api: str, lab: Lab, pcap_id: str) -> str:
@@ -82,7 +68,7 @@ def test_viewers_get_every_packet_from_connect_to_end_in_tshark(lab, tmp_path):
         assert viewer.status == 200
         # At once, before the machines can have heard of the viewers: still in the stream.
         send_udp(lab, 7100, 5)
-        watched(lab, lab["api"], pcap["id"], [viewer])
+        watched(lab, [viewer])
         send_udp(lab, 7000, 20)  # 20 to each host: 20 through each machine
         with lab.client() as c:
             assert c.put(f"/pcaps/{pcap['id']}/stop").status_code == 200
@@ -133,7 +119,7 @@ def test_a_viewer_on_another_api_process_gets_the_packets(pg_lab, tmp_path):
         viewer.start()
         viewer.started.wait(10)
         assert viewer.status == 200
-        watched(lab, other.url, pcap["id"], [viewer])
+        watched(lab, [viewer])
         send_udp(lab, 7000, 10)
         with lab.client() as c:
             assert c.put(f"/pcaps/{pcap['id']}/stop").status_code == 200
@@ -174,16 +160,8 @@ def test_the_cli_starts_and_watches_a_capture_into_tshark_and_a_file(lab, tmp_pa
     reader.start()
     watch = None
     try:
-        rounds = 0
-
-        def flowing() -> bool:
-            nonlocal rounds
-            rounds += 1
-            assert rounds <= 50
-            send_udp(lab, 6000, 1)
-            return {"ord01,6000\n", "ord02,6000\n"} <= set(lines)
-
-        wait_for(flowing, 20, "packets through tshark from both machines", interval=0.1)
+        flowing = {"ord01,6000\n", "ord02,6000\n"}
+        until(lab, lambda: flowing <= set(lines), "packets through tshark from both machines")
         with lab.client() as c:
             pcap_id = c.get("/pcaps").json()["result"][0]["id"]
         # A second viewer, `pcaps watch -o FILE`, from the moment its file begins.

@@ -7,6 +7,8 @@ import struct
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,26 @@ BLOCK = struct.Struct("<II")
 IDB, EPB = 1, 6
 
 
-def send_udp(lab: Any, port: int, count: int) -> None:
-    """`count` datagrams to each customer host (host i is reached through machine i)."""
-    hosts = ",".join(h["v4"] for h in lab["hosts"])
-    ns = lab["namespaces"]["client"]
-    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", SEND, hosts, str(port), str(count)]
+def send_udp(
+    lab: Any, port: int, count: int, ns: str | None = None, hosts: list[str] | None = None
+) -> None:
+    """`count` datagrams to each of `hosts` (default: every customer host; host i is
+    reached through machine i), sent from namespace `ns` (default: the lab's client)."""
+    to = ",".join(hosts or [h["v4"] for h in lab["hosts"]])
+    ns = ns or lab["namespaces"]["client"]
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", SEND, to, str(port), str(count)]
     subprocess.run(argv, check=True, timeout=30)
+
+
+def until(lab: Any, done: Callable[[], bool], what: str, rounds: int = 100) -> None:
+    """One datagram to each customer host's port 6000 at a time until `done()`: at most
+    `rounds` rounds, 0.1 s apart."""
+    for _ in range(rounds):
+        send_udp(lab, 6000, 1)
+        if done():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not after {rounds} rounds of traffic")
 
 
 def blocks(data: bytes) -> list[int]:

@@ -44,3 +44,13 @@ def tshark_fields(path: Path, *fields: str) -> list[list[str]]:
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60)
     assert "appears to be damaged" not in out.stderr, out.stderr
     return [line.split(",") for line in out.stdout.splitlines()]
+
+
+# What Wireshark shows of a pcapng packet's machine and direction (pcapng downloads and
+# live streams), with its UDP destination port.
+MACHINE_FIELDS = (
+    "frame.interface_name",
+    "frame.interface_description",
+    "udp.dstport",
+    "frame.packet_flags_direction",
+)
