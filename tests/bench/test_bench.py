@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import capture, samples
+from bench import capture, live, samples
 from bench.suite import Figure, percentile
 from bench.topology import SINK, pair, routed
 from edgepcap.agent import sampler
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.agent.kernel.nflog import NflogSocket
+from edgepcap.api.live import Piece, Stream, Viewer
 from edgepcap.formats import pcapfile as pcap
 from edgepcap.formats import samples as records
 from tests.support.statistics import binomial_interval
@@ -174,3 +175,59 @@ def test_percentiles_are_nearest_rank():
     assert percentile(hundred, 100) == 100
     assert percentile([7.0], 99) == 7.0
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 99) == 10.0
+
+
+def udp4(dport: int, payload: bytes) -> bytes:
+    """An IPv4/UDP datagram (checksums left 0: nothing here checks them)."""
+    udp = struct.pack("!HHHH", 4000, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes(4), bytes(4))
+    return ip + udp
+
+
+def test_the_live_figure_reads_each_packet_of_the_stream_when_its_block_is_complete():
+    # The stream as the API writes it: two machines' pieces, then their losses.
+    base = 1_800_000_000_123_456_000
+    sent = {}
+    pieces = []
+    for n in range(40):
+        machine = ("ord01", "ord02")[n % 2]
+        dport = live.PORT if n % 5 else live.WARM_PORT
+        data = udp4(dport, live.TAG.pack(n, base - 30_000) + b"x" * 20)
+        ts = base + n * 7_654_321_000 // 1000 * 1000  # microseconds, as copies are
+        sent[n] = (ts, machine, dport)
+        record = pcap.record(pcap.Packet(ts, len(data), data))
+        pieces.append(Piece(machine, "ORD", n // 2, 1, record, []))
+    stream = Stream("a capture")
+    body = bytearray(stream.head)
+    stream.pieces(pieces, body)
+    hub_viewer = Viewer("p")
+    hub_viewer.dropped["ord01"] = 3
+    stream.losses(hub_viewer, body, "capture ended: success")
+    # Fed in chunks of 1 to 97 bytes: a block is read once its last byte has come.
+    blocks = live.Blocks()
+    ends, pos, index = [], 0, 0
+    while pos < len(body):
+        size = 1 + index * 13 % 97
+        blocks.feed(bytes(body[pos : pos + size]), index)
+        ends.append(pos + size)
+        pos += size
+        index += 1
+    assert blocks.names == ["ord01", "ord02"] and blocks.resolution == [1000, 1000]
+    assert len(blocks.packets) == 40 and not blocks.buffer
+    block_ends = []
+    at = 0
+    while at < len(body):
+        kind, length = live.BLOCK.unpack_from(body, at)
+        at += length
+        if kind == live.EPB:
+            block_ends.append(at)
+    for n, (arrival, kernel, interface, dport, payload) in enumerate(blocks.packets):
+        ts, machine, sent_port = sent[n]
+        assert (kernel, blocks.names[interface], dport) == (ts, machine, sent_port)
+        assert live.TAG.unpack(payload) == (n, base - 30_000)
+        assert arrival == next(i for i, end in enumerate(ends) if end >= block_ends[n])
+    reader = live.Viewer("http://unused", "t")
+    reader.blocks = blocks
+    got = reader.measured()
+    assert sorted(got) == [n for n in range(40) if n % 5]
+    assert got[3][1:] == (sent[3][0], base - 30_000, 1)
