@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench import capture, live, samples
-from bench.suite import Figure, percentile
+from bench.figures import Figure, percentile
 from bench.topology import SINK, pair, routed
 from edgepcap.agent import sampler
 from edgepcap.agent.kernel import netns, nft

@@ -18,7 +18,7 @@ from edgepcap.formats import protocol
 
 log = logging.getLogger("edgepcap.agent")
 QUEUE_BYTES = 8 << 20  # records waiting to be sent; more are dropped
-SEND_EVERY = 0.05  # seconds the sender waits to gather more before a send
+SEND_EVERY = 0.05  # seconds at most a lone read's records wait for the next read's
 
 
 class LiveSender(threading.Thread):
@@ -62,7 +62,9 @@ class LiveSender(threading.Thread):
                     self._cond.wait()
                 if not self.queue:
                     return
-            # A moment to gather what the next reads bring: fewer, bigger sends.
+            # Until the next read's records come (offer wakes this wait), or SEND_EVERY:
+            # under steady traffic a send carries two reads' records, and a lone packet
+            # waits at most SEND_EVERY (BENCHMARKS.md, "Live stream latency").
             if not self._closing:
                 with self._cond:
                     self._cond.wait(SEND_EVERY)
