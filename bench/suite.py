@@ -1,7 +1,8 @@
 """`bench/run [--quick]`: every figure of edgepcap against its baseline, in one run.
 
 Prints one line per figure: figure, edgepcap value, baseline value, ratio, target, PASS/FAIL;
-writes bench/results.json and the table of BENCHMARKS.md. Needs root (namespaces, nftables).
+writes bench/results.json (a quick run: bench/results-quick.json, not in git), whose figures
+BENCHMARKS.md quotes. Needs root (namespaces, nftables).
 """
 
 from __future__ import annotations
@@ -295,8 +296,11 @@ def main() -> int:
             for f in figures
         ],
     }
-    if not args.only:  # a partial run never replaces the record of a whole one
-        (ROOT / "bench" / "results.json").write_text(json.dumps(record, indent=2, default=str))
+    # Only a whole full run replaces the record BENCHMARKS.md quotes; a quick run keeps its
+    # own file beside it (not in git), a partial run none.
+    if not args.only:
+        name = "results-quick.json" if args.quick else "results.json"
+        (ROOT / "bench" / name).write_text(json.dumps(record, indent=2, default=str))
     return 1 if failed or not figures else 0
 
 
