@@ -12,4 +12,5 @@ The packages are layers; each imports only those below it (`lint-imports` checks
 * `bucket_urls`, `destinations`, `beneath` — bucket URLs and bucket I/O, used by both sides.
 * `formats` — what both sides speak: PCAP files, packets, filters, sample records.
 * `client` — the customer's HTTP client (the CLI's and scripts').
+* `extcap` — the `edgepcap` interface in Wireshark (its extcap protocol), over `client`.
 """

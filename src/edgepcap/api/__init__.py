@@ -9,6 +9,8 @@
 * `downloads`, `schemas`, `openapi` — merged downloads and previews; the customer shapes;
   the OpenAPI document.
 * `wakeup` — waking long polls.
+* `live`, `relay` — this process's live viewers and their pcapng; relaying machines' live
+  copies between API processes.
 * `web`, `timefmt` — security headers and the docs page; times.
 
 May import `control`, `bucket_urls`, `destinations`, `beneath`, `formats`; never `cli` or `lab`.

@@ -7,7 +7,9 @@
 * `agent` — `agent`: checks its flags, then execs into `python -m edgepcap.agent`.
 * `lab` — `lab up|down|traffic`, over `edgepcap.lab`.
 * `customer` — `pcaps …` and `buckets …`: the API through `edgepcap.client`;
-  `console` — how they print (server text as text, tables, errors).
+  `console` — how they print (server text as text, tables, errors); `watch` — `pcaps
+  watch` and `create --watch`: a live stream to stdout or a file.
+* `extcap` — `extcap install|uninstall`: the launcher of Wireshark's `edgepcap` interface.
 
 Heavy imports (uvicorn, the API app, the database, Alembic) stay inside the commands, so
 that `edgepcap --help` and the customer commands start fast.

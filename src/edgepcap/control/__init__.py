@@ -9,6 +9,7 @@
 * `supervisor` — the API process's thread that sweeps lost machines, expiry, retention.
 * `execution` — a full capture across machines: assignment, progress, leases, completion.
 * `fleet` — agent keys, registration, liveness, `colo_name` resolution.
+* `live` — who watches which capture live, and where each API process takes relayed copies.
 * `buckets` — an account's buckets: ownership challenges, their proof, the lookup.
 * `errors` — the refusals (`Refused` and one subclass per reason) the rules above raise.
 * `models`, `db`, `migrations/` — tables, the database, Alembic migrations.
