@@ -163,6 +163,9 @@ def fuzz(operation: Any, mode: GenerationMode, statuses: Counter[int], styles: C
     run()
 
 
+STREAMS = {"GET /client/v4/accounts/{account_id}/pcaps/{pcap_id}/stream"}
+
+
 def test_every_answer_is_documented(stack: Stack, subtests: pytest.Subtests) -> None:
     world = make_world(stack)
     reached: dict[str, Counter[int]] = {}
@@ -178,5 +181,9 @@ def test_every_answer_is_documented(stack: Stack, subtests: pytest.Subtests) -> 
         # The suite's fixed cases are worth their time: every operation got past
         # authentication into its handler, both ways to authenticate got there.
         # (A seeded run with few examples may miss some; it prints what it reached.)
-        assert {label: s for label, s in reached.items() if not s[200]} == {}
+        # A stream's 200 lasts as long as a running capture: the world's captures have
+        # ended, and its 409 (past authentication, to the capture) stands for it here
+        # (the lab tests read streams).
+        past = {label: 409 if label in STREAMS else 200 for label in reached}
+        assert {label: s for label, s in reached.items() if not s[past[label]]} == {}
         assert styles["bearer"] and styles["email+key"]
