@@ -36,7 +36,7 @@ OPTIONS = (
     ("--account", "Account ID", "string", "Your account's id", REQUIRED),
     # A password: Wireshark keeps its value in memory, never in its preference files (and
     # tshark passes none: headless, the token comes from a file, or EDGEPCAP_TOKEN(_FILE)).
-    ("--token", "API token", "password", "Your API token (or the file below)", ""),
+    ("--token", "API token", "password", "Prefer the file below: this is on the command line", ""),
     ("--token-file", "API token file", "fileselect", "A file holding your API token", ""),
     ("--colo", "Colo or machine", "string", "A colo (ORD) or a machine (ord02)", REQUIRED),
     ("--destination", "Bucket", "string", "A validated bucket (destination_conf)", REQUIRED),
@@ -163,19 +163,39 @@ def capture(args: argparse.Namespace, fifo: BinaryIO) -> int:
         body["packet_limit"] = args.packet_limit
     if args.byte_limit:
         body["byte_limit"] = args.byte_limit
-    pcap = client.create(body)
+    # A stop that comes while the capture is being created waits for its id: a capture
+    # left running would hold the account's one full-capture place until its time limit.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
+        pcap = client.create(body)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        raise
+    ended = False
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # a stop that came raises here
         for chunk in client.stream(pcap["id"]):
             fifo.write(chunk)
             fifo.flush()
+        ended = True  # the capture ended by itself
     except (Stopped, BrokenPipeError):
-        # Wireshark stopped the capture, or closed its end: stop it for everyone; what it
-        # caught stays in the bucket.
-        try:
-            client.stop(pcap["id"])
-        except ClientError as exc:
-            print(f"stopping capture {pcap['id']}: {exc}", file=sys.stderr)
+        pass  # Wireshark stopped, or closed its end: stop the capture for everyone
+    finally:
+        if not ended:  # also when the stream broke: the capture must not go on alone
+            _stop_capture(client, pcap["id"])
     return 0
+
+
+def _stop_capture(client: Client, pcap_id: str) -> None:
+    """Stop the capture (what it caught stays in the bucket); a second signal meanwhile
+    does not cut this short."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        client.stop(pcap_id)
+    except ClientError as exc:
+        if exc.status != 409:  # 409: it had ended already
+            print(f"stopping capture {pcap_id}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

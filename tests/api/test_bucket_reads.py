@@ -46,17 +46,20 @@ def pcap_file(count: int, size: int, fill: bytes = b"p", linktype: int = LINKTYP
 
 
 def ended(
-    stack, lax, acct, colo: str = "lax01", failed: tuple[str, ...] = (), outbound=None
+    stack, lax, acct, colo: str = "lax01", failed: tuple[str, ...] = (), outbound=None, old=()
 ) -> tuple[str, Path]:
     """A full capture of `acct` on `colo` whose machines all reported: (id, bucket dir);
-    `outbound`: the runs of packets each machine sent itself."""
+    `outbound`: the runs of packets each machine sent itself; the machines in `old` say
+    nothing of directions, as agents from before them."""
     conf = stack.validated_bucket(acct)
     with stack.client(acct) as c:
         r = c.post("/pcaps", json=full(conf, colo_name=colo))
         assert r.status_code == 200, r.text
         pcap_id = r.json()["result"]["id"]
     for name in LAX if colo == "LAX" else (colo,):
-        lax[name].finish(pcap_id, done=name not in failed, outbound=(outbound or {}).get(name))
+        runs = (outbound or {}).get(name)
+        known = None if name in old else 1 << 40
+        lax[name].finish(pcap_id, done=name not in failed, outbound=runs, known=known)
     return pcap_id, Path(conf.removeprefix("file://"))
 
 
@@ -252,3 +255,19 @@ def test_a_pcapng_download_has_one_named_interface_per_machine(stack, lax, tmp_p
     again = tmp_path / "again.pcapng"
     subprocess.run(["mergecap", "-w", str(again), str(path)], check=True, timeout=60)
     assert len(tshark_fields(again, "frame.interface_name")) == 5
+
+
+def test_packets_of_an_agent_that_says_nothing_of_directions_carry_none(stack, lax, tmp_path):
+    acct = stack.account()
+    pcap_id, root = ended(stack, lax, acct, old=("lax01",))
+    put(root, f"lax01/pcap_{pcap_id}.pcap", _packets(1, 2, 1_700_000_000_000_000_000))
+    with stack.client(acct) as c:
+        r = c.get(f"/pcaps/{pcap_id}/download", params={"format": "pcapng"})
+    assert r.status_code == 200, r.text
+    path = tmp_path / "old.pcapng"
+    path.write_bytes(r.content)
+    # Unknown, not inbound: the agent could not tell its own packets apart.
+    assert tshark_fields(path, "frame.interface_name", "frame.packet_flags_direction") == [
+        ["lax01", ""],
+        ["lax01", ""],
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgepcap.formats import protocol
 from edgepcap.formats.pcapfile import Packet, record
 from tests.support.api import SIMPLE, error_of, full
 from tests.support.servers import register_machine
@@ -53,23 +54,28 @@ def test_live_copies_are_checked_and_go_nowhere_but_the_captures_viewers(stack, 
     with stack.client(acct) as c:
         pcap_id = c.post("/pcaps", json=full(conf, colo_name="sea01")).json()["result"]["id"]
     records = record(Packet(1, 40, b"\x45" + b"\0" * 39)) * 3
-    # Not whole records; runs outside the batch; the wrong body type.
-    r = live_post(sea["sea01"], pcap_id, records[:-1])
+    body = protocol.live_body(records, [[1, 2]])
+    # Not whole records; runs outside the batch; no runs' length; a huge first packet;
+    # the wrong body type.
+    r = live_post(sea["sea01"], pcap_id, protocol.live_body(records[:-1], []))
     assert r.status_code == 400 and "whole PCAP records" in error_of(r)[1]
-    r = live_post(sea["sea01"], pcap_id, records, outbound="2-4")
+    r = live_post(sea["sea01"], pcap_id, protocol.live_body(records, [[2, 4]]))
     assert r.status_code == 400 and "out of the batch" in error_of(r)[1]
+    r = live_post(sea["sea01"], pcap_id, b"\0\0")
+    assert r.status_code == 400 and "length of its runs" in error_of(r)[1]
+    assert live_post(sea["sea01"], pcap_id, body, first=1 << 63).status_code == 400
     r = sea["sea01"].http.post(
-        f"/captures/{pcap_id}/live", params={**sea["sea01"].me, "first": 0}, content=records
+        f"/captures/{pcap_id}/live", params={**sea["sea01"].me, "first": 0}, content=body
     )
     assert r.status_code == 415
     # Another machine's key speaks for its own machine only.
     r = sea["sea02"].http.post(
         f"/captures/{pcap_id}/live",
         params={**sea["sea01"].me, "first": 0},
-        content=records,
+        content=body,
         headers={"Content-Type": "application/octet-stream"},
     )
     assert r.status_code == 403
     # A machine with no part in the capture feeds no viewer.
-    assert live_post(sea["sea02"], pcap_id, records).json() == {"viewers": 0}
+    assert live_post(sea["sea02"], pcap_id, body).json() == {"viewers": 0}
     sea["sea01"].finish(pcap_id)

@@ -148,3 +148,12 @@ def test_a_bad_metrics_token_file_is_refused_naming_it(tmp_path):
     missing = tmp_path / "missing"
     with pytest.raises(SettingError, match=f"cannot read the metrics token file {missing}"):
         settings(tmp_path, EDGEPCAP_METRICS_TOKEN_FILE=str(missing))
+
+
+def test_the_relay_host_is_an_address_the_other_processes_reach(tmp_path):
+    env = {"EDGEPCAP_RELAY_HOST": "10.0.0.5"}
+    assert Settings.from_environ(tmp_path, environ=env).relay_host == "10.0.0.5"
+    assert Settings.from_environ(tmp_path, environ={}).relay_host == "127.0.0.1"
+    for wildcard in ("0.0.0.0", "::"):
+        with pytest.raises(SettingError, match="not the wildcard"):
+            Settings.from_environ(tmp_path, environ={"EDGEPCAP_RELAY_HOST": wildcard})

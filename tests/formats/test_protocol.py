@@ -49,3 +49,36 @@ def test_past_its_runs_the_direction_is_unknown_not_guessed():
     Report(state="done", outbound=[(0, 1)] * OUTBOUND_RUNS, directions_known=4)
     with pytest.raises(ValueError):
         Report(state="done", outbound=[(0, 1)] * (OUTBOUND_RUNS + 1))
+
+
+def test_an_end_report_with_all_its_runs_fits_the_apis_body_limit():
+    import json
+
+    from edgepcap.api.guard import MAX_BODY
+
+    # The worst case: alternating directions late in a long capture (10-digit ordinals).
+    start = 9_000_000_000
+    runs = [[start + 2 * i, start + 2 * i + 1] for i in range(OUTBOUND_RUNS)]
+    report = {
+        "machine": "m" * 64,
+        "boot_id": "b" * 32,
+        "state": "done",
+        "packets": start,
+        "outbound": runs,
+        "directions_known": start,
+        "error": None,
+        "object_name": "m" * 64 + "/pcap_" + "a" * 32 + ".pcap",
+    }
+    assert len(json.dumps(report).encode()) < MAX_BODY // 2
+
+
+def test_a_live_batch_carries_its_runs_before_its_records():
+    body = protocol.live_body(b"RECORDS", [[3, 5], [7, 8]])
+    assert protocol.split_live_body(body) == ("3-5,7-8", b"RECORDS")
+    assert protocol.parse_runs("3-5,7-8", 3, 5) == [[3, 5], [7, 8]]
+    for bad in (b"\x00", b"\x00\x00\x00\x09short"):
+        with pytest.raises(ValueError):
+            protocol.split_live_body(bad)
+    for text in ("5-3", "3-5,4-6", "2-4", "a-b", "7-9"):
+        with pytest.raises(ValueError):
+            protocol.parse_runs(text, 3, 5)

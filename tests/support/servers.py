@@ -79,13 +79,18 @@ class MachineHeartbeat:
         done: bool = True,
         error: str = "failed on purpose",
         outbound: list[list[int]] | None = None,
+        known: int | None = 1 << 40,
     ) -> None:
         """Report this machine's part of a capture done, its file written where it was
-        told, the packets it sent itself `outbound` (or failed with `error`, no file)."""
+        told, the packets it sent itself `outbound` and how many packets those runs speak
+        for (`known`; None: say nothing, as agents from before directions) — or failed
+        with `error`, no file."""
         report: dict[str, Any] = {"state": "failed", "error": error}
         if done:
             report = {"state": "done", "object_name": f"{self.me['machine']}/pcap_{pcap_id}.pcap"}
             report["outbound"] = outbound or []
+            if known is not None:
+                report["directions_known"] = known
         r = self.http.post(f"/captures/{pcap_id}/report", json={**self.me, **report})
         assert r.status_code == 200, r.text
 

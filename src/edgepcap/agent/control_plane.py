@@ -92,13 +92,17 @@ class ControlPlane:
         answer = self._call("GET", "/jobs", params=params, timeout=wait + 15)
         return {"jobs": answer.get("jobs", []), "stop": answer.get("stop", [])}
 
-    def live(self, pcap_id: str, records: bytes, first: int, outbound: str) -> None:
-        """Copies of packets first… of the capture's object, for its live viewers."""
+    def live(self, pcap_id: str, body: bytes, first: int, known: int | None = None) -> None:
+        """Copies of packets first… of the capture's object (`protocol.live_body`), for
+        its live viewers."""
+        params: dict[str, Any] = {**self.me, "first": first}
+        if known is not None:
+            params["known"] = known
         self._call(
             "POST",
             f"/captures/{pcap_id}/live",
-            params={**self.me, "first": first, "outbound": outbound},
-            content=records,
+            params=params,
+            content=body,
             headers={"Content-Type": "application/octet-stream"},
         )
 

@@ -12,24 +12,27 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from dataclasses import dataclass
 
 from edgepcap.agent.control_plane import ControlPlane
 from edgepcap.formats import protocol
+from edgepcap.formats.pcapfile import RECORD_HEADER
 
 log = logging.getLogger("edgepcap.agent")
 QUEUE_BYTES = 8 << 20  # records waiting to be sent; more are dropped
 SEND_EVERY = 0.05  # seconds at most a lone read's records wait for the next read's
+PIECE = protocol.LIVE_MAX_BYTES // 4  # records of one send at most
 
 
 class LiveSender(threading.Thread):
     """Sends the records `offer`ed for capture `pcap_id`, oldest first, in batches of at
-    most `protocol.LIVE_MAX_BYTES`, until `close`."""
+    most `PIECE` bytes of records, until `close`."""
 
     def __init__(self, cp: ControlPlane, pcap_id: str) -> None:
         super().__init__(name=f"live-{pcap_id[:8]}", daemon=True)
         self.cp = cp
         self.pcap_id = pcap_id
-        self.queue: collections.deque[tuple[bytes, int, int, list[list[int]]]] = collections.deque()
+        self.queue: collections.deque[Offer] = collections.deque()
         self.queued = 0
         self.dropped = 0  # packets offered that never left
         self.failures = 0
@@ -38,14 +41,15 @@ class LiveSender(threading.Thread):
 
     def offer(self, records: bytes, first: int, count: int, outbound: protocol.Outbound) -> None:
         """Queue copies of packets [first, first + count) of the object; never blocks."""
-        runs = protocol.live_runs(outbound, first, count)
-        with self._cond:
-            if self._closing or self.queued + len(records) > QUEUE_BYTES:
-                self.dropped += count
-                return
-            self.queue.append((records, first, count, runs))
-            self.queued += len(records)
-            self._cond.notify()
+        for part, at, n in _pieces(records, first, count):
+            runs = protocol.live_runs(outbound, at, n)
+            with self._cond:
+                if self._closing or self.queued + len(part) > QUEUE_BYTES:
+                    self.dropped += n
+                    continue
+                self.queue.append(Offer(part, at, n, runs, outbound.known))
+                self.queued += len(part)
+                self._cond.notify()
 
     def close(self, timeout: float) -> None:
         """Send what is queued (for at most `timeout` s), then stop."""
@@ -70,33 +74,66 @@ class LiveSender(threading.Thread):
                     self._cond.wait(SEND_EVERY)
             self._send(self._take())
 
-    def _take(self) -> tuple[bytes, int, int, list[list[int]]]:
-        """The queued batches that are contiguous and fit one send, joined."""
-        parts: list[bytes] = []
-        size = count = 0
-        first = -1
-        runs: list[list[int]] = []
+    def _take(self) -> Offer:
+        """The queued offers that are contiguous and fit one send, joined."""
+        parts: list[Offer] = []
+        size = 0
         with self._cond:
             while self.queue:
-                records, at, n, batch_runs = self.queue[0]
-                if parts and (at != first + count or size + len(records) > protocol.LIVE_MAX_BYTES):
+                head = self.queue[0]
+                if parts and (
+                    head.first != parts[-1].first + parts[-1].count
+                    or size + len(head.records) > PIECE
+                ):
                     break
                 self.queue.popleft()
-                self.queued -= len(records)
-                if not parts:
-                    first = at
-                parts.append(records)
-                size += len(records)
-                count += n
-                runs += batch_runs
-        return b"".join(parts), first, count, runs
+                self.queued -= len(head.records)
+                parts.append(head)
+                size += len(head.records)
+        return Offer(
+            b"".join(p.records for p in parts),
+            parts[0].first,
+            sum(p.count for p in parts),
+            [run for p in parts for run in p.runs],
+            next((p.known for p in parts if p.known is not None), None),
+        )
 
-    def _send(self, batch: tuple[bytes, int, int, list[list[int]]]) -> None:
-        body, first, count, runs = batch
+    def _send(self, offer: Offer) -> None:
         try:
-            self.cp.live(self.pcap_id, body, first, protocol.runs_text(runs))
+            body = protocol.live_body(offer.records, offer.runs)
+            self.cp.live(self.pcap_id, body, offer.first, offer.known)
         except Exception as exc:
-            self.dropped += count
+            self.dropped += offer.count
             if self.failures % 50 == 0:
                 log.warning("live copy of %s not sent: %s", self.pcap_id, exc)
             self.failures += 1
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Copies of packets [first, first + count): their records, which of them the machine
+    sent itself, and from which packet on it no longer knows (None: it knows all)."""
+
+    records: bytes
+    first: int
+    count: int
+    runs: list[list[int]]
+    known: int | None
+
+
+def _pieces(records: bytes, first: int, count: int) -> list[tuple[bytes, int, int]]:
+    """`records` cut at record boundaries into pieces of at most PIECE bytes (a lone
+    record larger than that is one piece), with each piece's first ordinal and count."""
+    if len(records) <= PIECE:
+        return [(records, first, count)]
+    pieces = []
+    start = pos = n = 0
+    size = RECORD_HEADER.size
+    while pos + size <= len(records):
+        end = pos + size + RECORD_HEADER.unpack_from(records, pos)[2]
+        if end - start > PIECE and n:
+            pieces.append((records[start:pos], first, n))
+            first, start, n = first + n, pos, 0
+        pos, n = end, n + 1
+    pieces.append((records[start:], first, n))
+    return pieces

@@ -184,7 +184,7 @@ class CaptureWorker(threading.Thread):
         since = self.live_since
         if since is not None and self.live is None:
             self._start_live(since, batch)
-        elif since is None and self.live is not None:
+        elif since is None and self.live is not None and not self.stop_event.is_set():
             live, self.live = self.live, None
             live.close(0)
         before, first = len(batch), self.written_packets
@@ -199,9 +199,13 @@ class CaptureWorker(threading.Thread):
         """Start sending copies, from the first record written at or after `since`."""
         self.live = LiveSender(self.cp, self.job.id)
         pending = [*self.recent, (self.batch_first, self.written_packets - self.batch_first, batch)]
+        started = False
         for first, count, chunk in pending:
-            skipped, offset = pcap.records_before(chunk, since)
+            # From the first record stamped since then: the ones after it go whole (the
+            # machine's own packets are stamped when read, so stamps may step back).
+            skipped, offset = (0, 0) if started else pcap.records_before(chunk, since)
             if skipped < count:
+                started = True
                 self.live.offer(
                     bytes(chunk[offset:]), first + skipped, count - skipped, self.outbound
                 )
@@ -283,7 +287,8 @@ class CaptureWorker(threading.Thread):
     def _take(self, answer: Answer) -> None:
         """Act on the control plane's answer to a progress report."""
         self.leases.take(answer)
-        self.live_since = answer.live_since
+        if not answer.stop:  # once stopping, the viewers get the last packets too
+            self.live_since = answer.live_since
         if answer.stop:
             self.stop_reason = self.stop_reason or answer.reason or protocol.STOP
             self.stop_event.set()
@@ -299,7 +304,8 @@ class CaptureWorker(threading.Thread):
         report["end_reason"] = protocol.ERROR if error else self.stop_reason
         report["object_name"] = None if error else self.job.object_name
         report["outbound"] = self.outbound.runs
-        report["directions_known"] = self.outbound.known
+        known = self.outbound.known
+        report["directions_known"] = known if known is not None else report["packets"]
         # The file is complete: keep telling the control plane until it listens again (it
         # may be restarting, or its database may be), or it would count this part lost.
         deadline = time.monotonic() + FINAL_REPORT_PATIENCE

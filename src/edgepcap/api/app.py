@@ -3,8 +3,10 @@ supervisor thread wired in, the dashboard, docs and health mounts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -88,8 +90,10 @@ def create_app(
         # flight (BENCHMARKS.md, "The garbage collector").
         gc.collect()  # garbage frozen now would never be freed
         gc.freeze()
-        address = await relay.start()
-        await run_in_threadpool(_advertise, db, relay, address)
+        await relay.start()
+        # In the background: a worker that starts while the database is away serves what
+        # it can, and its viewers get relayed copies once the database is back.
+        advertising = asyncio.create_task(_advertise(db, relay))
         undo = on_exit_signal(_app.state.wakeup)
         quiet = QuietAgents()
         logging.getLogger("uvicorn.access").addFilter(quiet)
@@ -98,6 +102,7 @@ def create_app(
         finally:
             logging.getLogger("uvicorn.access").removeFilter(quiet)
             undo()
+            advertising.cancel()
             await relay.stop()
             with contextlib.suppress(Exception):
                 await run_in_threadpool(_forget, db, relay)
@@ -149,9 +154,21 @@ def create_app(
     return app
 
 
-def _advertise(db: Database, relay: Relay, address: str) -> None:
-    with db.session() as session:
-        live.register_process(session, relay.id, address, relay.token, utcnow())
+async def _advertise(db: Database, relay: Relay) -> None:
+    def once() -> None:
+        with db.session() as session:
+            live.register_process(session, relay.process(), utcnow())
+
+    for attempt in itertools.count():
+        try:
+            await run_in_threadpool(once)
+            return
+        except Exception as exc:
+            if attempt == 0:
+                logging.getLogger("edgepcap.api").warning(
+                    "cannot advertise this process's live relay yet (%s); retrying", exc
+                )
+            await asyncio.sleep(2)
 
 
 def _forget(db: Database, relay: Relay) -> None:

@@ -38,11 +38,13 @@ RETRY_AFTER = 5  # seconds a refused download or preview is told to wait
 
 
 class ReadSlots:
-    """Per-account counters of downloads and previews in progress (in-process)."""
+    """Per-account counters of reads in progress (in-process): downloads and previews, or
+    live streams (`what` names them in the refusal)."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "downloads or previews") -> None:
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}
+        self.what = what
 
     def take(self, account_id: str, limit: int) -> Slot:
         with self._lock:
@@ -51,7 +53,7 @@ class ReadSlots:
                 raise APIError(
                     429,
                     Code.READS_BUSY,
-                    f"this account already has {held} downloads or previews in progress (at "
+                    f"this account already has {held} {self.what} in progress (at "
                     f"most {limit} at once): retry in {RETRY_AFTER} s",
                     headers={"Retry-After": str(RETRY_AFTER)},
                 )
@@ -175,7 +177,8 @@ def machines_layout(pcap: Pcap, colos: dict[str, str]) -> Layout:
             machine = reader.name.split("/", 1)[0]
             where = f"{colos[machine]} {machine}" if machine in colos else machine
             runs, known = parts.get(machine, ([], 0))
-            direction = protocol.directions(runs, known)
+            # None: an agent from before directions said nothing of them.
+            direction = protocol.directions(runs, 0 if known is None else known)
             sources.append(pcapng.Source(machine, f"edgepcap {where}", reader, direction))
         return pcapng.from_pcaps(sources, comment(pcap))
 

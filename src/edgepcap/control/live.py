@@ -10,8 +10,11 @@ the other watching processes.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
 
 from edgepcap.control.models import ACTIVE_STATUSES, ApiProcess, LiveWatch, Pcap
@@ -22,12 +25,19 @@ WATCH_FOR = dt.timedelta(seconds=5)  # a watch lapses this long after its last r
 FORGET_AFTER = dt.timedelta(days=1)
 
 
-def register_process(
-    session: Session, process_id: str, address: str, token: str, now: dt.datetime
-) -> None:
-    """This API process takes relayed packets at `address` (host:port) with `token`."""
+@dataclass(frozen=True)
+class Process:
+    """An API process as the others reach it with relayed copies."""
+
+    id: str
+    address: str  # host:port
+    token: str
+
+
+def register_process(session: Session, process: Process, now: dt.datetime) -> None:
+    """This API process takes relayed packets at its address with its token."""
     session.execute(delete(ApiProcess).where(ApiProcess.seen < now - FORGET_AFTER))
-    session.merge(ApiProcess(id=process_id, address=address, token=token, seen=now))
+    _upsert(session, ApiProcess, _row(process, now), ["id"], ["address", "token", "seen"])
 
 
 def forget_process(session: Session, process_id: str) -> None:
@@ -35,16 +45,52 @@ def forget_process(session: Session, process_id: str) -> None:
     session.execute(delete(ApiProcess).where(ApiProcess.id == process_id))
 
 
-def watch(session: Session, pcap_id: str, process_id: str, now: dt.datetime) -> None:
-    """This process has viewers of `pcap_id` now (renewed while they watch)."""
-    session.execute(update(ApiProcess).where(ApiProcess.id == process_id).values(seen=now))
-    row = session.get(LiveWatch, (pcap_id, process_id))
-    if row is None or row.expires <= now:
-        session.merge(
-            LiveWatch(pcap_id=pcap_id, process_id=process_id, since=now, expires=now + WATCH_FOR)
-        )
+def watch(session: Session, pcap_id: str, process: Process, now: dt.datetime) -> None:
+    """`process` has viewers of `pcap_id` now (renewed while they watch). Its own row is
+    written again too: one forgotten meanwhile (FORGET_AFTER) comes back."""
+    _upsert(session, ApiProcess, _row(process, now), ["id"], ["address", "token", "seen"])
+    table = LiveWatch.__table__
+    values = {
+        "pcap_id": pcap_id,
+        "process_id": process.id,
+        "since": now,
+        "expires": now + WATCH_FOR,
+    }
+    # A watch that lapsed starts again from now; a current one keeps its start.
+    lapsed = table.c.expires <= now
+    _upsert(
+        session,
+        LiveWatch,
+        values,
+        ["pcap_id", "process_id"],
+        ["expires"],
+        {"since": lambda excluded: case((lapsed, excluded.since), else_=table.c.since)},
+    )
+
+
+def _row(process: Process, now: dt.datetime) -> dict[str, Any]:
+    return {"id": process.id, "address": process.address, "token": process.token, "seen": now}
+
+
+def _upsert(
+    session: Session,
+    model: Any,
+    values: dict[str, Any],
+    keys: list[str],
+    updates: list[str],
+    computed: dict[str, Callable[[Any], Any]] | None = None,
+) -> None:
+    """INSERT … ON CONFLICT DO UPDATE, so that two requests at once do not collide
+    (SQLite and PostgreSQL spell it alike)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
     else:
-        row.expires = now + WATCH_FOR
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(model).values(**values)
+    changes: dict[str, Any] = {name: stmt.excluded[name] for name in updates}
+    for name, make in (computed or {}).items():
+        changes[name] = make(stmt.excluded)
+    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=changes))
 
 
 def unwatch(session: Session, pcap_id: str, process_id: str) -> None:

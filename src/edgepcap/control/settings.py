@@ -106,7 +106,7 @@ class Settings:
                 environ, "EDGEPCAP_SAMPLE_PARTITION", SAMPLE_PARTITION, "seconds, at least 1", 1
             ),
             metrics_token=metrics_token(environ),
-            relay_host=environ.get("EDGEPCAP_RELAY_HOST", "").strip() or "127.0.0.1",
+            relay_host=_relay_host(environ),
         )
 
 
@@ -153,3 +153,13 @@ def metrics_token(environ: Mapping[str, str] = os.environ) -> str | None:
     if len(token) < MIN_TOKEN or not token.isprintable() or " " in token:
         raise SettingError(f"{where}: the token must be {MIN_TOKEN} or more printable characters")
     return token
+
+
+def _relay_host(environ: Mapping[str, str]) -> str:
+    value = environ.get("EDGEPCAP_RELAY_HOST", "").strip() or "127.0.0.1"
+    if value in ("0.0.0.0", "::", "*"):  # noqa: S104 - the value refused here
+        raise SettingError(
+            "EDGEPCAP_RELAY_HOST is advertised to the other API processes: give an address "
+            f"they reach this host at, not the wildcard {value!r}"
+        )
+    return value

@@ -10,6 +10,7 @@ talk to each other, so a field may be added (with a default) but never renamed o
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
@@ -138,8 +139,9 @@ class JobsAnswer(TypedDict):
     stop: list[StopWire]
 
 
-# Runs of a machine's own packets one end report may list (see Outbound).
-OUTBOUND_RUNS = 4096
+# Runs of a machine's own packets one end report may list (see Outbound): the report is
+# JSON under the API's 64 KiB body limit, and 1 024 runs of 10-digit ordinals take ~25 KB.
+OUTBOUND_RUNS = 1024
 
 
 class Outbound:
@@ -150,7 +152,7 @@ class Outbound:
     A packet logged on NFLOG's output hook was sent by the machine (outbound); one logged
     on prerouting arrived (inbound). Forwarded traffic, an edge machine's usual load, is
     all inbound, so the runs are few; past OUTBOUND_RUNS runs the rest is unknown
-    (`known`: how many leading packets the runs speak for).
+    (`known`: how many leading packets the runs speak for; None while they speak for all).
     """
 
     def __init__(self, limit: int = OUTBOUND_RUNS) -> None:
@@ -211,7 +213,9 @@ class Report(BaseModel):
     object_name: str | None = Field(None, max_length=1024)
     error: str | None = Field(None, max_length=2000)
     end_reason: str | None = Field(None, max_length=32)
-    # In an end report: the object's packets the machine sent itself (Outbound).
+    # In an end report: the object's packets the machine sent itself (Outbound), and how
+    # many of its first packets those runs speak for (None: an agent that does not say,
+    # from before directions: none).
     outbound: list[tuple[int, int]] = Field(default_factory=list, max_length=OUTBOUND_RUNS)
     directions_known: int | None = Field(None, ge=0)
 
@@ -260,11 +264,30 @@ class Answer:
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
-# A live batch (`POST /captures/{id}/live`): the body is PCAP records (microseconds, no
-# file header) as the machine wrote them to its object, packet `first` of the object
-# first; `outbound` says which of them the machine sent itself, as runs "a-b" (ordinals
-# a to b - 1 of the object), comma-separated.
-LIVE_MAX_BYTES = 4 << 20  # of one live batch
+# A live batch (`POST /captures/{id}/live?first=N[&known=K]`): the body is the runs of the
+# packets the machine sent itself, "a-b" (ordinals a to b - 1 of the object) joined by
+# commas, as ASCII after its length (LIVE_HEAD), then PCAP records (microseconds, no file
+# header) as the machine wrote them to its object, packet `first` first. From packet
+# `known` on, the machine no longer knows directions (Outbound's cap).
+LIVE_MAX_BYTES = 4 << 20  # of one live batch's records
+LIVE_HEAD = struct.Struct("!I")
+MAX_ORDINAL = 1 << 62
+
+
+def live_body(records: bytes, runs: list[list[int]]) -> bytes:
+    text = runs_text(runs).encode()
+    return LIVE_HEAD.pack(len(text)) + text + records
+
+
+def split_live_body(body: bytes) -> tuple[str, bytes]:
+    """A live batch's runs (text) and records; ValueError when it is not one."""
+    if len(body) < LIVE_HEAD.size:
+        raise ValueError("a live batch starts with the length of its runs")
+    (size,) = LIVE_HEAD.unpack_from(body)
+    end = LIVE_HEAD.size + size
+    if end > len(body):
+        raise ValueError("a live batch's runs run past its end")
+    return body[LIVE_HEAD.size : end].decode("ascii", "replace"), body[end:]
 
 
 def runs_text(runs: list[list[int]]) -> str:

@@ -182,6 +182,7 @@ class NflogSocket:
         n = len(data)
         offset = count = total = 0
         pack_record = RECORD_HEADER.pack
+        local_out = NF_INET_LOCAL_OUT
         layout = self._layout
         next_seq, lost = self._next_seq, 0
         while offset + 16 <= n:
@@ -200,7 +201,7 @@ class NflogSocket:
                     proto, hook, sec, usec, seq, _w0, w1, w2 = layout.values.unpack_from(
                         data, offset
                     )
-                    if hook == NF_INET_LOCAL_OUT and outbound is not None:
+                    if hook == local_out and outbound is not None:
                         outbound.add(first + count)
                     if next_seq is not None and seq != next_seq:
                         lost += (seq - next_seq) & 0xFFFFFFFF

@@ -264,16 +264,18 @@ async def live_copies(
     pcap_id: str,
     machine: MachineName,
     boot_id: BootId,
-    first: Annotated[int, Query(ge=0)],
-    outbound: Annotated[str, Query(max_length=200_000)] = "",
+    first: Annotated[int, Query(ge=0, le=protocol.MAX_ORDINAL)],
+    known: Annotated[int | None, Query(ge=0, le=protocol.MAX_ORDINAL)] = None,
 ) -> dict[str, Any]:
-    """Copies of packets `first`… of the machine's object of a capture, for its live
-    viewers (on this process or relayed to others); never stored."""
+    """Copies of packets `first`… of the machine's object of a capture
+    (`protocol.live_body`), for its live viewers (on this process or relayed to others);
+    never stored."""
     caller.check(machine)
     body = await request.body()
-    count = _records(body)
     try:
-        runs = protocol.parse_runs(outbound, first, count)
+        text, records = protocol.split_live_body(body)
+        count = await run_in_threadpool(_records, records)
+        runs = protocol.parse_runs(text, first, count)
     except ValueError as exc:
         raise APIError(400, Code.INVALID_VALUE, str(exc)) from exc
     relay = request.app.state.relay
@@ -286,19 +288,19 @@ async def live_copies(
             raise _register_again()
         watchers = found
         relay.remember_watchers(key, watchers)
-    piece = Piece(machine, caller.colo, first, count, body, runs)
+    piece = Piece(machine, caller.colo, first, count, records, runs, known)
     await relay.publish(pcap_id, piece, watchers)
     return {"viewers": len(watchers)}
 
 
 def _records(body: bytes) -> int:
-    """How many whole PCAP records `body` holds; a 400 if it is not just records."""
+    """How many whole PCAP records `body` holds; ValueError if it is not just records."""
     size, pos, count = RECORD_HEADER.size, 0, 0
     while pos + size <= len(body):
         pos += size + RECORD_HEADER.unpack_from(body, pos)[2]
         count += 1
     if pos != len(body):
-        raise APIError(400, Code.INVALID_VALUE, "a live batch is whole PCAP records")
+        raise ValueError("a live batch is whole PCAP records")
     return count
 
 

@@ -3,23 +3,28 @@ pcapng (an edgepcap extension): `curl -sN … | wireshark -k -i -`."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from edgepcap.api import downloads
 from edgepcap.api.deps import Account, check_id
 from edgepcap.api.errors import APIError, Code
-from edgepcap.api.live import Stream, Viewer, follow
+from edgepcap.api.live import CHECK_EVERY, Stream, Viewer, follow
 from edgepcap.api.routes.pcaps import owned
 from edgepcap.api.schemas import PcapId, error_responses
 from edgepcap.control import live
 from edgepcap.control.models import ACTIVE_STATUSES, utcnow
 
 router = APIRouter(responses=error_responses(400, 401, 403, 503))
+# Live streams of one account at once, per API process: each costs a queue of up to 16 MiB.
+STREAMS = downloads.ReadSlots("live streams")
+STREAMS_PER_ACCOUNT = 4
 
 
 @router.get(
@@ -30,7 +35,7 @@ router = APIRouter(responses=error_responses(400, 401, 403, 503))
             "description": "The capture's packets from now until it ends, as pcapng",
             "content": {downloads.PCAPNG_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         },
-        **error_responses(404, 409),
+        **error_responses(404, 409, 429),
     },
 )
 async def stream_pcap(request: Request, who: Account, pcap_id: PcapId) -> StreamingResponse:
@@ -53,43 +58,55 @@ async def stream_pcap(request: Request, who: Account, pcap_id: PcapId) -> Stream
                     f"capture {pcap.id} is {what}: only a pending or running full capture "
                     "streams; download it instead",
                 )
-            live.watch(session, pcap.id, relay.id, utcnow())
+            live.watch(session, pcap.id, relay.process(), utcnow())
             return downloads.comment(pcap)
 
+    slot = STREAMS.take(who.account_id, STREAMS_PER_ACCOUNT)
     viewer = relay.hub.add(pcap_id)
     try:
         comment = await run_in_threadpool(begin)
     except BaseException:
         relay.hub.remove(viewer)
+        slot.release()
         raise
+    channel = viewer.channel
 
     def renew() -> tuple[bool, str]:
         with db.session() as session:
             active, status = live.still_active(session, pcap_id)
             if active:
-                live.watch(session, pcap_id, relay.id, utcnow())
+                live.watch(session, pcap_id, relay.process(), utcnow())
             return active, status
 
     async def running() -> tuple[bool, str]:
+        # One renewal per capture and process, whatever the number of its viewers here.
+        if time.monotonic() - channel.renewed < CHECK_EVERY / 2:
+            return True, "running"
+        channel.renewed = time.monotonic()
         return await run_in_threadpool(renew)
 
+    async def done() -> None:
+        # Also when the client went away mid-stream: the body's generator may then never
+        # be closed, and this runs all the same.
+        slot.release()
+        if relay.hub.remove(viewer):
+            await run_in_threadpool(_unwatch, request, pcap_id, relay.id)
+
     return StreamingResponse(
-        _body(request, viewer, Stream(comment), running),
+        _body(viewer, Stream(comment, channel), running, done),
         media_type=downloads.PCAPNG_TYPE,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(done),
     )
 
 
-async def _body(
-    request: Request, viewer: Viewer, stream: Stream, running: Any
-) -> AsyncIterator[bytes]:
-    relay = request.app.state.relay
+async def _body(viewer: Viewer, stream: Stream, running: Any, done: Any) -> AsyncIterator[bytes]:
     try:
         async for chunk in follow(viewer, stream, running):
             yield chunk
     finally:
-        if relay.hub.remove(viewer):
-            await run_in_threadpool(_unwatch, request, viewer.pcap_id, relay.id)
+        if not viewer.cut and viewer in viewer.channel.viewers:
+            await done()
 
 
 def _unwatch(request: Request, pcap_id: str, process_id: str) -> None:
