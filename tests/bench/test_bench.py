@@ -17,7 +17,7 @@ from bench.topology import SINK, pair, routed
 from edgepcap.agent import sampler
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.agent.kernel.nflog import NflogSocket
-from edgepcap.api.live import Piece, Stream, Viewer
+from edgepcap.api.live import Hub, Piece, Stream
 from edgepcap.formats import pcapfile as pcap
 from edgepcap.formats import samples as records
 from tests.support.statistics import binomial_interval
@@ -197,10 +197,13 @@ def test_the_live_figure_reads_each_packet_of_the_stream_when_its_block_is_compl
         sent[n] = (ts, machine, dport)
         record = pcap.record(pcap.Packet(ts, len(data), data))
         pieces.append(Piece(machine, "ORD", n // 2, 1, record, []))
-    stream = Stream("a capture")
+    hub = Hub()
+    hub_viewer = hub.add("p", limit=1 << 30)
+    stream = Stream("a capture", hub_viewer.channel)
+    for piece in pieces:
+        hub.publish("p", piece)
     body = bytearray(stream.head)
-    stream.pieces(pieces, body)
-    hub_viewer = Viewer("p")
+    stream.blocks(hub_viewer.take(), body)
     hub_viewer.dropped["ord01"] = 3
     stream.losses(hub_viewer, body, "capture ended: success")
     # Fed in chunks of 1 to 97 bytes: a block is read once its last byte has come.
