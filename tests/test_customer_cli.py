@@ -179,6 +179,23 @@ def test_errors_print_the_apis_message_and_exit_non_zero(stack, tmp_path):
     broken.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 10)
     out = run(stack, acct, "pcaps", "summary", str(broken))
     assert out.returncode == 1 and "too short" in out.stderr
+    ng = tmp_path / "x.pcapng"
+    ng.write_bytes(b"\x0a\x0d\x0d\x0a" + b"\x00" * 40)
+    out = run(stack, acct, "pcaps", "summary", str(ng))
+    assert out.returncode == 1 and "a pcapng file" in out.stderr and "--format pcap" in out.stderr
+
+    # Watching what does not stream leaves a file given with -o as it was.
+    kept = tmp_path / "kept.pcapng"
+    kept.write_bytes(b"what was there")
+    out = run(stack, acct, "pcaps", "watch", "0" * 32, "-o", str(kept))
+    assert out.returncode == 1 and "no packet capture" in out.stderr
+    assert kept.read_bytes() == b"what was there"
+    # Usage errors: 2, before anything is created.
+    common = ("pcaps", "create", "--type", "full", "--time-limit", "5", "--colo", "x")
+    out = run(stack, acct, *common, "-o", str(kept))
+    assert out.returncode == 2 and "give --watch too" in out.stderr
+    out = run(stack, acct, *common, "--watch", "--wait", "-o", str(kept))
+    assert out.returncode == 2 and "--watch or --wait" in out.stderr
 
 
 def test_text_from_the_server_prints_as_text_not_markup(stack):

@@ -44,7 +44,7 @@ def test_capture_filters_filter_v1_can_express(expression, wanted):
         ("port 1 and port 2", "`port 2` contradicts an earlier part"),
         ("net 10.0.0.0/8", "`net 10.0.0.0/8`: filter_v1 cannot express it"),
         ("udp or tcp", "`or`: filter_v1 fields are joined by `and` only"),
-        ("not tcp", "`not`"),
+        ("not tcp", "`not`: filter_v1 cannot leave packets out"),
         ("icmp and dst port 5", "protocol 1 has no ports"),
         ("dst port 70000", "not a number from 1 to 65535"),
         ("dst host example.com", "'example.com' is not an IP address"),

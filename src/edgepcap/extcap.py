@@ -110,7 +110,9 @@ def _clauses(expression: str) -> Iterator[list[str]]:
                 raise FilterError("`and` with nothing before it")
             yield clause
             clause = []
-        elif word in ("or", "||", "not", "!") or word.startswith("("):
+        elif word in ("not", "!"):
+            raise FilterError(f"`{word}`: filter_v1 cannot leave packets out, only match them")
+        elif word in ("or", "||") or word.startswith("("):
             raise FilterError(f"`{word}`: filter_v1 fields are joined by `and` only")
         else:
             clause.append(word.lower())

@@ -125,6 +125,10 @@ def create(
             body[key] = value
     if watch and type_ != "full":
         _die("--watch: only full captures stream (a sample capture is answered at once)", 2)
+    if watch and wait:
+        _die("--watch or --wait: the one streams the packets, the other shows progress", 2)
+    if output is not None and not watch:
+        _die("-o is where --watch writes the stream: give --watch too", 2)
     if watch and output is None and sys.stdout.isatty():
         _die("--watch writes pcapng: pipe it (`| wireshark -k -i -`) or give -o FILE", 2)
     pcap = _run(client.create, body)
@@ -172,8 +176,9 @@ def watch(
     account: AccountId = None,
     token: Token = None,
 ) -> None:
-    """A running full capture's packets, live, as pcapng (one interface per machine) to
-    stdout (`| wireshark -k -i -`) or -o FILE, until it ends; Ctrl-C stops watching."""
+    """A pending or running full capture's packets, live, as pcapng (one interface per
+    machine) to stdout (`| wireshark -k -i -`) or -o FILE, until it ends; Ctrl-C stops
+    watching."""
     live.follow(_client(api, account, token), pcap_id, output)
 
 
@@ -233,8 +238,8 @@ def download(
         FileFormat,
         typer.Option(
             "--format",
-            help="pcap, or pcapng: one interface per machine, named after it, and a "
-            "comment naming the capture.",
+            help="pcap, or pcapng: one interface per machine, named after it, packets "
+            "marked inbound or outbound, and a comment naming the capture.",
         ),
     ] = FileFormat.pcap,
     api: Api = None,

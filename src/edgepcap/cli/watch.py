@@ -23,12 +23,15 @@ def follow(client: Client, pcap_id: str, output: Path | None) -> None:
     if output is None and sys.stdout.isatty():
         _die(
             "the stream is pcapng, not text: pipe it (`| wireshark -k -i -`, "
-            "`| tshark -r -`) or give -o FILE"
+            "`| tshark -r -`) or give -o FILE",
+            2,
         )
     written = 0
-    sink: BinaryIO = output.open("wb") if output is not None else sys.stdout.buffer
+    sink: BinaryIO | None = None if output is not None else sys.stdout.buffer
     try:
         for chunk in client.stream(pcap_id):
+            if sink is None:  # opened once the API answered: a refusal leaves a file as it was
+                sink = output.open("wb")  # type: ignore[union-attr]
             sink.write(chunk)
             sink.flush()  # a reader downstream sees each packet as it comes
             written += len(chunk)
@@ -40,6 +43,6 @@ def follow(client: Client, pcap_id: str, output: Path | None) -> None:
     except BrokenPipeError:
         return  # the reader (Wireshark) went away: nothing left to tell it
     finally:
-        if output is not None:
+        if output is not None and sink is not None:
             sink.close()
     err.print(f"the capture ended; {written} bytes" + (f" in {output}" if output else ""))

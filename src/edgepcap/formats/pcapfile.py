@@ -111,6 +111,8 @@ def parse_global_header(raw: bytes, name: str = "pcap") -> tuple[Header, struct.
     elif struct.unpack(">I", raw[:4])[0] in (MAGIC_USEC, MAGIC_NSEC):
         endian = ">"
         magic = struct.unpack(">I", raw[:4])[0]
+    elif raw[:4] == b"\x0a\x0d\x0d\x0a":
+        raise PcapError(f"{name}: a pcapng file; this reads PCAP (download with --format pcap)")
     else:
         raise PcapError(f"{name}: not a PCAP file (magic {raw[:4].hex()})")
     _, major, _minor, _, _, snaplen, linktype = struct.unpack(endian + "IHHiIII", raw[:24])

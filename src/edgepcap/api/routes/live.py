@@ -51,11 +51,12 @@ async def stream_pcap(request: Request, who: Account, pcap_id: PcapId) -> Stream
         with db.session() as session:
             pcap = owned(session, who, pcap_id)
             if pcap.type != "full" or pcap.status not in ACTIVE_STATUSES:
-                what = "a sample capture" if pcap.type != "full" else f"{pcap.status}"
+                what = "a sample capture" if pcap.type != "full" else f"has ended ({pcap.status})"
                 raise APIError(
                     409,
                     Code.NOT_READY,
-                    f"capture {pcap.id} is {what}: only a pending or running full capture "
+                    f"capture {pcap.id} {'is ' if pcap.type != 'full' else ''}{what}: only a "
+                    "pending or running full capture "
                     "streams; download it instead",
                 )
             live.watch(session, pcap.id, relay.process(), utcnow())

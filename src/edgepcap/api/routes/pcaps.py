@@ -28,6 +28,7 @@ from edgepcap.api.timefmt import rfc3339
 from edgepcap.bucket_urls import DestinationError
 from edgepcap.control import captures, execution, fleet, reads
 from edgepcap.control.errors import Refused
+from edgepcap.control.models import ACTIVE_STATUSES as ACTIVE
 from edgepcap.control.models import Account as AccountRow
 from edgepcap.control.models import Pcap, PcapBlob
 from edgepcap.formats.packets import preview
@@ -266,7 +267,8 @@ def download_pcap(
             409,
             Code.NOT_READY,
             f"capture {pcap.id} is {pcap.status}{detail}: a download is available once "
-            "its status is success",
+            "its status is success"
+            + ("; meanwhile it streams live (…/stream)" if pcap.status in ACTIVE else ""),
         )
     if pcap.type == "simple":
         with request.app.state.db.session() as session:
