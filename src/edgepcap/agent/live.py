@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from edgepcap.agent.control_plane import ControlPlane
 from edgepcap.formats import protocol
-from edgepcap.formats.pcapfile import RECORD_HEADER
+from edgepcap.formats.pcapfile import RECORD_HEADER, walk_records
 
 log = logging.getLogger("edgepcap.agent")
 QUEUE_BYTES = 8 << 20  # records waiting to be sent; more are dropped
@@ -127,13 +127,12 @@ def _pieces(records: bytes, first: int, count: int) -> list[tuple[bytes, int, in
     if len(records) <= PIECE:
         return [(records, first, count)]
     pieces = []
-    start = pos = n = 0
-    size = RECORD_HEADER.size
-    while pos + size <= len(records):
-        end = pos + size + RECORD_HEADER.unpack_from(records, pos)[2]
+    start = n = 0
+    for data, end, _ts, _orig in walk_records(records):
+        pos = data - RECORD_HEADER.size  # where this record begins
         if end - start > PIECE and n:
             pieces.append((records[start:pos], first, n))
             first, start, n = first + n, pos, 0
-        pos, n = end, n + 1
+        n += 1
     pieces.append((records[start:], first, n))
     return pieces

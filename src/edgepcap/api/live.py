@@ -21,8 +21,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from edgepcap.formats import pcapng
-from edgepcap.formats.pcapfile import LINKTYPE_RAW, RECORD_HEADER
+from edgepcap.formats import pcapng, protocol
+from edgepcap.formats.pcapfile import LINKTYPE_RAW, walk_records
 
 log = logging.getLogger("edgepcap.api")
 QUEUE_BYTES = 16 << 20  # of one viewer's queue
@@ -202,25 +202,13 @@ class Stream:
 
 
 def _packets(number: int, piece: Piece) -> bytes:
+    """The piece's records as Enhanced Packet Blocks of interface `number`, each with its
+    direction (none past what the machine kept track of: not a guess)."""
     out = bytearray()
     data = memoryview(piece.records)
-    runs, at, ordinal, pos = piece.runs, 0, piece.first, 0
-    size = RECORD_HEADER.size
-    while pos + size <= len(data):
-        sec, usec, incl, orig = RECORD_HEADER.unpack_from(data, pos)
-        while at < len(runs) and runs[at][1] <= ordinal:
-            at += 1
-        if piece.known is not None and ordinal >= piece.known:
-            direction = None  # past what the machine kept track of: not a guess
-        elif at < len(runs) and runs[at][0] <= ordinal:
-            direction = pcapng.OUTBOUND
-        else:
-            direction = pcapng.INBOUND
-        start = pos + size
-        ts = sec * 1_000_000_000 + usec * 1000
-        pcapng.write_packet(out, number, ts, data[start : start + incl], orig, direction, False)
-        pos = start + incl
-        ordinal += 1
+    direction = protocol.directions(piece.runs, piece.known, piece.first)
+    for start, end, ts, orig in walk_records(data):
+        pcapng.write_packet(out, number, ts, data[start:end], orig, direction(), False)
     return bytes(out)
 
 

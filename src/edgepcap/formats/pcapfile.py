@@ -67,17 +67,28 @@ def record(packet: Packet, nanosecond: bool = False) -> bytes:
     return RECORD_HEADER.pack(sec, frac, len(packet.data), packet.orig_len) + packet.data
 
 
+def walk_records(chunk: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """(offset of its data, end, stamp in ns, original length) of each whole microsecond
+    record of `chunk` (records as edgepcap writes them, no file header), in order; it
+    stops at the first record cut short."""
+    pos, size = 0, RECORD_HEADER.size
+    while pos + size <= len(chunk):
+        sec, usec, incl, orig = RECORD_HEADER.unpack_from(chunk, pos)
+        start = pos + size
+        if start + incl > len(chunk):
+            return
+        yield start, start + incl, sec * 1_000_000_000 + usec * 1000, orig
+        pos = start + incl
+
+
 def records_before(chunk: bytes | bytearray, ts_ns: int) -> tuple[int, int]:
     """How many microsecond records at the start of `chunk` (whole records, no file
     header) are stamped before `ts_ns`, and the offset of the first one that is not."""
-    pos = count = 0
-    size = RECORD_HEADER.size
-    while pos + size <= len(chunk):
-        sec, usec, incl, _orig = RECORD_HEADER.unpack_from(chunk, pos)
-        if sec * 1_000_000_000 + usec * 1000 >= ts_ns:
-            break
-        pos += size + incl
-        count += 1
+    count = pos = 0
+    for start, end, ts, _orig in walk_records(chunk):
+        if ts >= ts_ns:
+            return count, start - RECORD_HEADER.size
+        count, pos = count + 1, end
     return count, pos
 
 

@@ -173,14 +173,17 @@ class Outbound:
             self.known = ordinal
 
 
-def directions(runs: list[list[int]], known: int | None) -> Callable[[Packet], int | None]:
-    """The direction of each packet of an object, asked in the object's order (the
-    control plane's side of Outbound): OUTBOUND inside a run, INBOUND between them, None
-    (unknown) from `known` on."""
-    ordinal = -1
+def directions(
+    runs: list[list[int]], known: int | None, first: int = 0
+) -> Callable[..., int | None]:
+    """The direction of each packet of an object from packet `first` on, asked in the
+    object's order (the control plane's side of Outbound; whatever it is called with is
+    not looked at): OUTBOUND inside a run, INBOUND between them, None (unknown) from
+    `known` on."""
+    ordinal = first - 1
     at = 0
 
-    def direction(_packet: Packet) -> int | None:
+    def direction(*_packet: Packet) -> int | None:
         nonlocal ordinal, at
         ordinal += 1
         if known is not None and ordinal >= known:

@@ -18,7 +18,7 @@ from edgepcap.control.models import MACHINE_ACTIVE, CaptureMachine, Pcap, utcnow
 from edgepcap.control.samples import admission
 from edgepcap.formats import protocol
 from edgepcap.formats import samples as records
-from edgepcap.formats.pcapfile import RECORD_HEADER
+from edgepcap.formats.pcapfile import walk_records
 
 PREFIX = "/agent/v1"
 router = APIRouter(prefix=PREFIX, tags=["agents"], include_in_schema=False)
@@ -295,13 +295,10 @@ async def live_copies(
 
 def _records(body: bytes) -> int:
     """How many whole PCAP records `body` holds; ValueError if it is not just records."""
-    size, pos, count = RECORD_HEADER.size, 0, 0
-    while pos + size <= len(body):
-        pos += size + RECORD_HEADER.unpack_from(body, pos)[2]
-        count += 1
-    if pos != len(body):
+    ends = [end for _start, end, _ts, _orig in walk_records(body)]
+    if (ends[-1] if ends else 0) != len(body):
         raise ValueError("a live batch is whole PCAP records")
-    return count
+    return len(ends)
 
 
 def _live_target(
