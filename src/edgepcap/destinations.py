@@ -49,6 +49,7 @@ class StoreSettings:
         bucket_root: str | None = None,
     ) -> StoreSettings:
         """The settings of this process's environment, read once at its start."""
+        whole = whole_setting
         root = bucket_root or environ.get("EDGEPCAP_BUCKET_ROOT") or str(data_dir / "buckets")
         env = environ.get
         if env("EDGEPCAP_CLOUD_METADATA") == "1":
@@ -61,19 +62,25 @@ class StoreSettings:
             bucket_root=Path(root).resolve(),
             s3_endpoint=env("EDGEPCAP_S3_ENDPOINT") or None,
             s3_region=env("EDGEPCAP_S3_REGION", "us-east-1"),
-            read_max_objects=_whole(environ, "EDGEPCAP_READ_MAX_OBJECTS", READ_MAX_OBJECTS),
-            read_max_bytes=_whole(environ, "EDGEPCAP_READ_MAX_BYTES", READ_MAX_BYTES),
-            reads_per_account=_whole(environ, "EDGEPCAP_READS_PER_ACCOUNT", READS_PER_ACCOUNT),
+            read_max_objects=whole(environ, "EDGEPCAP_READ_MAX_OBJECTS", READ_MAX_OBJECTS),
+            read_max_bytes=whole(environ, "EDGEPCAP_READ_MAX_BYTES", READ_MAX_BYTES),
+            reads_per_account=whole(environ, "EDGEPCAP_READS_PER_ACCOUNT", READS_PER_ACCOUNT),
             credentials=credentials,
         )
 
 
-def _whole(environ: Mapping[str, str], name: str, default: int) -> int:
+def whole_setting(
+    environ: Mapping[str, str], name: str, default: int, least: int = 1, what: str = ""
+) -> int:
+    """The whole number in variable `name` (`default` when unset), at least `least`;
+    ValueError naming the variable (and `what` it counts) otherwise. ASCII digits only:
+    `²` is a digit to str.isdigit but not to int."""
     value = environ.get(name, "").strip()
     if not value:
         return default
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
-        raise ValueError(f"{name} must be a whole number, at least 1, got {value!r}")
+    if not (value.isascii() and value.isdigit()) or int(value) < least:
+        kind = f"a whole number of {what}" if what else f"a whole number, at least {least}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
     return int(value)
 
 

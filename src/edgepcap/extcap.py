@@ -25,9 +25,9 @@ from types import FrameType
 from typing import Any, BinaryIO
 
 from edgepcap.client import Client, ClientError, Settings
+from edgepcap.formats.pcapfile import LINKTYPE_RAW
 
 INTERFACE = "edgepcap"
-LINKTYPE_RAW = 101
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmp6": 58}
 # Options Wireshark shows for the interface: (call, display, type, tooltip, extra).
 REQUIRED = "{required=true}"

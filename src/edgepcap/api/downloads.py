@@ -174,7 +174,7 @@ def machines_layout(pcap: Pcap, colos: dict[str, str]) -> Layout:
     def layout(readers: list[Reader]) -> Iterator[bytes]:
         sources = []
         for reader in readers:
-            machine = reader.name.split("/", 1)[0]
+            machine = protocol.machine_of(reader.name)
             where = f"{colos[machine]} {machine}" if machine in colos else machine
             runs, known = parts.get(machine, ([], 0))
             # None: an agent from before directions said nothing of them.

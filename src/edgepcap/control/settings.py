@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgepcap.destinations import StoreSettings
+from edgepcap.destinations import StoreSettings, whole_setting
 
 SAMPLE_INTERVAL = dt.timedelta(minutes=1)  # Cloudflare's: one sample capture a minute
 FULL_CAPTURE_RATE = 10
@@ -127,12 +127,10 @@ def _seconds(
 
 
 def _count(environ: Mapping[str, str], name: str, default: int, what: str, least: int = 0) -> int:
-    value = environ.get(name, "").strip()
-    if not value:
-        return default
-    if not (value.isascii() and value.isdigit()) or int(value) < least:
-        raise SettingError(f"{name} must be a whole number of {what}, got {value!r}")
-    return int(value)
+    try:
+        return whole_setting(environ, name, default, least, what)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
 
 
 def metrics_token(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -40,6 +40,11 @@ def object_name(machine: str, pcap_id: str) -> str:
     return f"{machine}/pcap_{pcap_id}.pcap"
 
 
+def machine_of(name: str) -> str:
+    """The machine whose part of a capture `object_name` named `name`."""
+    return name.split("/", 1)[0]
+
+
 BOOT_ID = r"^[0-9a-f]{32}$"  # one run of an agent: a new one at every start
 
 

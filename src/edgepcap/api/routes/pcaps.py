@@ -31,6 +31,7 @@ from edgepcap.control.errors import Refused
 from edgepcap.control.models import ACTIVE_STATUSES as ACTIVE
 from edgepcap.control.models import Account as AccountRow
 from edgepcap.control.models import Pcap, PcapBlob
+from edgepcap.formats import protocol
 from edgepcap.formats.packets import preview
 from edgepcap.formats.pcapfile import PcapError, Reader, global_header, merge
 
@@ -259,7 +260,7 @@ def download_pcap(
     with request.app.state.db.session() as session:
         pcap = owned(session, who, pcap_id)
         names = execution.reported_objects(pcap)
-        colos = fleet.colos_of(session, [n.split("/", 1)[0] for n in names])
+        colos = fleet.colos_of(session, [protocol.machine_of(n) for n in names])
         layout = downloads.machines_layout(pcap, colos) if kind == "pcapng" else merge
     if pcap.status != "success":
         detail = f" ({pcap.error_message})" if pcap.error_message else ""
