@@ -86,9 +86,16 @@ async def stream_pcap(request: Request, who: Account, pcap_id: PcapId) -> Stream
         channel.renewed = time.monotonic()
         return await run_in_threadpool(renew)
 
+    finished = False
+
     async def done() -> None:
-        # Also when the client went away mid-stream: the body's generator may then never
-        # be closed, and this runs all the same.
+        # Once, whichever comes first: the body's end (also when the viewer was cut off)
+        # or the response's background task, which runs even when the client went away
+        # mid-stream and the body's generator is never closed.
+        nonlocal finished
+        if finished:
+            return
+        finished = True
         slot.release()
         if relay.hub.remove(viewer):
             await run_in_threadpool(_unwatch, request, pcap_id, relay.id)
@@ -106,8 +113,7 @@ async def _body(viewer: Viewer, stream: Stream, running: Any, done: Any) -> Asyn
         async for chunk in follow(viewer, stream, running):
             yield chunk
     finally:
-        if not viewer.cut and viewer in viewer.channel.viewers:
-            await done()
+        await done()
 
 
 def _unwatch(request: Request, pcap_id: str, process_id: str) -> None:
