@@ -221,7 +221,7 @@ async def samples(
         raise APIError(400, Code.INVALID_VALUE, f"sample batches are whole {size}-byte records")
     wire = np.frombuffer(body, dtype=records.WIRE)
     ok = await run_in_threadpool(_admit_samples, request, caller, machine, boot_id, wire)
-    kept, rejected = await run_in_threadpool(_keep_samples, request, wire[ok])
+    kept, rejected = await run_in_threadpool(_keep_samples, request, caller.machine, wire[ok])
     return {"kept": kept, "rejected": rejected + int(len(wire) - ok.sum())}
 
 
@@ -244,7 +244,7 @@ def _admit_samples(
     return ok
 
 
-def _keep_samples(request: Request, wire: np.ndarray) -> tuple[int, int]:
+def _keep_samples(request: Request, machine: str, wire: np.ndarray) -> tuple[int, int]:
     with request.app.state.db.session() as session:
         owned = fleet.prefix_map(session)["accounts"]
     ok = np.zeros(len(wire), dtype=bool)
@@ -253,7 +253,7 @@ def _keep_samples(request: Request, wire: np.ndarray) -> tuple[int, int]:
         # Family by family: an IPv6 sample to ::ffff:<an account's IPv4> is not that account's.
         nets = [ipaddress.ip_network(c) for c in owned.get(bytes(account).hex(), [])]
         ok |= mine & records.owned(wire, nets)
-    kept = request.app.state.samples.append(wire[ok]) if ok.any() else 0
+    kept = request.app.state.samples.append(wire[ok], machine) if ok.any() else 0
     return kept, int(len(wire) - ok.sum())
 
 

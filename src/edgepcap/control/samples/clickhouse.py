@@ -80,7 +80,7 @@ class ClickHouseStore:
         self.retention = retention
         self.partition_ns = partition_seconds * NS
 
-    def append(self, wire: np.ndarray) -> int:
+    def append(self, wire: np.ndarray, machine: str = "") -> int:
         if len(wire) == 0:
             return 0
         accounts = [bytes(a).hex().encode() for a in wire["account"]]

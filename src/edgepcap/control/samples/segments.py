@@ -13,14 +13,20 @@ import datetime as dt
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from edgepcap.control.samples import traffic
 from edgepcap.control.samples.store import SampleQuery, matching, newest
+from edgepcap.control.samples.traffic import Groups, TrafficQuery
 from edgepcap.formats import samples as records
 
 NS = 1_000_000_000
+# A segment's name starts with the machine that sampled it and this separator (machine
+# names are lowercase letters, digits and '-'); names without it are of no known machine.
+MACHINE_SEP = "@"
 
 
 class SegmentStore:
@@ -40,7 +46,7 @@ class SegmentStore:
     def _dir(self, partition: int, account_id: str) -> Path:
         return self.root / f"{partition:012d}" / account_id
 
-    def append(self, wire: np.ndarray) -> int:
+    def append(self, wire: np.ndarray, machine: str = "") -> int:
         if len(wire) == 0:
             return 0
         oldest = _now_ns() - int(self.retention.total_seconds() * NS)
@@ -54,7 +60,7 @@ class SegmentStore:
                 directory = self._dir(int(partition), account_id)
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._seq += 1
-                name = f"{self._writer}-{self._seq:09d}.seg"
+                name = f"{machine}{MACHINE_SEP}{self._writer}-{self._seq:09d}.seg"
                 hidden = directory / f".{name}.tmp"
                 # Customers' packets: readable by the service's user only, from creation.
                 fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -63,12 +69,14 @@ class SegmentStore:
                 os.rename(hidden, directory / name)
         return len(wire)
 
-    def query(self, q: SampleQuery) -> np.ndarray:
-        first = q.start_ns // self.partition_ns
-        last = q.end_ns // self.partition_ns
-        chunks = []
+    def _segments(
+        self, account_id: str, start_ns: int, end_ns: int
+    ) -> Iterator[tuple[np.ndarray, str]]:
+        """Each segment of the account's partitions over [start_ns, end_ns], with its machine."""
+        first = start_ns // self.partition_ns
+        last = end_ns // self.partition_ns
         for partition in range(first, last + 1):
-            directory = self._dir(partition, q.account_id)
+            directory = self._dir(partition, account_id)
             try:
                 names = os.listdir(directory)
             except FileNotFoundError:
@@ -76,13 +84,21 @@ class SegmentStore:
             for name in names:
                 if name.endswith(".seg") and not name.startswith("."):
                     try:
-                        chunks.append(np.fromfile(directory / name, dtype=records.STORED))
+                        rows = np.fromfile(directory / name, dtype=records.STORED)
                     except FileNotFoundError:
                         continue  # dropped by retention meanwhile
+                    machine, sep, _rest = name.partition(MACHINE_SEP)
+                    yield rows, machine if sep else ""
+
+    def query(self, q: SampleQuery) -> np.ndarray:
+        chunks = [rows for rows, _machine in self._segments(q.account_id, q.start_ns, q.end_ns)]
         if not chunks:
             return np.zeros(0, dtype=records.STORED)
         rows = np.concatenate(chunks)
         return newest(matching(rows, q), q.limit)
+
+    def traffic(self, q: TrafficQuery) -> Groups:
+        return traffic.aggregate(self._segments(q.account_id, q.start_ns, q.end_ns - 1), q)
 
     def expire(self, now_ns: int) -> int:
         cutoff = now_ns - int(self.retention.total_seconds() * NS)

@@ -6,12 +6,15 @@ import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from edgepcap.formats import samples as records
 from edgepcap.formats.filters import FilterV1
+
+if TYPE_CHECKING:
+    from edgepcap.control.samples.traffic import Groups, TrafficQuery
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,17 @@ class SampleQuery:
 class SampleStore(Protocol):
     retention: dt.timedelta
 
-    def append(self, wire: np.ndarray) -> int:
-        """Keep wire records (account + sample); returns how many were kept."""
+    def append(self, wire: np.ndarray, machine: str = "") -> int:
+        """Keep wire records (account + sample) that `machine` sampled; returns how many
+        were kept."""
         ...
 
     def query(self, q: SampleQuery) -> np.ndarray:
         """Stored records, oldest first: the newest `q.limit` that match."""
+        ...
+
+    def traffic(self, q: TrafficQuery) -> Groups:
+        """Matching samples counted per step and group (`traffic.aggregate`'s answer)."""
         ...
 
     def expire(self, now_ns: int) -> int:
