@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -16,6 +17,8 @@ from edgepcap.control.db import open_database
 from edgepcap.control.models import Pcap
 from edgepcap.formats import protocol
 from tests.support.api import SIMPLE, full
+from tests.support.packets import udp
+from tests.support.samples import owned_by, ship
 from tests.support.servers import S3_ENV, register_machine, start_server, stop_server
 from tests.support.stack import Stack
 
@@ -160,3 +163,50 @@ def test_the_supervisor_closes_a_capture_whose_parts_all_ended(db):
         execution.sweep(s)
     with db.session() as s:
         assert s.get(Pcap, pcap_id).status == "success"
+
+
+def test_a_trigger_fires_once_across_api_processes(twin):
+    first, second = twin
+    account = first.account()
+    conf = first.validated_bucket(account)
+    with first.client(account) as c:
+        r = c.post(
+            "/pcaps/triggers",
+            json={
+                "filter_v1": {"protocol": 17},
+                "threshold_pps": 1000,
+                "capture": full(conf, time_limit=60),
+            },
+        )
+        assert r.status_code == 200, r.text
+        trigger = r.json()["result"]["id"]
+    # Two machines, each shipping to its own API process, at once: both processes see the
+    # estimate cross the threshold.
+    machines = [register_machine(first.server, "ORD", "ord05")]
+    machines.append(register_machine(second.server, "ORD", "ord06"))
+    barrier = threading.Barrier(len(machines))
+    host = account.host(1)
+
+    def send(machine) -> None:
+        barrier.wait(timeout=30)
+        for _ in range(8):
+            now = time.time_ns()
+            snaps = [udp("198.51.100.7", host, 40000 + i, 53) for i in range(20)]
+            ship(machine, owned_by(account.id, snaps, [now] * 20))
+
+    threads = [threading.Thread(target=send, args=(m,)) for m in machines]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        for m in machines:
+            m.stop()
+    with second.client(account) as c:
+        got = c.get(f"/pcaps/triggers/{trigger}").json()["result"]
+        assert len(got["fired"]) == 1 and got["refused"] == [], got
+        pcaps = c.get("/pcaps").json()["result"]
+        assert [p["id"] for p in pcaps] == [got["fired"][0]["pcap_id"]]
+        assert pcaps[0]["trigger_id"] == trigger
+        c.put(f"/pcaps/{pcaps[0]['id']}/stop")

@@ -5,9 +5,15 @@ none of it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 
+from edgepcap.control import triggers
+from edgepcap.control.accounts import create_account
+from edgepcap.control.credentials import new_id
+from edgepcap.control.db import open_database
+from edgepcap.control.models import Trigger, TriggerEvent, utcnow
 from tests.support.captures import captured
 from tests.support.processes import wait_for
 from tests.support.statistics import binomial_interval
@@ -101,3 +107,39 @@ def test_a_trigger_fires_once_and_its_capture_holds_the_matching_packets(lab):
     with lab.client("other") as other:
         assert other.get("/pcaps/triggers").json()["result"] == []
         assert other.get(f"/pcaps/{pcap['id']}").status_code == 404
+
+
+def test_a_trigger_keeps_its_newest_events_only(tmp_path):
+    db = open_database(tmp_path / "data", None)
+    try:
+        with db.session() as s:
+            account, _creds = create_account(s, "a", ["203.0.113.0/24"])
+            ids = []
+            for _name in ("busy", "quiet"):
+                t = Trigger(
+                    id=new_id(),
+                    account_id=account.id,
+                    filter_v1={},
+                    threshold_pps=1,
+                    window=10,
+                    cooldown=0,
+                    expires=utcnow() + dt.timedelta(hours=1),
+                    created=utcnow(),
+                    capture={},
+                )
+                s.add(t)
+                ids.append(t.id)
+            s.flush()
+            busy, quiet = ids
+            triggers._record(s, TriggerEvent(trigger_id=quiet, at=utcnow(), estimated_pps=1))
+            # Interleaved with the other trigger's: each keeps its own newest.
+            for i in range(triggers.MAX_EVENTS + 7):
+                event = TriggerEvent(trigger_id=busy, at=utcnow(), estimated_pps=i, message="x")
+                triggers._record(s, event)
+                triggers._record(s, TriggerEvent(trigger_id=quiet, at=utcnow(), estimated_pps=i))
+        with db.session() as s:
+            kept = [e.estimated_pps for e in triggers.events(s, busy)]
+            assert kept == list(range(7, triggers.MAX_EVENTS + 7))
+            assert len(triggers.events(s, quiet)) == triggers.MAX_EVENTS
+    finally:
+        db.close()

@@ -168,6 +168,7 @@ class Watched:
     filter: FilterV1
     threshold_pps: int
     window: int
+    quiet_until: dt.datetime | None
 
 
 class Triggers:
@@ -201,6 +202,7 @@ class Triggers:
                     FilterV1(**t.filter_v1),
                     t.threshold_pps,
                     t.window,
+                    t.quiet_until,
                 )
                 for t in rows
             ]
@@ -244,7 +246,10 @@ class Triggers:
                     )
                 )
                 pps = int(total) * SAMPLE_RATE // t.window
-                if pps >= t.threshold_pps:
+                # Quiet as last read (cooling down, or refused a moment ago): no claim to
+                # try. A fire elsewhere since then is caught by the claim itself.
+                quiet = t.quiet_until is not None and t.quiet_until > utcnow()
+                if pps >= t.threshold_pps and not quiet:
                     due.append((t, pps))
             if time.monotonic() - self._swept_at > COUNT_KEEP:
                 self._swept_at = time.monotonic()
@@ -272,8 +277,9 @@ class Triggers:
             else:
                 pcap.trigger_id = trigger.id
                 trigger.last_fired = now
-                session.add(
-                    TriggerEvent(trigger_id=trigger.id, at=now, estimated_pps=pps, pcap_id=pcap.id)
+                _record(
+                    session,
+                    TriggerEvent(trigger_id=trigger.id, at=now, estimated_pps=pps, pcap_id=pcap.id),
                 )
                 log.info("trigger %s fired at %d pps: capture %s", trigger.id, pps, pcap.id)
                 return pcap.id
@@ -282,10 +288,30 @@ class Triggers:
         with self.db.session() as session:
             trigger = session.get(Trigger, trigger_id)
             if trigger is not None and _claim(session, trigger, now, trigger.window):
-                session.add(
-                    TriggerEvent(trigger_id=trigger.id, at=now, estimated_pps=pps, message=refusal)
+                _record(
+                    session,
+                    TriggerEvent(trigger_id=trigger.id, at=now, estimated_pps=pps, message=refusal),
                 )
         return None
+
+
+def _record(session: Session, event: TriggerEvent) -> None:
+    """Add an event and forget the trigger's events older than its newest MAX_EVENTS."""
+    session.add(event)
+    session.flush()
+    oldest_kept = session.scalar(
+        select(TriggerEvent.id)
+        .where(TriggerEvent.trigger_id == event.trigger_id)
+        .order_by(TriggerEvent.id.desc())
+        .offset(MAX_EVENTS - 1)
+        .limit(1)
+    )
+    if oldest_kept is not None:
+        session.execute(
+            delete(TriggerEvent).where(
+                TriggerEvent.trigger_id == event.trigger_id, TriggerEvent.id < oldest_kept
+            )
+        )
 
 
 def _claim(session: Session, trigger: Trigger, now: dt.datetime, quiet: int) -> bool:
