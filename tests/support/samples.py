@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import ipaddress
+import struct
+
 import numpy as np
 
 from edgepcap.formats import samples as records
 from tests.support.packets import udp
+from tests.support.servers import MachineHeartbeat
 
 
 def claim(specs: list[tuple[str, str]], account_id: str, ts_ns: int) -> np.ndarray:
     """Wire records of UDP packets (src, dst) all filed under `account_id`, whatever their
     addresses: what a wrong attribution, or a forging agent, would send."""
     snaps = [udp(src, dst, 1000, 53, b"p" * 200) for src, dst in specs]
-    rows = records.parse(snaps, [ts_ns] * len(snaps), [len(s) for s in snaps])
+    return owned_by(account_id, snaps, [ts_ns] * len(snaps))
+
+
+def icmp(src: str, dst: str, size: int = 84) -> bytes:
+    """An IPv4 ICMP echo request of `size` bytes (no ports: its port groups are "none")."""
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, 1, 0, 64, 1, 0, s.packed, d.packed)
+    return header + b"\x08\x00" + b"\0" * (size - 22)
+
+
+def owned_by(account_id: str, snaps: list[bytes], ts_ns: list[int]) -> np.ndarray:
+    """Wire records of packet snapshots, filed under `account_id` as the agent files them."""
+    rows = records.parse(snaps, ts_ns, [len(s) for s in snaps])
     wire = np.zeros(len(rows), dtype=records.WIRE)
     for name in records.STORED.names:
         wire[name] = rows[name]
     wire["account"] = np.frombuffer(bytes.fromhex(account_id), dtype=f"V{records.ACCOUNT_BYTES}")[0]
     return wire
+
+
+def ship(machine: MachineHeartbeat, wire: np.ndarray) -> dict:
+    """Post a sample batch as `machine`'s agent does; the control plane's answer."""
+    r = machine.http.post(
+        "/samples",
+        params=machine.me,
+        content=wire.tobytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()

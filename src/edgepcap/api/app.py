@@ -27,6 +27,7 @@ from edgepcap.api.live import Hub
 from edgepcap.api.relay import Relay
 from edgepcap.api.routes import agents, metrics, ownership, pcaps
 from edgepcap.api.routes import live as live_routes
+from edgepcap.api.routes import traffic as traffic_routes
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
 from edgepcap.control import live
 from edgepcap.control.db import Database, database_url
@@ -128,6 +129,7 @@ def create_app(
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(live_routes.router, prefix=PREFIX, tags=["pcaps"])
+    app.include_router(traffic_routes.router, prefix=PREFIX)
     app.include_router(agents.router)
     app.include_router(metrics.router)
     app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
