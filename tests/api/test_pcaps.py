@@ -25,6 +25,7 @@ FIELDS = {
     "colo_name",
     "destination_conf",
     "status",
+    "trigger_id",
     "type",
     "system",
     "packets_captured",

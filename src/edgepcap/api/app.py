@@ -28,6 +28,7 @@ from edgepcap.api.relay import Relay
 from edgepcap.api.routes import agents, metrics, ownership, pcaps
 from edgepcap.api.routes import live as live_routes
 from edgepcap.api.routes import traffic as traffic_routes
+from edgepcap.api.routes import triggers as trigger_routes
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
 from edgepcap.control import live
 from edgepcap.control.db import Database, database_url
@@ -35,6 +36,7 @@ from edgepcap.control.models import utcnow
 from edgepcap.control.samples.store import SampleStore, open_store
 from edgepcap.control.settings import Limits, Settings
 from edgepcap.control.supervisor import Supervisor
+from edgepcap.control.triggers import Triggers
 from edgepcap.destinations import StoreSettings
 
 PREFIX = "/client/v4"
@@ -121,12 +123,15 @@ def create_app(
     app.state.db = db
     app.state.stores = stores
     app.state.samples = samples
+    app.state.triggers = Triggers(db, limits, samples)
     app.state.supervisor = supervisor
     app.state.limits = limits
     app.state.metrics_token = metrics_token
     app.state.wakeup = Wakeup()
     app.state.relay = relay
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
+    # Before the PCAPs routes: `/pcaps/triggers` is not a capture id.
+    app.include_router(trigger_routes.router, prefix=PREFIX)
     app.include_router(pcaps.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(live_routes.router, prefix=PREFIX, tags=["pcaps"])
     app.include_router(traffic_routes.router, prefix=PREFIX)

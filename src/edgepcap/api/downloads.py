@@ -162,7 +162,8 @@ def comment(pcap: Pcap) -> str:
         if pcap.type == "simple"
         else f"full capture on {pcap.colo_name}"
     )
-    return f"edgepcap {what} {pcap.id}; filter: {summary(pcap.filter_v1 or {})}"
+    started = f"; started by trigger {pcap.trigger_id}" if pcap.trigger_id else ""
+    return f"edgepcap {what} {pcap.id}; filter: {summary(pcap.filter_v1 or {})}{started}"
 
 
 def machines_layout(pcap: Pcap, colos: dict[str, str]) -> Layout:

@@ -161,6 +161,9 @@ class PcapOut(BaseModel):
     error_message: str | None
     stop_requested: str | None
     offset_time: str | None
+    trigger_id: str | None = Field(
+        None, description="The trigger that started this capture (null: made by hand)"
+    )
     machines: list[MachinePart] = Field(
         default_factory=list, description="Per-machine progress and kernel drops (full captures)"
     )

@@ -100,12 +100,7 @@ def create(
     as they are now.
     """
     check_filter_reachable(account, req)
-    conf = None
-    if req.destination_conf is not None:
-        try:
-            conf = bucket_urls.canonical(req.destination_conf)
-        except bucket_urls.DestinationError as exc:
-            raise DestinationInvalid(f"`destination_conf`: {exc}") from None
+    conf = _canonical(req.destination_conf)
     now = utcnow()
     pcap = Pcap(
         id=new_id(),
@@ -148,6 +143,26 @@ def create(
             session, pcap, samples, req.filter_v1 or FilterV1(), account_networks(account)
         )
     return pcap
+
+
+def _canonical(conf: str | None) -> str | None:
+    if conf is None:
+        return None
+    try:
+        return bucket_urls.canonical(conf)
+    except bucket_urls.DestinationError as exc:
+        raise DestinationInvalid(f"`destination_conf`: {exc}") from None
+
+
+def check_full_request(session: Session, account: Account, req: CaptureRequest) -> None:
+    """Refuse a full capture that could not start now for what it names: its bucket not
+    proven, its colo or machine unknown or without live machines. The rate limits and the
+    active capture are checked when it is made."""
+    _require_validated_bucket(session, account, _canonical(req.destination_conf) or "")
+    try:
+        fleet.resolve(session, req.colo_name or "")
+    except fleet.FleetError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _require_validated_bucket(session: Session, account: Account, conf: str) -> None:

@@ -287,3 +287,24 @@ def _create_private(path: str | None) -> None:
 def open_database(data_dir: Path, url: str | None) -> Database:
     make_data_dir(data_dir)
     return Database(database_url(data_dir, url))
+
+
+def upsert(
+    session: Session,
+    model: Any,
+    values: dict[str, Any],
+    keys: list[str],
+    updates: list[str],
+    computed: dict[str, Callable[[Any], Any]] | None = None,
+) -> None:
+    """INSERT … ON CONFLICT DO UPDATE, so that two requests at once do not collide
+    (SQLite and PostgreSQL spell it alike)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(model).values(**values)
+    changes: dict[str, Any] = {name: stmt.excluded[name] for name in updates}
+    for name, make in (computed or {}).items():
+        changes[name] = make(stmt.excluded)
+    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=changes))

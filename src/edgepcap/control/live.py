@@ -10,13 +10,13 @@ the other watching processes.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
 
+from edgepcap.control.db import upsert
 from edgepcap.control.models import ACTIVE_STATUSES, ApiProcess, LiveWatch, Pcap
 
 WATCH_FOR = dt.timedelta(seconds=5)  # a watch lapses this long after its last renewal
@@ -37,7 +37,7 @@ class Process:
 def register_process(session: Session, process: Process, now: dt.datetime) -> None:
     """This API process takes relayed packets at its address with its token."""
     session.execute(delete(ApiProcess).where(ApiProcess.seen < now - FORGET_AFTER))
-    _upsert(session, ApiProcess, _row(process, now), ["id"], ["address", "token", "seen"])
+    upsert(session, ApiProcess, _row(process, now), ["id"], ["address", "token", "seen"])
 
 
 def forget_process(session: Session, process_id: str) -> None:
@@ -48,7 +48,7 @@ def forget_process(session: Session, process_id: str) -> None:
 def watch(session: Session, pcap_id: str, process: Process, now: dt.datetime) -> None:
     """`process` has viewers of `pcap_id` now (renewed while they watch). Its own row is
     written again too: one forgotten meanwhile (FORGET_AFTER) comes back."""
-    _upsert(session, ApiProcess, _row(process, now), ["id"], ["address", "token", "seen"])
+    upsert(session, ApiProcess, _row(process, now), ["id"], ["address", "token", "seen"])
     table = LiveWatch.__table__
     values = {
         "pcap_id": pcap_id,
@@ -58,7 +58,7 @@ def watch(session: Session, pcap_id: str, process: Process, now: dt.datetime) ->
     }
     # A watch that lapsed starts again from now; a current one keeps its start.
     lapsed = table.c.expires <= now
-    _upsert(
+    upsert(
         session,
         LiveWatch,
         values,
@@ -70,27 +70,6 @@ def watch(session: Session, pcap_id: str, process: Process, now: dt.datetime) ->
 
 def _row(process: Process, now: dt.datetime) -> dict[str, Any]:
     return {"id": process.id, "address": process.address, "token": process.token, "seen": now}
-
-
-def _upsert(
-    session: Session,
-    model: Any,
-    values: dict[str, Any],
-    keys: list[str],
-    updates: list[str],
-    computed: dict[str, Callable[[Any], Any]] | None = None,
-) -> None:
-    """INSERT … ON CONFLICT DO UPDATE, so that two requests at once do not collide
-    (SQLite and PostgreSQL spell it alike)."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(model).values(**values)
-    changes: dict[str, Any] = {name: stmt.excluded[name] for name in updates}
-    for name, make in (computed or {}).items():
-        changes[name] = make(stmt.excluded)
-    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=changes))
 
 
 def unwatch(session: Session, pcap_id: str, process_id: str) -> None:

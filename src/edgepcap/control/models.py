@@ -120,6 +120,9 @@ class Pcap(Base):
     # Why the capture ended: stop, time_limit, packet_limit, byte_limit, error.
     end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     prefixes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The trigger that started it (None: made by hand). No foreign key: deleting a
+    # trigger leaves the captures it started.
+    trigger_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     machines: Mapped[list[CaptureMachine]] = relationship(
         back_populates="pcap", cascade="all, delete-orphan", order_by="CaptureMachine.machine"
@@ -260,3 +263,55 @@ class LiveWatch(Base):
     process_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     since: Mapped[dt.datetime] = mapped_column(DateTime)  # when its first viewer came
     expires: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class Trigger(Base):
+    """A full capture that starts itself when the account's sampled traffic matching
+    `filter_v1` reaches `threshold_pps` over `window` seconds, at most once per `cooldown`,
+    until `expires`."""
+
+    __tablename__ = "triggers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    filter_v1: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    threshold_pps: Mapped[int] = mapped_column(BigInteger)
+    window: Mapped[int] = mapped_column(Integer)
+    cooldown: Mapped[int] = mapped_column(Integer)
+    expires: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime)
+    # The full capture to create: its request body, as validated when the trigger was made.
+    capture: Mapped[dict[str, object]] = mapped_column(JSON)
+    # No attempt before this: the cooldown after a fire, a window after a refusal. Claimed
+    # by a compare-and-set update, so that one API process fires it once.
+    quiet_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    last_fired: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class TriggerEvent(Base):
+    """A trigger's fire (`pcap_id` set) or a refused attempt (`message` set)."""
+
+    __tablename__ = "trigger_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trigger_id: Mapped[str] = mapped_column(
+        ForeignKey("triggers.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[dt.datetime] = mapped_column(DateTime)
+    estimated_pps: Mapped[int] = mapped_column(BigInteger)
+    pcap_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class TriggerCount(Base):
+    """Samples matching a trigger, per second of their timestamps (the last few minutes)."""
+
+    __tablename__ = "trigger_counts"
+
+    trigger_id: Mapped[str] = mapped_column(
+        ForeignKey("triggers.id", ondelete="CASCADE"), primary_key=True
+    )
+    second: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    samples: Mapped[int] = mapped_column(BigInteger)

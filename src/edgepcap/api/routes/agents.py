@@ -254,6 +254,8 @@ def _keep_samples(request: Request, machine: str, wire: np.ndarray) -> tuple[int
         nets = [ipaddress.ip_network(c) for c in owned.get(bytes(account).hex(), [])]
         ok |= mine & records.owned(wire, nets)
     kept = request.app.state.samples.append(wire[ok], machine) if ok.any() else 0
+    if kept and request.app.state.triggers.observe(wire[ok]):
+        request.app.state.wakeup.notify()  # a trigger's capture: its machines start now
     return kept, int(len(wire) - ok.sum())
 
 

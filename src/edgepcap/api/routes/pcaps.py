@@ -57,6 +57,7 @@ def render(view: reads.View) -> dict[str, Any]:
         "error_message": pcap["error_message"],
         "stop_requested": rfc3339(pcap["stop_requested"]),
         "offset_time": rfc3339(pcap["offset_time"]),
+        "trigger_id": pcap["trigger_id"],
         "machines": [
             {
                 "machine": m["machine"],

@@ -57,10 +57,9 @@ class SampleStore(Protocol):
     def close(self) -> None: ...
 
 
-def _filter_mask(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
-    """Rows in the query's window that match its filter (`matching` adds the prefixes)."""
-    mask = (rows["ts"] >= q.start_ns) & (rows["ts"] <= q.end_ns)
-    f = q.filter
+def filter_mask(rows: np.ndarray, f: FilterV1) -> np.ndarray:
+    """Which stored rows match the filter's fields (the account's prefixes aside)."""
+    mask = np.ones(len(rows), dtype=bool)
     for addr, side in ((f.source, "src"), (f.destination, "dst")):
         if addr is not None:
             mask &= records.is_address(rows, side, addr)
@@ -79,6 +78,12 @@ def _filter_mask(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
         either = (rows["sport"] == f.port) | (rows["dport"] == f.port)
         mask &= either & np.isin(rows["proto"], records.PORT_PROTOCOLS)
     return mask
+
+
+def _filter_mask(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
+    """Rows in the query's window that match its filter (`matching` adds the prefixes)."""
+    in_window = (rows["ts"] >= q.start_ns) & (rows["ts"] <= q.end_ns)
+    return in_window & filter_mask(rows, q.filter)
 
 
 def matching(rows: np.ndarray, q: SampleQuery) -> np.ndarray:
