@@ -14,6 +14,8 @@ from playwright.sync_api import expect
 
 from tests.dashboard.traffic_data import BURST
 from tests.support.browsers import shot
+from tests.support.packets import udp
+from tests.support.samples import owned_by, ship
 
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 RECORD_VIOLATIONS = """
@@ -135,6 +137,62 @@ def test_the_traffic_page_charts_samples_and_captures_a_selection(traffic_stack,
     expect(facts).to_contain_text("any → any:5555")
     captured = int(facts.locator("dt:text-is('Packets captured') + dd").inner_text())
     assert captured > 50  # ~60 samples per 10 s of the flood
+    assert page.evaluate("window.__violations") == []
+    assert errors == []
+    page.close()
+
+
+def arm(page, protocol: str, port: str, threshold: str, colo: str, bucket: str) -> None:
+    page.get_by_label("Protocol").fill(protocol)
+    page.get_by_label("Destination port").fill(port)
+    page.get_by_label("Threshold (packets/s)").fill(threshold)
+    page.get_by_label("Colo or machine").select_option(colo)
+    page.get_by_label("Bucket").select_option(bucket)
+    page.get_by_role("button", name="Arm").click()
+    expect(page.locator(".notice")).to_contain_text("armed")
+
+
+def test_triggers_are_armed_fire_a_capture_and_are_deleted(traffic_stack, browser):
+    stack, acct, bucket = traffic_stack
+    page, errors = signed_in(browser, stack, acct)
+    page.get_by_role("link", name="Triggers").click()
+    expect(page.get_by_role("heading", name="Capture triggers")).to_be_visible()
+    rows = page.locator("#triggers tbody tr")
+    expect(rows).to_have_text(["No triggers yet."])
+
+    arm(page, "17", "5555", "1000", "ORD", bucket)
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("any → any:5555 proto 17")
+    expect(rows.first).to_contain_text("1000 pps over 10 s")
+    expect(rows.first).to_contain_text("armed")  # not fired yet
+    arm(page, "6", "443", "50000", "ams01", bucket)
+    expect(rows).to_have_count(2)
+
+    # The flood again, now: ~3000 packets/s estimated over the last seconds.
+    now = time.time_ns()
+    flood = [udp(f"100.64.7.{i % 250 + 1}", acct.host(2), 1024 + i, 5555) for i in range(400)]
+    ship(stack.machine, owned_by(acct.id, flood, [now - i * 10**7 for i in range(400)]))
+    first = page.locator("#triggers tbody tr", has_text="proto 17")
+    fired = first.locator("a[href^='#/captures/']")
+    expect(fired).to_have_count(1, timeout=60_000)
+    page.mouse.move(0, 0)
+    shot(page, "triggers")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(IMAGES / "dashboard-triggers.png"), full_page=True)
+
+    # The fired trigger links to its capture, which links back to it.
+    fired.click()
+    facts = page.locator("dl.facts")
+    expect(facts).to_contain_text("any → any:5555 proto 17")
+    expect(facts).to_contain_text("ORD")
+    facts.get_by_role("link", name="trigger").click()
+    expect(page.locator("#fired tbody tr")).to_have_count(1)
+
+    page.get_by_role("link", name="Triggers", exact=True).click()
+    page.get_by_role("button", name="Delete trigger").last.click()
+    expect(page.locator(".notice")).to_contain_text("Trigger deleted")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("proto 17")
     assert page.evaluate("window.__violations") == []
     assert errors == []
     page.close()
