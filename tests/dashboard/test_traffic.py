@@ -1,13 +1,13 @@
 """The Traffic and Triggers pages in Debian's headless Chromium, against a real API server
 holding an hour of sampled traffic (traffic_data): chart and table from the samples,
 re-queries on a new group or range, "Capture this" into the wizard and a sample capture;
-a trigger armed, listed and deleted. Also writes docs/images/dashboard-{traffic,triggers}.png.
+a trigger armed, fired, listed and deleted. Screenshots: test-artifacts/dashboard/traffic.png
+and triggers.png (docs/images/dashboard-{traffic,triggers}.png are copies of them).
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from playwright.sync_api import expect
@@ -17,7 +17,6 @@ from tests.support.browsers import shot
 from tests.support.packets import udp
 from tests.support.samples import owned_by, ship
 
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 RECORD_VIOLATIONS = """
 window.__violations = [];
 document.addEventListener("securitypolicyviolation", (e) =>
@@ -121,8 +120,6 @@ def test_the_traffic_page_charts_samples_and_captures_a_selection(traffic_stack,
     expect(selection).to_contain_text("UTC (")
     page.mouse.move(10, 10)
     shot(page, "traffic")
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / "dashboard-traffic.png"), full_page=True)
 
     page.get_by_role("button", name="Capture this").click()
     expect(page.get_by_role("heading", name="Start a sample capture")).to_be_visible()
@@ -177,8 +174,6 @@ def test_triggers_are_armed_fire_a_capture_and_are_deleted(traffic_stack, browse
     expect(fired).to_have_count(1, timeout=60_000)
     page.mouse.move(0, 0)
     shot(page, "triggers")
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / "dashboard-triggers.png"), full_page=True)
 
     # The fired trigger links to its capture, which links back to it.
     fired.click()
