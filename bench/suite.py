@@ -19,13 +19,13 @@ import time
 
 import httpx
 
-from bench import capture, live, samples
+from bench import capture, live, samples, triggers
 from bench.api import Api, fig_api
 from bench.figures import ROOT, Figure, median, percentile
 from edgepcap.control.accounts import create_account
 from edgepcap.control.fleet import create_agent_key
 
-STEPS = ("capture", "max_rate", "forwarding", "api", "samples", "memory", "live")
+STEPS = ("capture", "max_rate", "forwarding", "api", "samples", "memory", "live", "triggers")
 
 
 def fig_capture(quick: bool) -> list[Figure]:
@@ -258,6 +258,7 @@ def main() -> int:
         "samples": lambda: fig_samples(args.quick),
         "memory": lambda: [fig_memory(args.quick)],
         "live": lambda: [fig_live(args.quick)],
+        "triggers": lambda: [triggers.figure(args.quick)],
     }
     assert list(steps) == list(STEPS)
     failed = False

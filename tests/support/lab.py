@@ -161,6 +161,8 @@ class Lab:
         size: int = 100,
         v6: bool = False,
         protos: tuple[str, ...] = ("udp",),
+        rate: float | None = None,
+        seconds: float = 30.0,
     ) -> list[dict[str, Any]]:
         """`lab traffic` from this process (no process start): flows as `traffic` gives them."""
         from edgepcap.lab import traffic
@@ -168,7 +170,7 @@ class Lab:
 
         state = json.loads((self.data_dir / "lab-state.json").read_text())
         layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
-        flows = traffic.send(layout, list(tenants), count, size, v6, protos)
+        flows = traffic.send(layout, list(tenants), count, size, v6, protos, seconds, rate)
         return [f.as_dict() for f in flows]
 
     def machines_up(self) -> dict[str, bool]:

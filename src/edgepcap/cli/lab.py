@@ -48,6 +48,9 @@ def lab_traffic(
     tenant: Annotated[str, typer.Option(help="customer, other or both.")] = "both",
     proto: Annotated[list[str] | None, typer.Option(help="udp, tcp, icmp (repeat).")] = None,
     v6: Annotated[bool, typer.Option(help="Also send IPv6 flows.")] = True,
+    rate: Annotated[
+        float | None, typer.Option(help="Packets/s per flow (UDP only; default: at once).")
+    ] = None,
 ) -> None:
     """Send bounded UDP/TCP/ICMP from client to customers; prints each 5-tuple's count (JSON)."""
     from edgepcap.lab import traffic
@@ -66,7 +69,7 @@ def lab_traffic(
     if any(p not in ("udp", "tcp", "icmp") for p in protos):
         _fail("--proto must be udp, tcp or icmp")
     try:
-        flows = traffic.send(layout, tenants, count, size, v6, protos)
+        flows = traffic.send(layout, tenants, count, size, v6, protos, rate=rate)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"flows": [f.as_dict() for f in flows]}))

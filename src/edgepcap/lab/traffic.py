@@ -18,6 +18,7 @@ from edgepcap.lab.topology import CLIENT4, CLIENT6, Layout
 
 MAX_COUNT = 100_000
 MAX_SECONDS = 60.0
+MIN_RATE, MAX_RATE = 1.0, 100_000.0
 IPV6_CHECKSUM = 7
 
 
@@ -68,6 +69,7 @@ def _send_all(
     v6: bool,
     protos: list[str],
     deadline: float,
+    rate: float | None = None,
 ) -> list[Flow]:
     flows: list[Flow] = []
     families = [4, 6] if v6 else [4]
@@ -86,7 +88,10 @@ def _send_all(
                         s.bind((src, sport))
                         payload = b"\xab" * size
                         sent = 0
-                        while sent < count and time.monotonic() < deadline:
+                        start = time.monotonic()
+                        while sent < count and (now := time.monotonic()) < deadline:
+                            if rate is not None and (due := start + sent / rate) > now:
+                                time.sleep(due - now)
                             s.sendto(payload, (dst, dport))
                             sent += 1
                     flows.append(
@@ -214,13 +219,26 @@ def send(
     v6: bool = True,
     protos: tuple[str, ...] = ("udp", "tcp", "icmp"),
     seconds: float = 30.0,
+    rate: float | None = None,
 ) -> list[Flow]:
-    """Send `count` packets per flow from the client namespace; returns what was sent."""
+    """Send `count` packets per flow from the client namespace, UDP flows at most `rate`
+    packets/s each (None: as fast as they go); returns what was sent."""
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"count must be 1 to {MAX_COUNT}")
     if not 0 <= size <= 1400:
         raise ValueError("size must be 0 to 1400 bytes")
+    if rate is not None and not (MIN_RATE <= rate <= MAX_RATE and protos == ("udp",)):
+        raise ValueError(f"rate must be {MIN_RATE} to {MAX_RATE} packets/s, for UDP only")
     deadline = time.monotonic() + min(seconds, MAX_SECONDS)
     return netns.run_in(
-        layout.ns("client"), _send_all, layout, tenants, count, size, v6, list(protos), deadline
+        layout.ns("client"),
+        _send_all,
+        layout,
+        tenants,
+        count,
+        size,
+        v6,
+        list(protos),
+        deadline,
+        rate,
     )
