@@ -65,7 +65,36 @@ function filterSummary(f) {
   return parts.join(" ");
 }
 
-function stopRefresh() { if (refreshTimer) { clearTimeout(refreshTimer); refreshTimer = null; } }
+// The pages of the other files (traffic.js, triggers.js): [hash regex, render(match, params)].
+const PAGES = [];
+let refreshPaused = null, refreshRound = 0;
+
+function stopRefresh() {
+  refreshRound += 1;
+  refreshPaused = null;
+  if (refreshTimer) { clearTimeout(refreshTimer); refreshTimer = null; }
+}
+
+// Runs `load` every `ms` until the next page, paused while the tab is hidden.
+function refreshEvery(ms, load) {
+  const round = ++refreshRound;
+  const run = () => load().then(tick, showError);
+  const tick = () => {
+    if (round !== refreshRound) return;
+    refreshTimer = setTimeout(() => { if (document.hidden) refreshPaused = run; else run(); }, ms);
+  };
+  tick();
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && refreshPaused) { const run = refreshPaused; refreshPaused = null; run(); }
+});
+
+// Fills a form's fields (#f-NAME) from query parameters: the wizard and the triggers form,
+// opened from the Traffic page.
+function prefill(params) {
+  for (const [name, value] of params) { const el = $(`#f-${name}`); if (el) el.value = value; }
+}
 
 // ---- sign in ----------------------------------------------------------------------------
 function renderSignIn(message) {
@@ -153,7 +182,7 @@ async function renderNew() {
   });
 }
 
-async function renderFields(type) {
+async function renderFields(type, params) {
   const full = type === "full";
   let coloOptions = "", bucketOptions = "";
   if (full) {
@@ -193,6 +222,7 @@ async function renderFields(type) {
       <div class="row"><button class="primary" type="submit">Start</button>
         <a href="#/new">Back</a></div>
     </form>`;
+  prefill(params);
   $("#start").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const form = new FormData(ev.target);
@@ -204,9 +234,7 @@ async function renderFields(type) {
       const v = number ? Number(value) : value;
       if (key in FIELDS) body.filter_v1[key] = v; else body[key] = v;
     }
-    document.querySelectorAll("#start .error").forEach((e) => { e.textContent = ""; });
-    document.querySelectorAll("#start [aria-invalid]").forEach((e) =>
-      e.removeAttribute("aria-invalid"));
+    clearFieldErrors("#start");
     try {
       const pcap = await api("POST", "/pcaps", body);
       location.hash = `#/captures/${pcap.id}`;
@@ -216,11 +244,17 @@ async function renderFields(type) {
   });
 }
 
+function clearFieldErrors(form) {
+  document.querySelectorAll(`${form} .error`).forEach((e) => { e.textContent = ""; });
+  document.querySelectorAll(`${form} [aria-invalid]`).forEach((e) =>
+    e.removeAttribute("aria-invalid"));
+}
+
 function showFieldErrors(err) {
   const rest = [];
   for (const e of err.errors || [{ message: err.message }]) {
     // The API names the field in backticks: show its message under that field.
-    const m = /`(?:filter_v1\.)?([a-z_]+)`/.exec(e.message);
+    const m = /`(?:[a-z_0-9]+\.)*([a-z_]+)`/.exec(e.message);
     const slot = m && $(`#e-${m[1]}`);
     if (slot) {
       slot.textContent = e.message;
@@ -243,7 +277,9 @@ async function renderDetails(id) {
     ["Colo", esc(p.colo_name || "–")], ["Bucket", esc(p.destination_conf || "–")],
     ["Time limit", `${esc(p.time_limit)} s`], ["Packet limit", esc(p.packet_limit ?? "–")],
     ["Byte limit", esc(p.byte_limit ?? "–")], ["Packets captured", esc(p.packets_captured)],
-    ["Stop requested", esc(p.stop_requested || "–")], ["Message", esc(p.error_message || "–")]];
+    ["Stop requested", esc(p.stop_requested || "–")], ["Message", esc(p.error_message || "–")],
+    ["Started by", p.trigger_id ? `<a href="#/triggers/${esc(p.trigger_id)}">trigger ${
+      esc(p.trigger_id.slice(0, 8))}</a>` : "you"]];
   main().innerHTML = `<h2>Capture <span class="mono">${esc(p.id)}</span></h2>
     <dl class="facts">${facts.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("")}</dl>
     <div class="row">
@@ -322,59 +358,6 @@ function hexdump(hex) {
   return lines.join("\n");
 }
 
-// ---- buckets ----------------------------------------------------------------------------
-async function renderBuckets(notice) {
-  const buckets = await api("GET", "/pcaps/ownership");
-  main().innerHTML = `<h2>Buckets</h2>
-    ${notice ? `<div class="notice" role="status">${notice}</div>` : ""}
-    <table id="buckets"><thead><tr><th scope="col">Destination</th><th scope="col">Status</th>
-      <th scope="col">Challenge file</th><th scope="col">Validated</th><th scope="col">
-      <span class="visually-hidden">Actions</span></th></tr></thead><tbody>
-      ${buckets.map((b) => `<tr><td class="mono">${esc(b.destination_conf)}</td>
-        <td>${badge(b.status)}</td><td class="mono">${esc(b.filename)}</td>
-        <td>${esc(b.validated || "–")}</td><td><button class="secondary danger" data-delete="${
-        esc(b.id)}" aria-label="Delete ${esc(b.destination_conf)}">Delete</button></td></tr>`)
-        .join("") || '<tr><td colspan="5">No buckets yet.</td></tr>'}</tbody></table>
-    <h3>Add a bucket</h3>
-    <form id="add" novalidate>
-      ${field("destination_conf", "Bucket URL", "text",
-              "file:///dir, s3://bucket/dir?region=…, gs://bucket/dir, az://container/dir")}
-      <div class="error" id="form-error" role="alert"></div>
-      <button class="primary" type="submit">Add</button></form>
-    <h3>Validate a bucket</h3>
-    <form id="validate" novalidate>
-      <div class="field"><label for="v-dest">Bucket</label><select id="v-dest" name="dest">
-        ${buckets.filter((b) => b.status !== "success").map((b) => `<option>${
-        esc(b.destination_conf)}</option>`).join("")}</select></div>
-      <div class="field"><label for="v-challenge">Contents of the challenge file</label>
-        <textarea id="v-challenge" name="challenge" rows="2" spellcheck="false"></textarea></div>
-      <div class="error" id="validate-error" role="alert"></div>
-      <button class="primary" type="submit">Validate</button></form>`;
-  $("#add").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const dest = $("#f-destination_conf").value.trim();
-    try {
-      const b = await api("POST", "/pcaps/ownership", { destination_conf: dest });
-      await renderBuckets(`Wrote <b class="mono">${esc(b.filename)}</b> into ${esc(dest)}.
-        Open that file, paste its contents below and validate.`);
-    } catch (err) { $("#form-error").textContent = err.message; }
-  });
-  $("#validate").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    try {
-      await api("POST", "/pcaps/ownership/validate", {
-        destination_conf: $("#v-dest").value, ownership_challenge: $("#v-challenge").value.trim(),
-      });
-      await renderBuckets("Bucket validated: full captures may write to it.");
-    } catch (err) { $("#validate-error").textContent = err.message; }
-  });
-  document.querySelectorAll("[data-delete]").forEach((btn) => btn.addEventListener("click",
-    async () => {
-      await api("DELETE", `/pcaps/ownership/${btn.dataset.delete}`).catch(showError);
-      renderBuckets("Bucket removed.").catch(showError);
-    }));
-}
-
 // ---- routing ----------------------------------------------------------------------------
 function showError(err) {
   if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
@@ -390,14 +373,17 @@ async function route() {
   stopRefresh();
   if (!session()) { renderSignIn(); return; }
   $("#nav").hidden = false;
-  const hash = location.hash || "#/captures";
+  const [hash, query] = (location.hash || "#/captures").split("?");
+  const params = new URLSearchParams(query || "");
   const details = /^#\/captures\/([0-9a-f]{32})$/.exec(hash);
+  const page = PAGES.map(([re, render]) => [re.exec(hash), render]).find(([m]) => m);
   try {
     if (details) await renderDetails(details[1]);
+    else if (page) await page[1](page[0], params);
     else if (hash === "#/new") await renderNew();
-    else if (hash === "#/new/simple" || hash === "#/new/full") await renderFields(hash.slice(6));
-    else if (hash === "#/buckets") await renderBuckets();
-    else await renderCaptures();
+    else if (hash === "#/new/simple" || hash === "#/new/full") {
+      await renderFields(hash.slice(6), params);
+    } else await renderCaptures();
   } catch (err) { showError(err); }
   main().focus();
 }
