@@ -31,6 +31,7 @@ from edgepcap.api.routes import traffic as traffic_routes
 from edgepcap.api.routes import triggers as trigger_routes
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
 from edgepcap.control import live
+from edgepcap.control.changes import Channel
 from edgepcap.control.db import Database, database_url
 from edgepcap.control.models import utcnow
 from edgepcap.control.samples.store import SampleStore, open_store
@@ -83,9 +84,17 @@ def create_app(
     relay_host: str = "127.0.0.1",
 ) -> FastAPI:
     relay = Relay(Hub(), relay_host)
+    wakeup = Wakeup()
+    if db.engine.dialect.name == "postgresql":
+        # Word of changes to the other API processes' polls, and from theirs to ours.
+        wakeup.channel = Channel(db.url, wakeup.wake_here)
+    # The supervisor's sweeps end machines' parts: the capture's other machines hear it.
+    supervisor.on_change = wakeup.notify
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if wakeup.channel is not None:
+            wakeup.channel.start()
         supervisor.start()
         # What startup built (modules, the app, SQLAlchemy's and pydantic's tables) lives
         # as long as the process: out of the collector's reach, a full collection no
@@ -110,6 +119,8 @@ def create_app(
             with contextlib.suppress(Exception):
                 await run_in_threadpool(_forget, db, relay)
             supervisor.stop()
+            if wakeup.channel is not None:
+                wakeup.channel.stop()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -127,7 +138,7 @@ def create_app(
     app.state.supervisor = supervisor
     app.state.limits = limits
     app.state.metrics_token = metrics_token
-    app.state.wakeup = Wakeup()
+    app.state.wakeup = wakeup
     app.state.relay = relay
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     # Before the PCAPs routes: `/pcaps/triggers` is not a capture id.

@@ -1,8 +1,10 @@
-"""Wakes this process's agent long polls at once when captures change.
+"""Wakes agents' long polls at once when what their machines must do changes.
 
-Long polls also look at the database every `POLL_EVERY` seconds, so a change made by
-another API process on the same database still reaches them; a change made here reaches
-them without that wait.
+A change made here wakes the polls of the machines it concerns (or all of them) in this
+process, and on PostgreSQL is told to the other API processes over LISTEN/NOTIFY
+(`control.changes`), whose polls it wakes in turn. Polls still look at the database now
+and then (`look_every`): every 0.1 s on SQLite, where no word comes from other processes,
+or while the listener is away; every few seconds otherwise, for changes nobody announces.
 """
 
 from __future__ import annotations
@@ -11,40 +13,69 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
+
+from edgepcap.control.changes import Channel
+
+# How often a waiting poll looks at the database itself.
+LOOK_ALONE = 0.1  # SQLite, or the listener away: no word comes from other processes
+LOOK_LISTENING = 5.0  # a safety net: every change that matters is announced
 
 
 class Wakeup:
-    def __init__(self) -> None:
+    def __init__(self, channel: Channel | None = None) -> None:
+        """`channel`: the word from and to other API processes (PostgreSQL), if any;
+        its messages wake polls here (`wake_here`)."""
         self._lock = threading.Lock()
-        self._waiting: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
+        # Each waiting poll's event and loop, by the machine it polls for.
+        self._waiting: dict[asyncio.Event, tuple[asyncio.AbstractEventLoop, str | None]] = {}
         self.closing = False
+        self.channel = channel
+
+    @property
+    def look_every(self) -> float:
+        listening = self.channel is not None and self.channel.listening
+        return LOOK_LISTENING if listening else LOOK_ALONE
 
     def close(self) -> None:
         """The server is stopping: every long poll answers now, and new ones at once."""
         self.closing = True
-        self.notify()
+        self.wake_here(None)
 
-    def notify(self) -> None:
-        """Wake every waiting long poll; callable from any thread."""
+    def notify(self, machines: Iterable[str] | None = None) -> None:
+        """Wake the polls of `machines` (None: every one), here and in the other API
+        processes; callable from any thread, never blocks."""
+        machines = None if machines is None else list(machines)
+        self.wake_here(machines)
+        if self.channel is not None:
+            self.channel.publish(machines)
+
+    def wake_here(self, machines: list[str] | None) -> None:
+        """Wake this process's polls of `machines` (None: every one)."""
+        wanted = None if machines is None else set(machines)
         with self._lock:
-            waiting = list(self._waiting.items())
+            waiting = [
+                (event, loop)
+                for event, (loop, machine) in self._waiting.items()
+                if wanted is None or machine is None or machine in wanted
+            ]
         for event, loop in waiting:
-            loop.call_soon_threadsafe(event.set)
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(event.set)
 
-    def waiter(self) -> Waiter:
-        return Waiter(self)
+    def waiter(self, machine: str | None = None) -> Waiter:
+        return Waiter(self, machine)
 
 
 class Waiter:
     """One long poll's registration: created before it first looks, so no wakeup is lost."""
 
-    def __init__(self, wakeup: Wakeup) -> None:
+    def __init__(self, wakeup: Wakeup, machine: str | None = None) -> None:
         self._wakeup = wakeup
         self.event = asyncio.Event()
         with wakeup._lock:
-            wakeup._waiting[self.event] = asyncio.get_running_loop()
+            wakeup._waiting[self.event] = (asyncio.get_running_loop(), machine)
 
     async def wait(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

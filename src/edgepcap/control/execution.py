@@ -307,6 +307,13 @@ def stop(session: Session, pcap: Pcap) -> None:
     session.flush()
 
 
+def machines_of(session: Session, pcap_id: str) -> list[str]:
+    """The machines a capture was assigned to."""
+    return list(
+        session.scalars(select(CaptureMachine.machine).where(CaptureMachine.pcap_id == pcap_id))
+    )
+
+
 def sweep(session: Session, hearing_since: dt.datetime | None = None) -> int:
     """Fail the parts of machines that went silent; returns how many parts were failed.
 

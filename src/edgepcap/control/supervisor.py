@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import text
@@ -50,6 +51,9 @@ class Supervisor:
         self.keep = keep  # ended captures, then deleted
         self.every = every
         self.hearing_since: dt.datetime | None = utcnow()
+        # Called (with None: every machine) when a sweep ended machines' parts, so that
+        # agents waiting on any API process hear of it (api.wakeup).
+        self.on_change: Callable[[None], None] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
 
@@ -90,15 +94,18 @@ class Supervisor:
             except Exception as exc:
                 log.warning("SQLite checkpoint failed (%s); retrying", exc)
             since = self.listening_since()
+            ended = 0
             try:
                 with self.db.session() as session:
                     if self._leads():
-                        execution.sweep(session, since)
+                        ended = execution.sweep(session, since)
                         captures.expire_overdue(session, since)
                     else:
                         # Not sweeping, but this worker answers agents' registrations too:
                         # it must know when the database was unreachable.
                         session.execute(text("SELECT 1"))
+                if ended and self.on_change is not None:
+                    self.on_change(None)
                 if self.hearing_since is None:
                     log.warning("database reachable again; machines get a fresh heartbeat window")
                 self.hearing_since = since

@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from edgepcap.control import captures
+from edgepcap.control import captures, execution
 from edgepcap.control.credentials import new_id
 from edgepcap.control.db import Database, upsert
 from edgepcap.control.errors import InvalidRequest, NotFound, Refused
@@ -212,7 +212,7 @@ class Triggers:
 
     def observe(self, wire: np.ndarray) -> list[str]:
         """Count a batch of kept wire records for the triggers of their accounts; fire the
-        ones at their threshold. Returns the ids of the captures it created."""
+        ones at their threshold. Returns the machines of the captures it created."""
         armed = self._armed()
         if not armed or not len(wire):
             return []
@@ -256,16 +256,17 @@ class Triggers:
                 session.execute(
                     delete(TriggerCount).where(TriggerCount.second < now_s - 300 - COUNT_KEEP)
                 )
-        return [pcap for t, pps in due if (pcap := self.fire(t.id, pps)) is not None]
+        return [machine for t, pps in due for machine in self.fire(t.id, pps)]
 
-    def fire(self, trigger_id: str, pps: int) -> str | None:
-        """Claim the trigger and create its capture; a refusal is recorded instead. None
-        when another process had it, it is quiet, or the capture was refused."""
+    def fire(self, trigger_id: str, pps: int) -> list[str]:
+        """Claim the trigger and create its capture; a refusal is recorded instead. The
+        capture's machines; none when another process had it, it is quiet, or the capture
+        was refused."""
         now = utcnow()
         with self.db.session() as session:
             trigger = session.get(Trigger, trigger_id)
             if trigger is None or not _claim(session, trigger, now, trigger.cooldown):
-                return None
+                return []
             account = session.get(Account, trigger.account_id)
             try:
                 pcap = captures.create(
@@ -282,7 +283,8 @@ class Triggers:
                     TriggerEvent(trigger_id=trigger.id, at=now, estimated_pps=pps, pcap_id=pcap.id),
                 )
                 log.info("trigger %s fired at %d pps: capture %s", trigger.id, pps, pcap.id)
-                return pcap.id
+                session.flush()
+                return execution.machines_of(session, pcap.id)
         # The refused create may have rolled the claim back: claim again for the refusal,
         # so that it is recorded once a window, whichever process sees it.
         with self.db.session() as session:
@@ -292,7 +294,7 @@ class Triggers:
                     session,
                     TriggerEvent(trigger_id=trigger.id, at=now, estimated_pps=pps, message=refusal),
                 )
-        return None
+        return []
 
 
 def _record(session: Session, event: TriggerEvent) -> None:

@@ -26,7 +26,6 @@ router = APIRouter(prefix=PREFIX, tags=["agents"], include_in_schema=False)
 MachineName = Annotated[str, Query(max_length=64)]
 BootId = Annotated[str, Query(pattern=protocol.BOOT_ID)]
 MAX_WAIT = 30.0
-POLL_EVERY = 0.1
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ async def jobs(
     capturing = _ids(running)
     deadline = time.monotonic() + wait
     wakeup = request.app.state.wakeup
-    waiter = wakeup.waiter()
+    waiter = wakeup.waiter(machine)
     try:
         while True:
             found = await run_in_threadpool(_poll, request, machine, boot_id, capturing)
@@ -177,7 +176,7 @@ async def jobs(
                 return {"jobs": [], "stop": []}
             if await request.is_disconnected():
                 return {"jobs": [], "stop": []}
-            await waiter.wait(min(POLL_EVERY, max(0.0, deadline - time.monotonic())))
+            await waiter.wait(min(wakeup.look_every, max(0.0, deadline - time.monotonic())))
     finally:
         waiter.close()
 
@@ -186,15 +185,18 @@ async def jobs(
 def report(request: Request, caller: Agent, pcap_id: str, body: ReportIn) -> dict[str, Any]:
     caller.check(body.machine)
     rep = protocol.Report.model_construct(**body.model_dump(exclude={"machine", "boot_id"}))
+    machines: list[str] = []
     with request.app.state.db.session() as session:
         # Only the machine's current run reports: a previous run (or a copy of its key
         # elsewhere) must not take over a part that no current worker is capturing.
         if fleet.current_run(session, body.machine, body.boot_id) is None:
             raise _register_again()
         answer = execution.report(session, body.machine, body.boot_id, pcap_id, rep)
+        if answer.stop or answer.release:
+            machines = execution.machines_of(session, pcap_id)
     if answer.stop or answer.release:
         # Other machines of the capture learn of the end (or the reclaim) at once.
-        request.app.state.wakeup.notify()
+        request.app.state.wakeup.notify(machines)
     return asdict(answer)
 
 
@@ -254,8 +256,8 @@ def _keep_samples(request: Request, machine: str, wire: np.ndarray) -> tuple[int
         nets = [ipaddress.ip_network(c) for c in owned.get(bytes(account).hex(), [])]
         ok |= mine & records.owned(wire, nets)
     kept = request.app.state.samples.append(wire[ok], machine) if ok.any() else 0
-    if kept and request.app.state.triggers.observe(wire[ok]):
-        request.app.state.wakeup.notify()  # a trigger's capture: its machines start now
+    if kept and (machines := request.app.state.triggers.observe(wire[ok])):
+        request.app.state.wakeup.notify(machines)  # a trigger's capture: they start now
     return kept, int(len(wire) - ok.sum())
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgepcap.api.errors import APIError, Code
+from edgepcap.api.wakeup import Wakeup
 from edgepcap.control.db import Database
 from edgepcap.control.fleet import is_live
 from edgepcap.control.models import Machine, RefusedSamples, utcnow
@@ -44,7 +45,7 @@ router = APIRouter(include_in_schema=False)
 def metrics(request: Request, authorization: str | None = Header(default=None)) -> str:
     """Per-machine liveness and sampler counters, in Prometheus' text format."""
     authorize(authorization, request.app.state.metrics_token)
-    return render_metrics(request.app.state.db)
+    return render_metrics(request.app.state.db) + process_wakeup(request.app.state.wakeup)
 
 
 def authorize(authorization: str | None, token: str | None) -> None:
@@ -99,6 +100,27 @@ def refused_samples(session: Session) -> list[str]:
             f'edgepcap_samples_refused_total{{machine="{r.machine}",reason="{r.reason}"}} {r.count}'
         )
     return lines
+
+
+def process_wakeup(wakeup: Wakeup) -> str:
+    """Word of changes from the other API processes (PostgreSQL): whether this process
+    hears it now, and how many messages woke its polls."""
+    channel = wakeup.channel
+    if channel is None:
+        return ""
+    return (
+        "\n".join(
+            [
+                "# HELP edgepcap_wakeup_listening 1 while this process hears the others' changes",
+                "# TYPE edgepcap_wakeup_listening gauge",
+                f"edgepcap_wakeup_listening {int(channel.listening)}",
+                "# HELP edgepcap_wakeup_messages_total changes other API processes announced",
+                "# TYPE edgepcap_wakeup_messages_total counter",
+                f"edgepcap_wakeup_messages_total {channel.received}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def process_gc() -> list[str]:

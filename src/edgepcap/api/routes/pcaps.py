@@ -106,9 +106,8 @@ def create_pcap(request: Request, who: Account, body: CreatePcap) -> dict[str, A
             raise refused(exc) from exc
         session.flush()
         result = envelope(render(reads.view(session.connection(), who.account_id, pcap.id)))
-        assigned = bool(result["result"]["machines"])
-    if assigned:
-        request.app.state.wakeup.notify()  # its machines' long polls answer now
+    if assigned := [m["machine"] for m in result["result"]["machines"]]:
+        request.app.state.wakeup.notify(assigned)  # its machines' long polls answer now
     return result
 
 
@@ -224,7 +223,8 @@ def stop_pcap(request: Request, who: Account, pcap_id: PcapId) -> dict[str, Any]
             result = envelope(render(reads.view(session.connection(), who.account_id, pcap.id)))
         except Refused as exc:
             raise refused(exc) from exc
-    request.app.state.wakeup.notify()  # machines capturing it hear of the stop now
+    # The machines capturing it hear of the stop now.
+    request.app.state.wakeup.notify(m["machine"] for m in result["result"]["machines"])
     return result
 
 

@@ -1,0 +1,105 @@
+"""Word of changes between API processes: a capture made on one reaches an agent
+long-polling another through PostgreSQL's LISTEN/NOTIFY, and the listener comes back
+after its connection is lost."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+
+from edgepcap.control import changes
+from tests.support.api import full
+from tests.support.processes import wait_for
+from tests.support.servers import S3_ENV, register_machine, start_server, stop_server
+from tests.support.stack import Stack
+
+
+def test_payloads_name_their_origin_and_machines():
+    assert changes.decode(changes.encode("p1", ["b", "a", "b"])) == ("p1", ["a", "b"])
+    assert changes.decode(changes.encode("p1", None)) == ("p1", None)
+    many = [f"m{i:05d}" for i in range(2000)]  # over NOTIFY's 8000 bytes: everyone
+    assert changes.decode(changes.encode("p1", many)) == ("p1", None)
+
+
+@pytest.fixture(scope="module")
+def pair(postgres, tmp_path_factory, s3_server) -> Iterator[tuple[Stack, Stack]]:
+    database = postgres.new_database()
+    data_dir = tmp_path_factory.mktemp("wakeup")
+    env = {**S3_ENV, "EDGEPCAP_S3_ENDPOINT": s3_server}
+    first = start_server(data_dir, database, env)
+    try:
+        second = start_server(data_dir, database, env)
+    except BaseException:
+        stop_server(first)
+        raise
+    try:
+        yield Stack(server=first, environ=env), Stack(server=second, environ=env)
+    finally:
+        stop_server(first)
+        stop_server(second)
+
+
+def gauge(stack: Stack, name: str) -> int:
+    found = re.search(rf"^{name} (\d+)$", stack.server.metrics(), re.MULTILINE)
+    assert found, name
+    return int(found.group(1))
+
+
+def test_a_capture_made_on_one_process_wakes_a_poll_on_another(pair):
+    first, second = pair
+    wait_for(lambda: gauge(second, "edgepcap_wakeup_listening") == 1, 20, "second to listen")
+    machine = register_machine(first.server, "ORD", "ord07")
+    account = first.account()
+    conf = first.validated_bucket(account)
+    try:
+        polls = httpx.Client(
+            base_url=second.server.url + "/agent/v1",
+            headers=machine.http.headers,
+            timeout=60,
+        )
+        answers: list[dict] = []
+        # A poll that waits at most 20 s on the second process…
+        poller = threading.Thread(
+            target=lambda: answers.append(
+                polls.get("/jobs", params={**machine.me, "wait": 20}).json()
+            )
+        )
+        before = gauge(second, "edgepcap_wakeup_messages_total")
+        poller.start()
+        # …and a capture of its machine made on the first.
+        with first.client(account) as c:
+            r = c.post("/pcaps", json=full(conf, colo_name="ord07", time_limit=30))
+            assert r.status_code == 200, r.text
+            pcap = r.json()["result"]
+        poller.join(30)
+        assert not poller.is_alive()
+        [answer] = answers
+        assert [job["id"] for job in answer["jobs"]] == [pcap["id"]]
+        # The second process heard it from the first, over NOTIFY.
+        assert gauge(second, "edgepcap_wakeup_messages_total") > before
+        with first.client(account) as c:
+            c.put(f"/pcaps/{pcap['id']}/stop")
+
+        # Its listening connections killed: each process listens again, and hears what is
+        # said from then on (what was said while it was away is lost).
+        with psycopg.connect(changes.libpq_url(first.server.database), autocommit=True) as db:
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN edgepcap_wakeup%%'"
+            )
+            heard = gauge(second, "edgepcap_wakeup_messages_total")
+
+            def hears_again() -> bool:
+                db.execute("SELECT pg_notify(%s, %s)", (changes.CHANNEL, "test|*"))
+                return gauge(second, "edgepcap_wakeup_messages_total") > heard
+
+            wait_for(hears_again, 20, "the second process to listen again", interval=0.5)
+        assert gauge(second, "edgepcap_wakeup_listening") == 1
+        polls.close()
+    finally:
+        machine.stop()
