@@ -42,6 +42,7 @@ class World:
     bucket: str
     pcaps: list[str]
     disposable_buckets: list[str]
+    triggers: list[str]
 
 
 def make_world(stack: Stack) -> World:
@@ -57,7 +58,14 @@ def make_world(stack: Stack) -> World:
             directory.mkdir()
             r = c.post("/pcaps/ownership", json={"destination_conf": f"file://{directory}"})
             disposable.append(r.json()["result"]["id"])
-    return World(account, other, bucket, pcaps, disposable)
+        # Several: the fuzzer deletes some.
+        triggers = [
+            c.post(
+                "/pcaps/triggers", json={"threshold_pps": 10**6, "capture": full(bucket)}
+            ).json()["result"]["id"]
+            for _ in range(3)
+        ]
+    return World(account, other, bucket, pcaps, disposable, triggers)
 
 
 def steer(world: World, body: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +86,20 @@ def steer(world: World, body: dict[str, Any]) -> dict[str, Any]:
         body.pop("colo", None)
         body.pop("offset_time", None)
         body.update(colo_name="ORD", destination_conf=world.bucket)
+    if "threshold_pps" in body and isinstance(body.get("capture") or {}, dict):
+        # A trigger: bounds the generator cannot know together.
+        given = body.get("capture")
+        body["capture"] = steer(world, {**full(world.bucket), **(given or {})})
+        body["capture"]["type"] = "full"
+        for name, low, high in (
+            ("threshold_pps", 1, 10**9),
+            ("window", 10, 300),
+            ("cooldown", 0, 604_800),
+        ):
+            value = body.get(name)
+            if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+                body[name] = low + (int(value) - low) % (high - low + 1)
+        body.pop("expires", None)
     if isinstance(body.get("filter_v1"), dict):
         # Random text is no address, and a random address is outside the account's
         # prefixes; ports need a protocol that has them.
@@ -122,7 +144,11 @@ def fuzz_schema(stack: Stack, world: World) -> Any:
             # Only the full capture can be stopped, and only once: offer it more often, so
             # that a case with good credentials reaches it whatever the draws.
             pcaps = [*world.pcaps, *world.pcaps[1:] * 4]
-        for name, known in (("pcap_id", pcaps), ("ownership_id", world.disposable_buckets)):
+        for name, known in (
+            ("pcap_id", pcaps),
+            ("ownership_id", world.disposable_buckets),
+            ("trigger_id", world.triggers),
+        ):
             if name in path:
                 out[name] = st.sampled_from([*known, path[name]])
         return st.fixed_dictionaries(out).map(lambda chosen: {**path, **chosen})
