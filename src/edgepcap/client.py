@@ -146,6 +146,25 @@ class Client:
     def delete_bucket(self, bucket_id: str) -> Any:
         return self._call("DELETE", f"/pcaps/ownership/{bucket_id}")
 
+    def traffic(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The account's sampled traffic: `params` are the query's (`since`, `until`,
+        `step`, `group_by`, `limit`, the `filter_v1` fields); None values are left out."""
+        return self._call(
+            "GET", "/traffic", params={k: v for k, v in params.items() if v is not None}
+        )
+
+    def create_trigger(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/pcaps/triggers", json=body)
+
+    def triggers(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/pcaps/triggers")
+
+    def trigger(self, trigger_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/pcaps/triggers/{trigger_id}")
+
+    def delete_trigger(self, trigger_id: str) -> Any:
+        return self._call("DELETE", f"/pcaps/triggers/{trigger_id}")
+
     def close(self) -> None:
         self.http.close()
 

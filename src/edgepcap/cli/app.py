@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from edgepcap.cli import admin, agent, customer, extcap, lab, server
+from edgepcap.cli import admin, agent, customer, extcap, lab, server, traffic
 
 app = typer.Typer(help="edgepcap: on-demand packet captures at the edge.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Manage customer accounts (administration).", no_args_is_help=True)
@@ -19,6 +19,10 @@ pcaps_app = typer.Typer(
 )
 buckets_app = typer.Typer(
     help="Buckets for full captures: add, validate, list, delete.", no_args_is_help=True
+)
+triggers_app = typer.Typer(
+    help="Full captures that start themselves when sampled traffic spikes.",
+    no_args_is_help=True,
 )
 agents_app = typer.Typer(
     help="Manage edge agent credentials (administration).", no_args_is_help=True
@@ -32,6 +36,7 @@ lab_app = typer.Typer(
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(pcaps_app, name="pcaps")
 app.add_typer(buckets_app, name="buckets")
+app.add_typer(triggers_app, name="triggers")
 app.add_typer(agents_app, name="agents")
 app.add_typer(extcap_app, name="extcap")
 app.add_typer(lab_app, name="lab")
@@ -39,6 +44,7 @@ app.add_typer(lab_app, name="lab")
 app.command()(server.api)
 app.command()(server.up)
 app.command()(agent.agent)
+app.command()(traffic.traffic)
 
 accounts_app.command("create")(admin.accounts_create)
 accounts_app.command("list")(admin.accounts_list)
@@ -61,6 +67,11 @@ buckets_app.command("add")(customer.bucket_add)
 buckets_app.command("validate")(customer.bucket_validate)
 buckets_app.command("list")(customer.bucket_list)
 buckets_app.command("delete")(customer.bucket_delete)
+
+triggers_app.command("create")(traffic.triggers_create)
+triggers_app.command("list")(traffic.triggers_list)
+triggers_app.command("get")(traffic.triggers_get)
+triggers_app.command("delete")(traffic.triggers_delete)
 
 extcap_app.command("install")(extcap.install)
 extcap_app.command("uninstall")(extcap.uninstall)

@@ -20,7 +20,23 @@ from rich.text import Text
 
 from edgepcap.cli import watch as live
 from edgepcap.cli.console import _die, _id_column, _print_json, _show, err, out
-from edgepcap.client import Client, ClientError, Settings
+from edgepcap.cli.options import (
+    AccountId,
+    Address,
+    Api,
+    DestinationAddress,
+    DestinationPort,
+    Json,
+    Port,
+    Protocol,
+    SourceAddress,
+    SourcePort,
+    Token,
+    _client,
+    _run,
+    filter_v1,
+)
+from edgepcap.client import Client, ClientError
 
 
 class FileFormat(enum.StrEnum):
@@ -30,32 +46,7 @@ class FileFormat(enum.StrEnum):
     pcapng = "pcapng"
 
 
-Api = Annotated[str | None, typer.Option("--api", help="API URL (EDGEPCAP_API).")]
-AccountId = Annotated[str | None, typer.Option("--account", help="Account id (EDGEPCAP_ACCOUNT).")]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        help="API token; better EDGEPCAP_TOKEN or EDGEPCAP_TOKEN_FILE (ps shows arguments).",
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print the API's JSON result.")]
 END = ("success", "failed")
-
-
-def _client(api: str | None, account: str | None, token: str | None) -> Client:
-    try:
-        return Client(Settings.resolve(api, account, token))
-    except ClientError as exc:
-        _die(str(exc), 2)
-        raise
-
-
-def _run(fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except ClientError as exc:
-        _die(str(exc))
 
 
 def create(
@@ -68,17 +59,13 @@ def create(
         str | None, typer.Option(help="Full: a validated bucket (destination_conf).")
     ] = None,
     offset_time: Annotated[str | None, typer.Option(help="Simple: RFC 3339 end of window.")] = None,
-    src: Annotated[str | None, typer.Option(help="filter_v1.source_address")] = None,
-    dst: Annotated[str | None, typer.Option(help="filter_v1.destination_address")] = None,
-    sport: Annotated[int | None, typer.Option(help="filter_v1.source_port")] = None,
-    dport: Annotated[int | None, typer.Option(help="filter_v1.destination_port")] = None,
-    proto: Annotated[int | None, typer.Option(help="filter_v1.protocol (6 tcp, 17 udp …)")] = None,
-    address: Annotated[
-        str | None, typer.Option(help="filter_v1.address: the source or the destination")
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="filter_v1.port: the source or the destination port")
-    ] = None,
+    source_address: SourceAddress = None,
+    destination_address: DestinationAddress = None,
+    source_port: SourcePort = None,
+    destination_port: DestinationPort = None,
+    protocol: Protocol = None,
+    address: Address = None,
+    port: Port = None,
     wait: Annotated[bool, typer.Option(help="Show progress until the capture ends.")] = False,
     watch: Annotated[
         bool,
@@ -95,19 +82,9 @@ def create(
 ) -> None:
     """Start a capture; the flags mirror the API's fields."""
     client = _client(api, account, token)
-    flt = {
-        k: v
-        for k, v in (
-            ("source_address", src),
-            ("destination_address", dst),
-            ("source_port", sport),
-            ("destination_port", dport),
-            ("protocol", proto),
-            ("address", address),
-            ("port", port),
-        )
-        if v is not None
-    }
+    flt = filter_v1(
+        source_address, destination_address, source_port, destination_port, protocol, address, port
+    )
     body: dict[str, Any] = {
         "system": "magic-transit",
         "type": type_,
