@@ -169,7 +169,7 @@ class Lab:
         from edgepcap.lab.topology import Layout
 
         state = json.loads((self.data_dir / "lab-state.json").read_text())
-        layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
+        layout = Layout.from_state(state)
         flows = traffic.send(layout, list(tenants), count, size, v6, protos, seconds, rate)
         return [f.as_dict() for f in flows]
 
