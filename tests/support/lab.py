@@ -1,4 +1,5 @@
-"""A running `edgepcap lab` (two machines of ORD) and helpers to drive it as a customer would.
+"""A running `edgepcap lab` (two machines of ORD, or of each colo asked for) and helpers
+to drive it as a customer would.
 
 The lab needs root: network namespaces, nftables.
 """
@@ -169,7 +170,7 @@ class Lab:
         from edgepcap.lab.topology import Layout
 
         state = json.loads((self.data_dir / "lab-state.json").read_text())
-        layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
+        layout = Layout.from_state(state)
         flows = traffic.send(layout, list(tenants), count, size, v6, protos, seconds, rate)
         return [f.as_dict() for f in flows]
 
@@ -210,8 +211,13 @@ def lab_down(data_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_lab(data_dir: Path, s3_server: str, database: str | None = None) -> Iterator[Lab]:
-    """`edgepcap lab up` with two machines of ORD; always `lab down` afterwards.
+def running_lab(
+    data_dir: Path,
+    s3_server: str,
+    database: str | None = None,
+    colos: tuple[str, ...] = ("ORD",),
+) -> Iterator[Lab]:
+    """`edgepcap lab up` with two machines of each colo (ORD); always `lab down` afterwards.
 
     Its api and agents reach moto's S3 server as their S3 endpoint.
     """
@@ -226,8 +232,7 @@ def running_lab(data_dir: Path, s3_server: str, database: str | None = None) -> 
                 "up",
                 "--data-dir",
                 str(data_dir),
-                "--colo",
-                "ORD",
+                *(arg for colo in colos for arg in ("--colo", colo)),
                 "--machines",
                 "2",
                 "--listen",

@@ -13,24 +13,29 @@ from edgepcap.cli.options import DatabaseUrl, DataDir, _fail, _parse_listen, _pr
 
 def lab_up(
     data_dir: DataDir = Path("edgepcap-lab"),
-    colo: Annotated[str, typer.Option(help="The colo's name.")] = "ORD",
-    machines: Annotated[int, typer.Option(help="Edge machines (1-8).")] = 2,
+    colo: Annotated[
+        list[str] | None, typer.Option(help="A colo's name; repeat for several (default ORD).")
+    ] = None,
+    machines: Annotated[
+        int, typer.Option(help="Edge machines in each colo (at most 8 in all).")
+    ] = 2,
     listen: Annotated[str, typer.Option(help="HOST:PORT for the api.")] = "127.0.0.1:8080",
     database: DatabaseUrl = None,
 ) -> None:
-    """Build the lab, start the api and one agent per machine; writes DIR/lab.json."""
+    """Build the lab, start the api and one agent per machine; writes DIR/lab.json.
+
+    `--colo ORD --colo AMS --machines 2` builds ord01 ord02 ams01 ams02.
+    """
     from edgepcap.lab import lab
 
     _parse_listen(listen)
     _private_files()
     try:
-        info = lab.up(data_dir, colo, machines, listen, database)
+        info = lab.up(data_dir, colo or ["ORD"], machines, listen, database)
     except lab.LabError as exc:
         _fail(str(exc))
-    typer.echo(
-        f"lab is up: api {info['api']}, colo {info['colo']}, machines "
-        f"{', '.join(info['namespaces']['machines'])}; details in {data_dir}/lab.json"
-    )
+    colos = "; ".join(f"colo {c}, machines {', '.join(ms)}" for c, ms in info["colos"].items())
+    typer.echo(f"lab is up: api {info['api']}, {colos}; details in {data_dir}/lab.json")
 
 
 def lab_down(data_dir: DataDir = Path("edgepcap-lab")) -> None:
@@ -61,7 +66,7 @@ def lab_traffic(
     if not state_file.exists():
         _fail(f"no lab in {data_dir}: run `edgepcap lab up` first")
     state = json.loads(state_file.read_text())
-    layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
+    layout = Layout.from_state(state)
     tenants = ["customer", "other"] if tenant == "both" else [tenant]
     if any(t not in ("customer", "other") for t in tenants):
         _fail("--tenant must be customer, other or both")

@@ -22,10 +22,10 @@ from edgepcap.agent.sampler import TABLE as SAMPLER_TABLE
 from edgepcap.control import accounts
 from edgepcap.control.credentials import write_secret_file
 from edgepcap.control.db import open_database
-from edgepcap.control.fleet import create_agent_key, is_live
+from edgepcap.control.fleet import FleetError, check_names, create_agent_key, is_live
 from edgepcap.control.models import Machine
 from edgepcap.lab import topology
-from edgepcap.lab.topology import CLIENT4, CLIENT6, TENANTS, Layout
+from edgepcap.lab.topology import CLIENT4, CLIENT6, MAX_MACHINES, TENANTS, Layout, tag_of
 
 STATE = "lab-state.json"
 
@@ -65,16 +65,44 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> int:
     return proc.pid
 
 
-def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | None) -> dict:
+def _check(colos: list[str], machines: int) -> None:
+    """Refuse what the lab cannot build: names the fleet or the kernel would refuse, a colo
+    twice, more machines than its addresses have room for."""
+    if not colos:
+        raise LabError("name at least one colo (--colo ORD)")
+    seen: set[str] = set()
+    for colo in colos:
+        try:
+            name, _ = check_names(colo, f"{colo.lower()}01")
+        except FleetError as exc:
+            raise LabError(str(exc)) from None
+        # Interfaces are `to-<machine>`, and an interface name has at most 15 characters.
+        if len(name) > 10:
+            raise LabError(f"colo {name!r} is too long for the lab: at most 10 characters")
+        if name in seen:
+            raise LabError(f"colo {name} is named twice")
+        seen.add(name)
+    most = MAX_MACHINES // len(colos)
+    if not 1 <= machines <= most:
+        raise LabError(
+            f"--machines must be 1 to {most} with {len(colos)} colo(s): it counts machines "
+            f"per colo, and the lab holds at most {MAX_MACHINES} machines in all"
+        )
+
+
+def up(
+    data_dir: Path, colos: str | list[str], machines: int, listen: str, database: str | None
+) -> dict:
+    """Build the lab: `machines` machines in each of `colos` (one name or several)."""
+    colos = [colos] if isinstance(colos, str) else list(colos)
+    _check(colos, machines)
     if os.geteuid() != 0:
         raise LabError("the lab needs root: it creates network namespaces and nftables rules")
-    if not 1 <= machines <= 8:
-        raise LabError("--machines must be 1 to 8")
     data_dir = data_dir.resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (data_dir / STATE).exists():
         down(data_dir)
-    layout = Layout.create(data_dir, colo, machines)
+    layout = Layout.create(data_dir, colos, machines)
     logs = data_dir / "logs"
     logs.mkdir(mode=0o700, exist_ok=True)
     buckets = data_dir / "buckets"
@@ -82,6 +110,7 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
     state: dict[str, Any] = {
         "tag": layout.tag,
         "colo": layout.colo,
+        "colos": layout.colos,
         "machines": layout.machines,
         "pids": [],
     }
@@ -117,9 +146,9 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
         db = open_database(data_dir, database)
         try:
             with db.session() as session:
-                # One key per machine: each speaks for its own machine only.
+                # One key per machine: each speaks for its own machine, of its colo, only.
                 keys = {
-                    m: create_agent_key(session, layout.colo, m, f"lab {layout.tag}")[1]
+                    m: create_agent_key(session, layout.colo_of(m), m, f"lab {layout.tag}")[1]
                     for m in layout.machines
                 }
                 made = {}
@@ -136,7 +165,7 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
                     rows = [session.get(Machine, m) for m in layout.machines]
                     return all(r is not None and is_live(r) for r in rows)
 
-            _wait(all_live, 30, "every agent to register (see logs/ord*.log)")
+            _wait(all_live, 30, "every agent to register (see logs/<machine>.log)")
             # Registered is not yet sampling: each sampler installs its table once it has
             # fetched the prefixes, and traffic sent before that is in no sample (a test
             # of the 1-in-100 rate that started at once saw 65 of 10 000 packets).
@@ -145,7 +174,7 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
                     SAMPLER_TABLE in nft.list_tables(layout.ns(m)) for m in layout.machines
                 ),
                 30,
-                "every machine's sampler table (see logs/ord*.log)",
+                "every machine's sampler table (see logs/<machine>.log)",
             )
         finally:
             db.close()
@@ -165,6 +194,7 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
                 "prefixes": acct["prefixes"],
                 "destination_conf": conf,
                 "colo": layout.colo,
+                "colos": layout.colos,
                 "namespaces": {
                     "client": layout.ns("client"),
                     "customer": layout.ns(tenant),
@@ -176,8 +206,9 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
                     "client6": CLIENT6,
                     "customer6": hosts[0][1],
                 },
+                # Host i is reached through machine i, whatever its colo.
                 "hosts": [
-                    {"v4": h4, "v6": h6, "machine": m}
+                    {"v4": h4, "v6": h6, "machine": m, "colo": layout.colo_of(m)}
                     for (h4, h6), m in zip(hosts, layout.machines, strict=True)
                 ],
             }
@@ -200,14 +231,14 @@ def up(data_dir: Path, colo: str, machines: int, listen: str, database: str | No
 def _start_agent(
     data_dir: Path, state: dict[str, Any], machine: str, extra_env: dict[str, str] | None = None
 ) -> int:
-    layout = Layout(tag=state["tag"], colo=state["colo"], machines=state["machines"])
+    layout = Layout.from_state(state)
     argv = [
         _edgepcap(),
         "agent",
         "--api",
         state["api"],
         "--colo",
-        layout.colo,
+        layout.colo_of(machine),
         "--machine",
         machine,
         "--netns",
@@ -318,7 +349,7 @@ def down(data_dir: Path) -> list[str]:
             if _ours(pid):
                 os.kill(pid, signal.SIGKILL)
             done.append(f"stopped process {pid}")
-    tag = state.get("tag") or Layout.create(data_dir, "lab", 1).tag
+    tag = state.get("tag") or tag_of(data_dir)
     for name in topology.stray_namespaces(tag):
         from edgepcap.agent.kernel import netns
 

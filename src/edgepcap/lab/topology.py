@@ -1,8 +1,13 @@
 """Builds and removes the lab's namespaces, links, addresses and routes.
 
-client ──198.18.i.0/30── ord0i ──198.18.(64+i).0/30── customer (account A, 203.0.113.0/25)
-                               └─198.18.(128+i).0/30── other    (account B, 203.0.113.128/25)
-Traffic to customer host i crosses machine i (spread by destination), both ways.
+client ──198.18.i.0/30── machine i ──198.18.(64+i).0/30── customer (account A, 203.0.113.0/25)
+                                   └─198.18.(128+i).0/30── other    (account B, 203.0.113.128/25)
+
+Machines are counted across colos in the order given, at most 8 in all: `--colo ORD
+--colo AMS --machines 2` makes ord01 ord02 ams01 ams02, machines 1 to 4. Every machine
+links the one client to both customers, whatever its colo; colos differ only in whom
+the agents register with. Traffic to customer host i crosses machine i (spread by
+destination), both ways: host i's colo is machine i's.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgepcap.agent.kernel import netns, nft
 
@@ -20,22 +27,47 @@ TENANTS = {
     "customer": ("203.0.113.0/25", "2001:db8:a::/48", 0),
     "other": ("203.0.113.128/25", "2001:db8:b::/48", 128),
 }
+MAX_MACHINES = 8  # in all colos: link i is 198.18.i.0/30, host i is 203.0.113.(10·i)
+
+
+def tag_of(data_dir: Path) -> str:
+    """What the lab's namespace names carry: labs in different data dirs never collide."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:6]
 
 
 @dataclass(frozen=True)
 class Layout:
+    """The lab's names: its tag, and its machines colo by colo (in the order given)."""
+
     tag: str
-    colo: str
-    machines: list[str]
+    colos: dict[str, list[str]]
 
     @classmethod
-    def create(cls, data_dir: Path, colo: str, count: int) -> Layout:
-        tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:6]
+    def create(cls, data_dir: Path, colos: str | Sequence[str], count: int) -> Layout:
+        """`count` machines in each colo: ORD's are ord01, ord02, …"""
+        names = [colos] if isinstance(colos, str) else list(colos)
         return cls(
-            tag=tag,
-            colo=colo.upper(),
-            machines=[f"{colo.lower()}{i:02d}" for i in range(1, count + 1)],
+            tag=tag_of(data_dir),
+            colos={c.upper(): [f"{c.lower()}{i:02d}" for i in range(1, count + 1)] for c in names},
         )
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Layout:
+        """From `lab-state.json` (one written before colos were kept: its one colo)."""
+        return cls(tag=state["tag"], colos=state.get("colos") or {state["colo"]: state["machines"]})
+
+    @property
+    def colo(self) -> str:
+        """The first colo."""
+        return next(iter(self.colos))
+
+    @property
+    def machines(self) -> list[str]:
+        """Every machine, colo by colo: machine i (from 1) is `machines[i - 1]`."""
+        return [m for members in self.colos.values() for m in members]
+
+    def colo_of(self, machine: str) -> str:
+        return next(c for c, members in self.colos.items() if machine in members)
 
     def ns(self, role: str) -> str:
         return f"ep{self.tag}-{role}"

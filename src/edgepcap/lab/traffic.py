@@ -36,6 +36,7 @@ class Flow:
     machine: str
     reply_packets: int = 0
     reply_bytes: int = 0
+    colo: str = ""  # the machine's
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -119,6 +120,8 @@ def _send_all(
                             af, src, dst, 7000 + k, count, size, ip_hdr, deadline, tenant, machine
                         )
                     )
+    for flow in flows:
+        flow.colo = layout.colo_of(flow.machine)
     return flows
 
 
