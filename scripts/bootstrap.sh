@@ -9,6 +9,8 @@ packages=(nftables iproute2 tcpdump)
 if [ "$profile" = test ] || [ "$profile" = bench ]; then
     # netsniff-ng brings trafgen, the benchmarks' (and their tests') traffic generator.
     packages+=(tshark postgresql clickhouse-server chromium firefox-esr netsniff-ng)
+    # systemd-analyze checks the reference deployment's units (deploy/).
+    packages+=(systemd)
 fi
 if [ "$profile" = bench ]; then
     packages+=(wrk)  # the API figure's load generator
