@@ -76,13 +76,32 @@ def encode(rows: np.ndarray, dim: str, machine_codes: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown group {dim!r}")
 
 
+def unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_inverse=True), by lexsort for addresses: numpy sorts a
+    structured array by generic comparisons, ten times slower."""
+    if keys.dtype != ADDRESS:
+        uniq, inv = np.unique(keys, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    order = np.lexsort((keys["lo"], keys["hi"], keys["fam"]))
+    ordered = keys[order]
+    new = np.ones(len(keys), dtype=bool)
+    if len(keys):
+        new[1:] = (
+            (ordered["lo"][1:] != ordered["lo"][:-1])
+            | (ordered["hi"][1:] != ordered["hi"][:-1])
+            | (ordered["fam"][1:] != ordered["fam"][:-1])
+        )
+    inv = np.empty(len(keys), dtype=np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return ordered[new], inv
+
+
 def reduce(keys, buckets, samples, nbytes, top: int | None):
     """Rows summed per (key, bucket); with `top`, keys past the `top` heaviest (ties by key)
     are first renamed OTHER."""
     if not len(keys):
         return keys, buckets, samples, nbytes
-    uniq, inv = np.unique(keys, return_inverse=True)
-    inv = inv.reshape(-1)
+    uniq, inv = unique(keys)
     if top is not None and len(uniq) > top:
         totals = np.bincount(inv, weights=samples, minlength=len(uniq))
         order = np.lexsort((np.arange(len(uniq)), -totals))
@@ -152,32 +171,40 @@ class Tally:
         if not self._parts:
             return {}
         keys, buckets, samples, nbytes = (np.concatenate(c) for c in zip(*self._parts, strict=True))
-        uniq, inv = np.unique(keys, return_inverse=True)
-        inv = inv.reshape(-1)
+        uniq, inv = unique(keys)
         totals = np.bincount(inv, weights=samples, minlength=len(uniq)).astype(np.int64)
-        names = self._names(uniq)
-        chosen = [i for i in range(len(uniq)) if totals[i] > 0]
+        live = np.flatnonzero(totals > 0)
+        if self.capped and len(live) > MAX_GROUPS:
+            # Only keys as heavy as the MAX_GROUPS-th can be answered: name only those.
+            floor = np.sort(totals[live])[-MAX_GROUPS]
+            live = np.union1d(live[totals[live] >= floor], self._sentinels(uniq))
+        names = dict(zip(live.tolist(), self._names(uniq[live]), strict=True))
+        chosen = [i for i in live.tolist() if totals[i] > 0]
         other = [i for i in chosen if names[i] == traffic.OTHER]
         chosen = [i for i in chosen if names[i] != traffic.OTHER]
         if self.capped and len(chosen) > MAX_GROUPS:
             chosen.sort(key=lambda i: (-totals[i], traffic.label(names[i])))
             other += chosen[MAX_GROUPS:]
             chosen = chosen[:MAX_GROUPS]
-        slot = np.full(len(uniq), -1, dtype=np.int64)
+        slot = np.full(len(uniq), len(chosen), dtype=np.int64)  # unnamed keys: OTHER
         for rank, i in enumerate(chosen):
             slot[i] = rank
-        slot[other] = len(chosen)
+        other += [-1] if len(names) < len(uniq) else []  # some keys were not named
         width = len(chosen) + 1
         where = slot[inv] * n + buckets
-        ok = slot[inv] >= 0
-        dense_s = np.bincount(where[ok], weights=samples[ok], minlength=width * n)
-        dense_b = np.bincount(where[ok], weights=nbytes[ok], minlength=width * n)
+        dense_s = np.bincount(where, weights=samples, minlength=width * n)
+        dense_b = np.bincount(where, weights=nbytes, minlength=width * n)
         dense_s = dense_s.astype(np.int64).reshape(width, n)
         dense_b = dense_b.astype(np.int64).reshape(width, n)
         out: Groups = {names[i]: Counts(dense_s[r], dense_b[r]) for r, i in enumerate(chosen)}
         if other and dense_s[-1].any():
             out[traffic.OTHER] = Counts(dense_s[-1], dense_b[-1])
         return out
+
+    def _sentinels(self, uniq: np.ndarray) -> np.ndarray:
+        if uniq.dtype == ADDRESS:
+            return np.flatnonzero(uniq["fam"] == ADDRESS_OTHER)
+        return np.flatnonzero(uniq == INT_OTHER)
 
     def _names(self, uniq: np.ndarray) -> list:
         """The API's key of each numpy key (OTHER for the sentinel)."""
