@@ -1,4 +1,5 @@
-"""Sample figures: sustained sampler ingest, and sample captures end to end over HTTP.
+"""Sample figures: sustained sampler ingest, sample captures end to end over HTTP, and the
+traffic view (24 h queries, store-level: the route is the API's).
 
 The store is filled with synthetic samples of real packets (Zipf-distributed over 20
 accounts), appended straight to the embedded store; captures then go through the api.
@@ -16,11 +17,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from edgepcap.control.samples import traffic
 from edgepcap.control.samples.segments import SegmentStore
 from edgepcap.formats import samples as records
+from edgepcap.formats.filters import FilterV1
 from edgepcap.formats.pcapfile import LINKTYPE_RAW, global_header
 
 ACCOUNTS = 20
+MACHINE = "bench01"
+# The traffic view's mix: every group unfiltered, and a few filters.
+TRAFFIC_MIX = [(g, {}) for g in traffic.GROUPS] + [
+    ("destination_port", {"protocol": 17}),
+    ("source_address", {"destination_port": 53}),
+    ("protocol", {"port": 443}),
+]
 
 
 def account_net(i: int) -> ipaddress.IPv4Network:
@@ -67,9 +77,10 @@ def synth(n: int, start_ns: int, span_ns: int, ids: list[str], seed: int = 7) ->
     return wire
 
 
-def fill(store_root: Path, n: int, hours: float, ids: list[str]) -> tuple[np.ndarray, int]:
+def fill(store_root: Path, n: int, hours: float, ids: list[str]) -> tuple[np.ndarray, int, float]:
     """Append `n` samples over the last `hours` to the store, a slice at a time (bounded
-    memory); returns the last hour's samples, for the baseline's pcap, and the end time."""
+    memory), then seal it as the supervisor would; returns the last hour's samples, for
+    the baseline's pcap, the end time, and how long sealing took (s)."""
     now = time.time_ns()
     span = int(hours * 3600e9) - int(5e9)
     start = now - int(hours * 3600e9)
@@ -82,12 +93,16 @@ def fill(store_root: Path, n: int, hours: float, ids: list[str]) -> tuple[np.nda
         wire = synth(n // slices, lo, hi - lo, ids, seed=7 + k)
         parts = wire["ts"] // (60 * 1_000_000_000)
         for p in np.unique(parts):
-            store.append(wire[parts == p])  # one append per minute of history
+            store.append(wire[parts == p], MACHINE)  # one append per minute of history
         recent = wire[wire["ts"] >= now - 3600 * 1_000_000_000]
         if len(recent):
             last_hour.append(recent)
+    nets = {account_id: [account_net(i)] for i, account_id in enumerate(ids)}
+    started = time.perf_counter()
+    store.seal(time.time_ns(), nets.get)
+    sealing = time.perf_counter() - started
     empty = np.zeros(0, dtype=records.WIRE)
-    return (np.concatenate(last_hour) if last_hour else empty), now
+    return (np.concatenate(last_hour) if last_hour else empty), now, sealing
 
 
 def write_hour_pcap(wire: np.ndarray, end_ns: int, path: Path) -> None:
@@ -203,3 +218,28 @@ def ingest_rate(
         "offered": len(wire),
         "max_batch_ms": max(lat) * 1000,
     }
+
+
+def traffic_latency(store_root: Path, ids: list[str], hours: float, rounds: int) -> dict:
+    """Each query of TRAFFIC_MIX over the last `hours` (5-min steps) for the 3 busiest
+    accounts, `rounds` times, straight on the store as the API's route would call it;
+    latencies in ms, unfiltered and filtered apart."""
+    store = SegmentStore(store_root, retention=dt.timedelta(hours=25), partition_seconds=60)
+    step = 300 * traffic.NS
+    plain, filtered, per = [], [], {}
+    for _ in range(rounds):
+        for i, account_id in enumerate(ids[:3]):
+            for group_by, f in TRAFFIC_MIX:
+                now = time.time_ns()
+                start = (now - int(hours * 3600e9)) // step * step
+                q = traffic.TrafficQuery(
+                    account_id, start, now, step, group_by, FilterV1(**f), (account_net(i),)
+                )
+                t = time.perf_counter()
+                groups = store.traffic(q)
+                ms = (time.perf_counter() - t) * 1000
+                assert groups
+                (filtered if f else plain).append(ms)
+                name = group_by + ("" if not f else " " + ",".join(f))
+                per.setdefault(name, []).append(ms)
+    return {"plain_ms": sorted(plain), "filtered_ms": sorted(filtered), "by_query_ms": per}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import ipaddress
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from edgepcap.control import captures, execution, retention
+from edgepcap.control import captures, execution, fleet, retention
 from edgepcap.control.db import Database
 from edgepcap.control.models import utcnow
 from edgepcap.control.samples.store import SampleStore
@@ -85,6 +86,14 @@ class Supervisor:
         """Since when agents could be heard (now, while the database is unreachable)."""
         return self.hearing_since or utcnow()
 
+    def _seal(self) -> None:
+        """Compacts the sample partitions no sample can reach any more (the traffic view
+        reads them, and whole hours of them, fast), with the accounts' prefixes now."""
+        with self.db.session() as session:
+            accounts = fleet.prefix_map(session)["accounts"]
+        nets = {a: [ipaddress.ip_network(c) for c in cidrs] for a, cidrs in accounts.items()}
+        self.samples.seal(time.time_ns(), nets.get)
+
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
@@ -122,6 +131,8 @@ class Supervisor:
             try:
                 if time.monotonic() >= self._next_expiry:
                     self.samples.expire(time.time_ns())
+                    if self._leads():
+                        self._seal()
                     self._next_expiry = time.monotonic() + EXPIRE_EVERY
             except Exception:
                 log.exception("sample expiry failed; retrying")

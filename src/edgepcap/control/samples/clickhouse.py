@@ -2,6 +2,9 @@
 
 Kept to SQL that ClickHouse 18.16 (Debian's package) understands: MergeTree partitioned by
 our own partition number, ordered by (account, ts); retention drops whole partitions.
+The traffic view is one GROUP BY (bucket, key) with the same WHERE as sample captures;
+port and address groups keep the window's `tally.HOUR_GROUPS` heaviest keys (a subquery)
+and sum the rest as `traffic.OTHER`, then `tally.Tally` keeps `MAX_GROUPS` of them.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from urllib.parse import urlsplit
 import numpy as np
 from clickhouse_driver import Client
 
+from edgepcap.control.samples import tally
 from edgepcap.control.samples.store import SampleQuery
+from edgepcap.control.samples.traffic import Groups, TrafficQuery
 from edgepcap.formats import samples as records
+from edgepcap.formats.filters import FilterV1
 
 NS = 1_000_000_000
 COLUMNS = (
@@ -29,6 +35,16 @@ COLUMNS = (
     "dst_hi",
     "dst_lo",
 )
+PORTS = ", ".join(str(int(p)) for p in records.PORT_PROTOCOLS)
+# Each dimension's group key in SQL (`tally.encode`'s, with NO_PORT as -1).
+KEYS = {
+    "protocol": ["toInt64(proto)"],
+    "source_port": [f"if(proto IN ({PORTS}), toInt64(sport), -1)"],
+    "destination_port": [f"if(proto IN ({PORTS}), toInt64(dport), -1)"],
+    "source_address": ["family", "src_hi", "src_lo"],
+    "destination_address": ["family", "dst_hi", "dst_lo"],
+    "machine": ["machine"],
+}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     account FixedString(32),
@@ -44,7 +60,8 @@ CREATE TABLE IF NOT EXISTS samples (
     src_lo UInt64,
     dst_hi UInt64,
     dst_lo UInt64,
-    data String
+    data String,
+    machine String
 ) ENGINE = MergeTree() PARTITION BY part ORDER BY (account, ts)
 """
 
@@ -77,6 +94,13 @@ class ClickHouseStore:
             settings={"strings_as_bytes": True},
         )
         self.client.execute(SCHEMA)
+        # Tables made before the machine column: 18.16 has no ADD COLUMN IF NOT EXISTS.
+        have = self.client.execute(
+            "SELECT name FROM system.columns WHERE database = %(db)s AND table = 'samples'",
+            {"db": self.database},
+        )
+        if b"machine" not in {name for (name,) in have}:
+            self.client.execute("ALTER TABLE samples ADD COLUMN machine String DEFAULT ''")
         self.retention = retention
         self.partition_ns = partition_seconds * NS
 
@@ -89,16 +113,24 @@ class ClickHouseStore:
         cap = wire["cap_len"]
         data = wire["data"]
         cols.append([data[i, : cap[i]].tobytes() for i in range(len(wire))])
+        cols.append([machine.encode()] * len(wire))
         self.client.execute(
-            f"INSERT INTO samples (account, part, {', '.join(COLUMNS)}, data) VALUES",
+            f"INSERT INTO samples (account, part, {', '.join(COLUMNS)}, data, machine) VALUES",
             cols,
             columnar=True,
         )
         return len(wire)
 
-    def query(self, q: SampleQuery) -> np.ndarray:
-        if not q.prefixes:
-            return np.zeros(0, dtype=records.STORED)
+    def _where(
+        self,
+        account_id: str,
+        start_ns: int,
+        end_ns: int,
+        f: FilterV1,
+        prefixes: tuple,
+    ) -> tuple[str, dict[str, object]]:
+        """The SQL condition (and its parameters) of the account's samples in
+        [start_ns, end_ns] matching `f` with a source or destination in `prefixes`."""
         where = [
             "account = %(account)s",
             "ts >= %(start)s",
@@ -107,16 +139,15 @@ class ClickHouseStore:
             "part <= %(last)s",
         ]
         params: dict[str, object] = {
-            "account": q.account_id,
-            "start": q.start_ns,
-            "end": q.end_ns,
-            "first": q.start_ns // self.partition_ns,
-            "last": q.end_ns // self.partition_ns,
-            "limit": q.limit,
+            "account": account_id,
+            "start": start_ns,
+            "end": end_ns,
+            "first": start_ns // self.partition_ns,
+            "last": end_ns // self.partition_ns,
         }
         # The account's prefixes, family by family (records.in_network in SQL).
         owned = []
-        for i, net in enumerate(q.prefixes):
+        for i, net in enumerate(prefixes):
             names = [f"n{i}_{k}" for k in ("family", "hi", "lo", "mask_hi", "mask_lo")]
             params.update(zip(names, records.bits(net), strict=True))
             family, hi, lo, mask_hi, mask_lo = (f"%({n})s" for n in names)
@@ -126,7 +157,6 @@ class ClickHouseStore:
                 for side in ("src", "dst")
             ]
         where.append(f"({' OR '.join(owned)})")
-        f = q.filter
         for addr, side in ((f.source, "src"), (f.destination, "dst")):
             if addr is not None:
                 hi, lo = records.split(addr)
@@ -138,12 +168,11 @@ class ClickHouseStore:
         if f.protocol is not None:
             where.append("proto = %(proto)s")
             params["proto"] = f.protocol
-        ports = ", ".join(str(int(p)) for p in records.PORT_PROTOCOLS)
         if f.source_port is not None:
-            where.append(f"sport = %(sport)s AND proto IN ({ports})")
+            where.append(f"sport = %(sport)s AND proto IN ({PORTS})")
             params["sport"] = f.source_port
         if f.destination_port is not None:
-            where.append(f"dport = %(dport)s AND proto IN ({ports})")
+            where.append(f"dport = %(dport)s AND proto IN ({PORTS})")
             params["dport"] = f.destination_port
         if f.either is not None:
             hi, lo = records.split(f.either)
@@ -153,12 +182,18 @@ class ClickHouseStore:
             )
             params.update({"either_family": f.either.version, "either_hi": hi, "either_lo": lo})
         if f.port is not None:
-            where.append(f"(sport = %(port)s OR dport = %(port)s) AND proto IN ({ports})")
+            where.append(f"(sport = %(port)s OR dport = %(port)s) AND proto IN ({PORTS})")
             params["port"] = f.port
         # Only constant column names and placeholders are joined here; every value goes
         # to the driver as a parameter.
+        return " AND ".join(where), params
+
+    def query(self, q: SampleQuery) -> np.ndarray:
+        if not q.prefixes:
+            return np.zeros(0, dtype=records.STORED)
+        where, params = self._where(q.account_id, q.start_ns, q.end_ns, q.filter, q.prefixes)
         rows = self.client.execute(
-            f"SELECT {', '.join(COLUMNS)}, data FROM samples WHERE {' AND '.join(where)} "  # noqa: S608
+            f"SELECT {', '.join(COLUMNS)}, data FROM samples WHERE {where} "  # noqa: S608
             f"ORDER BY ts DESC LIMIT {int(q.limit)}",
             params,
         )
@@ -169,6 +204,51 @@ class ClickHouseStore:
             blob = row[-1]
             out[i]["data"][: len(blob)] = np.frombuffer(blob, dtype=np.uint8)
         return out
+
+    def traffic(self, q: TrafficQuery) -> Groups:
+        t = tally.Tally(q)
+        if not q.prefixes:
+            return {}
+        where, params = self._where(q.account_id, q.start_ns, q.end_ns - 1, q.filter, q.prefixes)
+        params.update({"qstart": q.start_ns, "step": q.step_ns})
+        keys = KEYS[t.dim]
+        if t.capped:
+            # The window's heaviest keys by samples; the others as the OTHER sentinel.
+            whole = f"({', '.join(keys)})" if len(keys) > 1 else keys[0]
+            top = (
+                f"SELECT {whole} FROM samples WHERE {where} GROUP BY {whole} "  # noqa: S608
+                f"ORDER BY count() DESC LIMIT {tally.HOUR_GROUPS}"
+            )
+            other = (
+                [str(tally.ADDRESS_OTHER), "0", "0"] if len(keys) > 1 else [str(tally.INT_OTHER)]
+            )
+            keys = [f"if({whole} IN ({top}), {k}, {o})" for k, o in zip(keys, other, strict=True)]
+        names = [f"k{i}" for i in range(len(keys))]
+        columns = ", ".join(f"{k} AS {n}" for k, n in zip(keys, names, strict=True))
+        rows = self.client.execute(
+            f"SELECT intDiv(ts - %(qstart)s, %(step)s) AS b, {columns}, count(), "  # noqa: S608
+            f"sum(orig_len) FROM samples WHERE {where} GROUP BY b, {', '.join(names)}",
+            params,
+        )
+        if not rows:
+            return {}
+        buckets = np.array([r[0] for r in rows], dtype=np.int64)
+        samples = np.array([r[-2] for r in rows], dtype=np.int64)
+        nbytes = np.array([r[-1] for r in rows], dtype=np.int64)
+        if tally.is_address(t.dim):
+            keys = np.array([r[1:4] for r in rows], dtype=tally.ADDRESS)
+        elif t.dim == "machine":
+            names = sorted({r[1].decode() for r in rows})
+            codes = dict(zip(names, t.code(names).tolist(), strict=True))
+            keys = np.array([codes[r[1].decode()] for r in rows], dtype=np.int64)
+        else:
+            keys = np.array([r[1] for r in rows], dtype=np.int64)
+        t.add(keys, buckets, samples, nbytes)
+        return t.groups()
+
+    def seal(self, now_ns: int, prefixes: object) -> int:
+        """Nothing to seal: ClickHouse merges its parts itself."""
+        return 0
 
     def expire(self, now_ns: int) -> int:
         cutoff = now_ns - int(self.retention.total_seconds() * NS)

@@ -4,29 +4,44 @@ Chosen by measurement over chDB, DuckDB and Parquet: per-minute numpy files answ
 cold 10 000-packet query fastest, and need no server and no file lock, so several API
 processes can share them (BENCHMARKS.md, sample captures). Each append writes new segments
 under a hidden name and publishes them by rename: a reader never sees half a file.
-Retention drops whole partition directories.
+Retention drops whole partition directories (and the hour summaries that overlap them).
+
+`seal` (the leading API process's supervisor calls it) compacts partitions that can no
+longer receive samples and sums whole hours (sealing.py); `traffic` counts from the hour
+summaries where the query has no filter and the account's prefixes still cover them, from
+sealed partitions' columns elsewhere, and from raw segments for the recent minutes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from edgepcap.control.samples import traffic
+from edgepcap.control.samples import sealing
+from edgepcap.control.samples.admission import MAX_SKEW_NS
+from edgepcap.control.samples.sealing import HOURS, SEALED, machine_of, raw_names
 from edgepcap.control.samples.store import SampleQuery, matching, newest
+from edgepcap.control.samples.tally import HOUR_NS, QUANTUM_NS, Tally
 from edgepcap.control.samples.traffic import Groups, TrafficQuery
 from edgepcap.formats import samples as records
 
 NS = 1_000_000_000
 # A segment's name starts with the machine that sampled it and this separator (machine
 # names are lowercase letters, digits and '-'); names without it are of no known machine.
-MACHINE_SEP = "@"
+MACHINE_SEP = sealing.MACHINE_SEP
+# A partition is sealed this long after admission stops taking samples for it: batches
+# admitted just before then may still be on their way to `append`.
+SEAL_GRACE_NS = 30 * NS
+RETRIES = 5
+Prefixes = Callable[[str], Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None]
 
 
 class SegmentStore:
@@ -42,6 +57,8 @@ class SegmentStore:
         self.partition_ns = partition_seconds * NS
         self._writer = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = 0
+        self._sealed_upto = -1  # partitions up to this one were looked at by `seal`
+        self._summed_upto = -1  # hours likewise
 
     def _dir(self, partition: int, account_id: str) -> Path:
         return self.root / f"{partition:012d}" / account_id
@@ -69,40 +86,151 @@ class SegmentStore:
                 os.rename(hidden, directory / name)
         return len(wire)
 
-    def _segments(
-        self, account_id: str, start_ns: int, end_ns: int
-    ) -> Iterator[tuple[np.ndarray, str]]:
-        """Each segment of the account's partitions over [start_ns, end_ns], with its machine."""
-        first = start_ns // self.partition_ns
-        last = end_ns // self.partition_ns
-        for partition in range(first, last + 1):
-            directory = self._dir(partition, account_id)
+    def _partition(
+        self,
+        partition: int,
+        account_id: str,
+        full: bool,
+        summary: dict | None = None,
+        inside: bool = False,
+    ) -> list[tuple[np.ndarray, list[str], np.ndarray, bool]]:
+        """The account's samples in one partition, as (rows, machine names, each row's
+        machine index, counted by `summary`?) chunks: `full` records, or only columns.
+        What the hour `summary` counted is not read when the partition is `inside` the
+        part of the hour the summary answers."""
+        for _ in range(RETRIES):
             try:
-                names = os.listdir(directory)
+                return self._read_partition(partition, account_id, full, summary, inside)
             except FileNotFoundError:
-                continue
-            for name in names:
-                if name.endswith(".seg") and not name.startswith("."):
-                    try:
-                        rows = np.fromfile(directory / name, dtype=records.STORED)
-                    except FileNotFoundError:
-                        continue  # dropped by retention meanwhile
-                    machine, sep, _rest = name.partition(MACHINE_SEP)
-                    yield rows, machine if sep else ""
+                continue  # compacted or expired while read: again, from what is there now
+        return []
+
+    def _read_partition(self, partition, account_id, full, summary, inside):
+        part = self.root / f"{partition:012d}"
+        sealed = part / f"{account_id}{SEALED}"
+        summed = summary is not None and partition in summary["partitions"]
+        out = []
+        if summed and inside:
+            manifest = set(summary["raw"])
+        else:
+            try:
+                meta = json.loads((sealed / "meta.json").read_text())
+            except FileNotFoundError:
+                meta = None
+            manifest = set(meta["raw"]) if meta else set()
+            if meta and full:
+                for number, machine in enumerate(meta["machines"]):
+                    rows = np.fromfile(sealed / f"{machine}{MACHINE_SEP}sealed.seg", records.STORED)
+                    out.append((rows, [machine], np.full(len(rows), number), summed))
+            elif meta:
+                cols = np.load(sealed / "cols.npy")
+                out.append((cols, meta["machines"], cols["machine"], summed))
+        for name in raw_names(part / account_id):
+            if name not in manifest:
+                rows = np.fromfile(part / account_id / name, dtype=records.STORED)
+                out.append((rows, [machine_of(name)], np.zeros(len(rows), int), False))
+        if not manifest and sealed.exists():
+            raise FileNotFoundError(sealed)  # sealed while the raw files were read
+        return out
 
     def query(self, q: SampleQuery) -> np.ndarray:
-        chunks = [rows for rows, _machine in self._segments(q.account_id, q.start_ns, q.end_ns)]
+        chunks = [
+            rows
+            for p in range(q.start_ns // self.partition_ns, q.end_ns // self.partition_ns + 1)
+            for rows, *_ in self._partition(p, q.account_id, full=True)
+        ]
         if not chunks:
             return np.zeros(0, dtype=records.STORED)
         rows = np.concatenate(chunks)
         return newest(matching(rows, q), q.limit)
 
     def traffic(self, q: TrafficQuery) -> Groups:
-        return traffic.aggregate(self._segments(q.account_id, q.start_ns, q.end_ns - 1), q)
+        t = Tally(q)
+        window = q.window()
+        end10 = q.end_ns - q.end_ns % QUANTUM_NS
+        plain = not any(v is not None for v in q.filter.model_dump().values())
+        P = self.partition_ns
+        for hour in range(q.start_ns // HOUR_NS, (q.end_ns - 1) // HOUR_NS + 1):
+            h0, h1 = hour * HOUR_NS, (hour + 1) * HOUR_NS
+            lo, hi = max(q.start_ns, h0), min(end10, h1)
+            summary = None
+            if plain and HOUR_NS % P == 0 and lo < hi:
+                summary = self._summary(t, q, hour, lo, hi)
+            skip = (lo, hi) if summary else None
+            first, last = max(q.start_ns, h0) // P, (min(q.end_ns, h1) - 1) // P
+            for p in range(first, last + 1):
+                inside = skip is not None and skip[0] <= p * P and (p + 1) * P <= skip[1]
+                for rows, names, numbers, summed in self._partition(
+                    p, q.account_id, False, summary, inside
+                ):
+                    codes = t.code(names)[numbers]
+                    t.add_rows(rows, codes, window, skip if summed else None)
+            t.end_hour()
+        return t.groups()
+
+    def _summary(self, t: Tally, q: TrafficQuery, hour: int, lo: int, hi: int) -> dict | None:
+        """Adds the hour summary's counts of [lo, hi) to `t`, with its strays; its meta, or
+        None if there is none, or the account's prefixes no longer cover it."""
+        directory = self.root / HOURS / f"{hour:08d}" / q.account_id
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            nets = [ipaddress.ip_network(n) for n in meta["nets"]]
+            if not all(_covered(n, q.prefixes) for n in nets):
+                return None
+            counts = np.load(directory / f"{t.dim}.npy")
+            strays = np.load(directory / "strays.npy")
+        except FileNotFoundError:
+            return None  # not summed (yet), or expired
+        start = hour * HOUR_NS + counts["b"].astype(np.int64) * QUANTUM_NS
+        counts = counts[(start >= lo) & (start < hi)]
+        keys = counts["key"]
+        if t.dim == "machine":
+            keys = t.code(meta["machines"])[keys] if len(keys) else keys
+        bucket = (start[(start >= lo) & (start < hi)] - q.start_ns) // q.step_ns
+        t.add(keys, bucket, counts["s"], counts["y"])
+        cut = q.window()
+        cut = SampleQuery(cut.account_id, lo, hi - 1, cut.filter, 0, cut.prefixes)
+        t.add_rows(strays, t.code(meta["machines"])[strays["machine"]], cut)
+        return meta
+
+    def seal(self, now_ns: int, prefixes: Prefixes) -> int:
+        """Compacts every partition no sample can reach any more, then sums every such
+        whole hour of each account `prefixes` knows (None: not summed); returns how many
+        partitions were compacted."""
+        ready = (now_ns - MAX_SKEW_NS - SEAL_GRACE_NS) // self.partition_ns  # first open one
+        sealed = 0
+        parts = sorted(int(e) for e in os.listdir(self.root) if e.isdigit())
+        for p in parts:
+            if self._sealed_upto < p < ready:
+                for account_id in _accounts(self.root / f"{p:012d}"):
+                    sealed += sealing.seal_partition(self.root / f"{p:012d}", account_id)
+        self._sealed_upto = max(self._sealed_upto, ready - 1)
+        if HOUR_NS % self.partition_ns or not parts:
+            return sealed
+        per_hour = HOUR_NS // self.partition_ns
+        first_hour = max(self._summed_upto + 1, parts[0] // per_hour)
+        last_hour = ready // per_hour  # the first hour with an open partition
+        for hour in range(first_hour, last_hour):
+            partitions = range(hour * per_hour, (hour + 1) * per_hour)
+            accounts = set()
+            for p in partitions:
+                accounts.update(_accounts(self.root / f"{p:012d}"))
+            for account_id in sorted(accounts):
+                nets = prefixes(account_id)
+                if nets is not None:
+                    sealing.summarize_hour(self.root, hour, account_id, partitions, nets)
+        self._summed_upto = max(self._summed_upto, last_hour - 1)
+        return sealed
 
     def expire(self, now_ns: int) -> int:
         cutoff = now_ns - int(self.retention.total_seconds() * NS)
         dropped = 0
+        # An hour summary goes with its first partition, before it: it must not count
+        # what retention dropped.
+        per_hour = max(1, HOUR_NS // self.partition_ns)
+        for entry in _listdir(self.root / HOURS):
+            if entry.isdigit() and (int(entry) * per_hour + 1) * self.partition_ns <= cutoff:
+                shutil.rmtree(self.root / HOURS / entry, ignore_errors=True)
         for entry in os.listdir(self.root):
             if entry.isdigit() and (int(entry) + 1) * self.partition_ns <= cutoff:
                 shutil.rmtree(self.root / entry, ignore_errors=True)
@@ -111,6 +239,22 @@ class SegmentStore:
 
     def close(self) -> None:
         pass
+
+
+def _covered(net, prefixes) -> bool:
+    return any(net.version == p.version and net.subnet_of(p) for p in prefixes)
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def _accounts(part: Path) -> set[str]:
+    """The accounts with samples (raw or sealed) in a partition directory."""
+    return {e.removesuffix(SEALED) for e in _listdir(part) if not e.startswith(".") and e != HOURS}
 
 
 def _now_ns() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -15,6 +16,9 @@ from edgepcap.formats.filters import FilterV1
 
 if TYPE_CHECKING:
     from edgepcap.control.samples.traffic import Groups, TrafficQuery
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class SampleStore(Protocol):
 
     def traffic(self, q: TrafficQuery) -> Groups:
         """Matching samples counted per step and group (`traffic.aggregate`'s answer)."""
+        ...
+
+    def seal(self, now_ns: int, prefixes: Callable[[str], Sequence[Network] | None]) -> int:
+        """Compact what can no longer receive samples (`prefixes`: an account's prefixes
+        now, or None); returns how many partitions were compacted. Safe to repeat."""
         ...
 
     def expire(self, now_ns: int) -> int:

@@ -1,0 +1,207 @@
+"""The traffic view: every store counts what `traffic.aggregate` counts over the same
+records, sealed or not, while compaction runs, per account and prefix; and `estimate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ipaddress
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from edgepcap.control.samples import segments, traffic
+from edgepcap.control.samples.clickhouse import ClickHouseStore
+from edgepcap.control.samples.segments import SegmentStore
+from edgepcap.control.samples.traffic import Counts, TrafficQuery
+from edgepcap.formats.filters import FilterV1
+from tests.support.traffic import MINUTE, NETS, A, B, records_over, wire_of
+
+counter = itertools.count()
+HOUR = 3600 * traffic.NS
+FILTERS = [
+    {},
+    {"source_address": "198.51.100.3"},
+    {"destination_address": "203.0.113.5"},
+    {"destination_address": "2001:db8:a::2"},
+    {"source_port": 1001},
+    {"destination_port": 53},
+    {"protocol": 1},
+    {"address": "203.0.113.140"},
+    {"port": 443},
+]
+
+
+@pytest.fixture(params=["segments", pytest.param("clickhouse", marks=pytest.mark.clickhouse)])
+def kind(request):
+    return request.param
+
+
+def open_store(kind, request, tmp_path):
+    if kind == "segments":
+        return SegmentStore(tmp_path / "samples", dt.timedelta(hours=24), partition_seconds=60)
+    host = request.getfixturevalue("clickhouse")
+    return ClickHouseStore(
+        f"clickhouse://{host}/tr{next(counter)}_{int(time.time())}",
+        dt.timedelta(hours=24),
+        partition_seconds=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def history():
+    """Three hours and a bit of records up to now, in appends of a machine and a minute."""
+    now = time.time_ns()
+    return now, records_over(now - 3 * HOUR - 20 * MINUTE, now, 6000, seed=3)
+
+
+def fill(store, rows) -> None:
+    for (machine, *_), part in rows.items():
+        store.append(wire_of(part), machine)
+
+
+def reference(rows, q: TrafficQuery):
+    chunks = [
+        (part["rows"], machine)
+        for (machine, *_), part in rows.items()
+        if part["id"] == q.account_id
+    ]
+    return traffic.aggregate(chunks, q)
+
+
+def same(got, want) -> None:
+    assert set(got) == set(want)
+    for key in want:
+        assert (got[key].samples == want[key].samples).all(), key
+        assert (got[key].bytes == want[key].bytes).all(), key
+
+
+def tq(account, now, group_by, step=60, hours=4, prefixes=None, **f) -> TrafficQuery:
+    step_ns = step * traffic.NS
+    start = (now - hours * HOUR) // step_ns * step_ns
+    nets = tuple(NETS[account]) if prefixes is None else prefixes
+    return TrafficQuery(account, start, now, step_ns, group_by, FilterV1(**f), nets)
+
+
+def test_traffic_equals_the_reference_sealed_or_not(kind, request, tmp_path, history):
+    now, rows = history
+    store = open_store(kind, request, tmp_path)
+    fill(store, rows)
+    prefixes = {a: NETS[a] for a in (A, B)}.get
+    for sealed in (False, True):
+        if sealed:
+            store.seal(now, prefixes)
+        for account, group_by, f in itertools.product((A, B), traffic.GROUPS, FILTERS):
+            q = tq(account, now, group_by, step=120 if group_by == "protocol" else 60, **f)
+            same(store.traffic(q), reference(rows, q))
+    if kind == "segments":
+        assert list((tmp_path / "samples" / "hours").iterdir())  # hours were summed
+    store.close()
+
+
+def test_a_window_cut_inside_sealed_hours_and_a_partial_last_bucket(tmp_path, history):
+    now, rows = history
+    store = SegmentStore(tmp_path / "s", dt.timedelta(hours=24), partition_seconds=60)
+    fill(store, rows)
+    store.seal(now, {a: NETS[a] for a in (A, B)}.get)
+    for end in (now - 2 * HOUR - 7 * traffic.NS, now - HOUR // 2):
+        for group_by in ("protocol", "destination_address", "machine"):
+            start = end - HOUR - 25 * MINUTE
+            start -= start % (30 * traffic.NS)
+            q = TrafficQuery(A, start, end, 30 * traffic.NS, group_by, FilterV1(), tuple(NETS[A]))
+            same(store.traffic(q), reference(rows, q))
+
+
+def test_prefixes_lost_since_sealing_are_not_counted(kind, request, tmp_path, history):
+    now, rows = history
+    store = open_store(kind, request, tmp_path)
+    fill(store, rows)
+    store.seal(now, {a: NETS[a] for a in (A, B)}.get)
+    v4_only = (NETS[A][0],)
+    narrower = (ipaddress.ip_network("203.0.113.0/28"), NETS[A][1])
+    for prefixes in (v4_only, narrower, ()):
+        for group_by in ("protocol", "source_address", "destination_address"):
+            q = tq(A, now, group_by, prefixes=prefixes)
+            got, want = store.traffic(q), reference(rows, q)
+            same(got, want)
+    store.close()
+
+
+def test_a_compaction_between_and_during_reads_counts_each_sample_once(
+    tmp_path, history, monkeypatch
+):
+    now, rows = history
+    store = SegmentStore(tmp_path / "s", dt.timedelta(hours=24), partition_seconds=60)
+    fill(store, rows)
+    q = tq(A, now, "destination_port")
+    want = reference(rows, q)
+    same(store.traffic(q), want)
+    # Seal each partition just after a reader listed its raw segments: they vanish under it.
+    listed = segments.raw_names
+    sealer = SegmentStore(tmp_path / "s", dt.timedelta(hours=24), partition_seconds=60)
+
+    def listing_then_sealing(directory):
+        names = listed(directory)
+        if names and directory.name == A:
+            segments.sealing.seal_partition(directory.parent, A)
+        return names
+
+    monkeypatch.setattr(segments, "raw_names", listing_then_sealing)
+    same(store.traffic(q), want)
+    assert len(store.query(dataclasses.replace(q.window(), limit=10**6))) == int(
+        sum(c.samples.sum() for c in want.values())
+    )
+    monkeypatch.undo()
+    sealer.seal(now, {a: NETS[a] for a in (A, B)}.get)
+    same(store.traffic(q), want)
+    assert store.expire(now + 23 * HOUR) > 0  # the oldest hours go, summaries with them
+    q = tq(A, now + 23 * HOUR, "protocol", hours=24)
+    q = TrafficQuery(A, q.start_ns, now, q.step_ns, q.group_by, q.filter, q.prefixes)
+    cutoff = now - HOUR
+    kept = {k: v for k, v in rows.items() if (k[1] + 1) * MINUTE > cutoff}
+    assert kept and len(kept) < len(rows)
+    same(store.traffic(q), reference(kept, q))
+
+
+def test_estimate_ranks_sums_other_and_divides_the_last_bucket():
+    q = TrafficQuery(A, 0, 25 * traffic.NS, 10 * traffic.NS, "protocol", FilterV1(), ())
+    groups = {
+        6: Counts(np.array([4, 0, 1]), np.array([400, 0, 100])),
+        17: Counts(np.array([1, 1, 1]), np.array([10, 10, 10])),
+        1: Counts(np.array([0, 0, 3]), np.array([0, 0, 30])),
+        traffic.OTHER: Counts(np.array([0, 1, 0]), np.array([0, 5, 0])),
+    }
+    series = traffic.estimate(groups, q, 1, 100)
+    assert [s.key for s in series] == ["6", "other"]
+    top, other = series
+    assert (top.samples, top.packets, top.bits) == (5, 500, 500 * 8 * 100)
+    assert top.points[0] == [0, 40.0, 400 * 8 * 100 / 10]
+    assert top.points[2] == [20, 20.0, 100 * 8 * 100 / 5]  # the last bucket covers 5 s
+    assert other.samples == 3 + 3 + 1
+    assert (
+        top.packets_error == traffic.bound(5, 100) == int(np.ceil(1.96 * 100 * np.sqrt(5 * 0.99)))
+    )
+    assert [s.key for s in traffic.estimate(groups, q, 2, 100)] == ["6", "1", "other"]
+    assert traffic.estimate({}, q, 5, 100) == []
+
+
+@pytest.mark.clickhouse
+def test_a_table_made_before_the_machine_column_gets_it(clickhouse):
+    from clickhouse_driver import Client
+
+    from edgepcap.control.samples import clickhouse as ch
+
+    database = f"old{next(counter)}_{int(time.time())}"
+    host, port = clickhouse.split(":")
+    Client(host, port=int(port)).execute(f"CREATE DATABASE {database}")
+    old = ch.SCHEMA.replace(",\n    machine String", "").replace("samples", f"{database}.samples")
+    Client(host, port=int(port)).execute(old)
+    now = time.time_ns()
+    rows = records_over(now - 5 * MINUTE, now, 50, seed=5)
+    store = ClickHouseStore(f"clickhouse://{clickhouse}/{database}", dt.timedelta(hours=24))
+    fill(store, rows)
+    q = tq(A, now, "machine", hours=1)
+    same(store.traffic(q), reference(rows, q))
+    store.close()
