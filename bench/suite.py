@@ -19,13 +19,23 @@ import time
 
 import httpx
 
-from bench import capture, live, samples, triggers
+from bench import capture, fleet_figure, live, samples, triggers
 from bench.api import Api, fig_api
 from bench.figures import ROOT, Figure, median, percentile
 from edgepcap.control.accounts import create_account
 from edgepcap.control.fleet import create_agent_key
 
-STEPS = ("capture", "max_rate", "forwarding", "api", "samples", "memory", "live", "triggers")
+STEPS = (
+    "capture",
+    "max_rate",
+    "forwarding",
+    "api",
+    "samples",
+    "memory",
+    "live",
+    "triggers",
+    "fleet",
+)
 
 
 def fig_capture(quick: bool) -> list[Figure]:
@@ -274,6 +284,7 @@ def main() -> int:
         "memory": lambda: [fig_memory(args.quick)],
         "live": lambda: [fig_live(args.quick)],
         "triggers": lambda: [triggers.figure(args.quick)],
+        "fleet": lambda: fleet_figure.figure(args.quick),
     }
     assert list(steps) == list(STEPS)
     failed = False

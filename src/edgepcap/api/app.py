@@ -30,7 +30,7 @@ from edgepcap.api.routes import live as live_routes
 from edgepcap.api.routes import traffic as traffic_routes
 from edgepcap.api.routes import triggers as trigger_routes
 from edgepcap.api.wakeup import Wakeup, on_exit_signal
-from edgepcap.control import live
+from edgepcap.control import fleet, live
 from edgepcap.control.changes import Channel
 from edgepcap.control.db import Database, database_url
 from edgepcap.control.models import utcnow
@@ -46,6 +46,7 @@ PREFIX = "/client/v4"
 def open_app(settings: Settings, migrated: bool = False) -> FastAPI:
     """The app on the settings' data dir, database and sample store."""
     data_dir = settings.data_dir
+    fleet.set_heartbeat_interval(settings.heartbeat_interval.total_seconds())
     db = Database(
         database_url(data_dir, settings.database),
         migrated=migrated,

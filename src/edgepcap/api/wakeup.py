@@ -4,7 +4,7 @@ A change made here wakes the polls of the machines it concerns (or all of them) 
 process, and on PostgreSQL is told to the other API processes over LISTEN/NOTIFY
 (`control.changes`), whose polls it wakes in turn. Polls still look at the database now
 and then (`look_every`): every 0.1 s on SQLite, where no word comes from other processes,
-or while the listener is away; every few seconds otherwise, for changes nobody announces.
+or while the listener is away; otherwise only when they arrive (LOOK_LISTENING).
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ from edgepcap.control.changes import Channel
 
 # How often a waiting poll looks at the database itself.
 LOOK_ALONE = 0.1  # SQLite, or the listener away: no word comes from other processes
-LOOK_LISTENING = 5.0  # a safety net: every change that matters is announced
+# Listening, a poll looks when it arrives and when woken, not in between: every change
+# that matters is announced, and at thousands of agents a look every few seconds per
+# poll was most of the API's idle work (BENCHMARKS.md, fleet). The safety net for a
+# change nobody announced is the agent's next poll, within the wait it asks for.
+LOOK_LISTENING = 30.0
 
 
 class Wakeup:
@@ -77,10 +81,13 @@ class Waiter:
         with wakeup._lock:
             wakeup._waiting[self.event] = (asyncio.get_running_loop(), machine)
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float) -> bool:
+        """Until woken or `timeout` s; returns whether it was woken."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.event.wait(), timeout)
+        woken = self.event.is_set()
         self.event.clear()
+        return woken
 
     def close(self) -> None:
         with self._wakeup._lock:

@@ -110,8 +110,8 @@ class Channel:
                     conn = psycopg.connect(self.url, autocommit=True)
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
             except Exception as exc:
-                # The others find the change at their next look at the database (they
-                # look every 0.1 s while their own listener is away, else every few s).
+                # The others find the change at their next look at the database (every
+                # 0.1 s while their own listener is away, else at their agents' next polls).
                 log.warning("NOTIFY %s failed (%s)", CHANNEL, exc)
                 if conn is not None:
                     with contextlib.suppress(Exception):

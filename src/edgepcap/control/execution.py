@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from edgepcap.control import fleet, live
@@ -198,7 +198,7 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
         _give_back(session, pcap.id, "bytes_left", max(0, part.granted_bytes - rep.bytes))
         part.granted_packets, part.granted_bytes = rep.packets, rep.bytes
         session.flush()
-        _refresh_totals(pcap)
+        _refresh_totals(session, pcap)
         finish_if_done(session, pcap)
         answer.stop = True
         return answer
@@ -240,7 +240,7 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
     answer.release = bool(pcap.reclaim) and not answer.stop
     since = None if answer.stop else live.watched(session, pcap.id, now)
     answer.live_since = None if since is None else unix_ns(since)
-    _refresh_totals(pcap)
+    _refresh_totals(session, pcap)
     session.flush()
     return answer
 
@@ -250,18 +250,40 @@ def _end_by_limit(pcap: Pcap, reason: str) -> None:
     pcap.reclaim = False
 
 
-def _refresh_totals(pcap: Pcap) -> None:
-    pcap.packets_captured = sum(m.packets for m in pcap.machines)
-    pcap.bytes_captured = sum(m.bytes for m in pcap.machines)
+def _refresh_totals(session: Session, pcap: Pcap) -> None:
+    """The capture's totals over its parts, summed by the database: every progress
+    report of every machine comes here, and loading a 100-machine colo's parts each time
+    was most of a report's cost (BENCHMARKS.md, fleet)."""
+    packets, size = session.execute(
+        select(
+            func.coalesce(func.sum(CaptureMachine.packets), 0),
+            func.coalesce(func.sum(CaptureMachine.bytes), 0),
+        ).where(CaptureMachine.pcap_id == pcap.id)
+    ).one()
+    pcap.packets_captured, pcap.bytes_captured = int(packets), int(size)
+
+
+def _any_active(session: Session, pcap: Pcap) -> bool:
+    """Whether a part of the capture is still assigned or running (one indexed query, not
+    the parts loaded: each of a colo's end reports asks)."""
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    CaptureMachine.pcap_id == pcap.id, CaptureMachine.state.in_(MACHINE_ACTIVE)
+                )
+            )
+        )
+    )
 
 
 def finish_if_done(session: Session, pcap: Pcap) -> bool:
     """Close the capture once no machine is still working on it."""
-    if pcap.status not in ACTIVE_STATUSES or not pcap.machines:
+    if pcap.status not in ACTIVE_STATUSES or _any_active(session, pcap) or not pcap.machines:
         return False
     if any(m.state in MACHINE_ACTIVE for m in pcap.machines):
         return False
-    _refresh_totals(pcap)
+    _refresh_totals(session, pcap)
     now = utcnow()
     done = [m for m in pcap.machines if m.state == "done"]
     failed = [m for m in pcap.machines if m.state == "failed"]

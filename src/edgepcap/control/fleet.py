@@ -8,16 +8,27 @@ import json
 import re
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from edgepcap.control.credentials import hash_secret, new_id, new_secret
 from edgepcap.control.models import AgentKey, Machine, Prefix, RefusedSamples, utcnow
 
+# Seconds between an agent's heartbeats, handed to it when it registers; a machine is
+# lost after LOST_AFTER intervals without one. The process's settings may change both
+# (`set_heartbeat_interval`): a fleet of thousands beats less often (BENCHMARKS.md).
 HEARTBEAT_INTERVAL = 1.0
-HEARTBEAT_TIMEOUT = dt.timedelta(seconds=5)
+LOST_AFTER = 5
+HEARTBEAT_TIMEOUT = dt.timedelta(seconds=LOST_AFTER * HEARTBEAT_INTERVAL)
 MACHINE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 COLO_NAME = re.compile(r"^[A-Z][A-Z0-9]{1,15}$")
+
+
+def set_heartbeat_interval(seconds: float) -> None:
+    """This process's heartbeat interval, and the liveness timeout scaled from it."""
+    global HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT
+    HEARTBEAT_INTERVAL = seconds
+    HEARTBEAT_TIMEOUT = dt.timedelta(seconds=LOST_AFTER * seconds)
 
 
 class FleetError(ValueError):
@@ -52,6 +63,16 @@ def create_agent_key(
 
 def find_agent_key(session: Session, key: str) -> AgentKey | None:
     return session.scalar(select(AgentKey).where(AgentKey.key_hash == hash_secret(key)))
+
+
+_KEY_BINDING = select(AgentKey.id, AgentKey.revoked, AgentKey.colo, AgentKey.machine).where(
+    AgentKey.key_hash == bindparam("key_hash")
+)
+
+
+def agent_key_binding(conn: Connection, key: str) -> Row[Any] | None:
+    """The key's id, revocation and machine (one indexed read), or None: no such key."""
+    return conn.execute(_KEY_BINDING, {"key_hash": hash_secret(key)}).first()
 
 
 def revoke_agent_key(session: Session, key_id: str) -> AgentKey:
@@ -127,16 +148,20 @@ def current_run(session: Session, machine: str, boot_id: str) -> Machine | None:
 
 
 def heartbeat(
-    session: Session, machine: str, boot_id: str, stats: dict[str, int] | None = None
-) -> Machine | None:
-    row = current_run(session, machine, boot_id)
-    if row is None:
-        return None
-    row.last_seen = utcnow()
+    conn: Connection | Session, machine: str, boot_id: str, stats: dict[str, int] | None = None
+) -> bool:
+    """Record that `machine`'s current run (`boot_id`) is alive: one UPDATE, no read
+    (thousands of agents send one every interval); False if that run is not current."""
+    values: dict[str, Any] = {"last_seen": utcnow()}
     if stats is not None:
-        row.stats = stats
-    session.flush()
-    return row
+        values["stats"] = stats
+    done = conn.execute(
+        update(Machine)
+        .where(Machine.name == machine, Machine.boot_id == boot_id)
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )
+    return done.rowcount == 1  # type: ignore[attr-defined]
 
 
 def is_live(machine: Machine, now: dt.datetime | None = None) -> bool:

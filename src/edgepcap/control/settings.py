@@ -12,6 +12,7 @@ Everything below takes plain values from the frozen object, never the environmen
 | EDGEPCAP_SAMPLE_STORE (`--sample-store`) | sample_store | segments in the data dir |
 | EDGEPCAP_SAMPLE_INTERVAL | limits.sample_interval | 60 s (0: none) |
 | EDGEPCAP_FULL_CAPTURE_RATE | limits.full_capture_rate | 10 a minute (0: none) |
+| EDGEPCAP_HEARTBEAT_INTERVAL | heartbeat_interval (to agents; lost after 5 missed) | 1 s |
 | EDGEPCAP_CAPTURE_RETENTION | capture_retention | 30 days |
 | EDGEPCAP_SAMPLE_RETENTION | sample_retention | 24 h |
 | EDGEPCAP_SAMPLE_PARTITION | sample_partition | 60 s |
@@ -35,6 +36,7 @@ FULL_CAPTURE_RATE = 10
 CAPTURE_RETENTION = dt.timedelta(days=30)
 SAMPLE_RETENTION = dt.timedelta(hours=24)  # the history sample captures draw on
 SAMPLE_PARTITION = 60
+HEARTBEAT_INTERVAL = dt.timedelta(seconds=1)
 
 TOKEN_ENV = "EDGEPCAP_METRICS_TOKEN"  # noqa: S105 - the variable's name
 TOKEN_FILE_ENV = "EDGEPCAP_METRICS_TOKEN_FILE"  # noqa: S105 - the variable's name
@@ -65,6 +67,7 @@ class Settings:
     sample_partition: int = SAMPLE_PARTITION
     metrics_token: str | None = None
     relay_host: str = "127.0.0.1"  # where other API processes reach this one's live relay
+    heartbeat_interval: dt.timedelta = HEARTBEAT_INTERVAL
 
     @classmethod
     def from_environ(
@@ -107,6 +110,7 @@ class Settings:
             ),
             metrics_token=metrics_token(environ),
             relay_host=_relay_host(environ),
+            heartbeat_interval=_seconds(environ, "EDGEPCAP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
         )
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from edgepcap.api.errors import APIError, Code
@@ -47,25 +48,27 @@ class Caller:
             )
 
 
-def agent(request: Request) -> Caller:
+async def agent(request: Request) -> Caller:
+    """The machine the request's agent key speaks for. On the event loop, one indexed
+    read without a transaction (`Database.read`), as customers' keys are: every agent
+    request pays it, thousands a minute from a large fleet (BENCHMARKS.md, fleet)."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise APIError(401, Code.AUTHENTICATION, "agents authenticate with `Bearer <agent key>`")
-    with request.app.state.db.session() as session:
-        row = fleet.find_agent_key(session, key.strip())
-        if row is None:
-            raise APIError(401, Code.AUTHENTICATION, "invalid agent key")
-        if row.revoked is not None:
-            raise APIError(401, Code.AUTHENTICATION, f"agent key {row.id} has been revoked")
-        if row.colo is None or row.machine is None:
-            raise APIError(
-                403,
-                Code.FORBIDDEN,
-                f"agent key {row.id} is bound to no machine (minted before keys were bound): "
-                "mint one per machine with `edgepcap agents create-key --colo COLO "
-                f"--machine NAME`, then `edgepcap agents revoke-key {row.id}`",
-            )
-        return Caller(row.id, row.colo, row.machine)
+    row = request.app.state.db.read(lambda conn: fleet.agent_key_binding(conn, key.strip()))
+    if row is None:
+        raise APIError(401, Code.AUTHENTICATION, "invalid agent key")
+    if row.revoked is not None:
+        raise APIError(401, Code.AUTHENTICATION, f"agent key {row.id} has been revoked")
+    if row.colo is None or row.machine is None:
+        raise APIError(
+            403,
+            Code.FORBIDDEN,
+            f"agent key {row.id} is bound to no machine (minted before keys were bound): "
+            "mint one per machine with `edgepcap agents create-key --colo COLO "
+            f"--machine NAME`, then `edgepcap agents revoke-key {row.id}`",
+        )
+    return Caller(row.id, row.colo, row.machine)
 
 
 Agent = Annotated[Caller, Depends(agent)]
@@ -114,11 +117,19 @@ def register(request: Request, caller: Agent, body: protocol.Hello) -> protocol.
 
 @router.post("/heartbeat")
 def heartbeat(request: Request, caller: Agent, body: protocol.Heartbeat) -> dict[str, Any]:
+    """One UPDATE, without the session's pre-ping and transaction on PostgreSQL
+    (`Database.read`'s connection; the UPDATE is safe to repeat): a fleet sends thousands
+    of these a minute. In a thread: on SQLite a write may wait for the database's lock."""
     caller.check(body.machine)
-    with request.app.state.db.session() as session:
-        if fleet.heartbeat(session, body.machine, body.boot_id, body.stats) is None:
-            raise _register_again()
-        return {"ok": True}
+
+    def beat(conn: Connection) -> bool:
+        alive = fleet.heartbeat(conn, body.machine, body.boot_id, body.stats)
+        conn.commit()  # SQLite's connection is in a transaction; PostgreSQL's autocommits
+        return alive
+
+    if not request.app.state.db.read(beat):
+        raise _register_again()
+    return {"ok": True}
 
 
 def _poll(
@@ -127,7 +138,14 @@ def _poll(
     with request.app.state.db.session() as session:
         if fleet.current_run(session, machine, boot_id) is None:
             return None
-        jobs = [job(p, machine) for p, _part in execution.jobs_for(session, machine)]
+        # A job the agent says it runs is its already, though its first report (which
+        # makes the part running) may not be in yet: answering it again would only make
+        # the agent poll again at once, a hundred machines of a colo together.
+        jobs = [
+            job(p, machine)
+            for p, _part in execution.jobs_for(session, machine)
+            if p.id not in running
+        ]
         stops: list[protocol.StopWire] = [
             {"id": pcap_id, "reason": reason}
             for pcap_id, reason in execution.stops_for(session, machine, running)
@@ -176,7 +194,10 @@ async def jobs(
                 return {"jobs": [], "stop": []}
             if await request.is_disconnected():
                 return {"jobs": [], "stop": []}
-            await waiter.wait(min(wakeup.look_every, max(0.0, deadline - time.monotonic())))
+            woken = await waiter.wait(min(wakeup.look_every, max(0.0, deadline - time.monotonic())))
+            if not woken and time.monotonic() >= deadline:
+                # Nothing announced since the last look: the next poll looks on arrival.
+                return {"jobs": [], "stop": []}
     finally:
         waiter.close()
 
