@@ -1,5 +1,6 @@
-"""The supervisor thread of an API process: fails the parts of silent machines, closes
-and expires captures, expires samples and deletes captures past their retention."""
+"""The supervisor of an API process: a thread that fails the parts of silent machines,
+closes and expires captures, expires samples and deletes captures past their retention;
+and, where it leads, a thread that seals sample partitions for the traffic view."""
 
 from __future__ import annotations
 
@@ -57,9 +58,11 @@ class Supervisor:
         self.on_change: Callable[[None], None] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._sealer = threading.Thread(target=self._seal_loop, name="sealer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._sealer.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -93,6 +96,20 @@ class Supervisor:
             accounts = fleet.prefix_map(session)["accounts"]
         nets = {a: [ipaddress.ip_network(c) for c in cidrs] for a, cidrs in accounts.items()}
         self.samples.seal(time.time_ns(), nets.get)
+
+    def _seal_loop(self) -> None:
+        """Sealing on a thread of its own: a backlog of partitions (after an upgrade, or a
+        long stop) takes minutes, during which the sweeps must go on. Sealing is safe to
+        cut at any point (everything is published by rename), so a stopping process does
+        not wait for it."""
+        while not self._stop.wait(EXPIRE_EVERY):
+            # Only where the main loop has taken the lead (its lock), never racing it for it.
+            if self.lock is not None and self._lock_fd is None:
+                continue
+            try:
+                self._seal()
+            except Exception:
+                log.exception("sealing sample partitions failed; retrying")
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
@@ -131,8 +148,6 @@ class Supervisor:
             try:
                 if time.monotonic() >= self._next_expiry:
                     self.samples.expire(time.time_ns())
-                    if self._leads():
-                        self._seal()
                     self._next_expiry = time.monotonic() + EXPIRE_EVERY
             except Exception:
                 log.exception("sample expiry failed; retrying")
