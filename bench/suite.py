@@ -19,7 +19,7 @@ import time
 
 import httpx
 
-from bench import capture, fleet_figure, live, samples, triggers
+from bench import capture, fleet_figure, live, sample_memory, samples, triggers
 from bench.api import Api, fig_api
 from bench.figures import ROOT, Figure, median, percentile
 from edgepcap.control.accounts import create_account
@@ -35,6 +35,7 @@ STEPS = (
     "live",
     "triggers",
     "fleet",
+    "sample_memory",
 )
 
 
@@ -285,6 +286,7 @@ def main() -> int:
         "live": lambda: [fig_live(args.quick)],
         "triggers": lambda: [triggers.figure(args.quick)],
         "fleet": lambda: fleet_figure.figure(args.quick),
+        "sample_memory": lambda: [sample_memory.figure(args.quick)],
     }
     assert list(steps) == list(STEPS)
     failed = False

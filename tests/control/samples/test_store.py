@@ -6,6 +6,7 @@ import datetime as dt
 import ipaddress
 import itertools
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -191,3 +192,29 @@ def test_a_v6_prefix_over_the_mapped_range_never_answers_v4_records(store):
     assert list(got["family"]) == [6]
     assert records.join(got["dst_hi"][0], got["dst_lo"][0], 6) == ipaddress.ip_address("::1:2:3")
     assert len(store.query(q(LEGACY, now, prefixes=(LEGACY_NET,), source_address=VICTIM))) == 0
+
+
+def test_a_sample_capture_reads_with_memory_bounded_by_its_answer(tmp_path):
+    """A window of 400 000 records (~85 MB) answered with its newest 10 000: the store reads
+    it a chunk at a time, never the whole window at once."""
+    store = SegmentStore(tmp_path / "samples", dt.timedelta(hours=24), partition_seconds=60)
+    now = time.time_ns()
+    template = batch(now, [("198.51.100.1", VICTIM, 1000, 53, 0)])[0]
+    n = 400_000
+    for part in range(2):  # two partitions, two segments each
+        for half in range(2):
+            wire = np.repeat(template, n // 4)
+            end = now - part * 60_000_000_000
+            wire["ts"] = end - 1_000 * np.arange(half, n // 2, 2)[::-1]
+            store.append(wire, "ord01")
+    del wire
+    tracemalloc.start()
+    try:
+        rows = store.query(q(A, now, seconds=150, limit=10_000))
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(rows) == 10_000 and (np.diff(rows["ts"]) >= 0).all()
+    assert rows["ts"][-1] == now  # the newest of all
+    window = n * records.STORED.itemsize
+    assert peak < window / 2, (peak, window)

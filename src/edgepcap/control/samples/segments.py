@@ -34,6 +34,9 @@ from edgepcap.control.samples.traffic import Groups, TrafficQuery
 from edgepcap.formats import samples as records
 
 NS = 1_000_000_000
+# Records a sample capture reads at a time (~7 MB): its memory is bounded by this and its
+# answer, whatever the window holds.
+CHUNK_ROWS = 32_768
 # A segment's name starts with the machine that sampled it and this separator (machine
 # names are lowercase letters, digits and '-'); names without it are of no known machine.
 MACHINE_SEP = sealing.MACHINE_SEP
@@ -134,15 +137,42 @@ class SegmentStore:
         return out
 
     def query(self, q: SampleQuery) -> np.ndarray:
-        chunks = [
-            rows
-            for p in range(q.start_ns // self.partition_ns, q.end_ns // self.partition_ns + 1)
-            for rows, *_ in self._partition(p, q.account_id, full=True)
-        ]
-        if not chunks:
-            return np.zeros(0, dtype=records.STORED)
-        rows = np.concatenate(chunks)
-        return newest(matching(rows, q), q.limit)
+        """The newest `q.limit` matches, read a partition at a time and a chunk of
+        `CHUNK_ROWS` records at a time: memory is bounded by the answer, not the window."""
+        kept = np.zeros(0, dtype=records.STORED)
+        for p in range(q.start_ns // self.partition_ns, q.end_ns // self.partition_ns + 1):
+            for _ in range(RETRIES):
+                try:
+                    found = self._newest_in(p, q)
+                    break
+                except FileNotFoundError:
+                    continue  # sealed or expired while read: again, from what is there now
+            else:
+                continue
+            kept = newest(np.concatenate([kept, found]), q.limit)
+        return kept
+
+    def _newest_in(self, partition: int, q: SampleQuery) -> np.ndarray:
+        """One partition's newest `q.limit` matches (FileNotFoundError: read it again)."""
+        part = self.root / f"{partition:012d}"
+        sealed = part / f"{q.account_id}{SEALED}"
+        try:
+            meta = json.loads((sealed / "meta.json").read_text())
+        except FileNotFoundError:
+            meta = None
+        manifest = set(meta["raw"]) if meta else set()
+        paths = [sealed / f"{m}{MACHINE_SEP}sealed.seg" for m in meta["machines"]] if meta else []
+        paths += [part / q.account_id / n for n in raw_names(part / q.account_id)]
+        paths = [path for path in paths if path.name not in manifest]
+        if not manifest and sealed.exists():
+            raise FileNotFoundError(sealed)  # sealed while the raw files were listed
+        kept = np.zeros(0, dtype=records.STORED)
+        for path in paths:
+            # Opened once: a file deleted by sealing after this is still read whole.
+            with path.open("rb") as fh:
+                while len(chunk := np.fromfile(fh, records.STORED, count=CHUNK_ROWS)):
+                    kept = newest(np.concatenate([kept, matching(chunk, q)]), q.limit)
+        return kept
 
     def traffic(self, q: TrafficQuery) -> Groups:
         t = Tally(q)
