@@ -33,6 +33,7 @@ MAX_GROUPS = 200
 # Group keys in numpy form: integers (protocols, ports, machine codes) or addresses.
 ADDRESS = np.dtype([("fam", "u1"), ("hi", "<u8"), ("lo", "<u8")])
 INT_OTHER = -2  # NO_PORT is -1; protocols, ports and machine codes are >= 0
+SMALL_KEYS = 1 << 17  # integer keys below this are made unique by a table
 ADDRESS_OTHER = 255  # in `fam`
 CAPPED = ("source_address", "destination_address", "source_port", "destination_port")
 # What a group_by counts by in the stores' columns ("colo" is counted by machine).
@@ -80,6 +81,13 @@ def unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(keys, return_inverse=True), by lexsort for addresses: numpy sorts a
     structured array by generic comparisons, ten times slower."""
     if keys.dtype != ADDRESS:
+        if len(keys) and keys.min() >= INT_OTHER and keys.max() < SMALL_KEYS:
+            # Ports, protocols, machines: by a table, without sorting.
+            seen = np.zeros(int(keys.max()) - INT_OTHER + 1, dtype=bool)
+            seen[keys - INT_OTHER] = True
+            uniq = np.flatnonzero(seen)
+            inv = (np.cumsum(seen) - 1)[keys - INT_OTHER]
+            return (uniq + INT_OTHER).astype(keys.dtype), inv
         uniq, inv = np.unique(keys, return_inverse=True)
         return uniq, inv.reshape(-1)
     order = np.lexsort((keys["lo"], keys["hi"], keys["fam"]))
