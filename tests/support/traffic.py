@@ -86,3 +86,33 @@ def wire_of(part: dict) -> np.ndarray:
         wire[name] = rows[name]
     wire["account"] = np.frombuffer(bytes.fromhex(part["id"]), dtype=f"V{records.ACCOUNT_BYTES}")[0]
     return wire
+
+
+def many_keys_over(start_ns: int, end_ns: int, n: int, seed: int) -> dict:
+    """`n` records of account A over [start, end) from random sources and source ports
+    (more keys an hour than `tally.HOUR_GROUPS`), 5 % of them strays to 192.0.2.0/24,
+    as `records_over` groups them."""
+    rng = np.random.default_rng(seed)
+    rows = np.zeros(n, dtype=records.STORED)
+    rows["ts"] = np.sort(rng.integers(start_ns, end_ns, size=n))
+    rows["orig_len"] = rng.integers(60, 1500, size=n)
+    rows["proto"] = rng.choice([6, 17, 17, 1], size=n)
+    ports = np.isin(rows["proto"], records.PORT_PROTOCOLS)
+    # Zipf-ish sources and ports: some heavy keys, a long tail, ties among the light ones.
+    rows["sport"] = np.where(ports, np.minimum(rng.zipf(1.3, size=n), 60000) + 1000, 0)
+    rows["dport"] = np.where(ports, rng.choice([53, 80, 443], size=n), 0)
+    rows["family"] = 4
+    src = np.minimum(rng.zipf(1.2, size=n), 2**24 - 1).astype(np.uint64)
+    rows["src_lo"] = records.MAPPED | (np.uint64(10 << 24) + src)
+    dst = _v4("203.0.113.0")[1] + rng.integers(1, 13, size=n).astype(np.uint64)
+    stray = rng.random(n) < 0.05
+    rows["dst_lo"] = np.where(stray, _v4("192.0.2.0")[1] + np.uint64(9), dst)
+    rows["cap_len"] = 40
+    machine = rng.integers(0, len(MACHINES), size=n)
+    minute = rows["ts"] // MINUTE
+    out = {}
+    for m in range(len(MACHINES)):
+        for t in np.unique(minute[machine == m]):
+            pick = (machine == m) & (minute == t)
+            out[(MACHINES[m], int(t), A, 0)] = {"id": A, "rows": rows[pick]}
+    return out

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import itertools
+import json
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ from edgepcap.control.samples.clickhouse import ClickHouseStore
 from edgepcap.control.samples.segments import SegmentStore
 from edgepcap.control.samples.traffic import Counts, TrafficQuery
 from edgepcap.formats.filters import FilterV1
-from tests.support.traffic import MINUTE, NETS, A, B, records_over, wire_of
+from tests.support.traffic import MINUTE, NETS, A, B, many_keys_over, records_over, wire_of
 
 counter = itertools.count()
 HOUR = 3600 * traffic.NS
@@ -170,6 +171,70 @@ def test_a_compaction_between_and_during_reads_counts_each_sample_once(
     kept = {k: v for k, v in rows.items() if (k[1] + 1) * MINUTE > cutoff}
     assert kept and len(kept) < len(rows)
     same(store.traffic(q), reference(kept, q))
+
+
+def test_filtered_queries_of_summed_hours_read_their_columns(tmp_path, history, monkeypatch):
+    now, rows = history
+    store = SegmentStore(tmp_path / "s", dt.timedelta(hours=24), partition_seconds=60)
+    fill(store, rows)
+    store.seal(now, {a: NETS[a] for a in (A, B)}.get)
+    read = []  # partitions of which rows were read
+    real = store._read_partition
+
+    def reading(*a):
+        chunks = real(*a)
+        read.extend([a[0]] if chunks else [])
+        return chunks
+
+    monkeypatch.setattr(store, "_read_partition", reading)
+    calls = []
+    count = segments.hourcols.count
+    monkeypatch.setattr(segments.hourcols, "count", lambda *a: calls.append(a) or count(*a))
+    # Windows cut inside summed hours, a partial last bucket, a cut 10-s bucket.
+    ends = (now - 2 * HOUR - 7 * traffic.NS, now - HOUR // 2 - 3 * traffic.NS, now)
+    for end, f in itertools.product(ends, FILTERS[1:]):
+        for group_by in ("protocol", "source_port", "destination_address", "machine"):
+            start = end - HOUR - 25 * MINUTE
+            start -= start % (30 * traffic.NS)
+            q = TrafficQuery(A, start, end, 30 * traffic.NS, group_by, FilterV1(**f), NETS[A])
+            same(store.traffic(q), reference(rows, q))
+    assert calls
+    # Of the summed hours, only the partitions at the windows' edges were read.
+    summed = {int(h.name) for h in (tmp_path / "s" / "hours").iterdir()}
+    assert 0 < len({p for p in read if p * MINUTE // HOUR in summed}) <= 4 * len(ends)
+    # Prefixes grown since sealing: the strays (192.0.2.9) now count, filtered row by row.
+    grown = (*NETS[A], ipaddress.ip_network("192.0.2.0/24"))
+    for f in ({"address": "192.0.2.9"}, {"source_address": "192.0.2.9"}, {"protocol": 17}):
+        q = tq(A, now, "source_address", prefixes=grown, **f)
+        want = reference(rows, q)
+        assert want
+        same(store.traffic(q), want)
+
+
+def test_hour_columns_cut_heavy_keys_as_the_partitions_would(tmp_path):
+    """More keys an hour than HOUR_GROUPS: the columns' cut (by codes, or uncut with the
+    strays) equals the count of the same hours from the sealed partitions."""
+    now = time.time_ns()
+    rows = many_keys_over(now - 2 * HOUR - 10 * MINUTE, now, 40_000, seed=9)
+    store = SegmentStore(tmp_path / "s", dt.timedelta(hours=24), partition_seconds=60)
+    fill(store, rows)
+    store.seal(now, {A: NETS[A]}.get)
+    grown = (*NETS[A], ipaddress.ip_network("192.0.2.0/24"))
+    queries = [
+        tq(A, now, g, step=s, hours=3, prefixes=p, **f)
+        for g in ("source_address", "source_port", "protocol")
+        for f in ({"destination_port": 53}, {"protocol": 17}, {"port": 443})
+        for p in (tuple(NETS[A]), grown)
+        for s in (10, 300)
+    ]
+    got = [store.traffic(q) for q in queries]
+    assert any(traffic.OTHER in g for g in got)  # the cut was exercised
+    for meta in (tmp_path / "s" / "hours").glob("*/*/meta.json"):
+        old = json.loads(meta.read_text())
+        del old["columns"]  # as summed before the columns: the partitions answer
+        meta.write_text(json.dumps(old))
+    for q, g in zip(queries, got, strict=True):
+        same(g, store.traffic(q))
 
 
 def test_estimate_ranks_sums_other_and_divides_the_last_bucket():

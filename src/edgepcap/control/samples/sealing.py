@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepcap.control.samples import tally
+from edgepcap.control.samples import hourcols, tally
 from edgepcap.formats import samples as records
 
 MACHINE_SEP = "@"
@@ -158,16 +158,24 @@ def summarize_hour(
     np.save(tmp / "strays.npy", rows[~owned])
     rows = rows[owned]
     buckets = (rows["ts"] - hour * tally.HOUR_NS) // tally.QUANTUM_NS
+    # Each side's addresses sorted once, for its summary and its columns.
+    sides = {side: hourcols.address_codes(rows, side) for side in ("src", "dst")}
     for dim in DIMENSIONS:
-        keys = tally.encode(rows, dim, rows["machine"])
         top = tally.HOUR_GROUPS if dim in tally.CAPPED else None
-        k, b, s, y = tally.reduce(
-            keys, buckets, np.ones(len(rows)), rows["orig_len"].astype(np.int64), top
-        )
+        nbytes = rows["orig_len"].astype(np.int64)
+        if tally.is_address(dim):
+            uniq, codes = sides["src" if dim == "source_address" else "dst"]
+            k, b, s, y = tally.reduce(codes, buckets, np.ones(len(rows)), nbytes, top)
+            k = _address_keys(uniq, k)
+        else:
+            keys = tally.encode(rows, dim, rows["machine"])
+            k, b, s, y = tally.reduce(keys, buckets, np.ones(len(rows)), nbytes, top)
         out = np.zeros(len(k), dtype=[("key", k.dtype), ("b", "<u2"), ("s", "<i8"), ("y", "<i8")])
         out["key"], out["b"], out["s"], out["y"] = k, b, s, y
         np.save(tmp / f"{dim}.npy", out)
+    hourcols.write(tmp, rows, buckets, sides)
     meta = {
+        "columns": hourcols.VERSION,
         "machines": list(machines),
         "nets": [str(n) for n in nets],
         "partitions": included,
@@ -175,3 +183,13 @@ def summarize_hour(
     }
     (tmp / "meta.json").write_text(json.dumps(meta))
     return _publish(tmp, target)
+
+
+def _address_keys(uniq: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Address keys of `reduce`'s codes (ints, INT_OTHER for the rest): codes sort as
+    their keys do, so the cut and its ties are those of a reduce over the addresses."""
+    out = np.zeros(len(codes), dtype=tally.ADDRESS)
+    mine = codes != tally.INT_OTHER
+    out[mine] = uniq[codes[mine]]
+    out["fam"][~mine] = tally.ADDRESS_OTHER
+    return out

@@ -8,8 +8,9 @@ Retention drops whole partition directories (and the hour summaries that overlap
 
 `seal` (the leading API process's supervisor calls it) compacts partitions that can no
 longer receive samples and sums whole hours (sealing.py); `traffic` counts from the hour
-summaries where the query has no filter and the account's prefixes still cover them, from
-sealed partitions' columns elsewhere, and from raw segments for the recent minutes.
+summaries where the account's prefixes still cover them (their counts without a filter,
+their columns with one: hourcols.py), from sealed partitions' columns elsewhere, and from
+raw segments for the recent minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepcap.control.samples import sealing
+from edgepcap.control.samples import hourcols, sealing
 from edgepcap.control.samples.admission import MAX_SKEW_NS
 from edgepcap.control.samples.sealing import HOURS, SEALED, machine_of, raw_names
 from edgepcap.control.samples.store import SampleQuery, matching, newest
@@ -184,8 +185,8 @@ class SegmentStore:
             h0, h1 = hour * HOUR_NS, (hour + 1) * HOUR_NS
             lo, hi = max(q.start_ns, h0), min(end10, h1)
             summary = None
-            if plain and HOUR_NS % P == 0 and lo < hi:
-                summary = self._summary(t, q, hour, lo, hi)
+            if HOUR_NS % P == 0 and lo < hi:
+                summary = self._summary(t, q, hour, lo, hi, plain)
             skip = (lo, hi) if summary else None
             first, last = max(q.start_ns, h0) // P, (min(q.end_ns, h1) - 1) // P
             for p in range(first, last + 1):
@@ -198,15 +199,30 @@ class SegmentStore:
             t.end_hour()
         return t.groups()
 
-    def _summary(self, t: Tally, q: TrafficQuery, hour: int, lo: int, hi: int) -> dict | None:
-        """Adds the hour summary's counts of [lo, hi) to `t`, with its strays; its meta, or
-        None if there is none, or the account's prefixes no longer cover it."""
+    def _summary(
+        self, t: Tally, q: TrafficQuery, hour: int, lo: int, hi: int, plain: bool
+    ) -> dict | None:
+        """Adds the hour summary's counts of [lo, hi) to `t` (`plain`: no filter) or its
+        columns' (hourcols.py), with its strays; its meta, or None if there is none, it
+        has no columns for a filter, or the account's prefixes no longer cover it."""
         directory = self.root / HOURS / f"{hour:08d}" / q.account_id
         try:
             meta = json.loads((directory / "meta.json").read_text())
             nets = [ipaddress.ip_network(n) for n in meta["nets"]]
             if not all(_covered(n, q.prefixes) for n in nets):
                 return None
+            if not plain:
+                if meta.get("columns") != hourcols.VERSION:
+                    return None  # summed before the columns were
+                machines = t.code(meta["machines"])
+                coded = hourcols.count(directory, machines, q, t.dim, lo, hi)
+                strays = np.load(directory / "strays.npy")
+                if coded is not None:
+                    t.add_coded(coded)
+                cut = q.window()
+                cut = SampleQuery(cut.account_id, lo, hi - 1, cut.filter, 0, cut.prefixes)
+                t.add_rows(strays, machines[strays["machine"]], cut)
+                return meta
             counts = np.load(directory / f"{t.dim}.npy")
             strays = np.load(directory / "strays.npy")
         except FileNotFoundError:

@@ -33,6 +33,7 @@ MAX_GROUPS = 200
 # Group keys in numpy form: integers (protocols, ports, machine codes) or addresses.
 ADDRESS = np.dtype([("fam", "u1"), ("hi", "<u8"), ("lo", "<u8")])
 INT_OTHER = -2  # NO_PORT is -1; protocols, ports and machine codes are >= 0
+SMALL_KEYS = 1 << 17  # integer keys below this are made unique by a table
 ADDRESS_OTHER = 255  # in `fam`
 CAPPED = ("source_address", "destination_address", "source_port", "destination_port")
 # What a group_by counts by in the stores' columns ("colo" is counted by machine).
@@ -80,6 +81,13 @@ def unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(keys, return_inverse=True), by lexsort for addresses: numpy sorts a
     structured array by generic comparisons, ten times slower."""
     if keys.dtype != ADDRESS:
+        if len(keys) and keys.min() >= INT_OTHER and keys.max() < SMALL_KEYS:
+            # Ports, protocols, machines: by a table, without sorting.
+            seen = np.zeros(int(keys.max()) - INT_OTHER + 1, dtype=bool)
+            seen[keys - INT_OTHER] = True
+            uniq = np.flatnonzero(seen)
+            inv = (np.cumsum(seen) - 1)[keys - INT_OTHER]
+            return (uniq + INT_OTHER).astype(keys.dtype), inv
         uniq, inv = np.unique(keys, return_inverse=True)
         return uniq, inv.reshape(-1)
     order = np.lexsort((keys["lo"], keys["hi"], keys["fam"]))
@@ -132,6 +140,7 @@ class Tally:
         self.machines: dict[str, int] = {}
         self._parts: list[tuple[np.ndarray, ...]] = []
         self._hour: list[tuple[np.ndarray, ...]] = []
+        self._coded = None  # an hour's counts as key codes (hourcols.Coded)
 
     def code(self, names: list[str]) -> np.ndarray:
         """The tally's machine numbers for a source's list of machine names."""
@@ -158,12 +167,23 @@ class Tally:
         bucket = (ts - self.q.start_ns) // self.q.step_ns
         self._hour.append((keys, bucket, np.ones(len(rows)), rows["orig_len"].astype(np.int64)))
 
+    def add_coded(self, coded) -> None:
+        """An hour's column counts (`hourcols.Coded`), cut by the hour's rule in `end_hour`."""
+        self._coded = coded
+
     def end_hour(self) -> None:
         """Sums the rows added since the last call, as one hour's (bounded memory)."""
+        top = HOUR_GROUPS if self.capped else None
+        if self._coded is not None:
+            coded, self._coded = self._coded, None
+            if not self._hour:  # the columns are the whole hour: cut by codes, no sort
+                self._parts.append(coded.cells(top))
+                return
+            self._hour.append(coded.cells(None))
         if self._hour:
             cols = [np.concatenate(c) for c in zip(*self._hour, strict=True)]
             self._hour = []
-            self._parts.append(reduce(*cols, HOUR_GROUPS if self.capped else None))
+            self._parts.append(reduce(*cols, top))
 
     def groups(self) -> Groups:
         self.end_hour()
@@ -175,9 +195,9 @@ class Tally:
         totals = np.bincount(inv, weights=samples, minlength=len(uniq)).astype(np.int64)
         live = np.flatnonzero(totals > 0)
         if self.capped and len(live) > MAX_GROUPS:
-            # Only keys as heavy as the MAX_GROUPS-th can be answered: name only those.
-            floor = np.sort(totals[live])[-MAX_GROUPS]
-            live = np.union1d(live[totals[live] >= floor], self._sentinels(uniq))
+            # Only the MAX_GROUPS heaviest keys can be answered: name only those.
+            sentinels = self._sentinels(uniq)
+            live = np.union1d(heaviest(uniq, totals, np.setdiff1d(live, sentinels)), sentinels)
         names = dict(zip(live.tolist(), self._names(uniq[live]), strict=True))
         chosen = [i for i in live.tolist() if totals[i] > 0]
         other = [i for i in chosen if names[i] == traffic.OTHER]
@@ -217,6 +237,55 @@ class Tally:
             by_code = {c: n for n, c in self.machines.items()}
             return [traffic.OTHER if k == INT_OTHER else by_code[k] for k in uniq.tolist()]
         return [traffic.OTHER if k == INT_OTHER else k for k in uniq.tolist()]
+
+
+def heaviest(uniq: np.ndarray, totals: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The MAX_GROUPS heaviest of `uniq[index]`, ties by label as `traffic.estimate` ranks
+    them: only the keys tied at the floor are labelled (a window of random sources has
+    hundreds of thousands of keys of one sample), IPv4 addresses in numpy."""
+    if len(index) <= MAX_GROUPS:
+        return index
+    floor = np.partition(totals[index], -MAX_GROUPS)[-MAX_GROUPS]
+    above = index[totals[index] > floor]
+    tied = index[totals[index] == floor]
+    need = MAX_GROUPS - len(above)
+    return np.concatenate([above, tied[label_order(uniq[tied], need)]])
+
+
+def label_order(keys: np.ndarray, count: int) -> np.ndarray:
+    """The first `count` keys (addresses, ports or protocols) by `traffic.label`."""
+    if keys.dtype != ADDRESS:
+        return _by_text(keys.tolist(), np.arange(len(keys)), count)
+    v4 = (keys["fam"] == 4) & (keys["hi"] == 0) & (keys["lo"] >> np.uint64(32) == 0xFFFF)
+    # Dotted quads in numpy: their text order is that of their octets' texts.
+    index = np.flatnonzero(v4)
+    values = keys["lo"][index] & np.uint64(0xFFFFFFFF)
+    rank = np.zeros(len(index), dtype=np.uint64)
+    for k in range(4):
+        octet = (values >> np.uint64(24 - 8 * k)) & np.uint64(255)
+        rank |= _OCTET_RANK[octet.astype(np.intp)] << np.uint64(24 - 8 * k)
+    if count < len(index):
+        some = np.argpartition(rank, count)[:count]
+        index, rank = index[some], rank[some]
+    first = index[np.argsort(rank)]
+    others = np.flatnonzero(~v4)
+    if not len(others):
+        return first[:count]
+    first6 = _by_text(keys[others].tolist(), others, count)  # IPv6 texts: in Python
+    both = np.concatenate([first, first6])
+    return _by_text(keys[both].tolist(), both, count)
+
+
+def _by_text(keys: list, index: np.ndarray, count: int) -> np.ndarray:
+    """The first `count` of `index` by the label of its key (ints or address tuples)."""
+    labels = [
+        traffic.label(records.join(k[1], k[2], k[0]) if isinstance(k, tuple) else k) for k in keys
+    ]
+    return index[sorted(range(len(labels)), key=labels.__getitem__)[:count]]
+
+
+# Each octet's rank among the texts "0".."255": "1" < "10" < "100" < "101" < "11" < "2".
+_OCTET_RANK = np.argsort(np.argsort([str(i) for i in range(256)])).astype(np.uint64)
 
 
 def matching_index(rows: np.ndarray, window: SampleQuery) -> np.ndarray:
