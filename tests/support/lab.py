@@ -164,6 +164,7 @@ class Lab:
         protos: tuple[str, ...] = ("udp",),
         rate: float | None = None,
         seconds: float = 30.0,
+        hosts: int | None = None,
     ) -> list[dict[str, Any]]:
         """`lab traffic` from this process (no process start): flows as `traffic` gives them."""
         from edgepcap.lab import traffic
@@ -171,7 +172,7 @@ class Lab:
 
         state = json.loads((self.data_dir / "lab-state.json").read_text())
         layout = Layout.from_state(state)
-        flows = traffic.send(layout, list(tenants), count, size, v6, protos, seconds, rate)
+        flows = traffic.send(layout, list(tenants), count, size, v6, protos, seconds, rate, hosts)
         return [f.as_dict() for f in flows]
 
     def machines_up(self) -> dict[str, bool]:

@@ -71,11 +71,12 @@ def _send_all(
     protos: list[str],
     deadline: float,
     rate: float | None = None,
+    hosts: int | None = None,
 ) -> list[Flow]:
     flows: list[Flow] = []
     families = [4, 6] if v6 else [4]
     for tenant in tenants:
-        for i, (h4, h6) in enumerate(layout.hosts(tenant), start=1):
+        for i, (h4, h6) in enumerate(layout.hosts(tenant)[:hosts], start=1):
             machine = layout.machines[i - 1]
             t = 0 if tenant == "customer" else 1
             for family in families:
@@ -223,9 +224,11 @@ def send(
     protos: tuple[str, ...] = ("udp", "tcp", "icmp"),
     seconds: float = 30.0,
     rate: float | None = None,
+    hosts: int | None = None,
 ) -> list[Flow]:
     """Send `count` packets per flow from the client namespace, UDP flows at most `rate`
-    packets/s each (None: as fast as they go); returns what was sent."""
+    packets/s each (None: as fast as they go), to each tenant's first `hosts` hosts (None:
+    all, one per machine); returns what was sent."""
     if not 1 <= count <= MAX_COUNT:
         raise ValueError(f"count must be 1 to {MAX_COUNT}")
     if not 0 <= size <= 1400:
@@ -244,4 +247,5 @@ def send(
         list(protos),
         deadline,
         rate,
+        hosts,
     )
