@@ -277,3 +277,64 @@ def test_a_table_made_before_the_machine_column_gets_it(clickhouse):
     q = tq(A, now, "machine", hours=1)
     same(store.traffic(q), reference(rows, q))
     store.close()
+
+
+def test_an_hour_in_progress_counts_its_sealed_partitions_from_its_columns(
+    tmp_path, history, monkeypatch
+):
+    """Sealed up to 40 minutes into an hour: those partitions count from the hour so far's
+    columns, the rest from their own files; a newer one published while a reader reads the
+    older, the summary replacing them, and retention, each count every sample once."""
+    now, rows = history
+    root = tmp_path / "s"
+    store = SegmentStore(root, dt.timedelta(hours=24), partition_seconds=60)
+    fill(store, rows)
+    nets = {a: NETS[a] for a in (A, B)}.get
+    hour = (now - 2 * HOUR) // HOUR
+    lag = segments.MAX_SKEW_NS + segments.SEAL_GRACE_NS
+    at = hour * HOUR + 40 * MINUTE + lag
+    store.seal(at, nets)
+    hours = root / "hours" / f"{hour:08d}"
+    assert segments.sealing.so_far(hours, A) == [f"{A}.sofar-{hour * 60 + 39:012d}"]
+    asked = [
+        (g, f)
+        for g in ("protocol", "source_address", "destination_address", "machine", "source_port")
+        for f in (FILTERS[0], FILTERS[2], FILTERS[5], FILTERS[7])
+    ]
+    for group_by, f in asked:
+        q = tq(A, now, group_by, **f)
+        same(store.traffic(q), reference(rows, q))
+    # The next partition sealed while a reader maps the older columns: they vanish under it.
+    sealer = SegmentStore(root, dt.timedelta(hours=24), partition_seconds=60)
+    count = segments.hourcols.count
+    sealed = []
+
+    def sealing_then_counting(directory, *a):
+        if not sealed and ".sofar-" in directory.name:
+            sealed.append(sealer.seal(at + MINUTE, nets))
+        return count(directory, *a)
+
+    monkeypatch.setattr(segments.hourcols, "count", sealing_then_counting)
+    q = tq(A, now, "destination_address", **FILTERS[5])
+    same(store.traffic(q), reference(rows, q))
+    assert sealed and segments.sealing.so_far(hours, A) == [f"{A}.sofar-{hour * 60 + 40:012d}"]
+    monkeypatch.undo()
+    for group_by, f in asked:
+        q = tq(A, now, group_by, **f)
+        same(store.traffic(q), reference(rows, q))
+    # The hour complete: its summary replaces the columns so far.
+    sealer.seal((hour + 1) * HOUR + 10 * MINUTE + lag, nets)
+    assert (hours / A / "meta.json").exists() and not segments.sealing.so_far(hours, A)
+    assert segments.sealing.so_far(root / "hours" / f"{hour + 1:08d}", A)
+    for group_by, f in asked[::3]:
+        q = tq(A, now, group_by, **f)
+        same(store.traffic(q), reference(rows, q))
+    # Retention drops the hour in progress's columns with the hour.
+    later = (hour + 1) * HOUR + MINUTE + 24 * HOUR
+    assert store.expire(later) > 0
+    assert not (root / "hours" / f"{hour + 1:08d}").exists()
+    cutoff = later - 24 * HOUR
+    kept = {k: v for k, v in rows.items() if (k[1] + 1) * MINUTE > cutoff}
+    for group_by, f in asked[::3]:
+        q = tq(A, now, group_by, **f)
+        same(store.traffic(q), reference(kept, q))

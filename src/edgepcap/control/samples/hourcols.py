@@ -79,6 +79,33 @@ class Coded:
     ncodes: int
     keys: np.ndarray | None  # the tally key of each code (None: the code is the key)
     port: bool = False  # port codes: key = code - 1
+    ordered: bool = True  # rows in bucket order
+
+    def merged(self, keys: np.ndarray, buckets: np.ndarray, orig: np.ndarray) -> Coded:
+        """These rows and others of the same hour given by tally key (`tally.encode`), as
+        codes that still sort as their keys do: an address missing from the hour's keys
+        is inserted among them, and the codes after it shift."""
+        codes, ncodes, mapped = self.codes, self.ncodes, self.keys
+        if mapped is None:
+            extra = keys + 1 if self.port else keys
+        elif mapped.dtype != tally.ADDRESS:  # machines: by the tally's numbers
+            codes, mapped = mapped[codes], None
+            ncodes = int(max(codes.max(initial=0), keys.max(initial=0))) + 1
+            extra = keys
+        else:
+            uniq, inverse = tally.unique(keys)
+            mapped, shift, where = _insert(mapped, uniq)
+            codes = codes if shift is None else shift[codes]
+            ncodes, extra = len(mapped), where[inverse]
+        return Coded(
+            np.concatenate([codes, extra.astype(np.intp)]),
+            np.concatenate([self.buckets, buckets]),
+            np.concatenate([self.orig, orig]),
+            ncodes,
+            mapped,
+            self.port,
+            ordered=False,
+        )
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         if self.keys is not None:
@@ -88,8 +115,11 @@ class Coded:
     def cells(self, top: int | None) -> tuple[np.ndarray, ...]:
         """(keys, buckets, samples, bytes) per cell, as `tally.reduce` sums them: with `top`,
         keys past the `top` heaviest (ties by code = by key) summed as OTHER."""
-        first = int(self.buckets[0])  # rows are in bucket order
-        width = int(self.buckets[-1]) - first + 1
+        if self.ordered:
+            first, last = int(self.buckets[0]), int(self.buckets[-1])
+        else:
+            first, last = int(self.buckets.min()), int(self.buckets.max())
+        width = last - first + 1
         local = self.buckets - first if first else self.buckets
         if self.ncodes * width <= min(DENSE_CELLS, max(len(self.codes) // 8, 1 << 12)):
             # Few codes for the rows: one pass, cut afterwards.
@@ -130,6 +160,38 @@ class Coded:
     def _sparse(keys, s, y, first):
         row, col = np.nonzero(s)
         return keys[row], col + first, s[row, col].astype(np.int64), y[row, col].astype(np.int64)
+
+
+def _insert(keys: np.ndarray, more: np.ndarray):
+    """Sorted distinct address `keys` with the sorted distinct `more` among them: (all the
+    keys, each old code's new code or None if unchanged, each of `more`'s code)."""
+    a, b = _comparable(keys, more)
+    pos = np.searchsorted(a, b)
+    found = pos < len(a)
+    found[found] = a[pos[found]] == b[found]
+    at = pos[~found]
+    if not len(at):
+        return keys, None, pos
+    shift = np.arange(len(keys)) + np.cumsum(np.bincount(at, minlength=len(keys)))[: len(keys)]
+    where = np.empty(len(more), dtype=np.intp)
+    where[found] = shift[pos[found]]
+    where[~found] = at + np.arange(len(at))
+    return np.insert(keys, at, more[~found]), shift, where
+
+
+def _comparable(*keys: np.ndarray) -> list[np.ndarray]:
+    """Address keys as scalars that sort as they do: by `lo` if all are IPv4-mapped, else
+    as 17 big-endian bytes (numpy compares structured values ten times slower)."""
+    if all(not len(k) or (k["fam"][0] == k["fam"][-1] == 4 and not k["hi"].any()) for k in keys):
+        return [k["lo"] for k in keys]
+    out = []
+    for k in keys:
+        b = np.zeros((len(k), 17), dtype=np.uint8)
+        b[:, 0] = k["fam"]
+        b[:, 1:9] = k["hi"].astype(">u8").view(np.uint8).reshape(-1, 8)
+        b[:, 9:] = k["lo"].astype(">u8").view(np.uint8).reshape(-1, 8)
+        out.append(b.view("S17").reshape(-1))
+    return out
 
 
 def _heaviest(totals: np.ndarray, top: int | None) -> np.ndarray:

@@ -6,7 +6,10 @@ plus a columns file (the records without their packet bytes, with a machine numb
 what the traffic view reads when it must look at every sample. Once a whole hour is
 sealed, `summarize_hour` writes, per group dimension, the hour's counts per 10-s bucket
 and key (`tally`'s per-hour rule for ports and addresses), so that a 24 h query opens
-tens of small files instead of 1440 partitions. Hand-written numpy files, like the
+tens of small files instead of 1440 partitions. Until then, `summarize_so_far` writes
+the columns of the hour's sealed partitions so far after each one is sealed, so that a
+query of the hour in progress reads only its last, unsealed minutes row by row; the
+summary replaces them. Hand-written numpy files, like the
 segments, because they were measured fastest (BENCHMARKS.md) and need no server.
 
 Every result is built in a hidden directory and published by one rename; the raw
@@ -35,6 +38,8 @@ from edgepcap.formats import samples as records
 MACHINE_SEP = "@"
 SEALED = ".sealed"
 HOURS = "hours"
+# An hour in progress: `hours/<hour>/<account><SO_FAR><last partition counted>`.
+SO_FAR = ".sofar-"
 COLS = np.dtype(
     [
         *[(n, records.STORED.fields[n][0]) for n in records.STORED.names if n != "data"],
@@ -130,10 +135,45 @@ def summarize_hour(
     nets: Sequence,
 ) -> bool:
     """Writes `root/hours/<hour>/<account_id>` from the sealed `partitions` of the hour;
-    False (nothing written) while one of them still has raw segments."""
+    False (nothing written) while one of them still has raw segments. The hour so far's
+    columns (`summarize_so_far`) go once it is published."""
     target = root / HOURS / f"{hour:08d}" / account_id
     if target.exists():
         return False
+    done = _summarize(root, hour, account_id, partitions, nets, target, counts=True)
+    for old in so_far(root / HOURS / f"{hour:08d}", account_id) if target.exists() else ():
+        shutil.rmtree(root / HOURS / f"{hour:08d}" / old, ignore_errors=True)
+    return done
+
+
+def summarize_so_far(
+    root: Path, hour: int, account_id: str, partitions: Sequence[int], nets: Sequence
+) -> bool:
+    """Writes the columns (hourcols.py) and strays of the sealed `partitions` so far of an
+    hour in progress, as `root/hours/<hour>/<account_id>.sofar-<last partition>`, then
+    drops the older ones: a reader counts the partitions its `meta.json` lists from there,
+    the others from their own files. False if that one exists or a partition is unsealed."""
+    hours = root / HOURS / f"{hour:08d}"
+    target = hours / f"{account_id}{SO_FAR}{partitions[-1]:012d}"
+    if target.exists() or (hours / account_id).exists():
+        return False
+    done = _summarize(root, hour, account_id, partitions, nets, target, counts=False)
+    for old in so_far(hours, account_id):
+        if old != target.name:
+            shutil.rmtree(hours / old, ignore_errors=True)
+    return done
+
+
+def so_far(hours: Path, account_id: str) -> list[str]:
+    """The account's published hour-so-far directories in `hours`, oldest first."""
+    try:
+        names = os.listdir(hours)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(f"{account_id}{SO_FAR}"))
+
+
+def _summarize(root, hour, account_id, partitions, nets, target: Path, counts: bool) -> bool:
     machines: dict[str, int] = {}
     cols, included, manifest = [], [], []
     for p in partitions:
@@ -160,7 +200,7 @@ def summarize_hour(
     buckets = (rows["ts"] - hour * tally.HOUR_NS) // tally.QUANTUM_NS
     # Each side's addresses sorted once, for its summary and its columns.
     sides = {side: hourcols.address_codes(rows, side) for side in ("src", "dst")}
-    for dim in DIMENSIONS:
+    for dim in DIMENSIONS if counts else ():
         top = tally.HOUR_GROUPS if dim in tally.CAPPED else None
         nbytes = rows["orig_len"].astype(np.int64)
         if tally.is_address(dim):

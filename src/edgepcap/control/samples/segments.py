@@ -9,8 +9,9 @@ Retention drops whole partition directories (and the hour summaries that overlap
 `seal` (the leading API process's supervisor calls it) compacts partitions that can no
 longer receive samples and sums whole hours (sealing.py); `traffic` counts from the hour
 summaries where the account's prefixes still cover them (their counts without a filter,
-their columns with one: hourcols.py), from sealed partitions' columns elsewhere, and from
-raw segments for the recent minutes.
+their columns with one: hourcols.py), from the columns of the hour in progress's sealed
+partitions so far likewise, from sealed partitions' columns elsewhere, and from raw
+segments for the recent minutes.
 """
 
 from __future__ import annotations
@@ -202,41 +203,55 @@ class SegmentStore:
     def _summary(
         self, t: Tally, q: TrafficQuery, hour: int, lo: int, hi: int, plain: bool
     ) -> dict | None:
-        """Adds the hour summary's counts of [lo, hi) to `t` (`plain`: no filter) or its
-        columns' (hourcols.py), with its strays; its meta, or None if there is none, it
-        has no columns for a filter, or the account's prefixes no longer cover it."""
-        directory = self.root / HOURS / f"{hour:08d}" / q.account_id
+        """Adds what the hour's summary, or the columns of its sealed partitions so far,
+        count of [lo, hi) to `t`; their meta (which partitions they counted), or None if
+        there are none, or the account's prefixes no longer cover them. Read again when
+        they are replaced while read."""
+        for _ in range(RETRIES):
+            try:
+                return self._counted(t, q, hour, lo, hi, plain)
+            except FileNotFoundError:
+                t.drop_hour()  # replaced (or expired) while read: again, from what is there
+        return None
+
+    def _counted(self, t, q, hour, lo, hi, plain) -> dict | None:
+        """`_summary` once: the summary's counts (`plain`: no filter) or its columns
+        (hourcols.py), else the hour so far's columns; with their strays."""
+        hours = self.root / HOURS / f"{hour:08d}"
+        directory = hours / q.account_id
         try:
             meta = json.loads((directory / "meta.json").read_text())
-            nets = [ipaddress.ip_network(n) for n in meta["nets"]]
-            if not all(_covered(n, q.prefixes) for n in nets):
-                return None
-            if not plain:
-                if meta.get("columns") != hourcols.VERSION:
-                    return None  # summed before the columns were
-                machines = t.code(meta["machines"])
-                coded = hourcols.count(directory, machines, q, t.dim, lo, hi)
-                strays = np.load(directory / "strays.npy")
-                if coded is not None:
-                    t.add_coded(coded)
-                cut = q.window()
-                cut = SampleQuery(cut.account_id, lo, hi - 1, cut.filter, 0, cut.prefixes)
-                t.add_rows(strays, machines[strays["machine"]], cut)
-                return meta
-            counts = np.load(directory / f"{t.dim}.npy")
-            strays = np.load(directory / "strays.npy")
         except FileNotFoundError:
-            return None  # not summed (yet), or expired
+            sofar = sealing.so_far(hours, q.account_id)
+            if not sofar:
+                return None  # nothing sealed (yet), or expired
+            directory, plain = hours / sofar[-1], False  # the hour so far has only columns
+            meta = json.loads((directory / "meta.json").read_text())
+        nets = [ipaddress.ip_network(n) for n in meta["nets"]]
+        if not all(_covered(n, q.prefixes) for n in nets):
+            return None
+        cut = q.window()
+        cut = SampleQuery(cut.account_id, lo, hi - 1, cut.filter, 0, cut.prefixes)
+        machines = t.code(meta["machines"])
+        if not plain:
+            if meta.get("columns") != hourcols.VERSION:
+                return None  # summed before the columns were
+            coded = hourcols.count(directory, machines, q, t.dim, lo, hi)
+            strays = np.load(directory / "strays.npy")
+            if coded is not None:
+                t.add_coded(coded)
+            t.add_rows(strays, machines[strays["machine"]], cut)
+            return meta
+        counts = np.load(directory / f"{t.dim}.npy")
+        strays = np.load(directory / "strays.npy")
         start = hour * HOUR_NS + counts["b"].astype(np.int64) * QUANTUM_NS
         counts = counts[(start >= lo) & (start < hi)]
         keys = counts["key"]
         if t.dim == "machine":
-            keys = t.code(meta["machines"])[keys] if len(keys) else keys
+            keys = machines[keys] if len(keys) else keys
         bucket = (start[(start >= lo) & (start < hi)] - q.start_ns) // q.step_ns
         t.add(keys, bucket, counts["s"], counts["y"])
-        cut = q.window()
-        cut = SampleQuery(cut.account_id, lo, hi - 1, cut.filter, 0, cut.prefixes)
-        t.add_rows(strays, t.code(meta["machines"])[strays["machine"]], cut)
+        t.add_rows(strays, machines[strays["machine"]], cut)
         return meta
 
     def seal(self, now_ns: int, prefixes: Prefixes) -> int:
@@ -266,6 +281,15 @@ class SegmentStore:
                 if nets is not None:
                     sealing.summarize_hour(self.root, hour, account_id, partitions, nets)
         self._summed_upto = max(self._summed_upto, last_hour - 1)
+        if ready % per_hour:  # the hour in progress: its sealed partitions so far
+            partitions = range(last_hour * per_hour, ready)
+            accounts = set()
+            for p in partitions:
+                accounts.update(_accounts(self.root / f"{p:012d}"))
+            for account_id in sorted(accounts):
+                nets = prefixes(account_id)
+                if nets is not None:
+                    sealing.summarize_so_far(self.root, last_hour, account_id, partitions, nets)
         return sealed
 
     def expire(self, now_ns: int) -> int:

@@ -171,15 +171,22 @@ class Tally:
         """An hour's column counts (`hourcols.Coded`), cut by the hour's rule in `end_hour`."""
         self._coded = coded
 
+    def drop_hour(self) -> None:
+        """Forgets the rows and columns added since the last `end_hour`."""
+        self._hour, self._coded = [], None
+
     def end_hour(self) -> None:
         """Sums the rows added since the last call, as one hour's (bounded memory)."""
         top = HOUR_GROUPS if self.capped else None
         if self._coded is not None:
             coded, self._coded = self._coded, None
-            if not self._hour:  # the columns are the whole hour: cut by codes, no sort
-                self._parts.append(coded.cells(top))
-                return
-            self._hour.append(coded.cells(None))
+            if self._hour:  # rows (all of one sample) join the columns' codes: no sort
+                cols = [np.concatenate(c) for c in zip(*self._hour, strict=True)]
+                keys, buckets, _ones, nbytes = cols
+                self._hour = []
+                coded = coded.merged(keys, buckets, nbytes)
+            self._parts.append(coded.cells(top))
+            return
         if self._hour:
             cols = [np.concatenate(c) for c in zip(*self._hour, strict=True)]
             self._hour = []
