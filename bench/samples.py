@@ -99,7 +99,8 @@ def fill(store_root: Path, n: int, hours: float, ids: list[str]) -> tuple[np.nda
             last_hour.append(recent)
     nets = {account_id: [account_net(i)] for i, account_id in enumerate(ids)}
     started = time.perf_counter()
-    store.seal(time.time_ns(), nets.get)
+    # The API process's own sealer may be at it too: wait for it, then seal the rest.
+    store.seal(time.time_ns(), nets.get, wait=True)
     sealing = time.perf_counter() - started
     empty = np.zeros(0, dtype=records.WIRE)
     return (np.concatenate(last_hour) if last_hour else empty), now, sealing

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fcntl
 import ipaddress
 import itertools
 import json
+import os
 import time
 
 import numpy as np
@@ -338,3 +340,23 @@ def test_an_hour_in_progress_counts_its_sealed_partitions_from_its_columns(
     for group_by, f in asked[::3]:
         q = tq(A, now, group_by, **f)
         same(store.traffic(q), reference(kept, q))
+
+
+def test_one_sealer_at_a_time_per_store(tmp_path, history):
+    """Two processes sealing the same files (another data dir on this store, a tool) would
+    build and replace the same hour at once: the second waits, or leaves it to the first."""
+    now, rows = history
+    store = SegmentStore(tmp_path / "s", dt.timedelta(hours=24), partition_seconds=60)
+    fill(store, rows)
+    prefixes = {a: NETS[a] for a in (A, B)}.get
+    fd = os.open(tmp_path / "s" / segments.SEAL_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another sealer at work
+        assert store.seal(now, prefixes) == 0
+        assert not (tmp_path / "s" / "hours").exists()
+    finally:
+        os.close(fd)
+    assert store.seal(now, prefixes, wait=True) > 0
+    assert list((tmp_path / "s" / "hours").iterdir())
+    q = tq(A, now, "destination_port", port=443)
+    same(store.traffic(q), reference(rows, q))

@@ -17,6 +17,7 @@ segments for the recent minutes.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
@@ -46,6 +47,7 @@ MACHINE_SEP = sealing.MACHINE_SEP
 # admitted just before then may still be on their way to `append`.
 SEAL_GRACE_NS = 30 * NS
 RETRIES = 5
+SEAL_LOCK = ".sealing.lock"
 Prefixes = Callable[[str], Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None]
 
 
@@ -254,10 +256,24 @@ class SegmentStore:
         t.add_rows(strays, machines[strays["machine"]], cut)
         return meta
 
-    def seal(self, now_ns: int, prefixes: Prefixes) -> int:
+    def seal(self, now_ns: int, prefixes: Prefixes, wait: bool = False) -> int:
         """Compacts every partition no sample can reach any more, then sums every such
         whole hour of each account `prefixes` knows (None: not summed); returns how many
-        partitions were compacted."""
+        partitions were compacted. One sealer at a time per store (a lock file in it):
+        while another process seals the same files (a second data dir on this store, a
+        tool), this one returns 0 and leaves the work to it, or with `wait` waits for it
+        and then seals what is left."""
+        fd = os.open(self.root / SEAL_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return 0
+            return self._seal(now_ns, prefixes)
+        finally:
+            os.close(fd)
+
+    def _seal(self, now_ns: int, prefixes: Prefixes) -> int:
         ready = (now_ns - MAX_SKEW_NS - SEAL_GRACE_NS) // self.partition_ns  # first open one
         sealed = 0
         parts = sorted(int(e) for e in os.listdir(self.root) if e.isdigit())
