@@ -61,7 +61,7 @@ def machine_of(name: str) -> str:
     return machine if sep else ""
 
 
-def raw_names(directory: Path) -> list[str]:
+def raw_names(directory: Path | str) -> list[str]:
     """The published segments of a raw partition directory (none if it is gone)."""
     try:
         names = os.listdir(directory)
