@@ -25,6 +25,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -48,6 +49,7 @@ MACHINE_SEP = sealing.MACHINE_SEP
 SEAL_GRACE_NS = 30 * NS
 RETRIES = 5
 SEAL_LOCK = ".sealing.lock"
+T = TypeVar("T")
 Prefixes = Callable[[str], Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None]
 
 
@@ -97,23 +99,18 @@ class SegmentStore:
         self,
         partition: int,
         account_id: str,
-        full: bool,
         summary: dict | None = None,
         inside: bool = False,
     ) -> list[tuple[np.ndarray, list[str], np.ndarray, bool]]:
-        """The account's samples in one partition, as (rows, machine names, each row's
-        machine index, counted by `summary`?) chunks: `full` records, or only columns.
-        What the hour `summary` counted is not read when the partition is `inside` the
-        part of the hour the summary answers."""
-        for _ in range(RETRIES):
-            try:
-                return self._read_partition(partition, account_id, full, summary, inside)
-            except FileNotFoundError:
-                continue  # compacted or expired while read: again, from what is there now
-        return []
+        """The account's samples in one partition, as (columns, machine names, each row's
+        machine index, counted by `summary`?) chunks. What the hour `summary` counted is not
+        read when the partition is `inside` the part of the hour the summary answers."""
+        empty: list[tuple[np.ndarray, list[str], np.ndarray, bool]] = []
+        return _retried(lambda: self._read_partition(partition, account_id, summary, inside), empty)
 
-    def _read_partition(self, partition, account_id, full, summary, inside):
-        if summary is not None and inside and partition in summary["partitions"]:
+    def _read_partition(self, partition, account_id, summary, inside):
+        summed = summary is not None and partition in summary["partitions"]
+        if summed and inside:
             # Counted by the hour's summary or columns: only raw segments it did not list
             # are read (none, but for a race). Plain strings: a 24 h query passes here
             # for 1 440 partitions, and pathlib cost more than the rest of each visit.
@@ -128,23 +125,15 @@ class SegmentStore:
             return late
         part = self.root / f"{partition:012d}"
         sealed = part / f"{account_id}{SEALED}"
-        summed = summary is not None and partition in summary["partitions"]
         out = []
-        if summed and inside:
-            manifest = set(summary["raw"])
-        else:
-            try:
-                meta = json.loads((sealed / "meta.json").read_text())
-            except FileNotFoundError:
-                meta = None
-            manifest = set(meta["raw"]) if meta else set()
-            if meta and full:
-                for number, machine in enumerate(meta["machines"]):
-                    rows = np.fromfile(sealed / f"{machine}{MACHINE_SEP}sealed.seg", records.STORED)
-                    out.append((rows, [machine], np.full(len(rows), number), summed))
-            elif meta:
-                cols = np.load(sealed / "cols.npy")
-                out.append((cols, meta["machines"], cols["machine"], summed))
+        try:
+            meta = json.loads((sealed / "meta.json").read_text())
+        except FileNotFoundError:
+            meta = None
+        manifest = set(meta["raw"]) if meta else set()
+        if meta:
+            cols = np.load(sealed / "cols.npy")
+            out.append((cols, meta["machines"], cols["machine"], summed))
         for name in raw_names(part / account_id):
             if name not in manifest:
                 rows = np.fromfile(part / account_id / name, dtype=records.STORED)
@@ -158,14 +147,7 @@ class SegmentStore:
         `CHUNK_ROWS` records at a time: memory is bounded by the answer, not the window."""
         kept = np.zeros(0, dtype=records.STORED)
         for p in range(q.start_ns // self.partition_ns, q.end_ns // self.partition_ns + 1):
-            for _ in range(RETRIES):
-                try:
-                    found = self._newest_in(p, q)
-                    break
-                except FileNotFoundError:
-                    continue  # sealed or expired while read: again, from what is there now
-            else:
-                continue
+            found = _retried(lambda p=p: self._newest_in(p, q), kept[:0])
             kept = newest(np.concatenate([kept, found]), q.limit)
         return kept
 
@@ -208,7 +190,7 @@ class SegmentStore:
             for p in range(first, last + 1):
                 inside = skip is not None and skip[0] <= p * P and (p + 1) * P <= skip[1]
                 for rows, names, numbers, summed in self._partition(
-                    p, q.account_id, False, summary, inside
+                    p, q.account_id, summary, inside
                 ):
                     codes = t.code(names)[numbers]
                     t.add_rows(rows, codes, window, skip if summed else None)
@@ -260,11 +242,12 @@ class SegmentStore:
         counts = np.load(directory / f"{t.dim}.npy")
         strays = np.load(directory / "strays.npy")
         start = hour * HOUR_NS + counts["b"].astype(np.int64) * QUANTUM_NS
-        counts = counts[(start >= lo) & (start < hi)]
+        within = (start >= lo) & (start < hi)
+        counts, start = counts[within], start[within]
         keys = counts["key"]
         if t.dim == "machine":
             keys = machines[keys] if len(keys) else keys
-        bucket = (start[(start >= lo) & (start < hi)] - q.start_ns) // q.step_ns
+        bucket = (start - q.start_ns) // q.step_ns
         t.add(keys, bucket, counts["s"], counts["y"])
         t.add_rows(strays, machines[strays["machine"]], cut)
         return meta
@@ -302,24 +285,25 @@ class SegmentStore:
         last_hour = ready // per_hour  # the first hour with an open partition
         for hour in range(first_hour, last_hour):
             partitions = range(hour * per_hour, (hour + 1) * per_hour)
-            accounts = set()
-            for p in partitions:
-                accounts.update(_accounts(self.root / f"{p:012d}"))
-            for account_id in sorted(accounts):
-                nets = prefixes(account_id)
-                if nets is not None:
-                    sealing.summarize_hour(self.root, hour, account_id, partitions, nets)
+            self._sum_accounts(sealing.summarize_hour, hour, partitions, prefixes)
         self._summed_upto = max(self._summed_upto, last_hour - 1)
         if ready % per_hour:  # the hour in progress: its sealed partitions so far
             partitions = range(last_hour * per_hour, ready)
-            accounts = set()
-            for p in partitions:
-                accounts.update(_accounts(self.root / f"{p:012d}"))
-            for account_id in sorted(accounts):
-                nets = prefixes(account_id)
-                if nets is not None:
-                    sealing.summarize_so_far(self.root, last_hour, account_id, partitions, nets)
+            self._sum_accounts(sealing.summarize_so_far, last_hour, partitions, prefixes)
         return sealed
+
+    def _sum_accounts(
+        self, summarize: Callable, hour: int, partitions: range, prefixes: Prefixes
+    ) -> None:
+        """`summarize` the partitions of `hour` for each account with samples in them whose
+        prefixes are known."""
+        accounts: set[str] = set()
+        for p in partitions:
+            accounts.update(_accounts(self.root / f"{p:012d}"))
+        for account_id in sorted(accounts):
+            nets = prefixes(account_id)
+            if nets is not None:
+                summarize(self.root, hour, account_id, partitions, nets)
 
     def expire(self, now_ns: int) -> int:
         cutoff = now_ns - int(self.retention.total_seconds() * NS)
@@ -338,6 +322,17 @@ class SegmentStore:
 
     def close(self) -> None:
         pass
+
+
+def _retried(read: Callable[[], T], gone: T) -> T:
+    """`read()`, again while files it reads vanish (sealed or expired meanwhile: what is
+    there now is read), up to RETRIES times; `gone` if they keep vanishing."""
+    for _ in range(RETRIES):
+        try:
+            return read()
+        except FileNotFoundError:
+            continue
+    return gone
 
 
 def _covered(net, prefixes) -> bool:
