@@ -19,28 +19,20 @@ from edgepcap.formats import protocol
 from tests.support.api import SIMPLE, full
 from tests.support.packets import udp
 from tests.support.samples import owned_by, ship
-from tests.support.servers import S3_ENV, register_machine, start_server, stop_server
-from tests.support.stack import Stack
+from tests.support.servers import S3_ENV, register_machine
+from tests.support.stack import Stack, two_api_processes
 
 
 @pytest.fixture(scope="module")
 def twin(postgres, tmp_path_factory, s3_server) -> Iterator[tuple[Stack, Stack]]:
-    database = postgres.new_database()
-    data_dir = tmp_path_factory.mktemp("twin")
     env = {**S3_ENV, "EDGEPCAP_S3_ENDPOINT": s3_server}
-    first = start_server(data_dir, database, env)
-    try:
-        second = start_server(data_dir, database, env)
-    except BaseException:
-        stop_server(first)
-        raise
-    machine = register_machine(first)
-    try:
-        yield Stack(server=first, environ=env), Stack(server=second, environ=env)
-    finally:
-        machine.stop()
-        stop_server(first)
-        stop_server(second)
+    data_dir = tmp_path_factory.mktemp("twin")
+    with two_api_processes(data_dir, postgres.new_database(), env) as (first, second):
+        machine = register_machine(first.server)
+        try:
+            yield first, second
+        finally:
+            machine.stop()
 
 
 def race(urls: list[str], account, body: dict, per_server: int = 8) -> Counter[int]:

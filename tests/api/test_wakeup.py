@@ -15,8 +15,8 @@ import pytest
 from edgepcap.control import changes
 from tests.support.api import full
 from tests.support.processes import wait_for
-from tests.support.servers import S3_ENV, register_machine, start_server, stop_server
-from tests.support.stack import Stack
+from tests.support.servers import S3_ENV, register_machine
+from tests.support.stack import Stack, two_api_processes
 
 
 def test_payloads_name_their_origin_and_machines():
@@ -28,20 +28,10 @@ def test_payloads_name_their_origin_and_machines():
 
 @pytest.fixture(scope="module")
 def pair(postgres, tmp_path_factory, s3_server) -> Iterator[tuple[Stack, Stack]]:
-    database = postgres.new_database()
-    data_dir = tmp_path_factory.mktemp("wakeup")
     env = {**S3_ENV, "EDGEPCAP_S3_ENDPOINT": s3_server}
-    first = start_server(data_dir, database, env)
-    try:
-        second = start_server(data_dir, database, env)
-    except BaseException:
-        stop_server(first)
-        raise
-    try:
-        yield Stack(server=first, environ=env), Stack(server=second, environ=env)
-    finally:
-        stop_server(first)
-        stop_server(second)
+    data_dir = tmp_path_factory.mktemp("wakeup")
+    with two_api_processes(data_dir, postgres.new_database(), env) as stacks:
+        yield stacks
 
 
 def gauge(stack: Stack, name: str) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +16,7 @@ from edgepcap.client import Client, Settings
 from edgepcap.control.accounts import create_account, describe
 from edgepcap.control.db import Database, open_database
 from tests.support.processes import EDGEPCAP
-from tests.support.servers import Server
+from tests.support.servers import Server, start_server, stop_server
 
 
 @dataclass
@@ -97,3 +100,22 @@ class Stack:
             bucket = c.prove_bucket(conf, lambda name: (directory / name).read_text())
         assert bucket["status"] == "success", bucket
         return conf
+
+
+@contextlib.contextmanager
+def two_api_processes(
+    data_dir: Path, database: str, env: dict[str, str]
+) -> Iterator[tuple[Stack, Stack]]:
+    """Two `edgepcap api` processes on one database and data dir, as two hosts behind a
+    load balancer would be; both stopped afterwards."""
+    first = start_server(data_dir, database, env)
+    try:
+        second = start_server(data_dir, database, env)
+    except BaseException:
+        stop_server(first)
+        raise
+    try:
+        yield Stack(server=first, environ=env), Stack(server=second, environ=env)
+    finally:
+        stop_server(first)
+        stop_server(second)
