@@ -8,16 +8,17 @@ also written here, one `.npy` per field, sorted by 10-s bucket: a query maps onl
 columns its filter and group need, cuts the window by binary search on the buckets, and
 counts with `np.bincount` over small integer codes, no sort.
 
-Columns (`c.<name>.npy`): `b` the 10-s bucket in the hour (u2), `proto` (u1), `sk`
-and `dk` (u4: the source and destination port + 1, 0 for a sample without ports, so
-that a port is one compare and its code sorts as its key), `orig_len` (u4), `machine`
-(u2, into the summary's machine list), and `src` and `dst` (u4): codes into `k.src.npy`
-/ `k.dst.npy`, the hour's distinct (family, address) keys in `tally.ADDRESS` order. An
-address filter is one lookup in the keys and one integer compare per row; an address
-group needs no sort of addresses.
+Columns (`c.<name>.npy`), rows sorted by 10-s bucket: `proto` (u1), `sk` and `dk` (u4:
+the source and destination port + 1, 0 for a sample without ports, so that a port is one
+compare and its code sorts as its key), `orig_len` (u4), `machine` (u2, into the
+summary's machine list), and `src` and `dst` (u4): codes into `k.src.npy` / `k.dst.npy`,
+the hour's distinct (family, address) keys in `tally.ADDRESS` order. An address filter
+is one lookup in the keys and one integer compare per row; an address group needs no
+sort of addresses. Where each 10-s bucket's rows start is in `meta.json` ("offsets",
+`BUCKETS` + 1 of them): a window is cut without reading a column.
 
 Counts follow `tally`'s per-hour rule: the `HOUR_GROUPS` heaviest keys (ties by key),
-the rest as OTHER, cut here in code order, which is the keys' order. When other rows
+the rest as OTHER, cut in code order (coded.py), which is the keys' order. When other rows
 join the same hour (strays, a cut last bucket), the cells go uncut to `Tally.end_hour`,
 which cuts them together. Hand-written numpy for the reasons the segments are (no
 server, measured fastest); readers use it only while the account's prefixes still cover
@@ -26,40 +27,81 @@ what the hour recorded, like the summaries (segments.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
 
 from edgepcap.control.samples import tally, traffic
+from edgepcap.control.samples.coded import Coded
 from edgepcap.formats import samples as records
 from edgepcap.formats.filters import FilterV1
 
 # Written in an hour summary's meta.json as "columns" when the hour has these files.
-VERSION = 2
+VERSION = 3
+BUCKETS = tally.HOUR_NS // tally.QUANTUM_NS  # 10-s buckets in an hour
 PORTISH = np.zeros(256, dtype=bool)
 PORTISH[records.PORT_PROTOCOLS] = True
 PORT_CODES = 65537  # 0 = NO_PORT, port + 1 otherwise: the codes sort as the keys do
-# Counted densely, one bincount over (code, bucket), while there are no more cells than
-# this nor than rows.
-DENSE_CELLS = 1 << 22
+# Each file's dtype, by its name without ".npy".
+FILES = {
+    "c.proto": np.dtype("u1"),
+    "c.orig_len": np.dtype("<u4"),
+    "c.machine": np.dtype("<u2"),
+    "c.sk": np.dtype("<u4"),
+    "c.dk": np.dtype("<u4"),
+    "c.src": np.dtype("<u4"),
+    "c.dst": np.dtype("<u4"),
+    "k.src": tally.ADDRESS,
+    "k.dst": tally.ADDRESS,
+}
+# The column each group counts by.
+GROUP_COLUMN = {
+    "protocol": "proto",
+    "source_port": "sk",
+    "destination_port": "dk",
+    "source_address": "src",
+    "destination_address": "dst",
+    "machine": "machine",
+}
 
 
-def write(directory: Path, rows: np.ndarray, buckets: np.ndarray, sides: dict) -> None:
+def write(directory: Path, rows: np.ndarray, buckets: np.ndarray, sides: dict) -> list[int]:
     """The hour's `rows` (sealing.COLS, machine renumbered) with their 10-s `buckets`, as
-    columns sorted by bucket; `sides` holds each side's (distinct keys, each row's code)."""
+    columns sorted by bucket; `sides` holds each side's (distinct keys, each row's code).
+    Returns where each bucket's rows start, and their end (meta.json's "offsets")."""
     order = np.argsort(buckets.astype(np.uint16), kind="stable")
     rows = rows[order]
-    np.save(directory / "c.b.npy", buckets[order].astype(np.uint16))
-    for name, dtype in (("proto", "u1"), ("orig_len", "<u4"), ("machine", "<u2")):
-        np.save(directory / f"c.{name}.npy", rows[name].astype(dtype))
+    offsets = np.searchsorted(buckets[order], np.arange(BUCKETS + 1))
+    for name, field in (("proto", "proto"), ("orig_len", "orig_len"), ("machine", "machine")):
+        _save(directory, f"c.{name}", rows[field])
     portish = PORTISH[rows["proto"]]
     for name, field in (("sk", "sport"), ("dk", "dport")):
-        codes = np.where(portish, rows[field].astype(np.uint32) + 1, 0).astype(np.uint32)
-        np.save(directory / f"c.{name}.npy", codes)
+        _save(directory, f"c.{name}", np.where(portish, rows[field].astype(np.uint32) + 1, 0))
     for side, (keys, codes) in sides.items():
-        np.save(directory / f"k.{side}.npy", keys)
-        np.save(directory / f"c.{side}.npy", codes[order].astype(np.uint32))
+        _save(directory, f"k.{side}", keys)
+        _save(directory, f"c.{side}", codes[order])
+    return offsets.tolist()
+
+
+def _save(directory: Path, stem: str, values: np.ndarray) -> None:
+    np.save(directory / f"{stem}.npy", values.astype(FILES[stem]))
+
+
+def _mapped(path: Path, dtype: np.dtype) -> np.ndarray:
+    """A file `_save` wrote, mapped read-only. By hand because np.load's header parsing and
+    np.memmap cost more than the rest of a small column's read: the header is only
+    skipped (its length is in bytes 8-9 of a format 1.0 file), the dtype is `FILES`'."""
+    with open(path, "rb") as fh:
+        head = fh.read(10)
+        if head[:8] != b"\x93NUMPY\x01\x00":
+            raise ValueError(f"{path}: not a .npy file of format 1.0")
+        start = 10 + int.from_bytes(head[8:10], "little")
+        if os.fstat(fh.fileno()).st_size == start:
+            return np.zeros(0, dtype=dtype)
+        view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.frombuffer(view, dtype=dtype, offset=start)
 
 
 def address_codes(rows: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -69,180 +111,43 @@ def address_codes(rows: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
     return tally.unique(keys)
 
 
-@dataclass
-class Coded:
-    """One hour's matching samples as key codes: the tally's to cut and sum (`cells`)."""
-
-    codes: np.ndarray  # each row's key code, < ncodes
-    buckets: np.ndarray  # each row's query bucket (intp)
-    orig: np.ndarray  # each row's original length
-    ncodes: int
-    keys: np.ndarray | None  # the tally key of each code (None: the code is the key)
-    port: bool = False  # port codes: key = code - 1
-    ordered: bool = True  # rows in bucket order
-
-    def merged(self, keys: np.ndarray, buckets: np.ndarray, orig: np.ndarray) -> Coded:
-        """These rows and others of the same hour given by tally key (`tally.encode`), as
-        codes that still sort as their keys do: an address missing from the hour's keys
-        is inserted among them, and the codes after it shift."""
-        codes, ncodes, mapped = self.codes, self.ncodes, self.keys
-        if mapped is None:
-            extra = keys + 1 if self.port else keys
-        elif mapped.dtype != tally.ADDRESS:  # machines: by the tally's numbers
-            codes, mapped = mapped[codes], None
-            ncodes = int(max(codes.max(initial=0), keys.max(initial=0))) + 1
-            extra = keys
-        else:
-            uniq, inverse = tally.unique(keys)
-            mapped, shift, where = _insert(mapped, uniq)
-            codes = codes if shift is None else shift[codes]
-            ncodes, extra = len(mapped), where[inverse]
-        return Coded(
-            np.concatenate([codes, extra.astype(np.intp)]),
-            np.concatenate([self.buckets, buckets]),
-            np.concatenate([self.orig, orig]),
-            ncodes,
-            mapped,
-            self.port,
-            ordered=False,
-        )
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        if self.keys is not None:
-            return self.keys[codes]
-        return codes.astype(np.int64) - 1 if self.port else codes.astype(np.int64)
-
-    def cells(self, top: int | None) -> tuple[np.ndarray, ...]:
-        """(keys, buckets, samples, bytes) per cell, as `tally.reduce` sums them: with `top`,
-        keys past the `top` heaviest (ties by code = by key) summed as OTHER."""
-        if self.ordered:
-            first, last = int(self.buckets[0]), int(self.buckets[-1])
-        else:
-            first, last = int(self.buckets.min()), int(self.buckets.max())
-        width = last - first + 1
-        local = self.buckets - first if first else self.buckets
-        if self.ncodes * width <= min(DENSE_CELLS, max(len(self.codes) // 8, 1 << 12)):
-            # Few codes for the rows: one pass, cut afterwards.
-            flat = self.codes * width + local
-            s = np.bincount(flat, minlength=self.ncodes * width).reshape(self.ncodes, width)
-            y = np.bincount(flat, weights=self.orig, minlength=self.ncodes * width)
-            return self._dense(s, y.reshape(self.ncodes, width), first, top)
-        totals = np.bincount(self.codes, minlength=self.ncodes)
-        keep = _heaviest(totals, top)
-        slot = np.full(self.ncodes, len(keep), dtype=np.intp)
-        slot[keep] = np.arange(len(keep))
-        flat = slot[self.codes] * width + local
-        n = (len(keep) + 1) * width
-        s = np.bincount(flat, minlength=n).reshape(-1, width)
-        y = np.bincount(flat, weights=self.orig, minlength=n).reshape(-1, width)
-        keys = self.decode(keep)
-        if s[-1].any():
-            keys = np.concatenate([keys, tally.other_key_like(keys)])
-        else:
-            s, y = s[:-1], y[:-1]
-        return self._sparse(keys, s, y, first)
-
-    def _dense(self, s, y, first, top):
-        totals = s.sum(axis=1)
-        keep = _heaviest(totals, top)
-        rest = np.ones(len(totals), dtype=bool)
-        rest[keep] = False
-        keys = self.decode(keep)
-        if rest.any() and totals[rest].any():
-            keys = np.concatenate([keys, tally.other_key_like(keys)])
-            s = np.vstack([s[keep], s.sum(axis=0) - s[keep].sum(axis=0)])
-            y = np.vstack([y[keep], y.sum(axis=0) - y[keep].sum(axis=0)])
-        else:
-            s, y = s[keep], y[keep]
-        return self._sparse(keys, s, y, first)
-
-    @staticmethod
-    def _sparse(keys, s, y, first):
-        row, col = np.nonzero(s)
-        return keys[row], col + first, s[row, col].astype(np.int64), y[row, col].astype(np.int64)
-
-
-def _insert(keys: np.ndarray, more: np.ndarray):
-    """Sorted distinct address `keys` with the sorted distinct `more` among them: (all the
-    keys, each old code's new code or None if unchanged, each of `more`'s code)."""
-    a, b = _comparable(keys, more)
-    pos = np.searchsorted(a, b)
-    found = pos < len(a)
-    found[found] = a[pos[found]] == b[found]
-    at = pos[~found]
-    if not len(at):
-        return keys, None, pos
-    shift = np.arange(len(keys)) + np.cumsum(np.bincount(at, minlength=len(keys)))[: len(keys)]
-    where = np.empty(len(more), dtype=np.intp)
-    where[found] = shift[pos[found]]
-    where[~found] = at + np.arange(len(at))
-    return np.insert(keys, at, more[~found]), shift, where
-
-
-def _comparable(*keys: np.ndarray) -> list[np.ndarray]:
-    """Address keys as scalars that sort as they do: by `lo` if all are IPv4-mapped, else
-    as 17 big-endian bytes (numpy compares structured values ten times slower)."""
-    if all(not len(k) or (k["fam"][0] == k["fam"][-1] == 4 and not k["hi"].any()) for k in keys):
-        return [k["lo"] for k in keys]
-    out = []
-    for k in keys:
-        b = np.zeros((len(k), 17), dtype=np.uint8)
-        b[:, 0] = k["fam"]
-        b[:, 1:9] = k["hi"].astype(">u8").view(np.uint8).reshape(-1, 8)
-        b[:, 9:] = k["lo"].astype(">u8").view(np.uint8).reshape(-1, 8)
-        out.append(b.view("S17").reshape(-1))
-    return out
-
-
-def _heaviest(totals: np.ndarray, top: int | None) -> np.ndarray:
-    """The codes with samples, or (with `top`) only the `top` heaviest, ties by code; in
-    code order. Linear: the floor from a histogram of the totals, the codes tied at it
-    taken lowest first, from the start of the codes only (a quarter of a random source's
-    codes may have samples: listing them all costs more than the rest of the hour)."""
-    if top is None or np.count_nonzero(totals) <= top:
-        return np.flatnonzero(totals)
-    at_least = np.cumsum(np.bincount(totals)[::-1])[::-1]  # codes with >= v samples
-    floor = int(np.flatnonzero(at_least >= top)[-1])
-    above = np.flatnonzero(totals > floor)
-    need, end = top - len(above), 4 * top
-    tied = np.flatnonzero(totals[:end] == floor)
-    while len(tied) < need and end < len(totals):
-        end *= 4
-        tied = np.flatnonzero(totals[:end] == floor)
-    return np.union1d(above, tied[:need])
-
-
 class Hour:
-    """The columns of one summed hour, mapped on demand."""
+    """The columns of one summed hour, mapped on demand; `offsets` from its meta.json."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, offsets: list[int]) -> None:
         self.directory = directory
+        self.offsets = np.asarray(offsets, dtype=np.intp)
         self._maps: dict[str, np.ndarray] = {}
         self.lo = 0
         self.hi = 0
 
-    def _map(self, name: str) -> np.ndarray:
-        if name not in self._maps:
-            path = self.directory / f"c.{name}.npy"
-            self._maps[name] = np.load(path, mmap_mode="r").view(np.ndarray)
-        return self._maps[name]
+    def _map(self, stem: str) -> np.ndarray:
+        if stem not in self._maps:
+            self._maps[stem] = _mapped(self.directory / f"{stem}.npy", FILES[stem])
+        return self._maps[stem]
 
     def col(self, name: str) -> np.ndarray:
         """The column's rows of the window (`select`)."""
-        return self._map(name)[self.lo : self.hi]
+        return self._map(f"c.{name}")[self.lo : self.hi]
 
     def select(self, first: int, last: int) -> int:
         """Keeps the rows of 10-s buckets [first, last); how many."""
-        self.offsets = np.searchsorted(self._map("b"), np.arange(first, last + 1))
-        self.lo, self.hi = int(self.offsets[0]), int(self.offsets[-1])
+        self.starts = self.offsets[first : last + 1]
+        self.lo, self.hi = int(self.starts[0]), int(self.starts[-1])
         return self.hi - self.lo
 
-    def buckets(self, of_bucket: np.ndarray) -> np.ndarray:
-        """Each selected row's `of_bucket[10-s bucket - first]`, by runs (rows are sorted)."""
-        return np.repeat(of_bucket, np.diff(self.offsets))
+    def runs(self, of_bucket: np.ndarray, pick: np.ndarray | None):
+        """The selected rows (or those `pick`s, ascending) as runs of one query bucket,
+        `of_bucket[10-s bucket - first]`: each run's bucket and start, then the end."""
+        starts = self.starts - self.lo
+        if pick is not None:
+            starts = np.searchsorted(pick, starts)
+        change = np.flatnonzero(np.diff(of_bucket)) + 1
+        firsts = np.concatenate([[0], change])
+        return of_bucket[firsts], np.concatenate([starts[firsts], starts[-1:]])
 
     def keys(self, side: str) -> np.ndarray:
-        return np.load(self.directory / f"k.{side}.npy", mmap_mode="r").view(np.ndarray)
+        return self._map(f"k.{side}")
 
     def code_of(self, side: str, addr) -> int:
         """The side's code of `addr` in the hour, or -1 if no sample has it: a binary
@@ -287,12 +192,14 @@ class Hour:
         return out
 
 
-def count(directory: Path, machines: np.ndarray, q: traffic.TrafficQuery, dim: str, lo, hi):
-    """The hour's samples in [lo, hi) matching the query's filter, as `Coded` (None if
-    none); `machines` are the tally's codes of the summary's machines."""
+def count(directory: Path, meta: dict, machines: np.ndarray, q: traffic.TrafficQuery, dim, lo, hi):
+    """The hour's samples in [lo, hi) matching the query's filter, as a function that
+    returns them as `Coded` (None if there are none): the filter is applied and the files
+    are mapped now, the rows read when it is called, on any thread. `meta` is the hour's
+    meta.json, `machines` the tally's codes of its machines."""
     h0 = lo // tally.HOUR_NS * tally.HOUR_NS
     first, last = (lo - h0) // tally.QUANTUM_NS, (hi - h0) // tally.QUANTUM_NS
-    cols = Hour(directory)
+    cols = Hour(directory, meta["offsets"])
     if not cols.select(first, last):
         return None
     mask = cols.mask(q.filter)
@@ -307,19 +214,23 @@ def count(directory: Path, machines: np.ndarray, q: traffic.TrafficQuery, dim: s
         return cols.col(name) if pick is None else cols.col(name).take(pick)
 
     starts = h0 + np.arange(int(first), int(last), dtype=np.int64) * tally.QUANTUM_NS
-    buckets = cols.buckets(((starts - q.start_ns) // q.step_ns).astype(np.intp))
-    buckets = buckets if pick is None else buckets.take(pick)
-    orig = col("orig_len")
-    if dim == "protocol":
-        return Coded(col("proto").astype(np.intp), buckets, orig, 256, None)
-    if dim in ("source_port", "destination_port"):
-        codes = col("sk" if dim == "source_port" else "dk").astype(np.intp)
-        return Coded(codes, buckets, orig, PORT_CODES, None, port=True)
-    if tally.is_address(dim):
-        side = "src" if dim == "source_address" else "dst"
-        keys = cols.keys(side)
-        return Coded(col(side).astype(np.intp), buckets, orig, len(keys), keys)
-    if dim == "machine":
-        codes = col("machine").astype(np.intp)
-        return Coded(codes, buckets, orig, len(machines), np.asarray(machines, np.int64))
-    raise ValueError(f"unknown group {dim!r}")
+    of_bucket = ((starts - q.start_ns) // q.step_ns).astype(np.intp)
+    # Mapped now, read later: a column replaced meanwhile is still read whole.
+    codes, orig = cols.col(GROUP_COLUMN[dim]), cols.col("orig_len")
+    keys = cols.keys(GROUP_COLUMN[dim]) if tally.is_address(dim) else None
+
+    def rows() -> Coded:
+        def picked(column: np.ndarray) -> np.ndarray:
+            return column if pick is None else column.take(pick)
+
+        common = (picked(codes).astype(np.intp), picked(orig))
+        runs = cols.runs(of_bucket, pick)
+        if dim == "protocol":
+            return Coded(*common, 256, None, runs=runs)
+        if dim in ("source_port", "destination_port"):
+            return Coded(*common, PORT_CODES, None, port=True, runs=runs)
+        if keys is not None:
+            return Coded(*common, len(keys), keys, runs=runs)
+        return Coded(*common, len(machines), np.asarray(machines, np.int64), runs=runs)
+
+    return rows

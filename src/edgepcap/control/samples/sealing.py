@@ -195,7 +195,8 @@ def _summarize(root, hour, account_id, partitions, nets, target: Path, counts: b
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = target.parent / f".{account_id}.summing-{secrets.token_hex(4)}"
     tmp.mkdir(mode=0o700)
-    np.save(tmp / "strays.npy", rows[~owned])
+    strays = rows[~owned]
+    np.save(tmp / "strays.npy", strays)
     rows = rows[owned]
     buckets = (rows["ts"] - hour * tally.HOUR_NS) // tally.QUANTUM_NS
     # Each side's addresses sorted once, for its summary and its columns.
@@ -213,9 +214,11 @@ def _summarize(root, hour, account_id, partitions, nets, target: Path, counts: b
         out = np.zeros(len(k), dtype=[("key", k.dtype), ("b", "<u2"), ("s", "<i8"), ("y", "<i8")])
         out["key"], out["b"], out["s"], out["y"] = k, b, s, y
         np.save(tmp / f"{dim}.npy", out)
-    hourcols.write(tmp, rows, buckets, sides)
+    offsets = hourcols.write(tmp, rows, buckets, sides)
     meta = {
         "columns": hourcols.VERSION,
+        "offsets": offsets,
+        "strays": len(strays),
         "machines": list(machines),
         "nets": [str(n) for n in nets],
         "partitions": included,

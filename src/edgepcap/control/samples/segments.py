@@ -233,14 +233,15 @@ class SegmentStore:
         if not plain:
             if meta.get("columns") != hourcols.VERSION:
                 return None  # summed before the columns were
-            coded = hourcols.count(directory, machines, q, t.dim, lo, hi)
-            strays = np.load(directory / "strays.npy")
+            coded = hourcols.count(directory, meta, machines, q, t.dim, lo, hi)
             if coded is not None:
                 t.add_coded(coded)
-            t.add_rows(strays, machines[strays["machine"]], cut)
+            if meta["strays"]:
+                strays = np.load(directory / "strays.npy")
+                t.add_rows(strays, machines[strays["machine"]], cut)
             return meta
         counts = np.load(directory / f"{t.dim}.npy")
-        strays = np.load(directory / "strays.npy")
+        strays = np.load(directory / "strays.npy") if meta.get("strays", 1) else None
         start = hour * HOUR_NS + counts["b"].astype(np.int64) * QUANTUM_NS
         within = (start >= lo) & (start < hi)
         counts, start = counts[within], start[within]
@@ -249,7 +250,8 @@ class SegmentStore:
             keys = machines[keys] if len(keys) else keys
         bucket = (start - q.start_ns) // q.step_ns
         t.add(keys, bucket, counts["s"], counts["y"])
-        t.add_rows(strays, machines[strays["machine"]], cut)
+        if strays is not None:
+            t.add_rows(strays, machines[strays["machine"]], cut)
         return meta
 
     def seal(self, now_ns: int, prefixes: Prefixes, wait: bool = False) -> int:

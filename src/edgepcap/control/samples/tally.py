@@ -19,6 +19,9 @@ exact. With fewer than `HOUR_GROUPS` keys per hour the answer equals `aggregate`
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 
 from edgepcap.control.samples import traffic
@@ -30,6 +33,10 @@ HOUR_NS = 3600 * traffic.NS
 QUANTUM_NS = traffic.STEP_QUANTUM * traffic.NS
 HOUR_GROUPS = 1000
 MAX_GROUPS = 200
+# Hours of column counts summed at once, on threads: numpy releases the GIL in the
+# reads, bincounts and takes that make most of a filtered query's time.
+WORKERS = min(4, os.cpu_count() or 1)
+_POOL = ThreadPoolExecutor(WORKERS, thread_name_prefix="traffic")  # threads start on use
 # Group keys in numpy form: integers (protocols, ports, machine codes) or addresses.
 ADDRESS = np.dtype([("fam", "u1"), ("hi", "<u8"), ("lo", "<u8")])
 INT_OTHER = -2  # NO_PORT is -1; protocols, ports and machine codes are >= 0
@@ -140,7 +147,8 @@ class Tally:
         self.machines: dict[str, int] = {}
         self._parts: list[tuple[np.ndarray, ...]] = []
         self._hour: list[tuple[np.ndarray, ...]] = []
-        self._coded = None  # an hour's counts as key codes (hourcols.Coded)
+        self._coded = None  # an hour's rows as key codes, to read (hourcols.count)
+        self._pending: list[Future] = []  # hours summed on the pool
 
     def code(self, names: list[str]) -> np.ndarray:
         """The tally's machine numbers for a source's list of machine names."""
@@ -167,9 +175,10 @@ class Tally:
         bucket = (ts - self.q.start_ns) // self.q.step_ns
         self._hour.append((keys, bucket, np.ones(len(rows)), rows["orig_len"].astype(np.int64)))
 
-    def add_coded(self, coded) -> None:
-        """An hour's column counts (`hourcols.Coded`), cut by the hour's rule in `end_hour`."""
-        self._coded = coded
+    def add_coded(self, rows) -> None:
+        """An hour's columns (`hourcols.count`: a function that reads them as
+        `coded.Coded`), cut by the hour's rule in `end_hour`."""
+        self._coded = rows
 
     def drop_hour(self) -> None:
         """Forgets the rows and columns added since the last `end_hour`."""
@@ -179,13 +188,15 @@ class Tally:
         """Sums the rows added since the last call, as one hour's (bounded memory)."""
         top = HOUR_GROUPS if self.capped else None
         if self._coded is not None:
-            coded, self._coded = self._coded, None
-            if self._hour:  # rows (all of one sample) join the columns' codes: no sort
-                cols = [np.concatenate(c) for c in zip(*self._hour, strict=True)]
-                keys, buckets, _ones, nbytes = cols
-                self._hour = []
-                coded = coded.merged(keys, buckets, nbytes)
-            self._parts.append(coded.cells(top))
+            rows, self._coded = self._coded, None
+            if not self._hour:
+                self._pending.append(_POOL.submit(lambda: rows().cells(top)))
+                return
+            # Rows (all of one sample) join the columns' codes: no sort.
+            cols = [np.concatenate(c) for c in zip(*self._hour, strict=True)]
+            keys, buckets, _ones, nbytes = cols
+            self._hour = []
+            self._parts.append(rows().merged(keys, buckets, nbytes).cells(top))
             return
         if self._hour:
             cols = [np.concatenate(c) for c in zip(*self._hour, strict=True)]
@@ -194,6 +205,8 @@ class Tally:
 
     def groups(self) -> Groups:
         self.end_hour()
+        self._parts += [f.result() for f in self._pending]
+        self._pending = []
         n = self.q.buckets
         if not self._parts:
             return {}
