@@ -109,13 +109,14 @@ class SegmentStore:
         return _retried(lambda: self._read_partition(partition, account_id, summary, inside), empty)
 
     def _read_partition(self, partition, account_id, summary, inside):
-        summed = summary is not None and partition in summary["partitions"]
+        if summary is not None and "raw_set" not in summary:
+            summary["raw_set"] = set(summary["raw"])
+            summary["partition_set"] = set(summary["partitions"])
+        summed = summary is not None and partition in summary["partition_set"]
         if summed and inside:
             # Counted by the hour's summary or columns: only raw segments it did not list
             # are read (none, but for a race). Plain strings: a 24 h query passes here
             # for 1 440 partitions, and pathlib cost more than the rest of each visit.
-            if "raw_set" not in summary:
-                summary["raw_set"] = set(summary["raw"])
             raw = f"{self.root}/{partition:012d}/{account_id}"
             late = []
             for name in raw_names(raw):
