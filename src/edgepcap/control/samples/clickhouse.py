@@ -77,22 +77,17 @@ class ClickHouseStore:
         self.database = parts.path.strip("/") or "default"
         if not self.database.replace("_", "").isalnum():
             raise ValueError(f"bad ClickHouse database name {self.database!r}")
-        self.client = Client(
-            parts.hostname or "127.0.0.1",
-            port=parts.port or 9000,
-            user=parts.username or "default",
-            password=parts.password or "",
-            settings={"strings_as_bytes": True},
-        )
-        self.client.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-        self.client = Client(
-            parts.hostname or "127.0.0.1",
-            port=parts.port or 9000,
-            user=parts.username or "default",
-            password=parts.password or "",
-            database=self.database,
-            settings={"strings_as_bytes": True},
-        )
+        self.server = {
+            "host": parts.hostname or "127.0.0.1",
+            "port": parts.port or 9000,
+            "user": parts.username or "default",
+            "password": parts.password or "",
+            "settings": {"strings_as_bytes": True},
+        }
+        admin = Client(**self.server)
+        admin.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        admin.disconnect()
+        self.client = self.new_client()
         self.client.execute(SCHEMA)
         # Tables made before the machine column: 18.16 has no ADD COLUMN IF NOT EXISTS.
         have = self.client.execute(
@@ -103,6 +98,10 @@ class ClickHouseStore:
             self.client.execute("ALTER TABLE samples ADD COLUMN machine String DEFAULT ''")
         self.retention = retention
         self.partition_ns = partition_seconds * NS
+
+    def new_client(self) -> Client:
+        """A client of the store's database (one per thread: a client is not shared)."""
+        return Client(**self.server, database=self.database)
 
     def append(self, wire: np.ndarray, machine: str = "") -> int:
         if len(wire) == 0:
