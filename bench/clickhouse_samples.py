@@ -270,6 +270,7 @@ def queries(ch, n: int, rounds: int, chunk: int) -> dict:
         )[0]
         captures, view = [], []
         per: dict[str, list[float]] = {}
+        failed: dict[str, int] = {}
         clients = {
             a: httpx.Client(
                 base_url=f"{api.url}/client/v4/accounts/{a}",
@@ -301,14 +302,21 @@ def queries(ch, n: int, rounds: int, chunk: int) -> dict:
                 for a in ids[:3]:
                     for group_by, f in samples.TRAFFIC_MIX:
                         t = time.perf_counter()
-                        r = clients[a].get(
-                            "/traffic", params={"group_by": group_by, "since": since, **f}
-                        )
+                        name = " ".join([group_by, *f])
+                        try:
+                            r = clients[a].get(
+                                "/traffic", params={"group_by": group_by, "since": since, **f}
+                            )
+                        except httpx.HTTPError:
+                            r = None
                         ms = (time.perf_counter() - t) * 1000
-                        assert r.status_code == 200, r.text
+                        if r is None or r.status_code != 200:  # e.g. ClickHouse's memory limit
+                            failed[name] = failed.get(name, 0) + 1
+                            api.wait()  # a worker that died is restarted by its parent
+                            continue
                         assert r.json()["result"]["series"]
                         view.append(ms)
-                        per.setdefault(" ".join([group_by, *f]), []).append(ms)
+                        per.setdefault(name, []).append(ms)
         finally:
             for c in clients.values():
                 c.close()
@@ -320,6 +328,7 @@ def queries(ch, n: int, rounds: int, chunk: int) -> dict:
             "capture_ms": sorted(captures),
             "traffic_ms": sorted(view),
             "traffic_by_query_ms": per,
+            "traffic_failed": failed,
         }
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS {database}")
@@ -387,9 +396,9 @@ def figure(quick: bool) -> list[Figure]:
                 percentile(view, 99),
                 None,
                 "p99 < 300 ms",
-                percentile(view, 99) < 300,
+                percentile(view, 99) < 300 and not day["traffic_failed"],
                 "ms p99",
-                f"p50 {percentile(view, 50):.0f} ms over HTTP",
+                f"p50 {percentile(view, 50):.0f} ms over HTTP; failed {day['traffic_failed']}",
                 {k: v for k, v in day.items() if k != "capture_ms"},
             )
         )

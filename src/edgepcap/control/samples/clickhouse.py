@@ -2,6 +2,15 @@
 
 Kept to SQL that ClickHouse 18.16 (Debian's package) understands: MergeTree partitioned by
 our own partition number, ordered by (account, ts); retention drops whole partitions.
+
+Why that key: every query is one account's window (a sample capture's newest `limit` rows,
+a traffic view's buckets), so (account, ts) makes each a range of the primary index, read
+from the one account's granules only; the prefixes and filters are then evaluated on those
+rows. The partition is time alone, so retention is `DROP PARTITION` of whole hours and a
+day's query opens few parts: run it with EDGEPCAP_SAMPLE_PARTITION=3600 (the 60 s default
+suits the embedded store; in ClickHouse it would mean 1 440 partitions a day, a part per
+partition each insert touches, and every day-long query opening all of them). Samples an
+agent inserts itself (`direct`) reach the same table through a buffer.
 The traffic view is one GROUP BY (bucket, key) with the same WHERE as sample captures;
 port and address groups keep the window's `tally.HOUR_GROUPS` heaviest keys (a subquery)
 and sum the rest as `traffic.OTHER`, then `tally.Tally` keeps `MAX_GROUPS` of them.
