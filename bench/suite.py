@@ -19,7 +19,7 @@ import time
 
 import httpx
 
-from bench import capture, fleet_figure, live, sample_memory, samples, triggers
+from bench import capture, clickhouse_samples, fleet_figure, live, sample_memory, samples, triggers
 from bench.api import Api, fig_api
 from bench.figures import ROOT, Figure, median, percentile
 from edgepcap.control.accounts import create_account
@@ -36,6 +36,7 @@ STEPS = (
     "triggers",
     "fleet",
     "sample_memory",
+    "clickhouse",
 )
 
 
@@ -289,6 +290,7 @@ def main() -> int:
         "triggers": lambda: [triggers.figure(args.quick)],
         "fleet": lambda: fleet_figure.figure(args.quick),
         "sample_memory": lambda: [sample_memory.figure(args.quick)],
+        "clickhouse": lambda: clickhouse_samples.figure(args.quick),
     }
     assert list(steps) == list(STEPS)
     failed = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ CLICKHOUSE_CONFIG = """<yandex>
 """
 CLICKHOUSE_USERS = """<yandex>
   <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
-  <users><default><password></password><networks><ip>127.0.0.1</ip></networks>
+  <users><default><password>{password}</password><networks><ip>127.0.0.1</ip></networks>
     <profile>default</profile><quota>default</quota></default></users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
     <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
@@ -41,9 +42,37 @@ CLICKHOUSE_USERS = """<yandex>
 """
 
 
+@dataclasses.dataclass(frozen=True)
+class ClickHouse:
+    """A running server: its native and HTTP ports, the default user's password, and the
+    users.d directory it re-reads (users added there can log in a few seconds later)."""
+
+    port: int
+    http_port: int
+    password: str
+    users_d: Path
+
+    @property
+    def host(self) -> str:
+        """host:port of the native protocol, with the default user's password if any."""
+        creds = f"default:{self.password}@" if self.password else ""
+        return f"{creds}127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/"
+
+
 @contextlib.contextmanager
 def clickhouse_server() -> Iterator[str]:
     """A clickhouse-server of its own; yields host:port of its native protocol."""
+    with clickhouse_process("") as server:
+        yield server.host
+
+
+@contextlib.contextmanager
+def clickhouse_process(password: str) -> Iterator[ClickHouse]:
+    """A clickhouse-server of its own whose default user has `password` ("" for none)."""
     server = shutil.which("clickhouse-server") or "/usr/bin/clickhouse-server"
     if not os.path.exists(server):
         pytest.fail("clickhouse-server is not installed: run scripts/bootstrap.sh test")
@@ -52,7 +81,8 @@ def clickhouse_server() -> Iterator[str]:
     (base / "config.xml").write_text(
         CLICKHOUSE_CONFIG.format(d=base, port=port, http_port=http_port)
     )
-    (base / "users.xml").write_text(CLICKHOUSE_USERS)
+    (base / "users.xml").write_text(CLICKHOUSE_USERS.format(password=password))
+    (base / "users.d").mkdir()
     proc = subprocess.Popen(
         [server, f"--config-file={base}/config.xml"],
         stdout=subprocess.DEVNULL,
@@ -62,9 +92,11 @@ def clickhouse_server() -> Iterator[str]:
         from clickhouse_driver import Client
 
         wait_for(
-            lambda: Client("127.0.0.1", port=port).execute("SELECT 1"), 60, "clickhouse-server"
+            lambda: Client("127.0.0.1", port=port, password=password).execute("SELECT 1"),
+            60,
+            "clickhouse-server",
         )
-        yield f"127.0.0.1:{port}"
+        yield ClickHouse(port, http_port, password, base / "users.d")
     finally:
         proc.terminate()
         try:

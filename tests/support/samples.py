@@ -5,9 +5,12 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+import httpx
 import numpy as np
 
 from edgepcap.formats import samples as records
+from edgepcap.formats.pcapfile import Reader
+from tests.support.api import SIMPLE
 from tests.support.packets import udp
 from tests.support.servers import MachineHeartbeat
 
@@ -46,3 +49,31 @@ def ship(machine: MachineHeartbeat, wire: np.ndarray) -> dict:
     )
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def sampled(server, account):
+    """The account's sample capture of the last minute: (source, destination) of each packet."""
+    auth = {"Authorization": f"Bearer {account['api_token']}"}
+    base = f"{server.api}/accounts/{account['id']}/pcaps"
+    r = httpx.post(
+        base,
+        headers=auth,
+        json=SIMPLE,
+    )
+    assert r.status_code == 200, r.text
+    pcap = r.json()["result"]
+    body = httpx.get(f"{base}/{pcap['id']}/download", headers=auth).content
+    out = []
+    for packet in Reader([body]):
+        v4 = packet.data[0] >> 4 == 4
+        src, dst = (
+            (packet.data[12:16], packet.data[16:20])
+            if v4
+            else (
+                packet.data[8:24],
+                packet.data[24:40],
+            )
+        )
+        out.append((str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst))))
+    assert pcap["packets_captured"] == len(out)
+    return out

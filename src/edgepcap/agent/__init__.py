@@ -5,7 +5,8 @@
 * `budget` — a limited capture's leases: what may be written, what waits, what to ask for.
 * `upload` — probing the bucket; the writer thread that streams a capture into it.
 * `live` — copies of a capture's records for live viewers, sent on a thread.
-* `sampler` — the continuous 1-in-100 sampler.
+* `sampler` — the continuous 1-in-100 sampler; `sample_sink` — its batches straight into
+  ClickHouse, when registration says so.
 * `control_plane` — the agent's HTTP client of the agent protocol.
 * `kernel/` — nftables, NFLOG, namespaces.
 

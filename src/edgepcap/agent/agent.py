@@ -71,6 +71,8 @@ class Agent:
             try:
                 info = self.cp.register()
                 self.heartbeat_interval = float(info.get("heartbeat_interval", 1.0))
+                if self.sampler is not None:
+                    self.sampler.ship_to(info.get("samples_to"))
                 log.info("registered %s in %s", self.cp.machine, self.cp.colo)
                 return
             except Exception as exc:

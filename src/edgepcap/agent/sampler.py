@@ -2,8 +2,9 @@
 
 One long-lived table samples in the kernel (`numgen random mod N`) and logs to its own NFLOG
 group with snaplen 160; this thread attributes each sample to its account(s) and ships
-batches at least every second. When the control plane cannot take them it keeps a bounded
-backlog and retries; whatever it has to give up is counted, never silent.
+batches at least every second, to the control plane or, when registration names one,
+straight into the sample store (`sample_sink`). When they cannot be taken it keeps a
+bounded backlog and retries; whatever it has to give up is counted, never silent.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 from edgepcap.agent.control_plane import ControlPlane
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.agent.kernel.nflog import NflogSocket
+from edgepcap.agent.sample_sink import ClickHouseSink
+from edgepcap.formats import protocol
 from edgepcap.formats import samples as records
 
 log = logging.getLogger("edgepcap.agent")
@@ -56,6 +59,15 @@ class Sampler(threading.Thread):
         }
         self.lock = threading.Lock()
         self.sock: NflogSocket | None = None
+        self.sink: ClickHouseSink | None = None
+
+    def ship_to(self, sink: protocol.SampleSink | None) -> None:
+        """Where batches go from now on (registration's answer): None, the control plane."""
+        if self.sink is not None and self.sink.sink == sink:
+            return
+        old, self.sink = self.sink, ClickHouseSink(sink) if sink else None
+        if old is not None:
+            old.close()
 
     def run(self) -> None:
         try:
@@ -148,7 +160,10 @@ class Sampler(threading.Thread):
             return
         body = np.concatenate(pending).tobytes()
         try:
-            self.cp.samples(body)
+            if (sink := self.sink) is not None:
+                sink.insert(body)
+            else:
+                self.cp.samples(body)
         except Exception as exc:
             with self.lock:
                 self.stats["ship_errors"] += 1

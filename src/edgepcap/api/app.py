@@ -34,7 +34,7 @@ from edgepcap.control import fleet, live
 from edgepcap.control.changes import Channel
 from edgepcap.control.db import Database, database_url
 from edgepcap.control.models import utcnow
-from edgepcap.control.samples.store import SampleStore, open_store
+from edgepcap.control.samples.store import SampleStore, open_sinks, open_store
 from edgepcap.control.settings import Limits, Settings
 from edgepcap.control.supervisor import Supervisor
 from edgepcap.control.triggers import Triggers
@@ -57,7 +57,7 @@ def open_app(settings: Settings, migrated: bool = False) -> FastAPI:
         settings.sample_store, data_dir, settings.sample_retention, settings.sample_partition
     )
     supervisor = Supervisor(db, samples, data_dir / "supervisor.lock", settings.capture_retention)
-    return create_app(
+    app = create_app(
         db,
         settings.stores,
         samples,
@@ -66,6 +66,8 @@ def open_app(settings: Settings, migrated: bool = False) -> FastAPI:
         settings.metrics_token,
         settings.relay_host,
     )
+    app.state.sample_sinks = open_sinks(samples, settings.sample_ingest, settings.sample_ingest_key)
+    return app
 
 
 def from_environment() -> FastAPI:
@@ -135,6 +137,7 @@ def create_app(
     app.state.db = db
     app.state.stores = stores
     app.state.samples = samples
+    app.state.sample_sinks = None  # samples.direct.DirectIngest: agents insert themselves
     app.state.triggers = Triggers(db, limits, samples)
     app.state.supervisor = supervisor
     app.state.limits = limits

@@ -13,7 +13,8 @@
 * `buckets` — an account's buckets: ownership challenges, their proof, the lookup.
 * `errors` — the refusals (`Refused` and one subclass per reason) the rules above raise.
 * `models`, `db`, `migrations/` — tables, the database, Alembic migrations.
-* `samples/` — the sample stores and what they admit.
+* `samples/` — the sample stores and what they admit; `samples/direct` — agents inserting
+  into ClickHouse themselves.
 
 May import `formats`, `bucket_urls`, `destinations`; never `api`, `cli`, `agent` or `lab`.
 """

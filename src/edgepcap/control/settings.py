@@ -16,6 +16,8 @@ Everything below takes plain values from the frozen object, never the environmen
 | EDGEPCAP_CAPTURE_RETENTION | capture_retention | 30 days |
 | EDGEPCAP_SAMPLE_RETENTION | sample_retention | 24 h |
 | EDGEPCAP_SAMPLE_PARTITION | sample_partition | 60 s |
+| EDGEPCAP_SAMPLE_INGEST | sample_ingest (ClickHouse HTTP URL agents insert at) | via the API |
+| EDGEPCAP_SAMPLE_INGEST_KEY_FILE | sample_ingest_key (agents' passwords derive from it) | (none) |
 | EDGEPCAP_METRICS_TOKEN(_FILE) | metrics_token | none: no `/metrics` |
 | EDGEPCAP_RELAY_HOST | relay_host (live copies between API processes) | 127.0.0.1 |
 | EDGEPCAP_BUCKET_ROOT, EDGEPCAP_S3_*, … | stores | see destinations.StoreSettings |
@@ -68,6 +70,8 @@ class Settings:
     metrics_token: str | None = None
     relay_host: str = "127.0.0.1"  # where other API processes reach this one's live relay
     heartbeat_interval: dt.timedelta = HEARTBEAT_INTERVAL
+    sample_ingest: str | None = None  # samples.direct: where agents insert into ClickHouse
+    sample_ingest_key: str | None = None
 
     @classmethod
     def from_environ(
@@ -87,6 +91,10 @@ class Settings:
             stores = StoreSettings.from_env(data_dir, environ)
         except ValueError as exc:
             raise SettingError(str(exc)) from None
+        ingest = _sample_ingest(environ)
+        store = sample_store or environ.get("EDGEPCAP_SAMPLE_STORE") or ""
+        if ingest["sample_ingest"] and not store.startswith("clickhouse://"):
+            raise SettingError("EDGEPCAP_SAMPLE_INGEST needs a ClickHouse EDGEPCAP_SAMPLE_STORE")
         return cls(
             data_dir=data_dir,
             stores=stores,
@@ -111,6 +119,7 @@ class Settings:
             metrics_token=metrics_token(environ),
             relay_host=_relay_host(environ),
             heartbeat_interval=_seconds(environ, "EDGEPCAP_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL),
+            **ingest,
         )
 
 
@@ -155,6 +164,26 @@ def metrics_token(environ: Mapping[str, str] = os.environ) -> str | None:
     if len(token) < MIN_TOKEN or not token.isprintable() or " " in token:
         raise SettingError(f"{where}: the token must be {MIN_TOKEN} or more printable characters")
     return token
+
+
+def _sample_ingest(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """Where agents insert samples into ClickHouse themselves, and the key their passwords
+    derive from (`samples.direct`): both or neither."""
+    url = environ.get("EDGEPCAP_SAMPLE_INGEST", "").strip() or None
+    path = environ.get("EDGEPCAP_SAMPLE_INGEST_KEY_FILE", "").strip()
+    if url is None:
+        return {"sample_ingest": None, "sample_ingest_key": None}
+    if not url.startswith(("http://", "https://")):
+        raise SettingError(f"EDGEPCAP_SAMPLE_INGEST is ClickHouse's HTTP URL, got {url!r}")
+    if not path:
+        raise SettingError("EDGEPCAP_SAMPLE_INGEST needs EDGEPCAP_SAMPLE_INGEST_KEY_FILE")
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingError(f"cannot read the sample ingest key file {path}: {exc}") from exc
+    if len(key) < MIN_TOKEN:
+        raise SettingError(f"the sample ingest key must be {MIN_TOKEN} or more characters")
+    return {"sample_ingest": url, "sample_ingest_key": key}
 
 
 def _relay_host(environ: Mapping[str, str]) -> str:

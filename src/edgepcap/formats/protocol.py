@@ -13,7 +13,7 @@ import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,12 +69,24 @@ class Heartbeat(Beat):
     stats: dict[str, int] = Field(default_factory=dict, max_length=32)
 
 
+class SampleSink(TypedDict):
+    """Where a machine inserts its sample batches itself, instead of `POST /samples`:
+    ClickHouse's HTTP interface at `url`, as `user` (this machine's, INSERT into `table`
+    only), the batch's WIRE bytes as the body of `INSERT INTO table FORMAT RowBinary`."""
+
+    url: str
+    user: str
+    password: str
+    table: str
+
+
 class Welcome(TypedDict):
     """The answer to `POST /register`."""
 
     machine: str
     colo: str
     heartbeat_interval: float  # seconds between heartbeats
+    samples_to: NotRequired[SampleSink]  # absent: ship samples to `POST /samples`
 
 
 class StopWire(TypedDict):

@@ -38,6 +38,17 @@ STORED = np.dtype(
 WIRE = np.dtype(
     [("account", f"V{ACCOUNT_BYTES}"), *[(n, STORED.fields[n][0]) for n in STORED.names]]
 )
+
+
+def _clickhouse_type(dtype: np.dtype) -> str:
+    if dtype.kind == "V" or dtype.subdtype is not None:
+        return f"FixedString({dtype.itemsize})"
+    return {"i": "Int", "u": "UInt"}[dtype.kind] + str(8 * dtype.itemsize)
+
+
+# A WIRE record's bytes are one ClickHouse RowBinary row of these columns (fixed-size,
+# little-endian, in order): an agent inserts a batch's bytes as they are.
+ROW_BINARY = tuple((name, _clickhouse_type(WIRE.fields[name][0])) for name in WIRE.names)
 # filters.PORT_PROTOCOLS as an array, for np.isin over a batch of rows
 PORT_PROTOCOLS = np.array(filters.PORT_PROTOCOLS, dtype=np.uint8)
 MAPPED = np.uint64(0x0000FFFF00000000)

@@ -108,11 +108,14 @@ def register(request: Request, caller: Agent, body: protocol.Hello) -> protocol.
     with request.app.state.db.session() as session:
         machine = fleet.register(session, colo, name, body.boot_id)
         execution.sweep(session, request.app.state.supervisor.listening_since())
-        return {
+        welcome: protocol.Welcome = {
             "machine": machine.name,
             "colo": machine.colo,
             "heartbeat_interval": fleet.HEARTBEAT_INTERVAL,
         }
+    if request.app.state.sample_sinks is not None:
+        welcome["samples_to"] = request.app.state.sample_sinks.sink(name)
+    return welcome
 
 
 @router.post("/heartbeat")

@@ -2,6 +2,15 @@
 
 Kept to SQL that ClickHouse 18.16 (Debian's package) understands: MergeTree partitioned by
 our own partition number, ordered by (account, ts); retention drops whole partitions.
+
+Why that key: every query is one account's window (a sample capture's newest `limit` rows,
+a traffic view's buckets), so (account, ts) makes each a range of the primary index, read
+from the one account's granules only; the prefixes and filters are then evaluated on those
+rows. The partition is time alone, so retention is `DROP PARTITION` of whole hours and a
+day's query opens few parts: run it with EDGEPCAP_SAMPLE_PARTITION=3600 (the 60 s default
+suits the embedded store; in ClickHouse it would mean 1 440 partitions a day, a part per
+partition each insert touches, and every day-long query opening all of them). Samples an
+agent inserts itself (`direct`) reach the same table through a buffer.
 The traffic view is one GROUP BY (bucket, key) with the same WHERE as sample captures;
 port and address groups keep the window's `tally.HOUR_GROUPS` heaviest keys (a subquery)
 and sum the rest as `traffic.OTHER`, then `tally.Tally` keeps `MAX_GROUPS` of them.
@@ -77,22 +86,17 @@ class ClickHouseStore:
         self.database = parts.path.strip("/") or "default"
         if not self.database.replace("_", "").isalnum():
             raise ValueError(f"bad ClickHouse database name {self.database!r}")
-        self.client = Client(
-            parts.hostname or "127.0.0.1",
-            port=parts.port or 9000,
-            user=parts.username or "default",
-            password=parts.password or "",
-            settings={"strings_as_bytes": True},
-        )
-        self.client.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-        self.client = Client(
-            parts.hostname or "127.0.0.1",
-            port=parts.port or 9000,
-            user=parts.username or "default",
-            password=parts.password or "",
-            database=self.database,
-            settings={"strings_as_bytes": True},
-        )
+        self.server = {
+            "host": parts.hostname or "127.0.0.1",
+            "port": parts.port or 9000,
+            "user": parts.username or "default",
+            "password": parts.password or "",
+            "settings": {"strings_as_bytes": True},
+        }
+        admin = Client(**self.server)
+        admin.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        admin.disconnect()
+        self.client = self.new_client()
         self.client.execute(SCHEMA)
         # Tables made before the machine column: 18.16 has no ADD COLUMN IF NOT EXISTS.
         have = self.client.execute(
@@ -103,6 +107,10 @@ class ClickHouseStore:
             self.client.execute("ALTER TABLE samples ADD COLUMN machine String DEFAULT ''")
         self.retention = retention
         self.partition_ns = partition_seconds * NS
+
+    def new_client(self) -> Client:
+        """A client of the store's database (one per thread: a client is not shared)."""
+        return Client(**self.server, database=self.database)
 
     def append(self, wire: np.ndarray, machine: str = "") -> int:
         if len(wire) == 0:

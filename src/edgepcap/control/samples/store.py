@@ -15,6 +15,7 @@ from edgepcap.formats import samples as records
 from edgepcap.formats.filters import FilterV1
 
 if TYPE_CHECKING:
+    from edgepcap.control.samples.direct import DirectIngest
     from edgepcap.control.samples.traffic import Groups, TrafficQuery
 
 
@@ -125,3 +126,15 @@ def open_store(
 
     root = Path(url.removeprefix("segments://")) if url else data_dir / "samples"
     return SegmentStore(root, retention=retention, partition_seconds=partition)
+
+
+def open_sinks(store: SampleStore, url: str | None, key: str | None) -> DirectIngest | None:
+    """Agents' own inserts (`direct`) when `url` is set: the ClickHouse store only."""
+    if url is None:
+        return None
+    from edgepcap.control.samples.clickhouse import ClickHouseStore
+    from edgepcap.control.samples.direct import DirectIngest
+
+    if not isinstance(store, ClickHouseStore) or key is None:
+        raise ValueError("agents insert samples themselves into the ClickHouse store only")
+    return DirectIngest(store, url, key)

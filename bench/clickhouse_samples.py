@@ -1,0 +1,405 @@
+"""The sample history at scale, step `clickhouse`: what one API core ingests (embedded and
+ClickHouse stores), agents inserting into ClickHouse themselves (`samples.direct`), and
+sample captures and the traffic view over a day of samples for 50 accounts in ClickHouse.
+
+Every figure runs real processes: `edgepcap api` (1 worker), Debian's clickhouse-server
+(tests.support.clickhouse), agents simulated as HTTP clients of the real protocol and of
+their ClickHouse sinks. The day is made inside ClickHouse (`INSERT … SELECT FROM numbers`)
+with Zipf-distributed accounts, then dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from clickhouse_driver import Client
+
+from bench import samples
+from bench.api import Api
+from bench.figures import Figure, percentile
+from edgepcap.control.accounts import create_account
+from edgepcap.control.fleet import create_agent_key
+from edgepcap.control.samples import direct
+from edgepcap.formats import samples as records
+
+ACCOUNTS = 50
+INGEST_KEY = "bench-ingest-key-0123456789abcdef"
+HOUR_NS = 3600 * 10**9
+
+
+def account_net(i: int) -> ipaddress.IPv4Network:
+    """Account i's prefix: a /29 of the TEST-NETs (96 of them)."""
+    base = ("203.0.113", "198.51.100", "192.0.2")[i // 32]
+    return ipaddress.ip_network(f"{base}.{8 * (i % 32)}/29")
+
+
+def make_accounts(api: Api, n: int, net=account_net) -> tuple[list[str], dict[str, str]]:
+    ids, tokens = [], {}
+    assert api.db is not None
+    with api.db.session() as s:
+        for i in range(n):
+            account, creds = create_account(s, f"z{i}", [str(net(i))])
+            ids.append(account.id)
+            tokens[account.id] = creds.api_token
+    return ids, tokens
+
+
+def register(api: Api, machine: str) -> tuple[str, dict, dict]:
+    """(agent key, the machine's query params, its Welcome)."""
+    assert api.db is not None
+    with api.db.session() as s:
+        _row, key = create_agent_key(s, "BEN", machine, "bench")
+    me = {"machine": machine, "boot_id": os.urandom(16).hex()}
+    r = httpx.post(
+        f"{api.url}/agent/v1/register",
+        json={"colo": "BEN", **me},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return key, me, r.json()
+
+
+def api_ingest(env: dict[str, str], seconds: float) -> dict:
+    """One API worker, one machine posting 15 000-record batches back to back: what the
+    API keeps per second (all records its accounts' own)."""
+    api = Api(env={"EDGEPCAP_SAMPLE_INTERVAL": "0", **env})
+    try:
+        ids, _tokens = make_accounts(api, samples.ACCOUNTS, samples.account_net)
+        key, me, _welcome = register(api, "bench01")
+        wire = samples.synth(15_000, time.time_ns() - 10**9, 10**9, ids, seed=3)
+        body = wire.tobytes()
+        kept = posted = 0
+        cpu0 = _cpu(api.proc.pid)
+        with httpx.Client(
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"},
+            timeout=60,
+        ) as c:
+            start = beat = time.monotonic()
+            while time.monotonic() - start < seconds:
+                if time.monotonic() - beat > 1:  # the machine stays live (its run current)
+                    c.post(
+                        f"{api.url}/agent/v1/heartbeat",
+                        json=me,
+                        headers={"Content-Type": "application/json"},
+                    ).raise_for_status()
+                    beat = time.monotonic()
+                r = c.post(f"{api.url}/agent/v1/samples", params=me, content=body)
+                r.raise_for_status()
+                kept += r.json()["kept"]
+                posted += len(wire)
+            elapsed = time.monotonic() - start
+        cpu = (_cpu(api.proc.pid) - cpu0) / elapsed
+        return {"kept_per_s": kept / elapsed, "kept": kept, "posted": posted, "api_cpu": cpu}
+    finally:
+        api.close()
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds the process and its children have used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu(port: int) -> float:
+    """CPU seconds of the clickhouse-server listening on `port` (found by its config)."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"clickhouse-server" in cmd:
+                conf = cmd.split(b"--config-file=")[-1].split(b"\0")[0].decode()
+                if f"<tcp_port>{port}</tcp_port>" in Path(conf).read_text():
+                    return _cpu(int(pid))
+    return 0.0
+
+
+def direct_ingest(ch, machines: int, seconds: float, batch: int) -> dict:
+    """`machines` agents inserting `batch`-record batches into their ClickHouse sinks back
+    to back for `seconds`; then every buffer flushed and the rows counted."""
+    database = f"ingest_{int(time.time())}"
+    key_file = Path(ch.users_d).parent / "ingest.key"
+    key_file.write_text(INGEST_KEY)
+    api = Api(
+        env={
+            "EDGEPCAP_SAMPLE_STORE": f"clickhouse://{ch.host}/{database}",
+            "EDGEPCAP_SAMPLE_PARTITION": "3600",
+            "EDGEPCAP_SAMPLE_INGEST": ch.http,
+            "EDGEPCAP_SAMPLE_INGEST_KEY_FILE": str(key_file),
+        }
+    )
+    admin = Client("127.0.0.1", port=ch.port, password=ch.password, database=database)
+    names = [f"sim{i:02d}" for i in range(machines)]
+    try:
+        ids, _tokens = make_accounts(api, samples.ACCOUNTS, samples.account_net)
+        (Path(ch.users_d) / f"{database}.xml").write_text(
+            direct.users_xml(database, INGEST_KEY, names)
+        )
+        sinks = [register(api, name)[2]["samples_to"] for name in names]
+        deadline = time.monotonic() + 30
+        while not all(_ok(sink) for sink in sinks):  # ClickHouse re-reads users.d
+            if time.monotonic() > deadline:
+                raise RuntimeError("ClickHouse did not take the machines' users")
+            time.sleep(0.2)
+        now = time.time_ns()
+        bodies = [
+            samples.synth(batch, now, 10**9, ids, seed=20 + i).tobytes() for i in range(machines)
+        ]
+        sent = [0] * machines
+        failed = [0] * machines
+        stop = time.monotonic() + seconds
+        cpu0 = _server_cpu(ch.port)
+
+        def agent(i: int) -> None:
+            sink = sinks[i]
+            with httpx.Client(auth=(sink["user"], sink["password"]), timeout=60) as c:
+                query = {"query": f"INSERT INTO {sink['table']} FORMAT RowBinary"}
+                while time.monotonic() < stop:
+                    r = c.post(sink["url"], params=query, content=bodies[i])
+                    if r.status_code == 200:
+                        sent[i] += batch
+                    else:
+                        failed[i] += batch
+
+        start = time.monotonic()
+        threads = [threading.Thread(target=agent, args=(i,)) for i in range(machines)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
+        server_cpu = (_server_cpu(ch.port) - cpu0) / elapsed
+        # Every buffer written through, then count what the store holds.
+        for name in names:
+            own, _null = direct.names(database, name)
+            admin.execute(f"OPTIMIZE TABLE {own}.samples")
+        admin.execute("OPTIMIZE TABLE incoming")
+        stored = admin.execute("SELECT count() FROM samples")[0][0]
+        by_machine = dict(admin.execute("SELECT machine, count() FROM samples GROUP BY machine"))
+        return {
+            "machines": machines,
+            "batch": batch,
+            "seconds": elapsed,
+            "sent": sum(sent),
+            "refused": sum(failed),
+            "stored": stored,
+            "lost": sum(sent) - stored,
+            "per_s": stored / elapsed,
+            "clickhouse_cpu": server_cpu,
+            "by_machine": by_machine,
+        }
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {database}")
+        for name in names:
+            admin.execute(f"DROP DATABASE IF EXISTS {direct.names(database, name)[0]}")
+        admin.disconnect()
+        api.close()
+
+
+def _ok(sink: dict) -> bool:
+    auth = (sink["user"], sink["password"])
+    return httpx.get(sink["url"], params={"query": "SELECT 1"}, auth=auth).status_code == 200
+
+
+def fill_day(admin: Client, ids: list[str], n: int, end_ns: int, chunk: int) -> float:
+    """`n` samples over the 24 h before `end_ns`, made by ClickHouse itself in time order
+    (`chunk` rows a statement), accounts Zipf-distributed (s = 1); returns seconds taken."""
+    weights = 1 / np.arange(1, len(ids) + 1)
+    lut = np.repeat(np.arange(len(ids)), np.round(weights / weights.sum() * 1000).astype(int))
+    accounts = "[" + ",".join(f"toFixedString('{a}', 32)" for a in ids) + "]"
+    bases = [int(account_net(i).network_address) for i in range(len(ids))]
+    step = 24 * HOUR_NS // n
+    start = end_ns - step * n
+    head = "450004b0000000004011" + "00" * 2
+    pad = "00" * (records.SNAPLEN - 28)
+    began = time.perf_counter()
+    for lo in range(0, n, chunk):
+        count = min(chunk, n - lo)
+        admin.execute(
+            f"""INSERT INTO samples (account, part, ts, orig_len, cap_len, sport, dport, proto,
+                family, src_hi, src_lo, dst_hi, dst_lo, data, machine)
+            SELECT {accounts}[a + 1], toUInt32(intDiv(t, {HOUR_NS})), t, toUInt32(1200),
+                toUInt16(160), toUInt16(1024 + h % 60000), [53, 80, 443, 123][h % 4 + 1],
+                toUInt8(17), toUInt8(4), toUInt64(0), bitOr({int(records.MAPPED)}, src),
+                toUInt64(0), bitOr({int(records.MAPPED)}, dst),
+                concat(unhex('{head}'), reinterpretAsString(toUInt32(src)),
+                    reinterpretAsString(toUInt32(dst)), reinterpretAsString(h), unhex('{pad}')),
+                concat('sim', toString(h % 100))
+            FROM (SELECT number, cityHash64(number + {lo}) AS h,
+                    {list(map(int, lut))}[h % {len(lut)} + 1] AS a,
+                    toInt64({start} + (number + {lo}) * {step}) AS t,
+                    h % 4294967296 AS src,
+                    {bases}[a + 1] + 1 + intDiv(h, 7) % 6 AS dst
+                  FROM numbers({count}))"""  # noqa: S608 - numbers and ids made here
+        )
+    return time.perf_counter() - began
+
+
+def queries(ch, n: int, rounds: int, chunk: int) -> dict:
+    """A day of `n` samples for 50 accounts in ClickHouse (hour partitions), then sample
+    captures (create → download, over HTTP) and traffic-view requests of the busiest
+    accounts; the store dropped afterwards."""
+    database = f"day_{int(time.time())}"
+    api = Api(
+        env={
+            "EDGEPCAP_SAMPLE_INTERVAL": "0",
+            "EDGEPCAP_SAMPLE_STORE": f"clickhouse://{ch.host}/{database}",
+            "EDGEPCAP_SAMPLE_PARTITION": "3600",
+            "EDGEPCAP_SAMPLE_RETENTION": str(25 * 3600),
+        }
+    )
+    admin = Client("127.0.0.1", port=ch.port, password=ch.password, database=database)
+    try:
+        ids, tokens = make_accounts(api, ACCOUNTS)
+        register(api, "bench01")
+        end = time.time_ns() - 10**9
+        fill_s = fill_day(admin, ids, n, end, chunk)
+        stored = admin.execute("SELECT count() FROM samples")[0][0]
+        disk = admin.execute(
+            "SELECT sum(bytes_on_disk), count() FROM system.parts "
+            "WHERE database = %(d)s AND table = 'samples' AND active",
+            {"d": database},
+        )[0]
+        captures, view = [], []
+        per: dict[str, list[float]] = {}
+        failed: dict[str, int] = {}
+        clients = {
+            a: httpx.Client(
+                base_url=f"{api.url}/client/v4/accounts/{a}",
+                headers={"Authorization": f"Bearer {tokens[a]}"},
+                timeout=60,
+            )
+            for a in ids[:5]
+        }
+        try:
+            for q in range(rounds * 20):
+                c = clients[ids[q % 5]]
+                t = time.perf_counter()
+                r = c.post(
+                    "/pcaps",
+                    json={
+                        "system": "magic-transit",
+                        "type": "simple",
+                        "time_limit": 300,
+                        "packet_limit": 10000,
+                        "filter_v1": {"protocol": 17},
+                    },
+                )
+                pcap = r.json()["result"]
+                body = c.get(f"/pcaps/{pcap['id']}/download").content
+                captures.append((time.perf_counter() - t) * 1000)
+                assert len(body) > 24
+            since = (end - 24 * HOUR_NS) // 10**9 + 60
+            for _ in range(rounds):
+                for a in ids[:3]:
+                    for group_by, f in samples.TRAFFIC_MIX:
+                        t = time.perf_counter()
+                        name = " ".join([group_by, *f])
+                        try:
+                            r = clients[a].get(
+                                "/traffic", params={"group_by": group_by, "since": since, **f}
+                            )
+                        except httpx.HTTPError:
+                            r = None
+                        ms = (time.perf_counter() - t) * 1000
+                        if r is None or r.status_code != 200:  # e.g. ClickHouse's memory limit
+                            failed[name] = failed.get(name, 0) + 1
+                            api.wait()  # a worker that died is restarted by its parent
+                            continue
+                        assert r.json()["result"]["series"]
+                        view.append(ms)
+                        per.setdefault(name, []).append(ms)
+        finally:
+            for c in clients.values():
+                c.close()
+        return {
+            "samples": stored,
+            "fill_s": fill_s,
+            "disk_bytes": disk[0],
+            "parts": disk[1],
+            "capture_ms": sorted(captures),
+            "traffic_ms": sorted(view),
+            "traffic_by_query_ms": per,
+            "traffic_failed": failed,
+        }
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {database}")
+        admin.disconnect()
+        api.close()
+
+
+def figure(quick: bool) -> list[Figure]:
+    from tests.support.clickhouse import clickhouse_process
+
+    out = []
+    seconds = 3 if quick else 15
+    embedded = api_ingest({}, seconds)
+    with clickhouse_process(os.urandom(16).hex()) as ch:
+        to_ch = api_ingest({"EDGEPCAP_SAMPLE_STORE": f"clickhouse://{ch.host}/api_ingest"}, seconds)
+        for name, ing in (("embedded", embedded), ("ClickHouse", to_ch)):
+            out.append(
+                Figure(
+                    f"sample ingest through one API worker, {name} store",
+                    ing["kept_per_s"],
+                    None,
+                    "measured (sizes the direct path)",
+                    ing["kept"] == ing["posted"],
+                    "samples/s",
+                    f"API process at {ing['api_cpu'] * 100:.0f} % of a core",
+                    ing,
+                )
+            )
+        ing = direct_ingest(ch, 4, 5 if quick else 30, 50_000)
+        out.append(
+            Figure(
+                f"agents inserting into ClickHouse, {ing['machines']} machines, "
+                f"{ing['seconds']:.0f} s",
+                ing["per_s"],
+                None,
+                ">= 200000 samples/s sustained, 0 lost",
+                ing["per_s"] >= 200_000 and ing["lost"] == 0 and ing["refused"] == 0,
+                "samples/s",
+                f"clickhouse-server at {ing['clickhouse_cpu'] * 100:.0f} % of a core; "
+                f"{ing['lost']} lost",
+                ing,
+            )
+        )
+        n = 2_000_000 if quick else int(os.environ.get("EDGEPCAP_BENCH_DAY", 200_000_000))
+        day = queries(ch, n, 1 if quick else 5, 20_000_000)
+        cap, view = day["capture_ms"], day["traffic_ms"]
+        p50, p99 = percentile(cap, 50), percentile(cap, 99)
+        out.append(
+            Figure(
+                f"sample capture create+download, ClickHouse, {n / 1e6:g} M samples / 24 h, "
+                f"{ACCOUNTS} accounts",
+                p50,
+                None,
+                "p50 < 50 ms, p99 < 200 ms",
+                p50 < 50 and p99 < 200,
+                "ms p50",
+                f"p99 {p99:.0f} ms; fill {day['fill_s']:.0f} s, "
+                f"{day['disk_bytes'] / 2**30:.1f} GiB",
+                day,
+            )
+        )
+        out.append(
+            Figure(
+                f"traffic view, ClickHouse, 24 h of the busiest accounts, {n / 1e6:g} M samples",
+                percentile(view, 99),
+                None,
+                "p99 < 300 ms",
+                percentile(view, 99) < 300 and not day["traffic_failed"],
+                "ms p99",
+                f"p50 {percentile(view, 50):.0f} ms over HTTP; failed {day['traffic_failed']}",
+                {k: v for k, v in day.items() if k != "capture_ms"},
+            )
+        )
+    return out
