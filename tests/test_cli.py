@@ -259,3 +259,51 @@ def test_up_keeps_its_machines_key_and_replaces_any_other(admin):
             assert new.revoked is None and (new.colo, new.machine) == ("LOCAL", "node2")
     finally:
         db.close()
+
+
+def test_clickhouse_users_lets_live_machines_insert_and_no_other(admin, tmp_path_factory):
+    import hashlib
+    import os
+
+    from edgepcap.control.samples import direct
+
+    keys = {}
+    for machine in ("ord01", "ord02"):
+        out = admin("agents", "create-key", "--colo", "ORD", "--machine", machine)
+        assert out.returncode == 0, out.stderr
+        keys[machine] = json.loads(out.stdout)["id"]
+    assert admin("agents", "revoke-key", keys["ord02"]).returncode == 0
+    secret = "k" * 40
+    key_file = tmp_path_factory.mktemp("ingest") / "key"
+    key_file.write_text(secret)
+    env = {
+        **os.environ,
+        "EDGEPCAP_SAMPLE_STORE": "clickhouse://127.0.0.1:9000/edgepcap",
+        "EDGEPCAP_SAMPLE_INGEST": "http://127.0.0.1:8123/",
+        "EDGEPCAP_SAMPLE_INGEST_KEY_FILE": str(key_file),
+    }
+
+    def users(*args: str, environ=env) -> subprocess.CompletedProcess[str]:
+        cmd = [EDGEPCAP, "agents", "clickhouse-users", *args, "--data-dir", str(admin.data_dir)]
+        cmd += ["--database", admin.database] if admin.database else []
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=environ)
+
+    def digest(machine: str) -> str:
+        return hashlib.sha256(direct.password(secret, machine).encode()).hexdigest()
+
+    out = users()
+    assert out.returncode == 0, out.stderr
+    # The live machine's user, with the password its agent is handed; not the revoked one.
+    assert "<edgepcap_in_ord01>" in out.stdout and digest("ord01") in out.stdout
+    assert "ord02" not in out.stdout
+    assert "<allow_ddl>0</allow_ddl>" in out.stdout
+    out = users("--machine", "ams01", "--networks", "198.18.0.0/15")
+    assert out.returncode == 0, out.stderr
+    assert digest("ams01") in out.stdout and "<ip>198.18.0.0/15</ip>" in out.stdout
+    assert "ord01" not in out.stdout
+    bad = users("--machine", "AMS 01")
+    assert bad.returncode == 1 and "bad machine name" in bad.stderr
+    unset = {k: v for k, v in env.items() if k != "EDGEPCAP_SAMPLE_INGEST"}
+    missing = users(environ=unset)
+    assert missing.returncode == 1 and "EDGEPCAP_SAMPLE_INGEST" in missing.stderr
+    assert secret not in out.stdout + out.stderr + missing.stderr

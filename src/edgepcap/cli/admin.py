@@ -1,7 +1,8 @@
 """`edgepcap accounts …` and `edgepcap agents …`: administration, straight in the database.
 
-Accounts and their prefixes and credentials; agent keys, each bound to one machine.
-Secrets are printed once, as JSON, and stored hashed.
+Accounts and their prefixes and credentials; agent keys, each bound to one machine; the
+ClickHouse users that let machines insert their samples themselves. Secrets are printed
+once, as JSON, and stored hashed.
 """
 
 from __future__ import annotations
@@ -141,3 +142,53 @@ def agents_list(data_dir: DataDir = Path("edgepcap-data"), database: DatabaseUrl
         for row in session.scalars(select(AgentKey).order_by(AgentKey.created)):
             typer.echo(json.dumps(describe_key(row)))
     db.close()
+
+
+def agents_clickhouse_users(
+    machine: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this machine (repeat it); default: every machine with a live key."),
+    ] = None,
+    networks: Annotated[
+        str, typer.Option(help="Where the machines' inserts may come from, as CIDR.")
+    ] = "::/0",
+    data_dir: DataDir = Path("edgepcap-data"),
+    database: DatabaseUrl = None,
+) -> None:
+    """Print the ClickHouse users.d file that lets machines insert their samples directly
+    (EDGEPCAP_SAMPLE_INGEST): one insert-only user each, from the api's own settings
+    (EDGEPCAP_SAMPLE_STORE, EDGEPCAP_SAMPLE_INGEST_KEY_FILE). Install it as
+    /etc/clickhouse-server/users.d/edgepcap-ingest.xml; run it again after minting or
+    revoking keys (a revoked machine's user goes with the next file)."""
+    from sqlalchemy import select
+
+    from edgepcap.control.models import AgentKey
+    from edgepcap.control.samples import direct
+    from edgepcap.control.samples.clickhouse import database_of
+    from edgepcap.control.settings import SettingError, Settings
+
+    try:
+        settings = Settings.from_environ(data_dir)
+    except SettingError as exc:
+        _fail(str(exc))
+    if not settings.sample_ingest_key or not (settings.sample_store or "").startswith(
+        "clickhouse:"
+    ):
+        _fail("set EDGEPCAP_SAMPLE_STORE (clickhouse://…), EDGEPCAP_SAMPLE_INGEST and its key file")
+    if not machine:
+        db = _open(data_dir, database)
+        try:
+            with db.session() as session:
+                live = select(AgentKey.machine).where(
+                    AgentKey.machine.is_not(None), AgentKey.revoked.is_(None)
+                )
+                machine = sorted(set(session.scalars(live)))
+        finally:
+            db.close()
+    try:
+        xml = direct.users_xml(
+            database_of(settings.sample_store), settings.sample_ingest_key, machine, networks
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(xml, nl=False)

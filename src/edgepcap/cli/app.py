@@ -54,6 +54,7 @@ accounts_app.command("rotate-token")(admin.accounts_rotate_token)
 agents_app.command("create-key")(admin.agents_create_key)
 agents_app.command("revoke-key")(admin.agents_revoke_key)
 agents_app.command("list")(admin.agents_list)
+agents_app.command("clickhouse-users")(admin.agents_clickhouse_users)
 
 pcaps_app.command("create")(customer.create)
 pcaps_app.command("list")(customer.list_)

@@ -75,6 +75,14 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 
+def database_of(url: str) -> str:
+    """The database a clickhouse:// URL names (checked: it goes into SQL as a name)."""
+    database = urlsplit(url).path.strip("/") or "default"
+    if not database.replace("_", "").isalnum():
+        raise ValueError(f"bad ClickHouse database name {database!r}")
+    return database
+
+
 class ClickHouseStore:
     """Samples in one ClickHouse table (`SCHEMA`) of the URL's database, created if
     missing. `append` inserts a batch in columns; `query` selects the newest `limit` of
@@ -83,9 +91,7 @@ class ClickHouseStore:
 
     def __init__(self, url: str, retention: dt.timedelta, partition_seconds: int = 3600) -> None:
         parts = urlsplit(url)
-        self.database = parts.path.strip("/") or "default"
-        if not self.database.replace("_", "").isalnum():
-            raise ValueError(f"bad ClickHouse database name {self.database!r}")
+        self.database = database_of(url)
         self.server = {
             "host": parts.hostname or "127.0.0.1",
             "port": parts.port or 9000,
