@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.nflog_floor import with_floor
 from bench.topology import DST, SINK, Topology, pair, routed
 from edgepcap.agent import sampler
 from edgepcap.agent.agent import bound_malloc
@@ -69,6 +70,12 @@ def count_packets(path: Path) -> int:
     if offset < size:
         raise ValueError(f"{path}: cut off after record {count}, inside a record header")
     return count
+
+
+def send_limit(count: int) -> float:
+    """Seconds a run of `count` packets may take: the generator's slowest rate seen here
+    (~150 k pps with a reader beside it) with margin, and never under a minute."""
+    return max(60.0, count / 100_000)
 
 
 def _wait_quiet(
@@ -133,7 +140,7 @@ def run_ours(topo: Topology, count: int, payload: int, rate: str | None = None) 
     while table not in nft.list_tables(topo.rx) and time.monotonic() < deadline:
         time.sleep(0.02)
     started = time.monotonic()
-    seconds = topo.trafgen(count, payload, rate=rate)
+    seconds = topo.trafgen(count, payload, seconds=send_limit(count), rate=rate)
     wall = time.monotonic() - started
     # The packets to DST among the `count` (trafgen cycles through its frames).
     _wait_quiet(lambda: worker.written_packets, enough=(count + topo.others) // (topo.others + 1))
@@ -168,7 +175,7 @@ def _tcpdump_while_sending(
             pass
         time.sleep(0.2)
         started = time.monotonic()
-        seconds = topo.trafgen(count, payload, rate=rate)
+        seconds = topo.trafgen(count, payload, seconds=send_limit(count), rate=rate)
         wall = time.monotonic() - started
         _wait_quiet(lambda: out.stat().st_size)
         # The last partial batch can sit in the kernel up to a second after the final
@@ -284,16 +291,18 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
     """Forwarded pps through a router: with no rule; with the capture table's chains
     alone (the hook); with its rules but no `log` (matching and counting); with the `log`
     but no reader bound to its group (the kernel stops at the group lookup); with an
-    active capture (its reader on the other core); with tcpdump reading the same rule; and
+    active capture (its reader on the other core); with tcpdump reading the same rule; with
+    a reader that only receives and discards (the kernel floor, `nflog_floor`); and
     with tcpdump on the router's ingress device instead (AF_PACKET, no nftables). Then,
     on traffic of which the capture matches one packet in MIXED_SHARE, with no rule and
     with the capture; the capture's table (unread) on traffic of which it wants one packet
     in 100 ("miss"); and the sampler's table, with nobody bound to its group, on the
-    plain traffic. Without `parts`, only no rule, capture and tcpdump."""
-    modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump", "afpacket")
+    plain traffic. Without `parts`, not the table cut down, nor AF_PACKET."""
+    modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump", "floor", "afpacket")
     modes += ("mixed_plain", "mixed_captured", "miss", "sampler")
     if not parts:
-        modes = ("plain", "captured", "tcpdump")
+        modes = ("plain", "captured", "tcpdump", "floor", "mixed_plain", "mixed_captured")
+        modes += ("miss", "sampler")
     results: dict[str, list[float]] = {m: [] for m in modes}
     kept: list[float] = []  # of the packets tcpdump on the device wrote: it has no counter
     with routed() as topo:
@@ -312,6 +321,11 @@ def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
                     seconds = run_ours(mixed.at_router(), count, payload)["gen_seconds"]
                 elif mode == "tcpdump":
                     seconds = run_tcpdump(router, count, payload)["gen_seconds"]
+                elif mode == "floor":
+                    rule = nft.CaptureRule(
+                        table=f"{nft.TABLE_PREFIX}floor", prefixes=PREFIX, filter=FILTER, group=1503
+                    )
+                    seconds = with_floor(topo.router, rule, lambda: topo.trafgen(count, payload))
                 elif mode == "afpacket":
                     r = run_afpacket(router, "i0", count, payload)
                     seconds = r["gen_seconds"]

@@ -23,6 +23,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgepcap.direct_io import Chunk, DirectFile
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted under a file's name must not hang the reader.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -220,26 +222,31 @@ class Writer:
         self.dir_fd = _walk(open_dir(root, bucket), where, create=True)
         self.staging = f".{self.leaf}.{secrets.token_hex(6)}.part"
         self.fd: int | None = None
+        self.file: DirectFile | None = None
         self._created = False
         try:
             self.fd = os.open(self.staging, _CREATE_FLAGS, FILE_MODE, dir_fd=self.dir_fd)
             self._created = True
+            self.file = DirectFile(self.fd)
             os.fchmod(self.fd, FILE_MODE)  # whatever the process's umask
         except OSError as exc:
             self.abort()
             raise _why(exc, f"{where}/{self.staging}".lstrip("/")) from None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self.fd is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        assert self.file is not None
+        self.file.write(data)
+
+    def write_chunk(self, chunk: Chunk) -> None:
+        """Append a `Chunk` filled from this object's position (see `direct_io`)."""
+        assert self.file is not None
+        self.file.write_chunk(chunk)
 
     def close(self) -> None:
         """Complete the object: its bytes on disk, then the staging file renamed over it."""
-        assert self.fd is not None
+        assert self.fd is not None and self.file is not None
         try:
-            os.fsync(self.fd)
+            self.file.finish()
             os.close(self.fd)
             self.fd = None
             # The folder held open must still be the one at its name: a customer who moved
@@ -257,6 +264,7 @@ class Writer:
         self.dir_fd = -1
 
     def abort(self) -> None:
+        self.file = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

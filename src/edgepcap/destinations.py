@@ -18,6 +18,7 @@ from obstore.store import AzureStore, GCSStore, S3Store
 
 from edgepcap import beneath
 from edgepcap.bucket_urls import DestinationError, split
+from edgepcap.direct_io import Chunk
 
 # What one download or preview of a full capture may read from its bucket (the API's
 # defaults; EDGEPCAP_READ_MAX_OBJECTS, EDGEPCAP_READ_MAX_BYTES, EDGEPCAP_READS_PER_ACCOUNT):
@@ -202,6 +203,10 @@ class _StoreWriter:
 
     def write(self, data: bytes | bytearray) -> None:
         self._writer.write(data)
+
+    def write_chunk(self, chunk: Chunk) -> None:
+        # A copy: the chunk is filled again once this returns, whatever the uploader keeps.
+        self._writer.write(bytes(chunk.data()))
 
     def close(self) -> None:
         self._writer.close()

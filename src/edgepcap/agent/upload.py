@@ -13,6 +13,7 @@ import obstore
 
 from edgepcap.bucket_urls import DestinationError
 from edgepcap.destinations import Destination, describe_failure
+from edgepcap.direct_io import Chunk
 
 
 class _End:
@@ -23,6 +24,9 @@ class _End:
 
 
 COMPLETE, ABANDON = _End(True), _End(False)
+# Chunks queued for the writer at most (the reader waits beyond): a few MiB of slack for
+# a bucket that is slow for a moment, beside the socket's receive buffer.
+QUEUE = 3
 
 
 class Upload:
@@ -37,12 +41,14 @@ class Upload:
         self.object_name = object_name
         self.stop = stop
         self.error: BaseException | None = None
-        self._out: queue.Queue[bytes | bytearray | _End] = queue.Queue(maxsize=32)
+        self._out: queue.Queue[bytes | bytearray | Chunk | _End] = queue.Queue(maxsize=QUEUE)
         writer = dest.writer(object_name)
         self._thread = threading.Thread(target=self._run, args=(writer,), name=name, daemon=True)
         self._thread.start()
 
-    def put(self, chunk: bytes | bytearray) -> None:
+    def put(self, chunk: bytes | bytearray | Chunk) -> None:
+        """Queue bytes, or a `Chunk` filled from the object's position (its `written` is
+        set once the writer is done with it)."""
         self._out.put(chunk)
 
     def finish(self, complete: bool) -> None:
@@ -59,7 +65,11 @@ class Upload:
                 if isinstance(chunk, _End):
                     finished = True
                     break
-                writer.write(chunk)
+                if isinstance(chunk, Chunk):
+                    writer.write_chunk(chunk)
+                    chunk.written = True
+                else:
+                    writer.write(chunk)
             if not chunk.complete:
                 # A local staging file is removed, an S3 multipart upload never completed.
                 writer.abort()

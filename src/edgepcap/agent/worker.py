@@ -12,10 +12,11 @@ from typing import Any
 from edgepcap.agent.budget import Leases
 from edgepcap.agent.control_plane import ControlPlane
 from edgepcap.agent.kernel import netns, nft
-from edgepcap.agent.kernel.nflog import NflogSocket
+from edgepcap.agent.kernel.nflog import RECV_BYTES, NflogSocket
 from edgepcap.agent.live import LiveSender
 from edgepcap.agent.upload import Upload, probe
 from edgepcap.destinations import StoreSettings, parse
+from edgepcap.direct_io import Chunk
 from edgepcap.formats import pcapfile as pcap
 from edgepcap.formats import protocol
 from edgepcap.formats.protocol import Answer, Job, ReportWire
@@ -23,10 +24,17 @@ from edgepcap.formats.protocol import Answer, Job, ReportWire
 log = logging.getLogger("edgepcap.agent")
 REPORT_EVERY = 0.2
 FINAL_REPORT_PATIENCE = 600.0  # seconds of retrying the end-of-capture report
-FLUSH_BYTES = 256 << 10
+# Records handed to the writer at a time: each chunk is one big direct write.
+FLUSH_BYTES = 4 << 20
+# A chunk holds FLUSH_BYTES and the records of one more receive (below RECV_BYTES and
+# two batches of the kernel's); idle flushes smaller than SMALL_FLUSH go as copies, so
+# that a quiet capture does not take a chunk for every few packets.
+CHUNK_BYTES = FLUSH_BYTES + RECV_BYTES + (512 << 10)
+SMALL_FLUSH = 64 << 10
+SPARE_CHUNKS = 2  # emptied chunks kept for reuse: their pages are not new to the kernel
 # The NFLOG socket's receive buffer: deep enough that a reader busy for a moment drops
 # nothing at the lab's top rates (BENCHMARKS.md, full capture at top rate).
-NFLOG_RCVBUF = 32 << 20
+NFLOG_RCVBUF = 256 << 20
 # Records written lately, kept (by reference) for a live viewer who comes: the control
 # plane tells the machine of a viewer with its next report answer, a moment later.
 RECENT_BYTES = 8 << 20
@@ -70,8 +78,12 @@ class CaptureWorker(threading.Thread):
         # the sender, and seeds it from the records it wrote lately (`recent`).
         self.live_since: int | None = None
         self.live: LiveSender | None = None
-        self.recent: collections.deque[tuple[int, int, bytes | bytearray]] = collections.deque()
+        self.recent: collections.deque[tuple[int, int, memoryview, Chunk | None]] = (
+            collections.deque()
+        )
         self.recent_bytes = 0
+        self.position = 0  # bytes of the object handed to the writer so far
+        self.spare: list[Chunk] = []
         self.batch_first = 0  # ordinal of the first record in the batch being filled
         self.sock: NflogSocket | None = None
         self.upload: Upload | None = None
@@ -94,7 +106,9 @@ class CaptureWorker(threading.Thread):
             self.upload = Upload(
                 dest, bucket, self.job.object_name, f"write-{self.job.id[:8]}", self.stop_event
             )
-            self.upload.put(pcap.global_header(pcap.LINKTYPE_RAW, 0xFFFF))
+            header = pcap.global_header(pcap.LINKTYPE_RAW, 0xFFFF)
+            self.upload.put(header)
+            self.position = len(header)
             self.table_installed = True
             nft.install(
                 nft.CaptureRule(
@@ -138,7 +152,7 @@ class CaptureWorker(threading.Thread):
     def _read_loop(self) -> None:
         assert self.sock is not None and self.upload is not None
         deadline = time.monotonic() + self.job.time_limit
-        batch = bytearray()
+        batch = self._chunk()
         while not self.stop_event.is_set():
             if time.monotonic() >= deadline:
                 self.stop_reason = self.stop_reason or protocol.TIME_LIMIT
@@ -146,21 +160,18 @@ class CaptureWorker(threading.Thread):
             if self.upload.error is not None:
                 raise self.upload.error
             packets = self._read(0.05, batch)
-            if len(batch) >= FLUSH_BYTES or (batch and not packets):
-                # The batch itself goes to the writer (no copy); reading goes on in a new one.
-                self._put(batch)
-                batch = bytearray()
-        if batch:
+            if batch.size >= FLUSH_BYTES or (batch.size and not packets):
+                batch = self._put(batch)
+        if batch.size:
             self._put(batch)
 
     def _drain(self) -> None:
         assert self.sock is not None and self.upload is not None
-        batch = bytearray()
+        batch = self._chunk()
         while self._read(0, batch):
-            if len(batch) >= FLUSH_BYTES:
-                self._put(batch)
-                batch = bytearray()
-        if batch:
+            if batch.size >= FLUSH_BYTES:
+                batch = self._put(batch)
+        if batch.size:
             self._put(batch)
         if self.stop_reason in protocol.LIMIT_REASONS:
             self.over_limit += self.leases.discard()
@@ -168,18 +179,43 @@ class CaptureWorker(threading.Thread):
             # Matched, but the capture ended before a lease for them arrived.
             self.leases.dropped += self.leases.discard()
 
-    def _put(self, batch: bytearray) -> None:
-        """Hand a full batch to the writer; keep a reference to it (no copy) a while, for
-        a live viewer who comes now."""
-        assert self.upload is not None
-        self.upload.put(batch)
-        self.recent.append((self.batch_first, self.written_packets - self.batch_first, batch))
-        self.recent_bytes += len(batch)
-        while self.recent_bytes > RECENT_BYTES:
-            self.recent_bytes -= len(self.recent.popleft()[2])
-        self.batch_first = self.written_packets
+    def _chunk(self) -> Chunk:
+        """An empty chunk for the records from the object's current position on."""
+        chunk = self.spare.pop() if self.spare else Chunk(CHUNK_BYTES)
+        chunk.reset(self.position)
+        return chunk
 
-    def _read(self, timeout: float, batch: bytearray) -> int:
+    def _put(self, batch: Chunk) -> Chunk:
+        """Hand a batch's records to the writer and keep them (no copy) a while, for a
+        live viewer who comes now; returns the chunk to read on into.
+
+        A full chunk goes itself, a small one (an idle moment) as a copy, its chunk
+        reused. Chunks come back for reuse once the writer is done with them and they
+        are no longer among the recent ones."""
+        assert self.upload is not None
+        size = batch.size
+        records: memoryview | bytes = batch.data()
+        held: Chunk | None = batch
+        if size < SMALL_FLUSH:
+            records, held = bytes(records), None
+        self.upload.put(held if held is not None else records)
+        self.recent.append(
+            (self.batch_first, self.written_packets - self.batch_first, memoryview(records), held)
+        )
+        self.recent_bytes += len(held.view) if held is not None else size
+        while self.recent_bytes > RECENT_BYTES:
+            _, _, old, chunk = self.recent.popleft()
+            self.recent_bytes -= len(chunk.view) if chunk is not None else len(old)
+            if chunk is not None and chunk.written and len(self.spare) < SPARE_CHUNKS:
+                self.spare.append(chunk)
+        self.batch_first = self.written_packets
+        self.position += size
+        if held is None:
+            batch.reset(self.position)
+            return batch
+        return self._chunk()
+
+    def _read(self, timeout: float, batch: Chunk) -> int:
         """`_read_once`, and a copy of what it wrote for the live viewers if there are any."""
         since = self.live_since
         if since is not None and self.live is None:
@@ -187,18 +223,19 @@ class CaptureWorker(threading.Thread):
         elif since is None and self.live is not None and not self.stop_event.is_set():
             live, self.live = self.live, None
             live.close(0)
-        before, first = len(batch), self.written_packets
+        before, first = batch.end, self.written_packets
         got = self._read_once(timeout, batch)
         live = self.live
-        if live is not None and len(batch) > before:
+        if live is not None and batch.end > before:
             count = self.written_packets - first
-            live.offer(bytes(batch[before:]), first, count, self.outbound)
+            live.offer(bytes(batch.view[before : batch.end]), first, count, self.outbound)
         return got
 
-    def _start_live(self, since: int, batch: bytearray) -> None:
+    def _start_live(self, since: int, batch: Chunk) -> None:
         """Start sending copies, from the first record written at or after `since`."""
         self.live = LiveSender(self.cp, self.job.id)
-        pending = [*self.recent, (self.batch_first, self.written_packets - self.batch_first, batch)]
+        pending = [(f, c, records) for f, c, records, _ in self.recent]
+        pending.append((self.batch_first, self.written_packets - self.batch_first, batch.data()))
         started = False
         for first, count, chunk in pending:
             # From the first record stamped since then: the ones after it go whole (the
@@ -211,7 +248,7 @@ class CaptureWorker(threading.Thread):
                 )
         self.live.start()
 
-    def _read_once(self, timeout: float, batch: bytearray) -> int:
+    def _read_once(self, timeout: float, batch: Chunk) -> int:
         """One receive: append what may be written as PCAP records; returns packets received."""
         assert self.sock is not None
         if self.leases.budget.unlimited:

@@ -178,3 +178,22 @@ def test_packets_the_machine_sent_are_listed_outbound_on_both_paths():
     # The budgeted path hands packets over with their direction.
     packets = reader()._parse(memoryview(buffer))
     assert [p.direction for p in packets] == [OUTBOUND if h == 3 else INBOUND for h in hooks]
+
+
+def test_many_messages_read_at_once_make_the_records_of_the_walk():
+    # Enough messages for the numpy path: runs of one size (found at once), sizes that
+    # change at every message (walked), a gap in the sequence, the layout changing, the
+    # kernel's closing NLMSG_DONE, a message cut short at the end.
+    sizes = [1400] * 40 + [60 + i for i in range(30)] + [64] * 40
+    messages = [message(i, ipv4(size, i)) for i, size in enumerate(sizes)]
+    messages += [message(200 + i, ipv4(80, i), hw=False, hook=3 * (i % 2)) for i in range(40)]
+    done = nflog.NLMSGHDR.pack(20, 3, 2, 0, 0) + bytes(4)
+    buffer = b"".join(messages) + done + message(240, ipv4(80, 1))[:-7]
+    fast, reference, f, w = both_ways(buffer)
+    assert fast == reference
+    assert f.seq_lost == w.seq_lost == 200 - len(sizes)
+    assert f.packets == len(sizes) + 40
+    outbound = Outbound()
+    sock = reader()
+    sock.records(memoryview(buffer), bytearray(), outbound)
+    assert outbound.runs == [[len(sizes) + i, len(sizes) + i + 1] for i in range(1, 40, 2)]

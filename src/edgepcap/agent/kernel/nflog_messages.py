@@ -84,6 +84,7 @@ class Layout:
 
     def __init__(self, hdr: int, ts: int, seq: int, payload: int, heads: tuple[int, ...]):
         self.payload = payload
+        self.at = (hdr, ts, seq, payload)  # where each attribute begins in the message
         self.size = payload + 4 + 6  # through the payload's first 6 bytes (IP lengths)
         # The message header (length, type), then the attribute headers (length, type)
         # of the protocol, timestamp, sequence number and payload, in native order.
