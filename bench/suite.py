@@ -348,11 +348,14 @@ def main() -> int:
             for f in figures
         ],
     }
-    # Only a whole full run replaces the record BENCHMARKS.md quotes; a quick run keeps its
-    # own file beside it (not in git), a partial run none.
-    if not args.only:
-        name = "results-quick.json" if args.quick else "results.json"
-        (ROOT / "bench" / name).write_text(json.dumps(record, indent=2, default=str))
+    # Only a whole full run replaces the record BENCHMARKS.md quotes; a quick or partial run
+    # keeps its own file beside it (not in git), with every figure's limits and detail.
+    name = "results.json"
+    if args.only:
+        name = "results-only.json"
+    elif args.quick:
+        name = "results-quick.json"
+    (ROOT / "bench" / name).write_text(json.dumps(record, indent=2, default=str))
     return 1 if failed or not figures else 0
 
 
