@@ -360,3 +360,41 @@ def test_one_sealer_at_a_time_per_store(tmp_path, history):
     assert list((tmp_path / "s" / "hours").iterdir())
     q = tq(A, now, "destination_port", port=443)
     same(store.traffic(q), reference(rows, q))
+
+
+def test_a_segment_landing_after_its_hour_was_summed_is_counted(tmp_path, history, monkeypatch):
+    """Summed partitions are not listed while their directories are older than the
+    summary's check; one a late segment lands in is, and its samples count."""
+    now, rows = history
+    root = tmp_path / "s"
+    store = SegmentStore(root, dt.timedelta(hours=24), partition_seconds=60)
+    fill(store, rows)
+    store.seal(now, {a: NETS[a] for a in (A, B)}.get)
+    # As if sealed long ago: the partitions' directories older than the summaries' check.
+    long_ago = now - 10 * HOUR
+    for part in root.iterdir():
+        if part.name.isdigit():
+            os.utime(part, ns=(long_ago, long_ago))
+    read = []
+    real = store._read_partition
+    monkeypatch.setattr(store, "_read_partition", lambda *a: read.append(a[0]) or real(*a))
+    queries = [tq(A, now, g, **f) for g in ("protocol", "source_port") for f in FILTERS[:6:5]]
+    for q in queries:
+        same(store.traffic(q), reference(rows, q))
+    metas = [json.loads(m.read_text()) for m in (root / "hours").glob(f"*/{A}/meta.json")]
+    summed = {p for meta in metas for p in meta["partitions"]}
+    assert len(metas) >= 2
+    # Of the partitions the summaries counted, only those at the window's edges were read.
+    assert len(set(read) & summed) <= 2
+    # A late segment in a summed minute of A: listed, read and counted.
+    minute, part = next(
+        (key[1], part)
+        for key, part in rows.items()
+        if part["id"] == A and key[1] in summed and key[1] % 60 == 30
+    )
+    late = {**rows, ("late01", minute, A, 0): {"id": A, "rows": part["rows"].copy()}}
+    store.append(wire_of(late[("late01", minute, A, 0)]), "late01")
+    read.clear()
+    for q in queries:
+        same(store.traffic(q), reference(late, q))
+    assert minute in read

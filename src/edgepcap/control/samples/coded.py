@@ -40,6 +40,9 @@ class Coded:
     # the end; or (None) each row's query bucket, in any order.
     runs: tuple[np.ndarray, np.ndarray] | None = None
     buckets: np.ndarray | None = None
+    # Rows of the same hour from elsewhere (`merged`), in the same codes, in any order:
+    # (codes, query buckets, original lengths).
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def row_buckets(self) -> np.ndarray:
         if self.runs is None:
@@ -51,7 +54,8 @@ class Coded:
     def merged(self, keys: np.ndarray, buckets: np.ndarray, orig: np.ndarray) -> Coded:
         """These rows and others of the same hour given by tally key (`tally.encode`), as
         codes that still sort as their keys do: an address missing from the hour's keys
-        is inserted among them, and the codes after it shift."""
+        is inserted among them, and the codes after it shift. The others are kept apart
+        (`extra`): these rows keep their order, and are counted run by run."""
         codes, ncodes, mapped = self.codes, self.ncodes, self.keys
         if mapped is None:
             extra = keys + 1 if self.port else keys
@@ -64,14 +68,10 @@ class Coded:
             mapped, shift, where = _insert(mapped, uniq)
             codes = codes if shift is None else shift[codes]
             ncodes, extra = len(mapped), where[inverse]
-        return Coded(
-            np.concatenate([codes, extra.astype(np.intp)]),
-            np.concatenate([self.orig, orig]),
-            ncodes,
-            mapped,
-            self.port,
-            buckets=np.concatenate([self.row_buckets(), buckets]),
-        )
+        more = (extra.astype(np.intp), buckets.astype(np.intp), orig)
+        if self.extra is not None:
+            more = tuple(np.concatenate(pair) for pair in zip(self.extra, more, strict=True))
+        return Coded(codes, self.orig, ncodes, mapped, self.port, self.runs, self.buckets, more)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         if self.keys is not None:
@@ -83,53 +83,71 @@ class Coded:
         keys past the `top` heaviest (ties by code = by key) summed as OTHER."""
         if self.runs is not None and len(self.runs[0]) <= MAX_RUNS:
             return self._by_runs(top)
-        buckets = self.row_buckets()
+        codes, buckets, orig = self.codes, self.row_buckets(), self.orig
+        if self.extra is not None:
+            codes, buckets, orig = (
+                np.concatenate(pair)
+                for pair in zip((codes, buckets, orig), self.extra, strict=True)
+            )
         first, last = int(buckets.min()), int(buckets.max())
         width = last - first + 1
         local = buckets - first if first else buckets
-        if self.ncodes * width <= min(DENSE_CELLS, max(len(self.codes) // 8, 1 << 12)):
+        if self.ncodes * width <= min(DENSE_CELLS, max(len(codes) // 8, 1 << 12)):
             # Few codes for the rows: one pass, cut afterwards.
-            flat = self.codes * width + local
+            flat = codes * width + local
             s = np.bincount(flat, minlength=self.ncodes * width).reshape(self.ncodes, width)
-            y = np.bincount(flat, weights=self.orig, minlength=self.ncodes * width)
+            y = np.bincount(flat, weights=orig, minlength=self.ncodes * width)
             return self._dense(s, y.reshape(self.ncodes, width), first, top)
         keep, slot = self._slots(top)
-        flat = slot.take(self.codes)
+        flat = slot.take(codes)
         flat *= width
         flat += local
         n = (len(keep) + 1) * width
         s = np.bincount(flat, minlength=n).reshape(-1, width)
-        y = np.bincount(flat, weights=self.orig, minlength=n).reshape(-1, width)
+        y = np.bincount(flat, weights=orig, minlength=n).reshape(-1, width)
         return self._cut(keep, s, y, first)
 
     def _by_runs(self, top: int | None) -> tuple[np.ndarray, ...]:
-        """`cells` of rows in bucket order, one bincount per run."""
+        """`cells` of rows in bucket order, one bincount per run (and one for `extra`)."""
         assert self.runs is not None
         qb = self.runs[0]
-        first = int(qb[0])
-        width = int(qb[-1]) - first + 1
+        first, last = int(qb[0]), int(qb[-1])
+        if self.extra is not None:
+            first, last = min(first, int(self.extra[1].min())), max(last, int(self.extra[1].max()))
+        width = last - first + 1
         if self.ncodes <= DENSE_CODES:
-            s, y = self._per_run(self.codes, self.ncodes, width)
+            s, y = self._per_run(None, self.ncodes, width, first)
             return self._dense(s, y, first, top)
         keep, slot = self._slots(top)
-        s, y = self._per_run(slot.take(self.codes), len(keep) + 1, width)
+        s, y = self._per_run(slot, len(keep) + 1, width, first)
         return self._cut(keep, s, y, first)
 
-    def _per_run(self, codes: np.ndarray, n: int, width: int):
+    def _per_run(self, slot: np.ndarray | None, n: int, width: int, first: int):
+        """Samples and bytes per (slot, bucket - first) of every row, each code counted at
+        `slot[code]` (< n), or at itself (None)."""
         qb, bounds = self.runs  # type: ignore[misc]
+        codes = self.codes if slot is None else slot.take(self.codes)
         s = np.zeros((n, width), dtype=np.int64)
         y = np.zeros((n, width), dtype=np.float64)
-        cols, ends = (qb - qb[0]).tolist(), bounds.tolist()
+        cols, ends = (qb - first).tolist(), bounds.tolist()
         for b, lo, hi in zip(cols, ends[:-1], ends[1:], strict=True):
             if lo < hi:
-                s[:, b] = np.bincount(codes[lo:hi], minlength=n)
-                y[:, b] = np.bincount(codes[lo:hi], weights=self.orig[lo:hi], minlength=n)
+                s[:, b] += np.bincount(codes[lo:hi], minlength=n)
+                y[:, b] += np.bincount(codes[lo:hi], weights=self.orig[lo:hi], minlength=n)
+        if self.extra is not None:
+            more, buckets, orig = self.extra
+            flat = (more if slot is None else slot.take(more)) * width + (buckets - first)
+            s += np.bincount(flat, minlength=n * width).reshape(n, width)
+            y += np.bincount(flat, weights=orig, minlength=n * width).reshape(n, width)
         return s, y
 
     def _slots(self, top: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The codes kept (the `top` heaviest) and each code's slot: its rank among them,
         or one past them for the rest."""
-        keep = _heaviest(np.bincount(self.codes, minlength=self.ncodes), top)
+        totals = np.bincount(self.codes, minlength=self.ncodes)
+        if self.extra is not None:
+            totals += np.bincount(self.extra[0], minlength=self.ncodes)
+        keep = _heaviest(totals, top)
         slot = np.full(self.ncodes, len(keep), dtype=np.intp)
         slot[keep] = np.arange(len(keep))
         return keep, slot

@@ -15,7 +15,10 @@ segments, because they were measured fastest (BENCHMARKS.md) and need no server.
 Every result is built in a hidden directory and published by one rename; the raw
 segments it replaces are deleted only afterwards. A reader that finds both prefers the
 compacted form and skips the raw files its `meta.json` lists; one whose raw files vanish
-mid-read retries the partition. An hour summary counts only the samples inside the
+mid-read retries the partition. A segment that lands in a partition after its hour was
+summed (a late append) makes the partition's directory newer than the summary's
+"checked_ns", the time before which its partitions had no raw segment of the account:
+readers list only such partitions. An hour summary counts only the samples inside the
 account's prefixes at sealing time (`meta.json` "nets"); readers use it only while those
 prefixes are still the account's, the others (`strays.npy`) are checked row by row.
 """
@@ -27,6 +30,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -176,6 +180,7 @@ def so_far(hours: Path, account_id: str) -> list[str]:
 def _summarize(root, hour, account_id, partitions, nets, target: Path, counts: bool) -> bool:
     machines: dict[str, int] = {}
     cols, included, manifest = [], [], []
+    checked = time.time_ns()  # no raw segment of the account in `partitions` from here
     for p in partitions:
         part = root / f"{p:012d}"
         if raw_names(part / account_id):
@@ -223,6 +228,7 @@ def _summarize(root, hour, account_id, partitions, nets, target: Path, counts: b
         "nets": [str(n) for n in nets],
         "partitions": included,
         "raw": manifest,
+        "checked_ns": checked,
     }
     (tmp / "meta.json").write_text(json.dumps(meta))
     return _publish(tmp, target)

@@ -48,6 +48,8 @@ MACHINE_SEP = sealing.MACHINE_SEP
 # admitted just before then may still be on their way to `append`.
 SEAL_GRACE_NS = 30 * NS
 RETRIES = 5
+# File timestamps come from a clock that lags the real one by up to a tick.
+TIMESTAMP_SLACK_NS = NS
 SEAL_LOCK = ".sealing.lock"
 T = TypeVar("T")
 Prefixes = Callable[[str], Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None]
@@ -109,10 +111,7 @@ class SegmentStore:
         return _retried(lambda: self._read_partition(partition, account_id, summary, inside), empty)
 
     def _read_partition(self, partition, account_id, summary, inside):
-        if summary is not None and "raw_set" not in summary:
-            summary["raw_set"] = set(summary["raw"])
-            summary["partition_set"] = set(summary["partitions"])
-        summed = summary is not None and partition in summary["partition_set"]
+        summed = summary is not None and partition in _indexed(summary)["partition_set"]
         if summed and inside:
             # Counted by the hour's summary or columns: only raw segments it did not list
             # are read (none, but for a race). Plain strings: a 24 h query passes here
@@ -190,6 +189,8 @@ class SegmentStore:
             first, last = max(q.start_ns, h0) // P, (min(q.end_ns, h1) - 1) // P
             for p in range(first, last + 1):
                 inside = skip is not None and skip[0] <= p * P and (p + 1) * P <= skip[1]
+                if inside and self._untouched(p, summary):
+                    continue
                 for rows, names, numbers, summed in self._partition(
                     p, q.account_id, summary, inside
                 ):
@@ -197,6 +198,20 @@ class SegmentStore:
                     t.add_rows(rows, codes, window, skip if summed else None)
             t.end_hour()
         return t.groups()
+
+    def _untouched(self, partition: int, summary: dict | None) -> bool:
+        """Whether the partition is one `summary` counted and nothing can have landed in
+        it since the summary found none of its account's raw segments there: its directory
+        is older than that, by more than a file timestamp's coarseness (one stat instead
+        of a listing)."""
+        checked = summary.get("checked_ns") if summary else None
+        if checked is None or partition not in _indexed(summary)["partition_set"]:
+            return False
+        try:
+            changed = os.stat(f"{self.root}/{partition:012d}").st_mtime_ns
+        except FileNotFoundError:
+            return True
+        return changed < checked - TIMESTAMP_SLACK_NS
 
     def _summary(
         self, t: Tally, q: TrafficQuery, hour: int, lo: int, hi: int, plain: bool
@@ -325,6 +340,14 @@ class SegmentStore:
 
     def close(self) -> None:
         pass
+
+
+def _indexed(summary: dict) -> dict:
+    """The summary with sets of its partitions and raw names (made once, looked up often)."""
+    if "raw_set" not in summary:
+        summary["raw_set"] = set(summary["raw"])
+        summary["partition_set"] = set(summary["partitions"])
+    return summary
 
 
 def _retried(read: Callable[[], T], gone: T) -> T:
