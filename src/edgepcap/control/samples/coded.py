@@ -217,12 +217,19 @@ def _heaviest(totals: np.ndarray, top: int | None) -> np.ndarray:
     """The codes with samples, or (with `top`) only the `top` heaviest, ties by code; in
     code order. Linear: the floor from a histogram of the totals, the codes tied at it
     taken lowest first, from the start of the codes only (a quarter of a random source's
-    codes may have samples: listing them all costs more than the rest of the hour)."""
+    codes may have samples: listing them all costs more than the rest of the hour). The
+    histogram is of the totals over 1 only: when most keys have one sample, as random
+    sources do, fewer than `top` have more, and the floor is 1."""
     if top is None or np.count_nonzero(totals) <= top:
         return np.flatnonzero(totals)
-    at_least = np.cumsum(np.bincount(totals)[::-1])[::-1]  # codes with >= v samples
-    floor = int(np.flatnonzero(at_least >= top)[-1])
-    above = np.flatnonzero(totals > floor)
+    many = totals > 1
+    more = totals[many]
+    if len(more) < top:
+        floor, above = 1, np.flatnonzero(many)
+    else:
+        at_least = np.cumsum(np.bincount(more)[::-1])[::-1]  # codes with >= v samples
+        floor = int(np.flatnonzero(at_least >= top)[-1])
+        above = np.flatnonzero(totals > floor)
     need, end = top - len(above), 4 * top
     tied = np.flatnonzero(totals[:end] == floor)
     while len(tied) < need and end < len(totals):
