@@ -398,3 +398,45 @@ def test_a_segment_landing_after_its_hour_was_summed_is_counted(tmp_path, histor
     for q in queries:
         same(store.traffic(q), reference(late, q))
     assert minute in read
+
+
+def test_the_oldest_hour_partly_expired_is_summed_again(tmp_path, history, monkeypatch):
+    """Retention drops the summary of an hour with its first partition; sealing then sums
+    what is left of the hour, which a query reads instead of its partitions."""
+    now, rows = history
+    root = tmp_path / "s"
+    store = SegmentStore(root, dt.timedelta(hours=24), partition_seconds=60)
+    fill(store, rows)
+    nets = {a: NETS[a] for a in (A, B)}.get
+    store.seal(now, nets)
+    summed = sorted(int(h.name) for h in (root / "hours").iterdir() if (h / A).exists())
+    oldest = summed[0] + 1  # a whole hour of A's, not the history's first
+    later = oldest * HOUR + 25 * MINUTE + 24 * HOUR
+    assert store.expire(later) > 0
+    hour_dir = root / "hours" / f"{oldest:08d}"
+    assert not (hour_dir / A).exists()  # it counted what retention dropped
+    store.seal(later, nets)
+    meta = json.loads((hour_dir / A / "meta.json").read_text())
+    cutoff = later - 24 * HOUR
+    assert meta["partitions"] and all((p + 1) * MINUTE > cutoff for p in meta["partitions"])
+    kept = {k: v for k, v in rows.items() if (k[1] + 1) * MINUTE > cutoff}
+    read = []
+    real = store._read_partition
+
+    def reading(*a):
+        chunks = real(*a)
+        read.extend([a[0]] if chunks else [])
+        return chunks
+
+    monkeypatch.setattr(store, "_read_partition", reading)
+    for group_by, f in (("protocol", {}), ("source_port", {}), ("protocol", FILTERS[5])):
+        q = tq(A, later, group_by, hours=24, **f)
+        q = TrafficQuery(A, q.start_ns, now, q.step_ns, q.group_by, q.filter, q.prefixes)
+        same(store.traffic(q), reference(kept, q))
+    assert not set(read) & set(meta["partitions"])  # the summary answered them
+    # The next partition to go takes this summary with it, and sealing sums the rest again.
+    assert store.expire(later + MINUTE) > 0
+    assert not (hour_dir / A).exists()
+    store.seal(later + MINUTE, nets)
+    again = json.loads((hour_dir / A / "meta.json").read_text())["partitions"]
+    assert again == [p for p in meta["partitions"] if (p + 1) * MINUTE > cutoff + MINUTE]

@@ -242,3 +242,31 @@ def _address_keys(uniq: np.ndarray, codes: np.ndarray) -> np.ndarray:
     out[mine] = uniq[codes[mine]]
     out["fam"][~mine] = tally.ADDRESS_OTHER
     return out
+
+
+def drop_expired(root: Path, cutoff: int, partition_ns: int) -> None:
+    """Removes every hour summary (and hour so far) that counts a partition ending by
+    `cutoff`: whole hours past it, and the summaries of the hour it falls in whose first
+    partition is past it (`SegmentStore.seal` sums the rest of that hour again)."""
+    per_hour = max(1, tally.HOUR_NS // partition_ns)
+    hours = root / HOURS
+    try:
+        entries = os.listdir(hours)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if not entry.isdigit() or (int(entry) * per_hour + 1) * partition_ns > cutoff:
+            continue
+        hour_dir = hours / entry
+        if (int(entry) + 1) * per_hour * partition_ns <= cutoff:
+            shutil.rmtree(hour_dir, ignore_errors=True)
+            continue
+        for name in os.listdir(hour_dir):
+            try:
+                counted = json.loads((hour_dir / name / "meta.json").read_text())["partitions"]
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # being built, or gone
+            if counted and (counted[0] + 1) * partition_ns <= cutoff:
+                shutil.rmtree(hour_dir / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            hour_dir.rmdir()  # if that was all of it

@@ -200,10 +200,9 @@ class SegmentStore:
         return t.groups()
 
     def _untouched(self, partition: int, summary: dict | None) -> bool:
-        """Whether the partition is one `summary` counted and nothing can have landed in
-        it since the summary found none of its account's raw segments there: its directory
-        is older than that, by more than a file timestamp's coarseness (one stat instead
-        of a listing)."""
+        """Whether `summary` counted the partition and nothing can have landed in it since:
+        its directory is older than the summary's check by more than a timestamp's
+        coarseness (one stat instead of a listing)."""
         checked = summary.get("checked_ns") if summary else None
         if checked is None or partition not in _indexed(summary)["partition_set"]:
             return False
@@ -301,6 +300,13 @@ class SegmentStore:
         per_hour = HOUR_NS // self.partition_ns
         first_hour = max(self._summed_upto + 1, parts[0] // per_hour)
         last_hour = ready // per_hour  # the first hour with an open partition
+        oldest = parts[0] // per_hour
+        if parts[0] % per_hour and oldest < first_hour:
+            # The oldest hour, partly expired (its summary went with its first partition):
+            # what is left of it, summed again, so that a 24 h query need not read it row by
+            # row. Once per account and expired partition at most.
+            partitions = range(parts[0], (oldest + 1) * per_hour)
+            self._sum_accounts(sealing.summarize_hour, oldest, partitions, prefixes)
         for hour in range(first_hour, last_hour):
             partitions = range(hour * per_hour, (hour + 1) * per_hour)
             self._sum_accounts(sealing.summarize_hour, hour, partitions, prefixes)
@@ -326,12 +332,8 @@ class SegmentStore:
     def expire(self, now_ns: int) -> int:
         cutoff = now_ns - int(self.retention.total_seconds() * NS)
         dropped = 0
-        # An hour summary goes with its first partition, before it: it must not count
-        # what retention dropped.
-        per_hour = max(1, HOUR_NS // self.partition_ns)
-        for entry in _listdir(self.root / HOURS):
-            if entry.isdigit() and (int(entry) * per_hour + 1) * self.partition_ns <= cutoff:
-                shutil.rmtree(self.root / HOURS / entry, ignore_errors=True)
+        # Summaries first: they must not count what retention dropped.
+        sealing.drop_expired(self.root, cutoff, self.partition_ns)
         for entry in os.listdir(self.root):
             if entry.isdigit() and (int(entry) + 1) * self.partition_ns <= cutoff:
                 shutil.rmtree(self.root / entry, ignore_errors=True)
