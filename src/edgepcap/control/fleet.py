@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from edgepcap.control.changes import announce_keys_revoked
 from edgepcap.control.credentials import hash_secret, new_id, new_secret
 from edgepcap.control.models import AgentKey, Machine, Prefix, RefusedSamples, utcnow
 
@@ -81,6 +82,8 @@ def revoke_agent_key(session: Session, key_id: str) -> AgentKey:
         raise FleetError(f"no agent key {key_id!r} (`edgepcap agents list` shows them)")
     if row.revoked is None:
         row.revoked = utcnow()
+        # API processes that keep verified keys in memory forget them when this commits.
+        announce_keys_revoked(session)
     session.flush()
     return row
 

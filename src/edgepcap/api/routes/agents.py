@@ -49,13 +49,13 @@ class Caller:
 
 
 async def agent(request: Request) -> Caller:
-    """The machine the request's agent key speaks for. On the event loop, one indexed
-    read without a transaction (`Database.read`), as customers' keys are: every agent
-    request pays it, thousands a minute from a large fleet (BENCHMARKS.md, fleet)."""
+    """The machine the request's agent key speaks for: kept in memory once verified while
+    revocations reach this process (`api.agent_keys`), else one indexed read without a
+    transaction on the event loop, as customers' keys are."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise APIError(401, Code.AUTHENTICATION, "agents authenticate with `Bearer <agent key>`")
-    row = request.app.state.db.read(lambda conn: fleet.agent_key_binding(conn, key.strip()))
+    row = request.app.state.agent_keys.binding(key.strip())
     if row is None:
         raise APIError(401, Code.AUTHENTICATION, "invalid agent key")
     if row.revoked is not None:
