@@ -60,41 +60,6 @@ def assign(session: Session, pcap: Pcap, targets: list[Machine]) -> None:
         pcap.machines.append(CaptureMachine(machine=m.name, state="assigned"))
 
 
-def jobs_for(session: Session, machine: str) -> list[tuple[Pcap, CaptureMachine]]:
-    rows = session.execute(
-        select(Pcap, CaptureMachine)
-        .join(CaptureMachine, CaptureMachine.pcap_id == Pcap.id)
-        .where(CaptureMachine.machine == machine, CaptureMachine.state == "assigned")
-        .where(Pcap.status.in_(ACTIVE_STATUSES))
-        .order_by(Pcap.submitted)
-    )
-    return [(p, cm) for p, cm in rows]
-
-
-def stops_for(session: Session, machine: str, pcap_ids: list[str]) -> list[tuple[str, str]]:
-    """Which of the captures `machine` is running it should stop now, and why."""
-    if not pcap_ids:
-        return []
-    rows = session.execute(
-        select(Pcap, CaptureMachine)
-        .join(CaptureMachine, CaptureMachine.pcap_id == Pcap.id)
-        .where(CaptureMachine.machine == machine, CaptureMachine.pcap_id.in_(pcap_ids))
-    )
-    found: dict[str, str | None] = {}
-    for pcap, part in rows:
-        reason = None
-        if part.state not in MACHINE_ACTIVE:
-            reason = part.error or "this part of the capture has ended"
-        elif pcap.stop_requested is not None:
-            reason = protocol.STOP
-        elif pcap.end_reason in protocol.LIMIT_REASONS:
-            reason = pcap.end_reason
-        found[pcap.id] = reason
-    out = [(i, r) for i, r in found.items() if r]
-    out += [(i, "unknown capture") for i in pcap_ids if i not in found]
-    return out
-
-
 def _cas_take(session: Session, pcap_id: str, column: str, amount: int) -> int:
     """Take up to `amount` from the capture's unleased budget; returns what was taken."""
     col = getattr(Pcap, column)
