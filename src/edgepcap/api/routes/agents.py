@@ -218,17 +218,27 @@ async def jobs(
 def report(request: Request, caller: Agent, pcap_id: str, body: ReportIn) -> dict[str, Any]:
     caller.check(body.machine)
     rep = protocol.Report.model_construct(**body.model_dump(exclude={"machine", "boot_id"}))
+    ending = rep.state in protocol.ENDED_STATES
+    # What the capture's other machines must hear of at once: give back their leases, or
+    # stop, the capture's limit reached. Not a stop request's end, which they heard of
+    # (a colo's hundred end reports would each wake its hundred polls).
+    limit = rep.end_reason if ending else None
     machines: list[str] = []
-    with request.app.state.db.session() as session:
+    db = request.app.state.db
+    with db.session() as session:
         # Only the machine's current run reports: a previous run (or a copy of its key
         # elsewhere) must not take over a part that no current worker is capturing.
         if fleet.current_run(session, body.machine, body.boot_id) is None:
             raise _register_again()
         answer = execution.report(session, body.machine, body.boot_id, pcap_id, rep)
-        if answer.stop or answer.release:
+        tell = answer.release or (answer.reason or limit) in protocol.LIMIT_REASONS
+        if tell:
             machines = execution.machines_of(session, pcap_id)
-    if answer.stop or answer.release:
-        # Other machines of the capture learn of the end (or the reclaim) at once.
+    if ending:
+        # Now that this part's end is committed (`execution.report`).
+        with db.session() as session:
+            execution.close_if_done(session, pcap_id)
+    if tell:
         request.app.state.wakeup.notify(machines)
     return asdict(answer)
 
