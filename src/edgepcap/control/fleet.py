@@ -150,19 +150,25 @@ def current_run(session: Session, machine: str, boot_id: str) -> Machine | None:
     return row if row is not None and row.boot_id == boot_id else None
 
 
+# Built once, as module-level statements: building one per heartbeat was a tenth of its
+# cost (py-spy), and a fleet sends thousands a minute.
+_BEAT_WHERE = (Machine.name == bindparam("m_name"), Machine.boot_id == bindparam("m_boot"))
+_BEAT = update(Machine).where(*_BEAT_WHERE).values(last_seen=bindparam("m_now"))
+_BEAT_STATS = _BEAT.values(stats=bindparam("m_stats"))
+
+
 def heartbeat(
     conn: Connection | Session, machine: str, boot_id: str, stats: dict[str, int] | None = None
 ) -> bool:
     """Record that `machine`'s current run (`boot_id`) is alive: one UPDATE, no read
     (thousands of agents send one every interval); False if that run is not current."""
-    values: dict[str, Any] = {"last_seen": utcnow()}
+    params: dict[str, Any] = {"m_name": machine, "m_boot": boot_id, "m_now": utcnow()}
     if stats is not None:
-        values["stats"] = stats
+        params["m_stats"] = stats
     done = conn.execute(
-        update(Machine)
-        .where(Machine.name == machine, Machine.boot_id == boot_id)
-        .values(values)
-        .execution_options(synchronize_session=False)
+        _BEAT if stats is None else _BEAT_STATS,
+        params,
+        execution_options={"synchronize_session": False},
     )
     return done.rowcount == 1  # type: ignore[attr-defined]
 
