@@ -11,8 +11,12 @@ retried until the control plane takes it.
 
 2 000 agents hold ~4 000 connections and send thousands of requests a second: httpx on
 one core could not (each request costs it ~0.3 ms), so this speaks HTTP/1.1 itself over
-asyncio streams, keep-alive, one small pool of connections per agent. `Fleet.run` runs
-the whole fleet on an event loop in a thread of its own (`start`, `stop`).
+asyncio streams, keep-alive, one small pool of connections per agent; a kept connection
+the API has closed meanwhile is dropped, or the request goes once more on a new one, as
+httpx does. `Fleet.run` runs the whole fleet on an event loop in a thread of its own
+(`start`, `stop`; `cpu_seconds`: its own CPU, since it shares the cores with the API).
+`Counts` notes when each machine's first `running` report and its end report were
+answered: what a user waits for after create and stop.
 
 The figures made with it (`bench/fleet_figure.py`, `bench/run --only fleet`) and the
 test (tests/bench/test_fleet.py) create and stop captures through the client API and
@@ -71,22 +75,41 @@ class Http:
     async def call(
         self, method: str, path: str, body: Any = None, timeout: float = CALL_TIMEOUT
     ) -> tuple[int, Any]:
-        conn = self.idle.pop() if self.idle else None
-        if conn is None:
-            conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), timeout)
-        reader, writer = conn
-        try:
-            status, data, keep = await asyncio.wait_for(
-                self._exchange(reader, writer, method, path, body), timeout
-            )
-        except BaseException:
-            writer.close()
-            raise
+        while True:
+            conn = self._idle_connection()
+            reused = conn is not None
+            if conn is None:
+                opening = asyncio.open_connection(self.host, self.port)
+                conn = await asyncio.wait_for(opening, timeout)
+            reader, writer = conn
+            try:
+                status, data, keep = await asyncio.wait_for(
+                    self._exchange(reader, writer, method, path, body), timeout
+                )
+                break
+            except asyncio.IncompleteReadError as exc:
+                writer.close()
+                # The server closed a kept-alive connection as it was reused, before any
+                # answer (as httpx, once more on a new one).
+                if not (reused and not exc.partial):
+                    raise
+            except BaseException:
+                writer.close()
+                raise
         if keep:
             self.idle.append(conn)
         else:
             writer.close()
         return status, json.loads(data) if data else None
+
+    def _idle_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A kept-alive connection the server has not closed meanwhile, if any."""
+        while self.idle:
+            reader, writer = self.idle.pop()
+            if not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            writer.close()
+        return None
 
     async def _exchange(
         self,
@@ -138,6 +161,10 @@ class Counts:
     ended: int = 0
     errors: int = 0
     last_error: str = ""
+    # When (time.monotonic) each machine's first `running` report and its end report were
+    # answered 200, by capture: what a user waits for after create and stop.
+    running_at: dict[str, list[float]] = field(default_factory=dict)
+    ended_at: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -232,6 +259,7 @@ class SimAgent:
         deadline = time.monotonic() + int(job["time_limit"])
         reason = None
         path = f"/captures/{pcap_id}/report"
+        first = True
         while not stop.is_set() and not self.stopping:
             if time.monotonic() >= deadline:
                 reason = protocol.TIME_LIMIT
@@ -240,6 +268,9 @@ class SimAgent:
             try:
                 status, answer = await self.http.call("POST", path, progress)
                 self.counts.reports += 1
+                if status == 200 and first:
+                    first = False
+                    self.counts.running_at.setdefault(pcap_id, []).append(time.monotonic())
                 if status == 200 and answer.get("stop"):
                     reason = answer.get("reason") or protocol.STOP
                     stop.set()
@@ -260,6 +291,10 @@ class SimAgent:
             try:
                 status, _ = await self.http.call("POST", path, end)
                 self.counts.reports += 1
+                if status == 200:
+                    self.counts.ended_at.setdefault(pcap_id, []).append(time.monotonic())
+                    break
+                self._error(f"end report: HTTP {status}")
                 if status < 500:
                     break
             except Exception as exc:
@@ -307,6 +342,11 @@ class Fleet:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.counts.registered}/{len(self.agents)} registered")
             time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        """The CPU time the fleet's thread (the whole simulation) has used."""
+        assert self._thread.ident is not None
+        return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
 
     def stop(self) -> None:
         async def _stop() -> None:

@@ -1,15 +1,19 @@
 """The fleet figures (`bench/run --only fleet`): thousands of simulated agents
 (`bench.fleet`) on `edgepcap api --workers 2` over PostgreSQL.
 
-Full run: 2 000 agents in 20 colos of 100 machines; `--quick`: 300 in 3 colos. Measured:
+Full run: 2 000 agents in 20 colos of 100 machines; `--quick`: 300 in 3 colos. Measured,
+as a user waits (the simulator notes when each answer came):
 
-1. a full capture created on a 100-machine colo → all its 100 parts `running` in the
-   database (what every API process answers from), p50/p99 over several captures;
-2. its stop → the capture ended with every part `done`;
-3. the API processes' CPU (% of one core, master and workers summed, from
-   /proc/<pid>/stat) and RSS over an idle window with every agent heartbeating and
-   long-polling, and the database's transactions a second over the same window
-   (pg_stat_database's xact_commit + xact_rollback).
+1. a full capture created on a 100-machine colo: from the create request's answer to
+   the last of the colo's machines having its first `running` report answered, p50/p99
+   over several captures;
+2. its stop: from the stop request's answer to the last end report answered; then the
+   capture must have ended `success` with every part `done`;
+3. over an idle window with every agent heartbeating and long-polling: the API
+   processes' CPU (% of one core, master and workers summed, from /proc/<pid>/stat) and
+   RSS, the database's statements a second (pg_stat_statements, preloaded in the
+   figure's server) and transactions a second (pg_stat_database), and the simulator's
+   own CPU (its thread's clock): it shares the 2 cores.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from edgepcap.control.fleet import create_agent_key
 from edgepcap.control.models import Bucket, utcnow
 
 DESTINATION = "s3://bench-fleet"
-# EDGEPCAP_HEARTBEAT_INTERVAL for the fleet: at the default 1 s, 2 000 agents send 2 000
-# heartbeats a second, ~1 ms of an API core each (BENCHMARKS.md, fleet).
-HEARTBEAT = 10.0
+# EDGEPCAP_HEARTBEAT_INTERVAL for the fleet (a machine is lost after 5 intervals): at the
+# default 1 s, 2 000 agents would send 2 000 heartbeats a second (BENCHMARKS.md, fleet).
+HEARTBEAT = 20.0
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -126,16 +130,20 @@ def wait_for(what: Any, timeout: float, every: float = 0.01) -> float:
     return time.monotonic() - started
 
 
-def one_capture(stand: Stand, colo: str, machines: int) -> dict[str, float]:
-    started = time.monotonic()
+def one_capture(stand: Stand, fleet: Fleet, colo: str, machines: int) -> dict[str, float]:
+    """A user's waits: from the create request's answer to the last of the colo's
+    machines having its first `running` report answered, and from the stop request's
+    answer to the last end report answered (the capture ended, every part `done`)."""
+    counts = fleet.counts
     pcap = stand.create(colo)
-    wait_for(lambda: stand.parts(pcap, "running") == machines, 60)
-    running_s = time.monotonic() - started
+    created = time.monotonic()
+    wait_for(lambda: len(counts.running_at.get(pcap, ())) == machines, 60)
+    running_s = max(counts.running_at[pcap]) - created
     time.sleep(1.0)  # a second of progress reports, as a capture that ran a while
-    started = time.monotonic()
     stand.stop(pcap)
-    wait_for(lambda: stand.status(pcap) not in ("pending", "running"), 60)
-    stopped_s = time.monotonic() - started
+    stopped = time.monotonic()
+    wait_for(lambda: len(counts.ended_at.get(pcap, ())) == machines, 60)
+    stopped_s = max(counts.ended_at[pcap]) - stopped
     done = stand.parts(pcap, "done")
     assert done == machines and stand.status(pcap) == "success", (done, stand.status(pcap))
     return {"running_s": running_s, "stopped_s": stopped_s}
@@ -170,28 +178,31 @@ def rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
-def xacts(stand: Stand) -> tuple[int, int]:
-    row = None
+def xacts(stand: Stand) -> tuple[int, int, int]:
+    """The database's transactions, rows updated and statements so far (the statements
+    from pg_stat_statements, which the figure's server preloads)."""
     with stand.db.session() as s:
         row = s.execute(
             text(
-                "SELECT xact_commit + xact_rollback, tup_updated FROM pg_stat_database "
-                "WHERE datname = current_database()"
+                "SELECT xact_commit + xact_rollback, tup_updated, "
+                "(SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = d.datid) "
+                "FROM pg_stat_database d WHERE datname = current_database()"
             )
         ).one()
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def idle(stand: Stand, fleet: Fleet, seconds: float) -> dict[str, float]:
     pids = api_pids(stand.api.proc.pid)
     before = fleet.counts.heartbeats, fleet.counts.polls
-    cpu0, (x0, u0), t0 = cpu_seconds(pids), xacts(stand), time.monotonic()
-    me0 = time.process_time()
+    errors = fleet.counts.errors
+    cpu0, (x0, u0, s0), t0 = cpu_seconds(pids), xacts(stand), time.monotonic()
+    me0 = fleet.cpu_seconds()
     load0 = os.getloadavg()[0]
     time.sleep(seconds)
-    cpu1, (x1, u1), t1 = cpu_seconds(pids), xacts(stand), time.monotonic()
+    cpu1, (x1, u1, s1), t1 = cpu_seconds(pids), xacts(stand), time.monotonic()
     took = t1 - t0
-    me = time.process_time() - me0
+    me = fleet.cpu_seconds() - me0
     # The stats collector flushes every second or so: the counts lag by up to that.
     return {
         "seconds": round(took, 1),
@@ -199,10 +210,12 @@ def idle(stand: Stand, fleet: Fleet, seconds: float) -> dict[str, float]:
         "api_rss_mib": round(rss_mib(pids), 1),
         "api_processes": len(pids),
         "xact_per_s": round((x1 - x0) / took, 1),
+        "statements_per_s": round((s1 - s0) / took, 1),
         "rows_updated_per_s": round((u1 - u0) / took, 1),
         "heartbeats_per_s": round((fleet.counts.heartbeats - before[0]) / took, 1),
         "simulator_cpu_pct": round(100 * me / took, 1),
         "polls_per_s": round((fleet.counts.polls - before[1]) / took, 1),
+        "simulator_errors": fleet.counts.errors - errors,
         "loadavg_1m": round((load0 + os.getloadavg()[0]) / 2, 2),
     }
 
@@ -212,9 +225,11 @@ def measure(
 ) -> dict[str, Any]:
     from tests.support.postgres import start_postgres
 
-    pg, remove = start_postgres()
+    pg, remove = start_postgres(("shared_preload_libraries=pg_stat_statements",))
     try:
-        stand = Stand(pg.new_database(), colo_names(colos, machines), heartbeat)
+        database = pg.new_database()
+        pg.run("-d", database.rsplit("/", 1)[1], "-c", "CREATE EXTENSION pg_stat_statements")
+        stand = Stand(database, colo_names(colos, machines), heartbeat)
         try:
             fleet = Fleet(stand.api.url, stand.keys)
             started = time.monotonic()
@@ -223,7 +238,17 @@ def measure(
             try:
                 time.sleep(5)  # every agent's first poll is in, heartbeats spread out
                 quiet = idle(stand, fleet, idle_s)
-                runs = [one_capture(stand, f"F{i % colos:02d}", machines) for i in range(captures)]
+                sim0, t0 = fleet.cpu_seconds(), time.monotonic()
+                runs = [
+                    one_capture(stand, fleet, f"F{i % colos:02d}", machines)
+                    for i in range(captures)
+                ]
+                busy = {
+                    "simulator_cpu_pct": round(
+                        100 * (fleet.cpu_seconds() - sim0) / (time.monotonic() - t0), 1
+                    ),
+                    "loadavg_1m": os.getloadavg()[0],
+                }
                 # The last end reports' answers may still be on their way to the fleet.
                 wait_for(lambda: fleet.counts.ended == captures * machines, 30, 0.1)
             finally:
@@ -234,9 +259,10 @@ def measure(
                 "heartbeat_interval_s": fleet.agents[0].heartbeat_interval,
                 "registered_s": round(registered_s, 1),
                 "idle": quiet,
+                "captures": busy,
                 "running_s": sorted(round(r["running_s"], 3) for r in runs),
                 "stopped_s": sorted(round(r["stopped_s"], 3) for r in runs),
-                "counts": asdict(fleet.counts),
+                "counts": {k: v for k, v in asdict(fleet.counts).items() if k[-3:] != "_at"},
             }
         finally:
             stand.close()
@@ -279,7 +305,8 @@ def figure(quick: bool) -> list[Figure]:
             "< 25 % of one core",
             q["api_cpu_pct"] < 25,
             "% core",
-            f"RSS {q['api_rss_mib']:.0f} MiB, {q['xact_per_s']:.0f} db xact/s, "
+            f"RSS {q['api_rss_mib']:.0f} MiB, {q['statements_per_s']:.0f} db statements/s "
+            f"({q['xact_per_s']:.0f} xact/s), simulator {q['simulator_cpu_pct']:.0f} % core, "
             f"{q['heartbeats_per_s']:.0f} heartbeats/s, {q['polls_per_s']:.0f} polls/s; "
             f"{where}; {shared}",
             q,

@@ -1,4 +1,5 @@
-"""Rate limits hold across API processes: two servers on one PostgreSQL racing each other."""
+"""Rate limits hold across API processes: two servers on one PostgreSQL racing each other;
+and a colo's machines ending a capture together close it once."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from edgepcap.control import execution, fleet
 from edgepcap.control.accounts import create_account
@@ -122,7 +125,8 @@ def db(postgres, tmp_path):
 
 def test_machines_ending_together_end_the_capture(db):
     """Two end reports in flight at once, on PostgreSQL: neither may miss the other's end
-    (write skew), or the capture would stay `running` with every part finished."""
+    (write skew), or the capture would stay `running` with every part finished. Each
+    looks again once committed, as the agent API does (`execution.close_if_done`)."""
     pcap_id = _running_capture(db)
     first = db._sessions()
     execution.report(first, "ord01", BOOT, pcap_id, _done(pcap_id, "ord01"))
@@ -131,14 +135,19 @@ def test_machines_ending_together_end_the_capture(db):
     def second() -> None:
         with db.session() as s:
             execution.report(s, "ord02", BOOT, pcap_id, _done(pcap_id, "ord02"))
+        with db.session() as s:
+            execution.close_if_done(s, pcap_id)
 
     other = threading.Thread(target=second)
     other.start()
-    other.join(1.0)  # with the fix it waits for the first to commit
+    other.join(10)  # it does not wait for the first: it takes only its own part
+    assert not other.is_alive()
+    with db.session() as s:
+        assert s.get(Pcap, pcap_id).status == "running"  # it saw ord01 still running
     first.commit()
     first.close()
-    other.join(10)
-    assert not other.is_alive()
+    with db.session() as s:
+        execution.close_if_done(s, pcap_id)
     with db.session() as s:
         ended = s.get(Pcap, pcap_id)
         assert ended is not None
@@ -202,3 +211,85 @@ def test_a_trigger_fires_once_across_api_processes(twin):
         assert [p["id"] for p in pcaps] == [got["fired"][0]["pcap_id"]]
         assert pcaps[0]["trigger_id"] == trigger
         c.put(f"/pcaps/{pcaps[0]['id']}/stop")
+
+
+HUNDRED = [f"hun{i:03d}" for i in range(100)]
+
+
+def test_a_hundred_machines_ending_together_close_the_capture_once(twin):
+    """A colo of 100 machines sends its end reports at once, half to each API process:
+    the capture ends `success` once (its `finished` written once), with every part's
+    packets and bytes in its totals."""
+    first, second = twin
+    account = first.account()
+    conf = first.validated_bucket(account)
+    db = open_database(first.server.data_dir, first.server.database)
+    try:
+        with db.session() as s:
+            s.execute(text("CREATE TABLE IF NOT EXISTS closes (pcap_id text)"))
+            s.execute(
+                text(
+                    "CREATE OR REPLACE FUNCTION count_close() RETURNS trigger AS "
+                    "$$ BEGIN INSERT INTO closes VALUES (NEW.id); RETURN NEW; END $$ "
+                    "LANGUAGE plpgsql"
+                )
+            )
+            s.execute(text("DROP TRIGGER IF EXISTS counted ON pcaps"))
+            s.execute(
+                text(
+                    "CREATE TRIGGER counted AFTER UPDATE ON pcaps FOR EACH ROW WHEN "
+                    "(NEW.finished IS DISTINCT FROM OLD.finished) EXECUTE FUNCTION count_close()"
+                )
+            )
+            keys = {m: fleet.create_agent_key(s, "HUN", m)[1] for m in HUNDRED}
+            for m in HUNDRED:
+                fleet.register(s, "HUN", m, BOOT)
+        with first.client(account) as c:
+            r = c.post("/pcaps", json=full(conf, colo_name="HUN", time_limit=60))
+            assert r.status_code == 200, r.text
+            pcap_id = r.json()["result"]["id"]
+        clients = {
+            m: httpx.Client(
+                base_url=(first, second)[i % 2].server.url + "/agent/v1",
+                headers={"Authorization": f"Bearer {keys[m]}"},
+                timeout=30,
+            )
+            for i, m in enumerate(HUNDRED)
+        }
+        path = f"/captures/{pcap_id}/report"
+        me = {m: {"machine": m, "boot_id": BOOT} for m in HUNDRED}
+        with ThreadPoolExecutor(len(HUNDRED)) as pool:
+            running = pool.map(
+                lambda m: clients[m].post(path, json={**me[m], "state": "running"}), HUNDRED
+            )
+            assert [r.status_code for r in running] == [200] * 100
+            barrier = threading.Barrier(len(HUNDRED))
+
+            def end(i: int, m: str) -> httpx.Response:
+                report = {
+                    **me[m],
+                    "state": "done",
+                    "packets": i + 1,
+                    "bytes": 100 * (i + 1),
+                    "end_reason": "stop",
+                    "object_name": protocol.object_name(m, pcap_id),
+                }
+                barrier.wait(30)
+                return clients[m].post(path, json=report)
+
+            ended = list(pool.map(end, range(100), HUNDRED))
+        assert [r.status_code for r in ended] == [200] * 100
+        assert all(r.json()["stop"] for r in ended)
+        with db.session() as s:
+            pcap = s.get(Pcap, pcap_id)
+            assert pcap.status == "success", [(m.machine, m.state) for m in pcap.machines]
+            assert {m.state for m in pcap.machines} == {"done"}
+            assert (pcap.packets_captured, pcap.bytes_captured) == (5050, 505_000)
+            closes = s.execute(
+                text("SELECT count(*) FROM closes WHERE pcap_id = :p"), {"p": pcap_id}
+            )
+            assert closes.scalar() == 1
+        for c in clients.values():
+            c.close()
+    finally:
+        db.close()

@@ -1,6 +1,7 @@
 """Word of changes between API processes: a capture made on one reaches an agent
 long-polling another through PostgreSQL's LISTEN/NOTIFY, and the listener comes back
-after its connection is lost."""
+after its connection is lost; a revoked agent key, kept in memory by every process, is
+refused by all of them at once."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from collections.abc import Iterator
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import update
 
-from edgepcap.control import changes
+from edgepcap.api.agent_keys import AgentKeys
+from edgepcap.control import changes, fleet
+from edgepcap.control.db import open_database
+from edgepcap.control.models import AgentKey, utcnow
+from tests.support.agentkeys import agent_client, mint_key, new_boot
 from tests.support.api import full
 from tests.support.processes import wait_for
 from tests.support.servers import S3_ENV, register_machine
@@ -93,3 +99,57 @@ def test_a_capture_made_on_one_process_wakes_a_poll_on_another(pair):
         polls.close()
     finally:
         machine.stop()
+
+
+def test_a_revoked_agent_key_is_refused_at_once_by_every_process(pair):
+    """Both processes keep the key once verified; `agents revoke-key` (another process,
+    writing the database) is heard by both, and the key's next request is refused."""
+    for stack in pair:
+        wait_for(lambda s=stack: gauge(s, "edgepcap_wakeup_listening") == 1, 20, "listening")
+    key = mint_key(pair[0], "ORD", "ord08")
+    beat = {"machine": "ord08", "boot_id": new_boot()}
+    clients = [agent_client(stack, key["agent_key"]) for stack in pair]
+    try:
+        r = clients[0].post("/register", json={"colo": "ORD", **beat})
+        assert r.status_code == 200, r.text
+        for _ in range(2):  # the second time from what each process keeps
+            assert [c.post("/heartbeat", json=beat).status_code for c in clients] == [200, 200]
+        pair[1].cli("agents", "revoke-key", key["id"])
+        for c in clients:
+            r = c.post("/heartbeat", json=beat)
+            assert r.status_code == 401, r.text
+            assert f"agent key {key['id']} has been revoked" in r.text
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_verified_keys_are_kept_until_a_revocation_is_announced(postgres, tmp_path):
+    """What AgentKeys keeps is what it answers from, until `announce_keys_revoked` is
+    heard; while the listener is away nothing is kept."""
+    db = open_database(tmp_path, postgres.new_database())
+    channel = changes.Channel(db.url, lambda machines: None)
+    keys = AgentKeys(db, channel)
+    channel.on_keys = keys.forget
+    try:
+        with db.session() as s:
+            row, key = fleet.create_agent_key(s, "ORD", "ord09")
+        channel.start()
+        wait_for(lambda: channel.listening, 20, "the listener")
+        assert keys.binding(key).revoked is None
+        with db.session() as s:  # revoked behind its back: no announcement
+            s.execute(update(AgentKey).where(AgentKey.id == row.id).values(revoked=utcnow()))
+        assert keys.binding(key).revoked is None  # kept
+        with db.session() as s:
+            changes.announce_keys_revoked(s)
+        wait_for(lambda: keys.binding(key).revoked is not None, 20, "the announcement heard")
+        with db.session() as s:
+            s.execute(update(AgentKey).where(AgentKey.id == row.id).values(revoked=None))
+        assert keys.binding(key).revoked is None  # a valid key: kept again
+        channel.stop()  # deaf: every request reads the key
+        with db.session() as s:
+            s.execute(update(AgentKey).where(AgentKey.id == row.id).values(revoked=utcnow()))
+        assert keys.binding(key).revoked is not None
+    finally:
+        channel.stop()
+        db.close()

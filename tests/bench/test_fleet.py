@@ -23,6 +23,8 @@ def test_a_capture_on_a_simulated_colo_runs_everywhere_and_ends_on_stop(postgres
             fleet_figure.wait_for(lambda: stand.status(pcap) == "success", 15)
             assert stand.parts(pcap, "done") == 4
             fleet_figure.wait_for(lambda: fleet.counts.ended == 4, 5)
+            # Each machine's first running report and its end report, answered once.
+            assert len(fleet.counts.running_at[pcap]) == len(fleet.counts.ended_at[pcap]) == 4
             # Only F01's machines got the job; the other colo's only beat and polled.
             assert fleet.counts.jobs == 4 and fleet.counts.errors == 0, fleet.counts
             fleet_figure.wait_for(lambda: fleet.counts.heartbeats >= 8, 5)  # every 2 s

@@ -16,7 +16,7 @@ import random
 import pytest
 from sqlalchemy.orm import selectinload
 
-from edgepcap.control import captures, execution, fleet
+from edgepcap.control import captures, execution, fleet, polls
 from edgepcap.control.accounts import create_account
 from edgepcap.control.db import Database, open_database
 from edgepcap.control.models import Account, Machine, Pcap, utcnow
@@ -117,7 +117,7 @@ def test_a_packet_with_nothing_left_anywhere_ends_the_capture_by_packet_limit(db
     # The others are told too, on their next report and in the long poll's stops.
     assert report(db, "ord02", pid).reason == protocol.PACKET_LIMIT
     with db.session() as s:
-        assert execution.stops_for(s, "ord02", [pid]) == [(pid, protocol.PACKET_LIMIT)]
+        assert polls.stops(s.connection(), "ord02", [pid]) == [(pid, protocol.PACKET_LIMIT)]
     report(db, "ord01", pid, **done("ord01", pid, packets=10, end_reason=protocol.PACKET_LIMIT))
     report(db, "ord02", pid, **done("ord02", pid))
     pcap = read(db, pid)
@@ -219,7 +219,7 @@ def test_a_stop_request_stops_every_machine(db, root):
     assert (answer.stop, answer.reason, answer.grant_packets) == (True, protocol.STOP, 0)
     assert read(db, pid).packets_left == 90
     with db.session() as s:
-        assert execution.stops_for(s, "ord02", [pid]) == [(pid, protocol.STOP)]
+        assert polls.stops(s.connection(), "ord02", [pid]) == [(pid, protocol.STOP)]
     report(db, "ord01", pid, **done("ord01", pid, packets=3, end_reason=protocol.STOP))
     assert read(db, pid).status == "running"
     report(db, "ord02", pid, **done("ord02", pid, end_reason=protocol.STOP))

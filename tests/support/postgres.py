@@ -28,6 +28,7 @@ class Postgres:
     bindir: Path
     data: Path | None = None
     counter: int = 0
+    settings: tuple[str, ...] = ()  # more `-c name=value` for the server
 
     def run(self, *args: str) -> None:
         subprocess.run(
@@ -71,7 +72,8 @@ class Postgres:
             str(self.data.parent / "pg.log"),
             "-w",
             "-o",
-            f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir} -c fsync=off -c max_connections=200",
+            f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir} -c fsync=off -c max_connections=200"
+            + "".join(f" -c {setting}" for setting in self.settings),
             "start",
         )
 
@@ -92,8 +94,9 @@ def _pg_bindir() -> Path:
     return Path(found[-1]).parent
 
 
-def start_postgres() -> tuple[Postgres, Callable[[], None]]:
-    """A throwaway PostgreSQL server on loopback, and the function that removes it."""
+def start_postgres(settings: tuple[str, ...] = ()) -> tuple[Postgres, Callable[[], None]]:
+    """A throwaway PostgreSQL server on loopback (with `settings`, `name=value` each),
+    and the function that removes it."""
     bindir = _pg_bindir()
     # Not under pytest's 0700 temp dir: the postgres user must reach its files.
     base = Path(tempfile.mkdtemp(prefix="edgepcap-pg-"))
@@ -117,7 +120,9 @@ def start_postgres() -> tuple[Postgres, Callable[[], None]]:
         check=True,
         capture_output=True,
     )
-    server = Postgres(port=free_port(), socket_dir=sock, bindir=bindir, data=data)
+    server = Postgres(
+        port=free_port(), socket_dir=sock, bindir=bindir, data=data, settings=settings
+    )
     server.start()
 
     def stop() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from edgepcap.formats.protocol import JobsAnswer, ReportWire, Welcome
+from edgepcap.formats.protocol import KEEP_ALIVE, JobsAnswer, ReportWire, Welcome
 
 
 class ControlPlaneError(RuntimeError):
@@ -41,6 +41,7 @@ class ControlPlane:
             base_url=api.rstrip("/") + "/agent/v1",
             headers={"Authorization": f"Bearer {key}"},
             timeout=httpx.Timeout(10.0, read=40.0),
+            limits=httpx.Limits(keepalive_expiry=KEEP_ALIVE),
             verify=verify,
         )
 

@@ -9,6 +9,7 @@
 * `downloads`, `schemas`, `openapi` — merged downloads and previews; the customer shapes;
   the OpenAPI document.
 * `wakeup` — waking long polls.
+* `agent_keys` — agent keys verified by this process, kept while revocations reach it.
 * `live`, `relay` — this process's live viewers and their pcapng; relaying machines' live
   copies between API processes.
 * `web`, `timefmt` — security headers and the docs page; times.

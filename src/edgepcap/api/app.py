@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgepcap.api import errors, openapi, web
 from edgepcap.api.access_log import QuietAgents
+from edgepcap.api.agent_keys import AgentKeys
 from edgepcap.api.guard import RequestGuard
 from edgepcap.api.live import Hub
 from edgepcap.api.relay import Relay
@@ -88,9 +89,12 @@ def create_app(
 ) -> FastAPI:
     relay = Relay(Hub(), relay_host)
     wakeup = Wakeup()
+    agent_keys = AgentKeys(db)
     if db.engine.dialect.name == "postgresql":
-        # Word of changes to the other API processes' polls, and from theirs to ours.
-        wakeup.channel = Channel(db.url, wakeup.wake_here)
+        # Word of changes to the other API processes' polls, and from theirs to ours; and
+        # of revoked agent keys, from whichever process revokes.
+        wakeup.channel = Channel(db.url, wakeup.wake_here, agent_keys.forget)
+        agent_keys.channel = wakeup.channel
     # The supervisor's sweeps end machines' parts: the capture's other machines hear it.
     supervisor.on_change = wakeup.notify
 
@@ -143,6 +147,7 @@ def create_app(
     app.state.limits = limits
     app.state.metrics_token = metrics_token
     app.state.wakeup = wakeup
+    app.state.agent_keys = agent_keys
     app.state.relay = relay
     app.include_router(ownership.router, prefix=PREFIX, tags=["ownership"])
     # Before the PCAPs routes: `/pcaps/triggers` is not a capture id.

@@ -25,6 +25,7 @@ from edgepcap.cli.options import (
     _private_files,
 )
 from edgepcap.control.credentials import write_secret_file
+from edgepcap.formats.protocol import KEEP_ALIVE
 
 
 def serve(
@@ -60,6 +61,8 @@ def serve(
         "access_log": os.environ.get("EDGEPCAP_ACCESS_LOG", "1") == "1",
         # Agents hold long polls open; do not wait for them on shutdown.
         "timeout_graceful_shutdown": 2,
+        # Longer than agents keep their idle connections (KEEP_ALIVE).
+        "timeout_keep_alive": KEEP_ALIVE + 5,
         # One process on uvloop lets some connections wait far longer than others under
         # load, at the same throughput as asyncio's loop; with several workers uvloop
         # spreads the connections over them better, and is the faster loop

@@ -8,7 +8,9 @@
 * `full_rate`, `retention` — the full-capture rate and the retention of ended captures.
 * `supervisor` — the API process's thread that sweeps lost machines, expiry, retention.
 * `execution` — a full capture across machines: assignment, progress, leases, completion.
+* `polls` — what an agent's long poll finds: its new jobs, the stops of what it runs.
 * `fleet` — agent keys, registration, liveness, `colo_name` resolution.
+* `changes` — word of changes (and of revoked agent keys) between API processes (NOTIFY).
 * `live` — who watches which capture live, and where each API process takes relayed copies.
 * `buckets` — an account's buckets: ownership challenges, their proof, the lookup.
 * `errors` — the refusals (`Refused` and one subclass per reason) the rules above raise.

@@ -22,6 +22,17 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # the API's supervisor checkpoints it: only if that loop stalls does a request pay.
 BACKSTOP_CHECKPOINT_PAGES = 16384
 T = TypeVar("T")
+# libpq's settings for every PostgreSQL connection: reads run on the event loop, and a
+# connection that died silently (failover, a dropped NAT entry) must fail within seconds,
+# not hang the process on TCP's retransmissions (nor leave a listener deaf, unaware).
+ALIVE = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
 log = logging.getLogger(__name__)
 
 
@@ -59,17 +70,9 @@ def make_engine(url: str, ping: bool = True, checkpoints: bool = True) -> Engine
             cur.close()
 
         return engine
-    # Reads run on the event loop: a connection that died silently (failover, a dropped
-    # NAT entry) must fail within seconds, not hang the process on TCP's retransmissions.
-    alive = {
-        "connect_timeout": 5,
-        "keepalives": 1,
-        "keepalives_idle": 10,
-        "keepalives_interval": 3,
-        "keepalives_count": 3,
-        "tcp_user_timeout": 15_000,
-    }
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=ping, connect_args=alive)
+    return create_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=ping, connect_args=dict(ALIVE)
+    )
 
 
 def migrate(engine: Engine) -> None:

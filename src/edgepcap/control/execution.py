@@ -12,6 +12,7 @@ import datetime as dt
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from edgepcap.control import fleet, live
 from edgepcap.control.models import (
@@ -58,41 +59,6 @@ def assign(session: Session, pcap: Pcap, targets: list[Machine]) -> None:
     pcap.bytes_left = pcap.byte_limit
     for m in live:
         pcap.machines.append(CaptureMachine(machine=m.name, state="assigned"))
-
-
-def jobs_for(session: Session, machine: str) -> list[tuple[Pcap, CaptureMachine]]:
-    rows = session.execute(
-        select(Pcap, CaptureMachine)
-        .join(CaptureMachine, CaptureMachine.pcap_id == Pcap.id)
-        .where(CaptureMachine.machine == machine, CaptureMachine.state == "assigned")
-        .where(Pcap.status.in_(ACTIVE_STATUSES))
-        .order_by(Pcap.submitted)
-    )
-    return [(p, cm) for p, cm in rows]
-
-
-def stops_for(session: Session, machine: str, pcap_ids: list[str]) -> list[tuple[str, str]]:
-    """Which of the captures `machine` is running it should stop now, and why."""
-    if not pcap_ids:
-        return []
-    rows = session.execute(
-        select(Pcap, CaptureMachine)
-        .join(CaptureMachine, CaptureMachine.pcap_id == Pcap.id)
-        .where(CaptureMachine.machine == machine, CaptureMachine.pcap_id.in_(pcap_ids))
-    )
-    found: dict[str, str | None] = {}
-    for pcap, part in rows:
-        reason = None
-        if part.state not in MACHINE_ACTIVE:
-            reason = part.error or "this part of the capture has ended"
-        elif pcap.stop_requested is not None:
-            reason = protocol.STOP
-        elif pcap.end_reason in protocol.LIMIT_REASONS:
-            reason = pcap.end_reason
-        found[pcap.id] = reason
-    out = [(i, r) for i, r in found.items() if r]
-    out += [(i, "unknown capture") for i in pcap_ids if i not in found]
-    return out
 
 
 def _cas_take(session: Session, pcap_id: str, column: str, amount: int) -> int:
@@ -151,13 +117,15 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
     whether to release unused budget.
     """
     now = utcnow()
-    # A part's end may end the capture. Two machines ending at once must not each see the
-    # other still active (write skew): their end reports take the capture's row in turn,
-    # and finish_if_done then reads the other parts as committed. Lock order: part, then
-    # capture, as progress reports do (their budget updates).
+    # A part's end may end the capture. A colo's machines end together: their end reports
+    # take only their own parts' rows, not the capture's in turn. Two of them may each
+    # see the other still active (write skew) and leave the capture open: so whoever
+    # ends a part looks again after its commit (`close_if_done`), when the last one to
+    # commit sees every part ended; the capture's row is taken only to close it, once.
+    # Lock order: part, then capture, as progress reports' budget updates.
     ending = rep.state in protocol.ENDED_STATES
     part = session.get(CaptureMachine, (pcap_id, machine), with_for_update=ending)
-    pcap = session.get(Pcap, pcap_id, with_for_update=ending)
+    pcap = session.get(Pcap, pcap_id)
     if part is None or pcap is None:
         return Answer(stop=True, reason="unknown capture")
     if part.state not in MACHINE_ACTIVE or (part.boot_id and part.boot_id != boot_id):
@@ -171,8 +139,7 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
         part.boot_id = boot_id
         part.started = now
         if pcap.status == "pending":
-            pcap.status = "running"
-            pcap.started = now
+            _mark_running(session, pcap, now)
 
     if rep.release_packets or rep.release_bytes:
         # Only what is granted and not yet written can go back: never a packet twice.
@@ -192,13 +159,13 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
         part.outbound = [list(run) for run in rep.outbound]
         part.directions_known = rep.directions_known
         if rep.end_reason and not pcap.end_reason:
-            pcap.end_reason = rep.end_reason
+            _first(session, pcap.id, end_reason=rep.end_reason)
         # Whatever it did not use goes back for the others.
         _give_back(session, pcap.id, "packets_left", max(0, part.granted_packets - rep.packets))
         _give_back(session, pcap.id, "bytes_left", max(0, part.granted_bytes - rep.bytes))
         part.granted_packets, part.granted_bytes = rep.packets, rep.bytes
         session.flush()
-        _refresh_totals(session, pcap)
+        _refresh_totals(session, pcap)  # writes the capture's row only if they changed
         finish_if_done(session, pcap)
         answer.stop = True
         return answer
@@ -245,6 +212,34 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
     return answer
 
 
+def _first(session: Session, pcap_id: str, **values: str) -> bool:
+    """Set the capture's `values` where they are still unset, without loading it (one
+    UPDATE, nothing written when another report was first); returns whether this did."""
+    unset = [getattr(Pcap, name).is_(None) for name in values]
+    done = session.execute(
+        update(Pcap)
+        .where(Pcap.id == pcap_id, *unset)
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )
+    return done.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _mark_running(session: Session, pcap: Pcap, now: dt.datetime) -> None:
+    """The capture's first running part makes it running: a hundred first reports at once
+    race for it, and only the first writes (the others' UPDATE matches nothing), instead
+    of each writing the capture's row in turn."""
+    done = session.execute(
+        update(Pcap)
+        .where(Pcap.id == pcap.id, Pcap.status == "pending")
+        .values(status="running", started=now)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount == 1:  # type: ignore[attr-defined]
+        set_committed_value(pcap, "status", "running")
+        set_committed_value(pcap, "started", now)
+
+
 def _end_by_limit(pcap: Pcap, reason: str) -> None:
     pcap.end_reason = pcap.end_reason or reason
     pcap.reclaim = False
@@ -278,17 +273,30 @@ def _any_active(session: Session, pcap: Pcap) -> bool:
 
 
 def finish_if_done(session: Session, pcap: Pcap) -> bool:
-    """Close the capture once no machine is still working on it."""
-    if pcap.status not in ACTIVE_STATUSES or _any_active(session, pcap) or not pcap.machines:
+    """Close the capture once no machine is still working on it, exactly once: whoever
+    finds no part active takes the capture's row and looks again, so that of two finding
+    it at once, the second sees it closed."""
+    if pcap.status not in ACTIVE_STATUSES or _any_active(session, pcap):
         return False
-    if any(m.state in MACHINE_ACTIVE for m in pcap.machines):
+    session.refresh(pcap, with_for_update=True)
+    # The parts as committed now, not as this session may have read them before.
+    parts = list(
+        session.scalars(
+            select(CaptureMachine)
+            .where(CaptureMachine.pcap_id == pcap.id)
+            .execution_options(populate_existing=True)
+        )
+    )
+    if pcap.status not in ACTIVE_STATUSES or not parts:
+        return False
+    if any(m.state in MACHINE_ACTIVE for m in parts):
         return False
     _refresh_totals(session, pcap)
     now = utcnow()
-    done = [m for m in pcap.machines if m.state == "done"]
-    failed = [m for m in pcap.machines if m.state == "failed"]
+    done = [m for m in parts if m.state == "done"]
+    failed = [m for m in parts if m.state == "failed"]
     notes = [f"{m.machine}: {m.error}" for m in failed]
-    drops = [m for m in pcap.machines if m.dropped or m.overruns]
+    drops = [m for m in parts if m.dropped or m.overruns]
     if drops:
         notes.append(
             "kernel drops: "
@@ -309,6 +317,13 @@ def finish_if_done(session: Session, pcap: Pcap) -> bool:
     pcap.error_message = "; ".join(notes) or None
     session.flush()
     return True
+
+
+def close_if_done(session: Session, pcap_id: str) -> bool:
+    """After a transaction that ended parts of the capture has committed: close it if no
+    part is active now (`report`: the last of machines ending together closes it)."""
+    pcap = session.get(Pcap, pcap_id)
+    return pcap is not None and finish_if_done(session, pcap)
 
 
 def stop(session: Session, pcap: Pcap) -> None:

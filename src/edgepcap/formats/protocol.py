@@ -46,6 +46,10 @@ def machine_of(name: str) -> str:
 
 
 BOOT_ID = r"^[0-9a-f]{32}$"  # one run of an agent: a new one at every start
+# Seconds an agent keeps an idle connection to the API for its next request (the API keeps
+# one longer, so that it never closes one an agent is reusing): with heartbeats every 10 s
+# or more, a shorter one meant a new TCP connection for nearly every heartbeat.
+KEEP_ALIVE = 60.0
 
 
 class Beat(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
@@ -14,8 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from edgepcap.api.errors import APIError, Code
 from edgepcap.api.live import Piece
-from edgepcap.control import execution, fleet, live
-from edgepcap.control.models import MACHINE_ACTIVE, CaptureMachine, Pcap, utcnow
+from edgepcap.control import execution, fleet, live, polls
+from edgepcap.control.db import Database
+from edgepcap.control.models import MACHINE_ACTIVE, CaptureMachine, utcnow
 from edgepcap.control.samples import admission
 from edgepcap.formats import protocol
 from edgepcap.formats import samples as records
@@ -49,13 +51,13 @@ class Caller:
 
 
 async def agent(request: Request) -> Caller:
-    """The machine the request's agent key speaks for. On the event loop, one indexed
-    read without a transaction (`Database.read`), as customers' keys are: every agent
-    request pays it, thousands a minute from a large fleet (BENCHMARKS.md, fleet)."""
+    """The machine the request's agent key speaks for: kept in memory once verified while
+    revocations reach this process (`api.agent_keys`), else one indexed read without a
+    transaction on the event loop, as customers' keys are."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise APIError(401, Code.AUTHENTICATION, "agents authenticate with `Bearer <agent key>`")
-    row = request.app.state.db.read(lambda conn: fleet.agent_key_binding(conn, key.strip()))
+    row = request.app.state.agent_keys.binding(key.strip())
     if row is None:
         raise APIError(401, Code.AUTHENTICATION, "invalid agent key")
     if row.revoked is not None:
@@ -84,17 +86,18 @@ class ReportIn(protocol.Report, protocol.Beat):
     pass
 
 
-def job(pcap: Pcap, machine: str) -> protocol.JobWire:
+def job(pcap: Mapping[str, Any], machine: str) -> protocol.JobWire:
+    """A capture (a row of `pcaps`) as the job `machine` is given."""
     return {
-        "id": pcap.id,
-        "account_id": pcap.account_id,
-        "prefixes": pcap.prefixes,
-        "filter_v1": pcap.filter_v1 or {},
-        "time_limit": pcap.time_limit,
-        "packet_limit": pcap.packet_limit,
-        "byte_limit": pcap.byte_limit,
-        "destination_conf": pcap.destination_conf,
-        "object_name": protocol.object_name(machine, pcap.id),
+        "id": pcap["id"],
+        "account_id": pcap["account_id"],
+        "prefixes": pcap["prefixes"],
+        "filter_v1": pcap["filter_v1"] or {},
+        "time_limit": pcap["time_limit"],
+        "packet_limit": pcap["packet_limit"],
+        "byte_limit": pcap["byte_limit"],
+        "destination_conf": pcap["destination_conf"],
+        "object_name": protocol.object_name(machine, pcap["id"]),
     }
 
 
@@ -119,41 +122,50 @@ def register(request: Request, caller: Agent, body: protocol.Hello) -> protocol.
 
 
 @router.post("/heartbeat")
-def heartbeat(request: Request, caller: Agent, body: protocol.Heartbeat) -> dict[str, Any]:
+async def heartbeat(request: Request, caller: Agent, body: protocol.Heartbeat) -> dict[str, Any]:
     """One UPDATE, without the session's pre-ping and transaction on PostgreSQL
     (`Database.read`'s connection; the UPDATE is safe to repeat): a fleet sends thousands
-    of these a minute. In a thread: on SQLite a write may wait for the database's lock."""
+    of these a minute. On PostgreSQL on the event loop, as the agent key's read is (a
+    thread's hand-over cost as much as the UPDATE); on SQLite in a thread, where a write
+    may wait for the database's lock."""
     caller.check(body.machine)
+    db: Database = request.app.state.db
 
     def beat(conn: Connection) -> bool:
         alive = fleet.heartbeat(conn, body.machine, body.boot_id, body.stats)
         conn.commit()  # SQLite's connection is in a transaction; PostgreSQL's autocommits
         return alive
 
-    if not request.app.state.db.read(beat):
+    if db.engine.name == "postgresql":
+        alive = db.read(beat)
+    else:
+        alive = await run_in_threadpool(db.read, beat)
+    if not alive:
         raise _register_again()
     return {"ok": True}
 
 
-def _poll(
-    request: Request, machine: str, boot_id: str, running: list[str]
+def _look(
+    db: Database, machine: str, boot_id: str, running: list[str]
 ) -> protocol.JobsAnswer | None:
-    with request.app.state.db.session() as session:
-        if fleet.current_run(session, machine, boot_id) is None:
+    """What the machine's current run must do now, or None (register again): plain reads
+    without transaction (`control.polls`), on the event loop as the agent key's is."""
+
+    def look(conn: Connection) -> protocol.JobsAnswer | None:
+        assigned = polls.jobs(conn, machine, boot_id)
+        if assigned is None:
             return None
         # A job the agent says it runs is its already, though its first report (which
         # makes the part running) may not be in yet: answering it again would only make
         # the agent poll again at once, a hundred machines of a colo together.
-        jobs = [
-            job(p, machine)
-            for p, _part in execution.jobs_for(session, machine)
-            if p.id not in running
-        ]
+        found = [job(p, machine) for p in assigned if p["id"] not in running]
         stops: list[protocol.StopWire] = [
             {"id": pcap_id, "reason": reason}
-            for pcap_id, reason in execution.stops_for(session, machine, running)
+            for pcap_id, reason in polls.stops(conn, machine, running)
         ]
-        return {"jobs": jobs, "stop": stops}
+        return {"jobs": found, "stop": stops}
+
+    return db.read(look)
 
 
 def _ids(value: str) -> list[str]:
@@ -185,7 +197,7 @@ async def jobs(
     waiter = wakeup.waiter(machine)
     try:
         while True:
-            found = await run_in_threadpool(_poll, request, machine, boot_id, capturing)
+            found = _look(request.app.state.db, machine, boot_id, capturing)
             if found is None:
                 raise _register_again()
             if found["jobs"] or found["stop"] or time.monotonic() >= deadline:
@@ -209,17 +221,27 @@ async def jobs(
 def report(request: Request, caller: Agent, pcap_id: str, body: ReportIn) -> dict[str, Any]:
     caller.check(body.machine)
     rep = protocol.Report.model_construct(**body.model_dump(exclude={"machine", "boot_id"}))
+    ending = rep.state in protocol.ENDED_STATES
+    # What the capture's other machines must hear of at once: give back their leases, or
+    # stop, the capture's limit reached. Not a stop request's end, which they heard of
+    # (a colo's hundred end reports would each wake its hundred polls).
+    limit = rep.end_reason if ending else None
     machines: list[str] = []
-    with request.app.state.db.session() as session:
+    db = request.app.state.db
+    with db.session() as session:
         # Only the machine's current run reports: a previous run (or a copy of its key
         # elsewhere) must not take over a part that no current worker is capturing.
         if fleet.current_run(session, body.machine, body.boot_id) is None:
             raise _register_again()
         answer = execution.report(session, body.machine, body.boot_id, pcap_id, rep)
-        if answer.stop or answer.release:
+        tell = answer.release or (answer.reason or limit) in protocol.LIMIT_REASONS
+        if tell:
             machines = execution.machines_of(session, pcap_id)
-    if answer.stop or answer.release:
-        # Other machines of the capture learn of the end (or the reclaim) at once.
+    if ending:
+        # Now that this part's end is committed (`execution.report`).
+        with db.session() as session:
+            execution.close_if_done(session, pcap_id)
+    if tell:
         request.app.state.wakeup.notify(machines)
     return asdict(answer)
 
