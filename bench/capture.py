@@ -203,7 +203,7 @@ def run_tcpdump(topo: Topology, count: int, payload: int, rate: str | None = Non
         written, seconds, wall = _tcpdump_while_sending(
             topo, ["-i", f"nflog:{group}"], count, payload, rate
         )
-        offered = topo.counter(topo.rx, table)
+        offered = nft.counters(table, topo.rx)[0]
     finally:
         nft.remove(table, topo.rx)
     return {

@@ -198,7 +198,8 @@ class Lab:
             text=True,
             check=True,
         )
-        names = [line.split()[-1] for line in out.stdout.splitlines()]
+        # A capture has a table per IP family, both of its name: listed once.
+        names = dict.fromkeys(line.split()[-1] for line in out.stdout.splitlines())
         return [n for n in names if n.startswith("edgepcap_") and n != "edgepcap_sampler"]
 
 

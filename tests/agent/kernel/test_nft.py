@@ -66,12 +66,15 @@ def capture(request):
         sock = netns.run_in(ns, NflogSocket, GROUP)
         try:
             nft.install(rule, ns)
-            listing = subprocess.run(
-                netns.argv(ns, ["nft", "list", "table", "inet", rule.table]),
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            listing = "".join(
+                subprocess.run(
+                    netns.argv(ns, ["nft", "list", "table", family, rule.table]),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                for family in ("ip", "ip6")
+            )
             for setname in ("@pfx4", "@pfx6"):
                 assert (setname in listing) == (request.param == "set"), listing
             yield sender, sock, ns, rule.table, request.param
@@ -162,7 +165,7 @@ def test_a_second_capture_of_the_same_traffic_gets_every_packet_too(capture):
 
 def test_a_packet_the_machine_sends_itself_is_logged_once(capture):
     # It passes `output`, then comes back through loopback to `prerouting`: logged on
-    # the first only, so a capture holds it once and the sampler draws once for it.
+    # the second only, so a capture holds it once and the sampler draws once for it.
     _sender, sock, ns, table, _layout = capture
     netns.ip(ns, "addr", "add", "203.0.113.50/32", "dev", "lo")
     netns.ip(ns, "link", "set", "lo", "up")

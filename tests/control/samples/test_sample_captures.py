@@ -129,7 +129,7 @@ def test_prefix_changes_reach_the_sampler_without_a_restart(lab):
 
     def sampler_has_it() -> bool:
         listing = subprocess.run(
-            ["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "edgepcap_sampler"],
+            ["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "edgepcap_sampler"],
             capture_output=True,
             text=True,
         ).stdout

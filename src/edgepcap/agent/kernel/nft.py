@@ -22,6 +22,10 @@ PRIORITY_RAW = -300
 # lookup, and past this many the compares no longer clearly win (BENCHMARKS.md, "Capture
 # tables and the packets they do not want").
 INLINE_PREFIXES = 4
+# A capture's tables, one per IP family; `inet`, a table for both, is only ever removed
+# (an older agent's).
+FAMILIES = ((4, "ip"), (6, "ip6"))
+REMOVED_FAMILIES = ("ip", "ip6", "inet")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -94,68 +98,62 @@ def _filter_exprs(f: FilterV1, version: int) -> list[list[dict[str, Any]]] | Non
     return alternatives
 
 
-def _chain(table: str, name: str, hook: str | None = None) -> dict[str, Any]:
-    chain: dict[str, Any] = {"family": "inet", "table": table, "name": name}
+def _chain(family: str, table: str, name: str, hook: str | None = None) -> dict[str, Any]:
+    chain: dict[str, Any] = {"family": family, "table": table, "name": name}
     if hook is not None:
         chain |= {"type": "filter", "hook": hook, "prio": PRIORITY_RAW, "policy": "accept"}
     return {"add": {"chain": chain}}
 
 
-def _rule(table: str, chain: str, exprs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": exprs}}}
+def _rule(family: str, table: str, chain: str, exprs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"add": {"rule": {"family": family, "table": table, "chain": chain, "expr": exprs}}}
 
 
 def ruleset(rule: CaptureRule) -> dict[str, Any]:
-    """The nftables JSON document that creates the table with its chains, sets and rules.
+    """The nftables JSON document that creates the capture's tables with their chains, sets
+    and rules: one `ip` table and one `ip6` table of the same name (the second without
+    chains when the capture has nothing to match in IPv6).
 
-    Every packet of the machine walks this table, so it is laid out for the packets it
-    does not want (measured in BENCHMARKS.md, forwarding): a base chain's rule tests the
-    IP version, the sample draw and the filter, then jumps to that version's chain, which
-    tests the account's prefixes; a few prefixes as compares, which cost a fraction of a
-    set lookup, more of them as an interval set.
+    Every packet of the machine walks these tables, so they are laid out for the packets
+    they do not want (measured in BENCHMARKS.md, forwarding). A table of one IP family
+    hooks only that family's packets, and its address matches need no test of the family
+    first, which an `inet` table repeats before every one. The base chains test the
+    account's prefixes first, because most of a machine's traffic is other accounts': a
+    few prefixes as compares, which cost a fraction of a set lookup, more of them as an
+    interval set; a packet in them jumps to the chain that tests the filter and logs.
     """
     table = rule.table
-    cmds: list[dict[str, Any]] = [{"add": {"table": {"family": "inet", "name": table}}}]
-    hooks = {"pre": "prerouting", "out": "output"}
-    cmds += [_chain(table, name, hook) for name, hook in hooks.items()]
+    cmds: list[dict[str, Any]] = []
     tail: list[dict[str, Any]] = [{"counter": None}]
     log: dict[str, Any] = {"group": rule.group}
     if rule.snaplen:
         log["snaplen"] = rule.snaplen
     tail += [{"log": log}, {"accept": None}]
-    for version in (4, 6):
+    for version, family in FAMILIES:
+        cmds.append({"add": {"table": {"family": family, "name": table}}})
         # Collapsed: an interval set refuses overlapping elements, and fewer rules.
         nets = list(ipaddress.collapse_addresses(n for n in rule.prefixes if n.version == version))
         alternatives = _filter_exprs(rule.filter, version)
         if not nets or alternatives is None:
             continue
-        proto, settype, name = (
-            ("ip", "ipv4_addr", "v4") if version == 4 else ("ip6", "ipv6_addr", "v6")
+        proto, settype = ("ip", "ipv4_addr") if version == 4 else ("ip6", "ipv6_addr")
+        cmds += [_chain(family, table, "pre", "prerouting"), _chain(family, table, "out", "output")]
+        # No filter: the prefix rules log. Else they jump to the filter's chain, which
+        # exists before the jumps to it.
+        unfiltered = alternatives == [[]]
+        if not unfiltered:
+            cmds.append(_chain(family, table, "filter"))
+        # A packet the machine sends to itself passes `output`, then `prerouting` from
+        # loopback: it is logged (or drawn) there, once. Tested on `output`, not on
+        # `prerouting`, where every forwarded packet would pay for the test.
+        cmds.append(
+            _rule(
+                family,
+                table,
+                "out",
+                [_match({"meta": {"key": "oiftype"}}, "loopback"), {"accept": None}],
+            )
         )
-        family = _match({"meta": {"key": "nfproto"}}, "ipv4" if version == 4 else "ipv6")
-        # A packet the machine sends to itself passed `output` already: on `prerouting`,
-        # from loopback, it would be logged (or drawn) a second time.
-        from_lo = _match({"meta": {"key": "iiftype"}}, "loopback", "!=")
-        heads = {"out": [family], "pre": [family, from_lo]}
-        draw: list[dict[str, Any]] = []
-        if rule.sample_mod:
-            # Drawn first, once per packet: the packets not drawn (N-1 in N) skip the
-            # filter and the prefixes, and each of the account's packets has the same
-            # 1-in-N chance whichever of its rules would match it.
-            numgen = {"numgen": {"mode": "random", "mod": rule.sample_mod}}
-            if len(alternatives) == 1:
-                draw = [_match(numgen, 0)]
-            else:  # one draw for all the alternatives: the undrawn leave the table here
-                for chain, head in heads.items():
-                    cmds.append(
-                        _rule(table, chain, [*head, _match(numgen, 0, "!="), {"accept": None}])
-                    )
-        cmds.append(_chain(table, name))  # before the jumps to it
-        # A packet that matches an alternative but none of the prefixes returns and tries
-        # the next; one that matches the prefixes is logged once and accepted there.
-        for exprs in alternatives:
-            for chain, head in heads.items():
-                cmds.append(_rule(table, chain, [*head, *draw, *exprs, {"jump": {"target": name}}]))
         if len(nets) <= INLINE_PREFIXES:
             matches: list[Any] = [_prefix_elem(n) for n in nets]
         else:
@@ -164,7 +162,7 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
                 {
                     "add": {
                         "set": {
-                            "family": "inet",
+                            "family": family,
                             "table": table,
                             "name": setname,
                             "type": settype,
@@ -176,13 +174,31 @@ def ruleset(rule: CaptureRule) -> dict[str, Any]:
                 }
             )
             matches = ["@" + setname]
-        # Each rule ends in `accept`, so a packet between two of the account's addresses
-        # is logged once (the "to" rules come first, so theirs is the counter it adds to).
-        # `accept` ends only this table's walk; other tables' chains and the rest of the
-        # hook still see the packet.
-        for field_name in ("daddr", "saddr"):
-            for right in matches:
-                cmds.append(_rule(table, name, [_match(_payload(proto, field_name), right), *tail]))
+        # A packet in the prefixes whose filter does not match returns and tries the next
+        # prefix rule (a packet between two of the account's addresses jumps twice); one
+        # that matches the filter is logged once and accepted there. `accept` ends only
+        # this table's walk: other tables' chains and the rest of the hook still see it.
+        then = tail if unfiltered else [{"jump": {"target": "filter"}}]
+        body = [
+            [_match(_payload(proto, field_name), right), *then]
+            for field_name in ("daddr", "saddr")
+            for right in matches
+        ]
+        bases = ("pre", "out")
+        if rule.sample_mod:
+            # Drawn first, once per packet: the packets not drawn (N-1 in N) skip the
+            # prefixes and the filter, and each of the account's packets has the same
+            # 1-in-N chance whichever of its rules would match it.
+            cmds.append(_chain(family, table, "prefixes"))
+            numgen = {"numgen": {"mode": "random", "mod": rule.sample_mod}}
+            for chain in bases:
+                draw = [_match(numgen, 0), {"jump": {"target": "prefixes"}}]
+                cmds.append(_rule(family, table, chain, draw))
+            bases = ("prefixes",)
+        for chain in bases:
+            cmds += [_rule(family, table, chain, exprs) for exprs in body]
+        if not unfiltered:
+            cmds += [_rule(family, table, "filter", [*exprs, *tail]) for exprs in alternatives]
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
 
 
@@ -207,39 +223,46 @@ def apply(ns: str | None, document: dict[str, Any]) -> None:
     _nft(ns, document)
 
 
+def _drop(table: str) -> list[dict[str, Any]]:
+    """Commands that delete the capture's tables of every family, whether they exist or
+    not (adding a table that exists is no error; deleting one that does not is)."""
+    cmds: list[dict[str, Any]] = []
+    for family in REMOVED_FAMILIES:
+        ident = {"family": family, "name": table}
+        cmds += [{"add": {"table": ident}}, {"delete": {"table": ident}}]
+    return cmds
+
+
 def install(rule: CaptureRule, ns: str | None = None) -> None:
-    """Create the table (replacing a stale one of the same name) in one transaction."""
+    """Create the tables (replacing stale ones of the same name) in one transaction."""
     replace(rule, ns)
 
 
 def replace(rule: CaptureRule, ns: str | None = None) -> None:
-    """Create or replace the table in one transaction: no moment without it."""
-    document = ruleset(rule)
-    ident = {"family": "inet", "name": rule.table}
-    head = [{"add": {"table": ident}}, {"delete": {"table": ident}}]
-    _nft(ns, {"nftables": [document["nftables"][0], *head, *document["nftables"][1:]]})
+    """Create or replace the tables in one transaction: no moment without them."""
+    meta, *cmds = ruleset(rule)["nftables"]
+    _nft(ns, {"nftables": [meta, *_drop(rule.table), *cmds]})
 
 
 def remove(table: str, ns: str | None = None) -> bool:
-    """Delete the table if it exists; True when it existed."""
-    try:
-        _nft(ns, {"nftables": [{"delete": {"table": {"family": "inet", "name": table}}}]})
-    except NftError as exc:
-        if "No such file or directory" in str(exc):
-            return False
-        raise
-    return True
+    """Delete the capture's tables if they exist; True when one existed."""
+    existed = table in list_tables(ns)
+    if existed:
+        _nft(ns, {"nftables": _drop(table)})
+    return existed
 
 
 def list_tables(ns: str | None = None) -> list[str]:
+    """Names of the `edgepcap_*` tables, each once whatever its families."""
     data = json.loads(_nft(ns, None, "list", "tables") or '{"nftables": []}')
-    return [
+    names = [
         item["table"]["name"]
         for item in data.get("nftables", [])
         if "table" in item
-        and item["table"].get("family") == "inet"
+        and item["table"].get("family") in REMOVED_FAMILIES
         and item["table"]["name"].startswith(TABLE_PREFIX)
     ]
+    return list(dict.fromkeys(names))
 
 
 def remove_stale(ns: str | None = None, keep: set[str] | None = None) -> list[str]:
@@ -253,12 +276,13 @@ def remove_stale(ns: str | None = None, keep: set[str] | None = None) -> list[st
 
 
 def counters(table: str, ns: str | None = None) -> tuple[int, int]:
-    """Packets and bytes the table's rules matched (before NFLOG could drop any)."""
-    data = json.loads(_nft(ns, None, "list", "table", "inet", table))
+    """Packets and bytes the tables' rules matched (before NFLOG could drop any)."""
     packets = bytes_ = 0
-    for item in data.get("nftables", []):
-        for expr in item.get("rule", {}).get("expr", []):
-            if "counter" in expr and isinstance(expr["counter"], dict):
-                packets += expr["counter"].get("packets", 0)
-                bytes_ += expr["counter"].get("bytes", 0)
+    for _version, family in FAMILIES:
+        data = json.loads(_nft(ns, None, "list", "table", family, table))
+        for item in data.get("nftables", []):
+            for expr in item.get("rule", {}).get("expr", []):
+                if "counter" in expr and isinstance(expr["counter"], dict):
+                    packets += expr["counter"].get("packets", 0)
+                    bytes_ += expr["counter"].get("bytes", 0)
     return packets, bytes_
