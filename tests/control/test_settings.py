@@ -29,6 +29,9 @@ def test_defaults(tmp_path):
     assert s.sample_partition == 60
     assert s.stores.bucket_root == tmp_path / "buckets"
     assert s.stores.credentials == frozenset()
+    # ClickHouse: an hour a partition unless told otherwise.
+    ch = settings(tmp_path, EDGEPCAP_SAMPLE_STORE="clickhouse://ch.example/edgepcap")
+    assert ch.sample_partition == 3600
 
 
 def test_each_variable_is_read(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from edgepcap.agent.agent import run_agent  # noqa: E402
+from edgepcap.agent.worker import NFLOG_RCVBUF  # noqa: E402
 from edgepcap.destinations import StoreSettings  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main() -> None:
         config["netns"],
         StoreSettings.from_env(Path("/var/lib/edgepcap"), bucket_root=config["bucket_root"]),
         config["sample_rate"],
-        config["nflog_rcvbuf"],
+        config["nflog_rcvbuf"] or NFLOG_RCVBUF,
         Path(config["ca_file"]) if config.get("ca_file") else None,
     )
 

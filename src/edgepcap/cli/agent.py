@@ -31,12 +31,13 @@ def agent(
         int, typer.Option(help="Sample 1 in N packets for sample captures (0: no sampler).")
     ] = 100,
     nflog_rcvbuf: Annotated[
-        int,
+        int | None,
         typer.Option(
             envvar="EDGEPCAP_NFLOG_RCVBUF",
-            help="Receive buffer of each capture's NFLOG socket, bytes (the kernel doubles it).",
+            help="Receive buffer of each capture's NFLOG socket, bytes (the kernel doubles "
+            "it; default: the agent's, 256 MiB).",
         ),
-    ] = 32 << 20,
+    ] = None,
     ca_file: Annotated[
         Path | None,
         typer.Option(help="Trust the API's certificate if this CA (PEM) signed it (https)."),
@@ -65,7 +66,7 @@ def agent(
         )
     if sample_rate < 0 or sample_rate > 1_000_000:
         _fail("--sample-rate must be 0 (off) to 1000000")
-    if not 4096 <= nflog_rcvbuf <= 1 << 30:
+    if nflog_rcvbuf is not None and not 4096 <= nflog_rcvbuf <= 1 << 30:
         _fail("--nflog-rcvbuf must be 4096 to 1073741824 bytes")
     # The agent runs for months: it execs into a process without the CLI's libraries
     # (Typer, Rich, the database models; BENCHMARKS.md, "Agent memory"). Same pid; the
