@@ -20,9 +20,15 @@ function firedLinks(t, n) {
     esc(f.pcap_id.slice(0, 8))}</a>`).join(" ");
 }
 
+// Draws of the list, counted: a draw (or a refresh) that a newer one started after leaves
+// the page to it, so that a slow refresh never replaces what an action just showed.
+let triggersDrawn = 0;
+
 async function renderTriggers(params, notice) {
+  const drawn = ++triggersDrawn;
   const [triggers, colos, buckets] = await Promise.all([api("GET", "/pcaps/triggers"),
     api("GET", "/pcaps/colos"), api("GET", "/pcaps/ownership")]);
+  if (drawn !== triggersDrawn) return;
   const expires = rfc3339(Math.floor(Date.now() / 1000) + 86400);
   main().innerHTML = `<h2>Capture triggers</h2>
     <p class="hint">A trigger starts a full capture when the estimated packets/s of its
@@ -100,13 +106,15 @@ async function renderTriggers(params, notice) {
   // The list's status and fired captures change on their own: refresh the table only.
   refreshEvery(10_000, async () => {
     const fresh = await api("GET", "/pcaps/triggers");
+    if (drawn !== triggersDrawn) return;
     const changed = (t) => JSON.stringify([t.status, t.fired.length, t.refused.length]);
     if (fresh.length !== triggers.length ||
         fresh.some((t, i) => changed(t) !== changed(triggers[i] || t) ||
                    t.id !== triggers[i]?.id)) {
       // Redraw (keeps what the form holds: the form is rebuilt only on a change).
       const form = new FormData($("#arm"));
-      await renderTriggers(new URLSearchParams([...form].filter(([, v]) => v !== "")));
+      const shown = document.querySelector(".notice[role=status]")?.textContent;
+      await renderTriggers(new URLSearchParams([...form].filter(([, v]) => v !== "")), shown);
     }
   });
 }
