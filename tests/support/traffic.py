@@ -116,3 +116,17 @@ def many_keys_over(start_ns: int, end_ns: int, n: int, seed: int) -> dict:
             pick = (machine == m) & (minute == t)
             out[(MACHINES[m], int(t), A, 0)] = {"id": A, "rows": rows[pick]}
     return out
+
+
+def rows_read(store, monkeypatch) -> list[int]:
+    """The partitions of which `store` reads rows from now on (a list it fills)."""
+    read: list[int] = []
+    real = store._read_partition
+
+    def reading(*a):
+        chunks = real(*a)
+        read.extend([a[0]] if chunks else [])
+        return chunks
+
+    monkeypatch.setattr(store, "_read_partition", reading)
+    return read

@@ -20,7 +20,16 @@ from edgepcap.control.samples.clickhouse import ClickHouseStore
 from edgepcap.control.samples.segments import SegmentStore
 from edgepcap.control.samples.traffic import Counts, TrafficQuery
 from edgepcap.formats.filters import FilterV1
-from tests.support.traffic import MINUTE, NETS, A, B, many_keys_over, records_over, wire_of
+from tests.support.traffic import (
+    MINUTE,
+    NETS,
+    A,
+    B,
+    many_keys_over,
+    records_over,
+    rows_read,
+    wire_of,
+)
 
 counter = itertools.count()
 HOUR = 3600 * traffic.NS
@@ -180,15 +189,7 @@ def test_filtered_queries_of_summed_hours_read_their_columns(tmp_path, history, 
     store = SegmentStore(tmp_path / "s", dt.timedelta(hours=24), partition_seconds=60)
     fill(store, rows)
     store.seal(now, {a: NETS[a] for a in (A, B)}.get)
-    read = []  # partitions of which rows were read
-    real = store._read_partition
-
-    def reading(*a):
-        chunks = real(*a)
-        read.extend([a[0]] if chunks else [])
-        return chunks
-
-    monkeypatch.setattr(store, "_read_partition", reading)
+    read = rows_read(store, monkeypatch)  # partitions of which rows were read
     calls = []
     count = segments.hourcols.count
     monkeypatch.setattr(segments.hourcols, "count", lambda *a: calls.append(a) or count(*a))
@@ -420,15 +421,7 @@ def test_the_oldest_hour_partly_expired_is_summed_again(tmp_path, history, monke
     cutoff = later - 24 * HOUR
     assert meta["partitions"] and all((p + 1) * MINUTE > cutoff for p in meta["partitions"])
     kept = {k: v for k, v in rows.items() if (k[1] + 1) * MINUTE > cutoff}
-    read = []
-    real = store._read_partition
-
-    def reading(*a):
-        chunks = real(*a)
-        read.extend([a[0]] if chunks else [])
-        return chunks
-
-    monkeypatch.setattr(store, "_read_partition", reading)
+    read = rows_read(store, monkeypatch)
     for group_by, f in (("protocol", {}), ("source_port", {}), ("protocol", FILTERS[5])):
         q = tq(A, later, group_by, hours=24, **f)
         q = TrafficQuery(A, q.start_ns, now, q.step_ns, q.group_by, q.filter, q.prefixes)
