@@ -19,18 +19,27 @@ and sum the rest as `traffic.OTHER`, then `tally.Tally` keeps `MAX_GROUPS` of th
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
 from urllib.parse import urlsplit
 
 import numpy as np
 from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
 
+from edgepcap.control.errors import SamplesUnavailable
 from edgepcap.control.samples import tally
 from edgepcap.control.samples.store import SampleQuery
 from edgepcap.control.samples.traffic import Groups, TrafficQuery
 from edgepcap.formats import samples as records
 from edgepcap.formats.filters import FilterV1
 
+log = logging.getLogger(__name__)
 NS = 1_000_000_000
+# What a query may take before ClickHouse stops it: a request answers an error, not a hang.
+QUERY_SECONDS = 20
+# ClickHouse's codes for a query it stopped on a limit, in the words a user is told.
+LIMITS = {241: "over its memory limit", 159: "over its time limit", 160: "over its time limit"}
 COLUMNS = (
     "ts",
     "orig_len",
@@ -96,7 +105,11 @@ class ClickHouseStore:
         admin = Client(**self.server)
         admin.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         admin.disconnect()
-        self.client = self.new_client()
+        # A client serves one query at a time: each thread (request threads, the
+        # supervisor's expiry) has its own, or their queries would share one connection.
+        self._local = threading.local()
+        self._clients: list[Client] = []
+        self._lock = threading.Lock()
         self.client.execute(SCHEMA)
         # Tables made before the machine column: 18.16 has no ADD COLUMN IF NOT EXISTS.
         have = self.client.execute(
@@ -111,6 +124,36 @@ class ClickHouseStore:
     def new_client(self) -> Client:
         """A client of the store's database (one per thread: a client is not shared)."""
         return Client(**self.server, database=self.database)
+
+    @property
+    def client(self) -> Client:
+        """This thread's client."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.new_client()
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def run(self, sql: str, params: dict[str, object] | None = None, **kw) -> list:
+        """A read for a user's request: ClickHouse's failures become `SamplesUnavailable`
+        saying why in words (the details go to the log)."""
+        try:
+            return self.client.execute(
+                sql, params, settings={"max_execution_time": QUERY_SECONDS}, **kw
+            )
+        except ch_errors.ServerException as exc:
+            log.warning("the sample store refused a query: %s", str(exc).splitlines()[0][:300])
+            why = LIMITS.get(exc.code, f"ClickHouse error {exc.code}")
+            raise SamplesUnavailable(
+                f"the sample store could not answer ({why}); retry, or ask for a shorter "
+                "window or a narrower filter"
+            ) from exc
+        except (ch_errors.Error, OSError, EOFError) as exc:
+            log.warning("the sample store is unreachable: %s", exc)
+            raise SamplesUnavailable(
+                "the sample store is unreachable right now; retry in a few seconds"
+            ) from exc
 
     def append(self, wire: np.ndarray, machine: str = "") -> int:
         if len(wire) == 0:
@@ -200,7 +243,7 @@ class ClickHouseStore:
         if not q.prefixes:
             return np.zeros(0, dtype=records.STORED)
         where, params = self._where(q.account_id, q.start_ns, q.end_ns, q.filter, q.prefixes)
-        rows = self.client.execute(
+        rows = self.run(
             f"SELECT {', '.join(COLUMNS)}, data FROM samples WHERE {where} "  # noqa: S608
             f"ORDER BY ts DESC LIMIT {int(q.limit)}",
             params,
@@ -233,7 +276,7 @@ class ClickHouseStore:
             keys = [f"if({whole} IN ({top}), {k}, {o})" for k, o in zip(keys, other, strict=True)]
         names = [f"k{i}" for i in range(len(keys))]
         columns = ", ".join(f"{k} AS {n}" for k, n in zip(keys, names, strict=True))
-        rows = self.client.execute(
+        rows = self.run(
             f"SELECT intDiv(ts - %(qstart)s, %(step)s) AS b, {columns}, count(), "  # noqa: S608
             f"sum(orig_len) FROM samples WHERE {where} GROUP BY b, {', '.join(names)}",
             params,
@@ -274,4 +317,7 @@ class ClickHouseStore:
         return dropped
 
     def close(self) -> None:
-        self.client.disconnect()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.disconnect()
