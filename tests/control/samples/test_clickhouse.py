@@ -15,11 +15,12 @@ from clickhouse_driver import Client
 from edgepcap.control.errors import SamplesUnavailable
 from edgepcap.control.samples import traffic
 from edgepcap.control.samples.clickhouse import ClickHouseStore
+from edgepcap.control.samples.segments import SegmentStore
 from edgepcap.control.samples.traffic import TrafficQuery
 from edgepcap.formats.filters import FilterV1
 from tests.support.api import error_of
 from tests.support.servers import new_account, start_server, stop_server
-from tests.support.traffic import NETS, A, records_over, wire_of
+from tests.support.traffic import MINUTE, NETS, A, many_keys_over, records_over, wire_of
 
 pytestmark = pytest.mark.clickhouse
 counter = itertools.count()
@@ -99,3 +100,35 @@ def test_the_traffic_view_answers_503_when_the_store_fails(clickhouse, tmp_path)
                 assert "sample store could not answer" in message
     finally:
         stop_server(server)
+
+
+def test_heavy_hours_are_capped_as_the_embedded_store_caps_them(clickhouse, tmp_path):
+    """More keys an hour than HOUR_GROUPS, a window starting on an hour: ClickHouse's
+    answer from `samples` (capped in SQL) and from its sealed hours both equal the
+    embedded store's (capped by `tally`)."""
+    now = time.time_ns()
+    rows = many_keys_over(now - 2 * HOUR - 10 * MINUTE, now, 40_000, seed=9)
+    store = new_store(clickhouse)
+    embedded = SegmentStore(tmp_path / "s", dt.timedelta(hours=24), partition_seconds=60)
+    for (machine, *_), part in rows.items():
+        store.append(wire_of(part), machine)
+        embedded.append(wire_of(part), machine)
+    start = (now - 2 * HOUR) // HOUR * HOUR
+    asked = [
+        TrafficQuery(A, start, now, step * traffic.NS, g, FilterV1(**f), tuple(NETS[A]))
+        for g in ("source_address", "source_port", "destination_port", "protocol", "machine")
+        for f in ({}, {"protocol": 17}, {"destination_port": 53})
+        for step in (10, 300)
+    ]
+    want = [embedded.traffic(q) for q in asked]
+    assert any(traffic.OTHER in w for w in want)  # the cap was exercised
+    for sealed in (False, True):
+        if sealed:
+            assert store.seal(now, {A: NETS[A]}.get) >= 2
+        for q, w in zip(asked, want, strict=True):
+            got = store.traffic(q)
+            assert set(got) == set(w), (q.group_by, q.filter, sealed)
+            for key in w:
+                assert (got[key].samples == w[key].samples).all(), (q.group_by, key, sealed)
+                assert (got[key].bytes == w[key].bytes).all(), (q.group_by, key, sealed)
+    store.close()
