@@ -70,6 +70,7 @@ REFUSALS: dict[type[refusals.Refused], tuple[int, Code]] = {
     refusals.SampleRateLimited: (429, Code.SAMPLE_RATE_LIMITED),
     refusals.FullRateLimited: (429, Code.FULL_CAPTURE_RATE_LIMITED),
     refusals.FullCaptureBusy: (429, Code.FULL_CAPTURE_ACTIVE),
+    refusals.SamplesUnavailable: (503, Code.UNAVAILABLE),
     refusals.ChallengeMismatch: (400, Code.CHALLENGE_MISMATCH),
     refusals.ChallengeUnreachable: (400, Code.DESTINATION_UNREACHABLE),
 }

@@ -51,6 +51,11 @@ class FullCaptureBusy(RateLimited):
     """The account already has a pending or running full capture: one at a time."""
 
 
+class SamplesUnavailable(Refused):
+    """The sample store could not answer (unreachable, or it refused the query: over its
+    memory or time limit). The message says which, never the query or its values."""
+
+
 class ChallengeMismatch(Refused):
     """The ownership challenge sent back is not what the bucket's challenge file holds."""
 

@@ -34,7 +34,7 @@ Why this shape (each point tried on 18.16, and tested in test_direct_ingest):
   which writes `samples` in large blocks: few parts however many machines insert.
 * Attribution: a record carries the account the agent filed it under. The store answers
   an account only rows whose source or destination lies in the account's prefixes as they
-  are at query time (`ClickHouseStore._where`, under every sample capture and traffic
+  are at query time (`chsql.where`, under every sample capture and traffic
   view): the API path's ingest check, applied where it cannot be skipped. What a machine
   files under the wrong account is stored and never shown.
 

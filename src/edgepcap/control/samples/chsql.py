@@ -1,0 +1,204 @@
+"""The ClickHouse store's SQL: its tables, the condition of an account's window and filter,
+and the traffic view's counts with `tally`'s per-hour cap, for ClickHouse 18.16.
+
+Tables (the sort keys and partitions are explained in `clickhouse`'s docstring):
+
+* `samples`: every sample, as `SCHEMA`.
+* `hours`: an hour's counts per 10-s bucket (`t10`, seconds / 10 since the epoch) and key,
+  for one account and one group dimension (`dim`, an index of `DIMS`), written by sealing
+  (`chhours`). `proto` is the samples' protocol for protocol and machine rows, and for
+  port and address rows either ANY (the hour's heaviest keys over all its samples) or one
+  protocol (the heaviest among that protocol's samples). The key is `k` (protocols,
+  ports), `fam, hi, lo` (addresses) or `machine`; OTHER is `k = INT_OTHER` or `fam = 255`.
+* `sealed`: which (account, hour) `hours` holds, under which sealing (`seal`, so that
+  the rows of a sealing cut short are never read) and which prefixes (`nets`: rows are
+  counted only inside the account's prefixes of sealing time).
+
+Only constant column names and numbers are formatted into the SQL here; every value from
+a request goes to the driver as a parameter.
+"""
+
+from __future__ import annotations
+
+from edgepcap.control.samples import tally
+from edgepcap.formats import samples as records
+from edgepcap.formats.filters import FilterV1
+
+NS = 1_000_000_000
+HOUR_NS = 3600 * NS
+T10_NS = 10 * NS
+ANY = 255  # `hours.proto` of rows counted over every protocol
+COLUMNS = (
+    "ts",
+    "orig_len",
+    "cap_len",
+    "sport",
+    "dport",
+    "proto",
+    "family",
+    "src_hi",
+    "src_lo",
+    "dst_hi",
+    "dst_lo",
+)
+PORTS = ", ".join(str(int(p)) for p in records.PORT_PROTOCOLS)
+DIMS = (
+    "protocol",
+    "machine",
+    "source_port",
+    "destination_port",
+    "source_address",
+    "destination_address",
+)
+# Each dimension's key, from `samples`, by the `hours` column it fills (`tally.encode`'s
+# key, with NO_PORT as -1).
+KEYS = {
+    "protocol": {"k": "toInt64(proto)"},
+    "source_port": {"k": f"if(proto IN ({PORTS}), toInt64(sport), -1)"},
+    "destination_port": {"k": f"if(proto IN ({PORTS}), toInt64(dport), -1)"},
+    "source_address": {"fam": "family", "hi": "src_hi", "lo": "src_lo"},
+    "destination_address": {"fam": "family", "hi": "dst_hi", "lo": "dst_lo"},
+    "machine": {"machine": "machine"},
+}
+OTHER = {"k": str(tally.INT_OTHER), "fam": str(tally.ADDRESS_OTHER), "hi": "0", "lo": "0"}
+HOUR_KEY = ("k", "fam", "hi", "lo", "machine")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    account FixedString(32),
+    part UInt32,
+    ts Int64,
+    orig_len UInt32,
+    cap_len UInt16,
+    sport UInt16,
+    dport UInt16,
+    proto UInt8,
+    family UInt8,
+    src_hi UInt64,
+    src_lo UInt64,
+    dst_hi UInt64,
+    dst_lo UInt64,
+    data String,
+    machine String
+) ENGINE = MergeTree() PARTITION BY part ORDER BY (account, ts)
+"""
+HOURS = """
+CREATE TABLE IF NOT EXISTS hours (
+    account FixedString(32),
+    hour UInt32,
+    seal UInt64,
+    dim UInt8,
+    proto UInt8,
+    k Int64,
+    fam UInt8,
+    hi UInt64,
+    lo UInt64,
+    machine String,
+    t10 UInt32,
+    samples UInt64,
+    bytes UInt64
+) ENGINE = MergeTree() PARTITION BY hour ORDER BY (account, dim, proto, hour, t10)
+"""
+SEALED = """
+CREATE TABLE IF NOT EXISTS sealed (
+    account FixedString(32),
+    hour UInt32,
+    seal UInt64,
+    nets String
+) ENGINE = MergeTree() PARTITION BY hour ORDER BY (account, hour)
+"""
+
+
+def owned(prefixes: tuple, params: dict[str, object], tag: str = "n") -> str:
+    """The condition of a source or destination in `prefixes`, family by family
+    (`records.in_network` in SQL); its values added to `params`."""
+    owned = []
+    for i, net in enumerate(prefixes):
+        names = [f"{tag}{i}_{k}" for k in ("family", "hi", "lo", "mask_hi", "mask_lo")]
+        params.update(zip(names, records.bits(net), strict=True))
+        family, hi, lo, mask_hi, mask_lo = (f"%({n})s" for n in names)
+        owned += [
+            f"(family = {family} AND bitAnd({side}_hi, {mask_hi}) = {hi} "
+            f"AND bitAnd({side}_lo, {mask_lo}) = {lo})"
+            for side in ("src", "dst")
+        ]
+    return f"({' OR '.join(owned) or '0'})"
+
+
+def where(
+    account_id: str,
+    ranges: list[tuple[int, int]],
+    partition_ns: int,
+    f: FilterV1,
+    prefixes: tuple,
+) -> tuple[str, dict[str, object]]:
+    """The SQL condition (and its parameters) of the account's samples in any of the
+    inclusive `ranges` of ts matching `f` with a source or destination in `prefixes`."""
+    params: dict[str, object] = {"account": account_id}
+    spans = []
+    for i, (start, end) in enumerate(ranges):
+        params.update({f"s{i}": start, f"e{i}": end})
+        params.update({f"ps{i}": start // partition_ns, f"pe{i}": end // partition_ns})
+        spans.append(
+            f"(ts >= %(s{i})s AND ts <= %(e{i})s AND part >= %(ps{i})s AND part <= %(pe{i})s)"
+        )
+    conds = ["account = %(account)s", f"({' OR '.join(spans) or '0'})", owned(prefixes, params)]
+    for addr, side in ((f.source, "src"), (f.destination, "dst")):
+        if addr is not None:
+            hi, lo = records.split(addr)
+            conds.append(
+                f"family = %({side}_family)s AND {side}_hi = %({side}_hi)s "
+                f"AND {side}_lo = %({side}_lo)s"
+            )
+            params.update({f"{side}_family": addr.version, f"{side}_hi": hi, f"{side}_lo": lo})
+    if f.protocol is not None:
+        conds.append("proto = %(proto)s")
+        params["proto"] = f.protocol
+    if f.source_port is not None:
+        conds.append(f"sport = %(sport)s AND proto IN ({PORTS})")
+        params["sport"] = f.source_port
+    if f.destination_port is not None:
+        conds.append(f"dport = %(dport)s AND proto IN ({PORTS})")
+        params["dport"] = f.destination_port
+    if f.either is not None:
+        hi, lo = records.split(f.either)
+        conds.append(
+            "family = %(either_family)s AND ((src_hi = %(either_hi)s AND src_lo = "
+            "%(either_lo)s) OR (dst_hi = %(either_hi)s AND dst_lo = %(either_lo)s))"
+        )
+        params.update({"either_family": f.either.version, "either_hi": hi, "either_lo": lo})
+    if f.port is not None:
+        conds.append(f"(sport = %(port)s OR dport = %(port)s) AND proto IN ({PORTS})")
+        params["port"] = f.port
+    return " AND ".join(conds), params
+
+
+def counts(dim: str, cond: str, groups: dict[str, str], bucket: str, array_join: str = "") -> str:
+    """SELECT of the samples matching `cond` counted per `groups` (name: expression),
+    bucket `b` (an expression) and the dimension's key (`KEYS`' columns); for a capped
+    dimension only the `tally.HOUR_GROUPS` heaviest keys of each `groups` value keep their
+    own (ties by key, as `tally.reduce`), the rest count as OTHER. Columns: the groups,
+    the key columns, b, n (samples), s (original bytes)."""
+    keys = KEYS[dim]
+    src = f"samples {array_join} WHERE {cond}"
+    by = [*groups, *keys]
+    cols = [
+        expr if expr == name else f"{expr} AS {name}" for name, expr in {**groups, **keys}.items()
+    ]
+    if tally.DIMENSION[dim] in tally.CAPPED:
+        top = (
+            f"SELECT {', '.join(by)} FROM (SELECT {', '.join(cols)}, count() AS c FROM {src} "  # noqa: S608
+            f"GROUP BY {', '.join(by)} ORDER BY {', '.join(groups)}, c DESC, {', '.join(keys)}) "
+            f"LIMIT {tally.HOUR_GROUPS} BY {', '.join(groups)}"
+        )
+        inner = f"SELECT {', '.join(cols)}, {bucket} AS b, orig_len FROM {src}"  # noqa: S608
+        whole = f"({', '.join(by)})"
+        picked = [f"if({whole} IN ({top}), {k}, {OTHER[k]}) AS {k}2" for k in keys]
+        return (
+            f"SELECT {', '.join(groups)}, {', '.join(picked)}, b, count() AS n, "  # noqa: S608
+            f"sum(orig_len) AS s FROM ({inner}) "
+            f"GROUP BY {', '.join(groups)}, {', '.join(f'{k}2' for k in keys)}, b"
+        )
+    return (
+        f"SELECT {', '.join(cols)}, {bucket} AS b, count() AS n, sum(orig_len) AS s "  # noqa: S608
+        f"FROM {src} GROUP BY {', '.join(by)}, b"
+    )
