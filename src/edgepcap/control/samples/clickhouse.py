@@ -61,8 +61,10 @@ QUERY_SECONDS = 20
 # ClickHouse's codes for a query it stopped on a limit, in the words a user is told.
 LIMITS = {241: "over its memory limit", 159: "over its time limit", 160: "over its time limit"}
 # A sample capture's first slice of its window, newest first; each next one is 8 times
-# longer, until one holds `limit` rows or the window is read.
-FIRST_SLICE_NS = 60 * NS
+# longer, until one holds `limit` rows or the window is read. A simple capture's whole
+# window (at most 300 s) is one query: two queries of it were slower at 50 M samples than
+# one (BENCHMARKS.md, "Sample ingest and ClickHouse at scale").
+FIRST_SLICE_NS = 300 * NS
 TABLES = ("samples", "hours", "sealed")
 
 
