@@ -287,14 +287,7 @@ def queries(ch, n: int, rounds: int, chunk: int) -> dict:
         captures, view = [], []
         per: dict[str, list[float]] = {}
         failed: dict[str, int] = {}
-        clients = {
-            a: httpx.Client(
-                base_url=f"{api.url}/client/v4/accounts/{a}",
-                headers={"Authorization": f"Bearer {tokens[a]}"},
-                timeout=60,
-            )
-            for a in ids[:5]
-        }
+        clients = samples.account_clients(api.url, tokens, ids[:5])
         try:
             for q in range(rounds * 20):
                 c = clients[ids[q % 5]]

@@ -128,20 +128,25 @@ def write_hour_pcap(wire: np.ndarray, end_ns: int, path: Path) -> None:
         rec.tofile(fh)
 
 
+def account_clients(api: str, tokens: dict[str, str], ids: list[str]) -> dict[str, httpx.Client]:
+    """A client of the customer API per account, made before any clock starts (each loads
+    the CA store); the caller closes them."""
+    return {
+        account: httpx.Client(
+            base_url=f"{api}/client/v4/accounts/{account}",
+            headers={"Authorization": f"Bearer {tokens[account]}"},
+            timeout=60,
+        )
+        for account in ids
+    }
+
+
 def query_latency(
     api: str, accounts: dict[str, str], ids: list[str], pcap_path: Path, n_queries: int
 ) -> dict:
     """create → download complete over HTTP, vs `tcpdump -r` with the equivalent BPF."""
     ours, theirs = [], []
-    # A client per account, made before the clock starts (each loads the CA store).
-    clients = {
-        account: httpx.Client(
-            base_url=f"{api}/client/v4/accounts/{account}",
-            headers={"Authorization": f"Bearer {accounts[account]}"},
-            timeout=60,
-        )
-        for account in ids[:5]
-    }
+    clients = account_clients(api, accounts, ids[:5])
     try:
         for q in range(n_queries):
             i = q % 5  # the busiest accounts: the Zipf head holds the most samples
