@@ -205,7 +205,12 @@ class NflogSocket:
                 continue  # the first read: the messages after the overrun wait
             segments.append((at, at + n))
             at = (at + n + 3) & ~3
-            flags = socket.MSG_DONTWAIT
+            if not flags:
+                # Only what is queued now: a socket with a timeout would wait that long for
+                # more (Python polls and retries even a MSG_DONTWAIT read), and under
+                # steady traffic it would gather a whole buffer before returning.
+                self.sock.settimeout(0.0)
+                flags = socket.MSG_DONTWAIT
         return view, segments
 
     def receive_records(
