@@ -295,11 +295,7 @@ def queries(ch, n: int, rounds: int, chunk: int) -> dict:
                 r = c.post(
                     "/pcaps",
                     json={
-                        "system": "magic-transit",
-                        "type": "simple",
-                        "time_limit": 300,
-                        "packet_limit": 10000,
-                        "filter_v1": {"protocol": 17},
+                        **samples.CAPTURE,
                         # The day's last 5 minutes (sealing it took longer than that).
                         "offset_time": dt.datetime.fromtimestamp(end / 1e9, dt.UTC).isoformat(),
                     },

@@ -128,6 +128,16 @@ def write_hour_pcap(wire: np.ndarray, end_ns: int, path: Path) -> None:
         rec.tofile(fh)
 
 
+# The sample capture both stores' figures ask for: the newest 10 000 UDP packets of 5 min.
+CAPTURE = {
+    "system": "magic-transit",
+    "type": "simple",
+    "time_limit": 300,
+    "packet_limit": 10000,
+    "filter_v1": {"protocol": 17},
+}
+
+
 def account_clients(api: str, tokens: dict[str, str], ids: list[str]) -> dict[str, httpx.Client]:
     """A client of the customer API per account, made before any clock starts (each loads
     the CA store); the caller closes them."""
@@ -154,16 +164,7 @@ def query_latency(
             net = account_net(i)
             c = clients[account]
             start = time.perf_counter()
-            r = c.post(
-                "/pcaps",
-                json={
-                    "system": "magic-transit",
-                    "type": "simple",
-                    "time_limit": 300,
-                    "packet_limit": 10000,
-                    "filter_v1": {"protocol": 17},
-                },
-            )
+            r = c.post("/pcaps", json=CAPTURE)
             pcap = r.json()["result"]
             body = c.get(f"/pcaps/{pcap['id']}/download").content
             ours.append(time.perf_counter() - start)
