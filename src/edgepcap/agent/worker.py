@@ -12,7 +12,8 @@ from typing import Any
 from edgepcap.agent.budget import Leases
 from edgepcap.agent.control_plane import ControlPlane
 from edgepcap.agent.kernel import netns, nft
-from edgepcap.agent.kernel.nflog import RECV_BYTES, NflogSocket
+from edgepcap.agent.kernel.nflog import NflogSocket
+from edgepcap.agent.kernel.nflog_receive import RECV_BYTES
 from edgepcap.agent.live import LiveSender
 from edgepcap.agent.upload import Upload, probe
 from edgepcap.destinations import StoreSettings, parse
