@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from edgepcap.control import execution, fleet
+from edgepcap.control import completion, execution, fleet
 from edgepcap.control.accounts import create_account
 from edgepcap.control.credentials import new_id
 from edgepcap.control.db import open_database
@@ -128,7 +128,7 @@ def db(postgres, tmp_path):
 def test_machines_ending_together_end_the_capture(db):
     """Two end reports in flight at once, on PostgreSQL: neither may miss the other's end
     (write skew), or the capture would stay `running` with every part finished. Each
-    looks again once committed, as the agent API does (`execution.close_if_done`)."""
+    looks again once committed, as the agent API does (`completion.close_if_done`)."""
     pcap_id = _running_capture(db)
     first = db._sessions()
     execution.report(first, "ord01", BOOT, pcap_id, _done(pcap_id, "ord01"))
@@ -138,7 +138,7 @@ def test_machines_ending_together_end_the_capture(db):
         with db.session() as s:
             execution.report(s, "ord02", BOOT, pcap_id, _done(pcap_id, "ord02"))
         with db.session() as s:
-            execution.close_if_done(s, pcap_id)
+            completion.close_if_done(s, pcap_id)
 
     other = threading.Thread(target=second)
     other.start()
@@ -149,7 +149,7 @@ def test_machines_ending_together_end_the_capture(db):
     first.commit()
     first.close()
     with db.session() as s:
-        execution.close_if_done(s, pcap_id)
+        completion.close_if_done(s, pcap_id)
     with db.session() as s:
         ended = s.get(Pcap, pcap_id)
         assert ended is not None

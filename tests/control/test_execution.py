@@ -3,9 +3,10 @@
 A capture is admitted through `captures.create` on a real SQLite database, assigned to
 2-3 live machines, and driven with the reports agents send (`execution.report`). Checked
 with what a user reads back: the unleased budget (`packets_left`, `bytes_left`), what each
-machine was granted, the answer (stop and why, release, grants), and how the capture ends
-(`status`, `end_reason`, `packets_captured`). Also `assign` without a live machine, and a
-seeded random walk of honest agents that must never overdraw either limit.
+machine was granted, the answer (stop and why, release, grants), and how a limit or a stop
+ends the capture (`status`, `end_reason`, `packets_captured`; what its parts' outcomes make
+of it is test_completion.py's). Also `assign` without a live machine, and a seeded random
+walk of honest agents that must never overdraw either limit.
 """
 
 from __future__ import annotations
@@ -14,49 +15,26 @@ import datetime as dt
 import random
 
 import pytest
-from sqlalchemy.orm import selectinload
 
 from edgepcap.control import captures, execution, fleet, polls
 from edgepcap.control.accounts import create_account
-from edgepcap.control.db import Database, open_database
+from edgepcap.control.db import Database
 from edgepcap.control.models import Account, Machine, Pcap, utcnow
 from edgepcap.control.settings import Limits
 from edgepcap.formats import protocol
-from edgepcap.formats.protocol import Answer, Report
-from tests.support.control import BOOT, OTHER_BOOT, FullRequest, full_capture, proven_bucket
-
-THREE = ("ord01", "ord02", "ord03")
-TWO = ("ord01", "ord02")
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = open_database(tmp_path / "data", None)
-    try:
-        yield database
-    finally:
-        database.close()
-
-
-@pytest.fixture
-def root(tmp_path):
-    return tmp_path / "buckets"
-
-
-def report(db: Database, machine: str, pcap_id: str, boot: str = BOOT, **fields) -> Answer:
-    """One report of `machine`'s part, in its own transaction (as the API answers it)."""
-    fields.setdefault("state", "running")
-    with db.session() as s:
-        return execution.report(s, machine, boot, pcap_id, Report(**fields))
-
-
-def done(machine: str, pcap_id: str, **fields) -> dict:
-    return {"state": "done", "object_name": protocol.object_name(machine, pcap_id), **fields}
-
-
-def read(db: Database, pcap_id: str) -> Pcap:
-    with db.session() as s:
-        return s.get_one(Pcap, pcap_id, options=[selectinload(Pcap.machines)])
+from edgepcap.formats.protocol import Answer
+from tests.support.control import (
+    BOOT,
+    OTHER_BOOT,
+    THREE,
+    TWO,
+    FullRequest,
+    done,
+    full_capture,
+    proven_bucket,
+    read,
+    report,
+)
 
 
 def granted(pcap: Pcap) -> dict[str, int]:
@@ -237,43 +215,6 @@ def test_the_time_limit_stops_a_machine(db, root):
     answer = report(db, "ord01", pid, want_packets=10)
     assert (answer.stop, answer.reason, answer.grant_packets) == (True, protocol.TIME_LIMIT, 0)
     assert read(db, pid).packets_left == 90
-
-
-def test_the_machines_end_reports_finish_the_capture(db, root):
-    pid = full_capture(db, root, TWO, packet_limit=100)
-    for m in TWO:
-        report(db, m, pid, want_packets=20)
-    report(db, "ord01", pid, **done("ord01", pid, packets=5, bytes=300))
-    pcap = read(db, pid)
-    assert (pcap.status, pcap.finished, pcap.packets_captured) == ("running", None, 5)
-    report(db, "ord02", pid, **done("ord02", pid, packets=7, bytes=400, dropped=2))
-    pcap = read(db, pid)
-    assert pcap.status == "success" and pcap.finished is not None
-    assert (pcap.packets_captured, pcap.bytes_captured, pcap.packets_left) == (12, 700, 88)
-    assert "ord02 lost 2 packets" in pcap.error_message
-    assert execution.reported_objects(pcap) == [
-        protocol.object_name("ord01", pid),
-        protocol.object_name("ord02", pid),
-    ]
-
-
-def test_a_failed_part_is_told_in_a_capture_that_succeeds(db, root):
-    pid = full_capture(db, root, TWO, packet_limit=100)
-    report(db, "ord01", pid, **done("ord01", pid, packets=4))
-    report(db, "ord02", pid, state="failed", error="disk full")
-    pcap = read(db, pid)
-    assert (pcap.status, pcap.end_reason) == ("success", None)
-    assert pcap.error_message == "ord02: disk full"
-    assert execution.reported_objects(pcap) == [protocol.object_name("ord01", pid)]
-
-
-def test_a_capture_whose_machines_all_failed_fails(db, root):
-    pid = full_capture(db, root, TWO, packet_limit=100)
-    for m in TWO:
-        report(db, m, pid, state="failed", error="no nflog")
-    pcap = read(db, pid)
-    assert (pcap.status, pcap.end_reason) == ("failed", protocol.ERROR)
-    assert pcap.error_message == "ord01: no nflog; ord02: no nflog"
 
 
 def test_assign_fails_a_capture_without_a_live_machine(db, root):

@@ -1,6 +1,7 @@
 """The control plane driven in process, on a real SQLite database: an account with a
-proven `file://` bucket, live machines of a colo, and a full capture assigned to them as
-`captures.create` admits it (no API server, no agent, no kernel)."""
+proven `file://` bucket, live machines of a colo, a full capture assigned to them as
+`captures.create` admits it, and the reports its machines send (no API server, no agent,
+no kernel)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,22 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepcap.control import buckets, captures, fleet
+from sqlalchemy.orm import selectinload
+
+from edgepcap.control import buckets, captures, execution, fleet
 from edgepcap.control.accounts import create_account
 from edgepcap.control.db import Database
-from edgepcap.control.models import Account
+from edgepcap.control.models import Account, Pcap
 from edgepcap.control.settings import Limits
 from edgepcap.destinations import StoreSettings
+from edgepcap.formats import protocol
 from edgepcap.formats.filters import FilterV1
+from edgepcap.formats.protocol import Answer, Report
 
 BOOT = "a" * 32  # every machine's current run
 OTHER_BOOT = "b" * 32  # a run that is not the one a part was started by
+THREE = ("ord01", "ord02", "ord03")  # a colo's machines
+TWO = ("ord01", "ord02")
 
 
 @dataclass
@@ -72,3 +79,21 @@ def full_capture(
         pcap = captures.create(s, account, req, Limits())
         assert pcap.status == "pending", pcap.error_message
         return pcap.id
+
+
+def report(db: Database, machine: str, pcap_id: str, boot: str = BOOT, **fields) -> Answer:
+    """One report of `machine`'s part, in its own transaction (as the API answers it)."""
+    fields.setdefault("state", "running")
+    with db.session() as s:
+        return execution.report(s, machine, boot, pcap_id, Report(**fields))
+
+
+def done(machine: str, pcap_id: str, **fields) -> dict:
+    """The fields of `machine`'s end report: done, with the object it was told to write."""
+    return {"state": "done", "object_name": protocol.object_name(machine, pcap_id), **fields}
+
+
+def read(db: Database, pcap_id: str) -> Pcap:
+    """The capture as committed, with its machines' parts."""
+    with db.session() as s:
+        return s.get_one(Pcap, pcap_id, options=[selectinload(Pcap.machines)])

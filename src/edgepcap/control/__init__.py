@@ -7,7 +7,8 @@
 * `settings` — every setting an API process reads, once, at its start.
 * `full_rate`, `retention` — the full-capture rate and the retention of ended captures.
 * `supervisor` — the API process's thread that sweeps lost machines, expiry, retention.
-* `execution` — a full capture across machines: assignment, progress, leases, completion.
+* `execution` — a full capture across machines: assignment, progress, leases, stops, lost
+  machines; `completion` — closing it, once, when no machine works on it any more.
 * `polls` — what an agent's long poll finds: its new jobs, the stops of what it runs.
 * `fleet` — agent keys, registration, liveness, `colo_name` resolution.
 * `changes` — word of changes (and of revoked agent keys) between API processes (NOTIFY).

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from edgepcap import bucket_urls
-from edgepcap.control import buckets, execution, fleet, full_rate, sample_captures
+from edgepcap.control import buckets, completion, execution, fleet, full_rate, sample_captures
 from edgepcap.control.accounts import account_networks
 from edgepcap.control.credentials import new_id
 from edgepcap.control.errors import (
@@ -219,7 +219,7 @@ def expire_overdue(session: Session, since: dt.datetime, account_id: str | None 
             for part in pcap.machines:
                 if part.state in MACHINE_ACTIVE:
                     part.state, part.error, part.finished = "failed", reason, now
-            if not execution.finish_if_done(session, pcap):
+            if not completion.finish_if_done(session, pcap):
                 pcap.status = "failed"
                 pcap.finished = now
                 pcap.error_message = f"no machine of {pcap.colo_name} {reason}"

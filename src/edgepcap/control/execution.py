@@ -1,4 +1,6 @@
-"""How a full capture runs across machines: assignment, progress, budget leases, completion.
+"""How a full capture runs across machines: assignment, progress, budget leases, the end of
+each part, a stop, lost machines; closing the capture once every part has ended is
+`completion`'s.
 
 Limits are totals over all machines. The unleased remainder lives in the capture's row;
 a machine asks for a lease when it has packets to write, and leases are taken with
@@ -10,11 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
-from edgepcap.control import fleet, live
+from edgepcap.control import completion, fleet, live
 from edgepcap.control.models import (
     ACTIVE_STATUSES,
     MACHINE_ACTIVE,
@@ -108,20 +110,20 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
 
     A first report marks the part (and a pending capture) running. An end report records
     the part's outcome and object, gives back what it was granted and did not use, and may
-    end the capture (`finish_if_done`). A progress report may give budget back or ask for
-    more: packets and bytes are taken from the capture's shared budget by compare-and-swap
-    (`_cas_take`), so machines on several API processes never overdraw it; when a machine
-    holds a packet it cannot write and nothing is left anywhere, the capture ends by its
-    limit, else the others are asked to release what they hold. The answer tells the
-    machine to stop (a stop, the time limit, a limit reached), what it was granted, and
-    whether to release unused budget.
+    end the capture (`completion.finish_if_done`). A progress report may give budget back
+    or ask for more: packets and bytes are taken from the capture's shared budget by
+    compare-and-swap (`_cas_take`), so machines on several API processes never overdraw
+    it; when a machine holds a packet it cannot write and nothing is left anywhere, the
+    capture ends by its limit, else the others are asked to release what they hold. The
+    answer tells the machine to stop (a stop, the time limit, a limit reached), what it
+    was granted, and whether to release unused budget.
     """
     now = utcnow()
     # A part's end may end the capture. A colo's machines end together: their end reports
     # take only their own parts' rows, not the capture's in turn. Two of them may each
     # see the other still active (write skew) and leave the capture open: so whoever
-    # ends a part looks again after its commit (`close_if_done`), when the last one to
-    # commit sees every part ended; the capture's row is taken only to close it, once.
+    # ends a part looks again after its commit (`completion.close_if_done`), when the last
+    # one to commit sees every part ended; the capture's row is taken only to close it, once.
     # Lock order: part, then capture, as progress reports' budget updates.
     ending = rep.state in protocol.ENDED_STATES
     part = session.get(CaptureMachine, (pcap_id, machine), with_for_update=ending)
@@ -165,8 +167,8 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
         _give_back(session, pcap.id, "bytes_left", max(0, part.granted_bytes - rep.bytes))
         part.granted_packets, part.granted_bytes = rep.packets, rep.bytes
         session.flush()
-        _refresh_totals(session, pcap)  # writes the capture's row only if they changed
-        finish_if_done(session, pcap)
+        completion.refresh_totals(session, pcap)  # writes the capture's row only if they changed
+        completion.finish_if_done(session, pcap)
         answer.stop = True
         return answer
 
@@ -207,7 +209,7 @@ def report(session: Session, machine: str, boot_id: str, pcap_id: str, rep: Repo
     answer.release = bool(pcap.reclaim) and not answer.stop
     since = None if answer.stop else live.watched(session, pcap.id, now)
     answer.live_since = None if since is None else unix_ns(since)
-    _refresh_totals(session, pcap)
+    completion.refresh_totals(session, pcap)
     session.flush()
     return answer
 
@@ -245,87 +247,6 @@ def _end_by_limit(pcap: Pcap, reason: str) -> None:
     pcap.reclaim = False
 
 
-def _refresh_totals(session: Session, pcap: Pcap) -> None:
-    """The capture's totals over its parts, summed by the database: every progress
-    report of every machine comes here, and loading a 100-machine colo's parts each time
-    was most of a report's cost (BENCHMARKS.md, fleet)."""
-    packets, size = session.execute(
-        select(
-            func.coalesce(func.sum(CaptureMachine.packets), 0),
-            func.coalesce(func.sum(CaptureMachine.bytes), 0),
-        ).where(CaptureMachine.pcap_id == pcap.id)
-    ).one()
-    pcap.packets_captured, pcap.bytes_captured = int(packets), int(size)
-
-
-def _any_active(session: Session, pcap: Pcap) -> bool:
-    """Whether a part of the capture is still assigned or running (one indexed query, not
-    the parts loaded: each of a colo's end reports asks)."""
-    return bool(
-        session.scalar(
-            select(
-                exists().where(
-                    CaptureMachine.pcap_id == pcap.id, CaptureMachine.state.in_(MACHINE_ACTIVE)
-                )
-            )
-        )
-    )
-
-
-def finish_if_done(session: Session, pcap: Pcap) -> bool:
-    """Close the capture once no machine is still working on it, exactly once: whoever
-    finds no part active takes the capture's row and looks again, so that of two finding
-    it at once, the second sees it closed."""
-    if pcap.status not in ACTIVE_STATUSES or _any_active(session, pcap):
-        return False
-    session.refresh(pcap, with_for_update=True)
-    # The parts as committed now, not as this session may have read them before.
-    parts = list(
-        session.scalars(
-            select(CaptureMachine)
-            .where(CaptureMachine.pcap_id == pcap.id)
-            .execution_options(populate_existing=True)
-        )
-    )
-    if pcap.status not in ACTIVE_STATUSES or not parts:
-        return False
-    if any(m.state in MACHINE_ACTIVE for m in parts):
-        return False
-    _refresh_totals(session, pcap)
-    now = utcnow()
-    done = [m for m in parts if m.state == "done"]
-    failed = [m for m in parts if m.state == "failed"]
-    notes = [f"{m.machine}: {m.error}" for m in failed]
-    drops = [m for m in parts if m.dropped or m.overruns]
-    if drops:
-        notes.append(
-            "kernel drops: "
-            + ", ".join(
-                f"{m.machine} lost {m.dropped} packets ({m.overruns} overruns)" for m in drops
-            )
-        )
-    pcap.finished = now
-    pcap.reclaim = False
-    if done:
-        pcap.status = "success"
-        if pcap.packets_captured == 0:
-            where = ", ".join(m.machine for m in done)
-            notes.insert(0, f"no packets matched the filter on {where} during the capture")
-    else:
-        pcap.status = "failed"
-        pcap.end_reason = protocol.ERROR
-    pcap.error_message = "; ".join(notes) or None
-    session.flush()
-    return True
-
-
-def close_if_done(session: Session, pcap_id: str) -> bool:
-    """After a transaction that ended parts of the capture has committed: close it if no
-    part is active now (`report`: the last of machines ending together closes it)."""
-    pcap = session.get(Pcap, pcap_id)
-    return pcap is not None and finish_if_done(session, pcap)
-
-
 def stop(session: Session, pcap: Pcap) -> None:
     """Record a stop: machines that never started are done at once, the rest stop on report."""
     now = utcnow()
@@ -336,7 +257,7 @@ def stop(session: Session, pcap: Pcap) -> None:
             m.state = "done"
             m.finished = now
     if pcap.machines:
-        finish_if_done(session, pcap)
+        completion.finish_if_done(session, pcap)
     elif pcap.status == "pending":
         pcap.status = "success"
         pcap.finished = now
@@ -400,5 +321,5 @@ def sweep(session: Session, hearing_since: dt.datetime | None = None) -> int:
             failed += 1
     session.flush()
     for pcap in touched.values():
-        finish_if_done(session, pcap)
+        completion.finish_if_done(session, pcap)
     return failed

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgepcap.api.errors import APIError, Code
 from edgepcap.api.live import Piece
-from edgepcap.control import execution, fleet, live, polls
+from edgepcap.control import completion, execution, fleet, live, polls
 from edgepcap.control.db import Database
 from edgepcap.control.models import MACHINE_ACTIVE, CaptureMachine, utcnow
 from edgepcap.control.samples import admission
@@ -240,7 +240,7 @@ def report(request: Request, caller: Agent, pcap_id: str, body: ReportIn) -> dic
     if ending:
         # Now that this part's end is committed (`execution.report`).
         with db.session() as session:
-            execution.close_if_done(session, pcap_id)
+            completion.close_if_done(session, pcap_id)
     if tell:
         request.app.state.wakeup.notify(machines)
     return asdict(answer)
