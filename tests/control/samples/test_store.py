@@ -218,3 +218,25 @@ def test_a_sample_capture_reads_with_memory_bounded_by_its_answer(tmp_path):
     assert rows["ts"][-1] == now  # the newest of all
     window = n * records.STORED.itemsize
     assert peak < window / 2, (peak, window)
+
+
+def test_the_newest_rows_of_a_long_window_come_back_whole_and_oldest_first(store):
+    """A window longer than one read (the ClickHouse store reads newest slices first, each
+    longer than the last), snapshots of several lengths: the newest `limit` records come
+    back exactly as stored, field by field and byte by byte."""
+    now = time.time_ns()
+    sizes = (0, 17, 100, 200)
+    snaps = [
+        udp("198.51.100.1", "203.0.113.10", 1000 + i, 53, bytes([i % 251]) * sizes[i % 4])
+        for i in range(400)
+    ]
+    ts = [now - i * 9 * 10**9 for i in range(400)]  # one every 9 s over an hour
+    wire = records.attribute(records.parse(snaps, ts, [len(x) for x in snaps]), NETS)
+    assert store.append(wire) == 400
+
+    got = store.query(q(A, now, seconds=3600, limit=350))
+    want = np.sort(wire[wire["ts"] >= now - 3600 * 10**9], order="ts")[-350:]
+    assert len(got) == 350
+    for name in records.STORED.names:
+        assert (got[name] == want[name]).all(), name
+    assert set(got["cap_len"]) == {28, 45, 128, records.SNAPLEN}

@@ -172,26 +172,25 @@ class ClickHouseStore:
     def query(self, q: SampleQuery) -> np.ndarray:
         if not q.prefixes or q.limit <= 0:
             return np.zeros(0, dtype=records.STORED)
-        rows: list = []
+        slices: list[list] = []  # newest first, each a list of columns newest first
+        got = 0
         end, span = q.end_ns, FIRST_SLICE_NS
-        while end >= q.start_ns and len(rows) < q.limit:
+        while end >= q.start_ns and got < q.limit:
             start = max(q.start_ns, end - span + 1)
             where, params = chsql.where(
                 q.account_id, [(start, end)], self.partition_ns, q.filter, q.prefixes
             )
-            rows += self.run(
+            cols = self.run(
                 f"SELECT {', '.join(COLUMNS)}, data FROM samples WHERE {where} "  # noqa: S608
-                f"ORDER BY ts DESC LIMIT {int(q.limit) - len(rows)}",
+                f"ORDER BY ts DESC LIMIT {int(q.limit) - got}",
                 params,
+                columnar=True,
             )
+            if cols:
+                slices.append(cols)
+                got += len(cols[0])
             end, span = start - 1, span * 8
-        out = np.zeros(len(rows), dtype=records.STORED)
-        for i, row in enumerate(reversed(rows)):
-            for name, value in zip(COLUMNS, row, strict=False):
-                out[i][name] = value
-            blob = row[-1]
-            out[i]["data"][: len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-        return out
+        return _stored(slices, got)
 
     def traffic(self, q: TrafficQuery) -> Groups:
         t = tally.Tally(q)
@@ -291,3 +290,21 @@ class ClickHouseStore:
             clients, self._clients = self._clients, []
         for client in clients:
             client.disconnect()
+
+
+def _stored(slices: list[list], n: int) -> np.ndarray:
+    """The rows of columnar results (`COLUMNS` then `data`, each newest first, slices
+    newest first) as `records.STORED`, oldest first: column by column, the blobs laid
+    into the fixed-size data field in one masked copy (a row at a time costs more than
+    the query)."""
+    out = np.zeros(n, dtype=records.STORED)
+    if not n:
+        return out
+    for i, name in enumerate(COLUMNS):
+        column = [v for cols in slices for v in cols[i]]
+        out[name] = np.array(column[::-1], dtype=out.dtype[name])
+    blobs = [b for cols in slices for b in cols[-1]][::-1]
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
+    flat = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    out["data"][np.arange(records.SNAPLEN) < lengths[:, None]] = flat
+    return out
