@@ -18,7 +18,8 @@ done
 base=$(mktemp -d)
 trap 'rm -rf "$base"' EXIT
 kernel=(tests/agent tests/lab tests/dashboard tests/bench tests/test_extcap.py
-        tests/control/test_triggers.py tests/control/samples/test_sample_captures.py)
+        tests/control/test_triggers.py tests/control/samples/test_sample_captures.py
+        tests/api/test_retention.py tests/test_traffic_cli.py)
 ignore=()
 for path in "${kernel[@]}"; do ignore+=(--ignore "$path"); done
 uv run --locked pytest "$@" --basetemp "$base/kernel" "${kernel[@]}" >"$base/kernel.log" 2>&1 &
