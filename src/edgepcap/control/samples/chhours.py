@@ -74,7 +74,8 @@ def seal_hour(run: Run, hour: int, partition_ns: int, nets: dict[str, tuple]) ->
 
 class Summary:
     """What the sealed hours answer of a query: `covered` are the inclusive ts ranges
-    they count, `rows` reads those counts as (b, key columns..., samples, bytes)."""
+    they count, `columns` reads those counts as columns (b, key columns..., samples,
+    bytes)."""
 
     def __init__(self, run: Run, q: TrafficQuery) -> None:
         self.run, self.q = run, q
@@ -105,7 +106,7 @@ class Summary:
             if lo < hi:
                 self.covered.append((lo, hi - 1))
 
-    def rows(self) -> list:
+    def columns(self) -> list:
         if not self.covered:
             return []
         keys = list(chsql.KEYS[self.dim])
@@ -122,6 +123,7 @@ class Summary:
             f"AND (hour, seal) IN ({hours}) AND t10 >= {self.t0} AND t10 < {self.t1} "
             f"GROUP BY b, {', '.join(keys)}",
             {"account": self.q.account_id, "qstart": self.q.start_ns, "step": self.q.step_ns},
+            columnar=True,
         )
 
 

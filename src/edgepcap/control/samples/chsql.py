@@ -172,12 +172,23 @@ def where(
     return " AND ".join(conds), params
 
 
-def counts(dim: str, cond: str, groups: dict[str, str], bucket: str, array_join: str = "") -> str:
+def counts(
+    dim: str,
+    cond: str,
+    groups: dict[str, str],
+    bucket: str,
+    array_join: str = "",
+    hours: list[int] | None = None,
+) -> str:
     """SELECT of the samples matching `cond` counted per `groups` (name: expression),
     bucket `b` (an expression) and the dimension's key (`KEYS`' columns); for a capped
     dimension only the `tally.HOUR_GROUPS` heaviest keys of each `groups` value keep their
     own (ties by key, as `tally.reduce`), the rest count as OTHER. Columns: the groups,
-    the key columns, b, n (samples), s (original bytes)."""
+    the key columns, b, n (samples), s (original bytes).
+
+    `hours`: the groups are the hour alone (`h`) and these are its values; each hour's
+    heaviest are then found by a sort cut at HOUR_GROUPS, where `LIMIT … BY` sorts every
+    key of every hour (most of such a query's time when keys are many)."""
     keys = KEYS[dim]
     src = f"samples {array_join} WHERE {cond}"
     by = [*groups, *keys]
@@ -185,14 +196,28 @@ def counts(dim: str, cond: str, groups: dict[str, str], bucket: str, array_join:
         expr if expr == name else f"{expr} AS {name}" for name, expr in {**groups, **keys}.items()
     ]
     if tally.DIMENSION[dim] in tally.CAPPED:
-        top = (
-            f"SELECT {', '.join(by)} FROM (SELECT {', '.join(cols)}, count() AS c FROM {src} "  # noqa: S608
-            f"GROUP BY {', '.join(by)} ORDER BY {', '.join(groups)}, c DESC, {', '.join(keys)}) "
-            f"LIMIT {tally.HOUR_GROUPS} BY {', '.join(groups)}"
-        )
+        if hours is not None:
+            top = " UNION ALL ".join(
+                f"SELECT {', '.join(by)} FROM (SELECT {', '.join(cols)}, count() AS c "  # noqa: S608
+                f"FROM {src} AND ts >= {h * HOUR_NS} AND ts < {(h + 1) * HOUR_NS} "
+                f"GROUP BY {', '.join(by)} ORDER BY c DESC, {', '.join(keys)} "
+                f"LIMIT {tally.HOUR_GROUPS})"
+                for h in hours
+            )
+        else:
+            top = (
+                f"SELECT {', '.join(by)} FROM (SELECT {', '.join(cols)}, count() AS c "  # noqa: S608
+                f"FROM {src} GROUP BY {', '.join(by)} "
+                f"ORDER BY {', '.join(groups)}, c DESC, {', '.join(keys)}) "
+                f"LIMIT {tally.HOUR_GROUPS} BY {', '.join(groups)}"
+            )
         inner = f"SELECT {', '.join(cols)}, {bucket} AS b, orig_len FROM {src}"  # noqa: S608
         whole = f"({', '.join(by)})"
-        picked = [f"if({whole} IN ({top}), {k}, {OTHER[k]}) AS {k}2" for k in keys]
+        # The set is built once and named: repeating the IN per key column would have
+        # ClickHouse run the subquery once per column.
+        first, *others = keys
+        picked = [f"if(({whole} IN ({top})) AS top, {first}, {OTHER[first]}) AS {first}2"]
+        picked += [f"if(top, {k}, {OTHER[k]}) AS {k}2" for k in others]
         return (
             f"SELECT {', '.join(groups)}, {', '.join(picked)}, b, count() AS n, "  # noqa: S608
             f"sum(orig_len) AS s FROM ({inner}) "

@@ -197,39 +197,42 @@ class ClickHouseStore:
         if not q.prefixes:
             return {}
         summary = chhours.Summary(self.run, q)
-        width = len(chsql.KEYS[t.dim])
-        for row in summary.rows():  # (b, keys..., samples, bytes)
-            self._add(t, [row], 1, width)
+        self._add(t, summary.columns())  # b, keys..., samples, bytes
         rest = chhours.uncovered(q.start_ns, q.end_ns - 1, summary.covered)
         if rest:
             where, params = chsql.where(q.account_id, rest, self.partition_ns, q.filter, q.prefixes)
             params.update({"qstart": q.start_ns, "step": q.step_ns})
             groups = {"h": f"intDiv(ts, {HOUR_NS})"} if t.capped else {}
             bucket = "intDiv(ts - %(qstart)s, %(step)s)"
-            rows = self.run(chsql.counts(t.dim, where, groups, bucket), params)
-            # (h?, keys..., b, samples, bytes): b moved first
-            k0 = len(groups)
-            rows = [(r[k0 + width], *r[k0 : k0 + width], r[-2], r[-1]) for r in rows]
-            self._add(t, rows, 1, width)
+            hours = list(range(rest[0][0] // HOUR_NS, rest[-1][1] // HOUR_NS + 1))
+            sql = chsql.counts(t.dim, where, groups, bucket, hours=hours if t.capped else None)
+            cols = self.run(sql, params, columnar=True)  # h?, keys..., b, samples, bytes
+            if cols:
+                self._add(t, [cols[-3], *cols[len(groups) : -3], cols[-2], cols[-1]])
         return t.groups()
 
     @staticmethod
-    def _add(t: tally.Tally, rows: list, first: int, width: int) -> None:
-        """Rows of (bucket, key columns..., samples, bytes) into the tally."""
-        if not rows:
+    def _add(t: tally.Tally, cols: list) -> None:
+        """Columns (bucket, key columns..., samples, bytes) into the tally as arrays."""
+        if not cols or not len(cols[0]):
             return
-        buckets = np.array([r[0] for r in rows], dtype=np.int64)
-        samples = np.array([r[-2] for r in rows], dtype=np.int64)
-        nbytes = np.array([r[-1] for r in rows], dtype=np.int64)
+        buckets, *keys, samples, nbytes = cols
         if tally.is_address(t.dim):
-            keys = np.array([tuple(r[first : first + width]) for r in rows], dtype=tally.ADDRESS)
+            codes = np.zeros(len(buckets), dtype=tally.ADDRESS)
+            for name, col in zip(tally.ADDRESS.names, keys, strict=True):
+                codes[name] = col
         elif t.dim == "machine":
-            names = sorted({r[first].decode() for r in rows})
-            codes = dict(zip(names, t.code(names).tolist(), strict=True))
-            keys = np.array([codes[r[first].decode()] for r in rows], dtype=np.int64)
+            names = sorted(set(keys[0]))
+            number = dict(zip(names, t.code([n.decode() for n in names]).tolist(), strict=True))
+            codes = np.array([number[n] for n in keys[0]], dtype=np.int64)
         else:
-            keys = np.array([r[first] for r in rows], dtype=np.int64)
-        t.add(keys, buckets, samples, nbytes)
+            codes = np.array(keys[0], dtype=np.int64)
+        t.add(
+            codes,
+            np.array(buckets, dtype=np.int64),
+            np.array(samples, dtype=np.int64),
+            np.array(nbytes, dtype=np.int64),
+        )
 
     def seal(self, now_ns: int, prefixes) -> int:
         """Sums every hour no sample can reach any more into `hours`, for each account with
