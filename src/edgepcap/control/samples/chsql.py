@@ -13,6 +13,8 @@ Tables (the sort keys and partitions are explained in `clickhouse`'s docstring):
 * `sealed`: which (account, hour) `hours` holds, under which sealing (`seal`, so that
   the rows of a sealing cut short are never read) and which prefixes (`nets`: rows are
   counted only inside the account's prefixes of sealing time).
+* `slices` and `sliced`: the same for each 10-minute slice of an hour not sealed yet
+  (`SLICE`), the cap applied per slice.
 
 Only constant column names and numbers are formatted into the SQL here; every value from
 a request goes to the driver as a parameter.
@@ -20,12 +22,15 @@ a request goes to the driver as a parameter.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from edgepcap.control.samples import tally
 from edgepcap.formats import samples as records
 from edgepcap.formats.filters import FilterV1
 
 NS = 1_000_000_000
 HOUR_NS = 3600 * NS
+SLICE_NS = 600 * NS
 T10_NS = 10 * NS
 ANY = 255  # `hours.proto` of rows counted over every protocol
 COLUMNS = (
@@ -81,10 +86,10 @@ CREATE TABLE IF NOT EXISTS samples (
     machine String
 ) ENGINE = MergeTree() PARTITION BY part ORDER BY (account, ts)
 """
-HOURS = """
-CREATE TABLE IF NOT EXISTS hours (
+SUMMARY = """
+CREATE TABLE IF NOT EXISTS {table} (
     account FixedString(32),
-    hour UInt32,
+    {column} UInt32,
     seal UInt64,
     dim UInt8,
     proto UInt8,
@@ -96,16 +101,42 @@ CREATE TABLE IF NOT EXISTS hours (
     t10 UInt32,
     samples UInt64,
     bytes UInt64
-) ENGINE = MergeTree() PARTITION BY hour ORDER BY (account, dim, proto, hour, t10)
+) ENGINE = MergeTree() PARTITION BY {partition} ORDER BY (account, dim, proto, {column}, t10)
 """
-SEALED = """
-CREATE TABLE IF NOT EXISTS sealed (
+MARKS = """
+CREATE TABLE IF NOT EXISTS {table} (
     account FixedString(32),
-    hour UInt32,
+    {column} UInt32,
     seal UInt64,
     nets String
-) ENGINE = MergeTree() PARTITION BY hour ORDER BY (account, hour)
+) ENGINE = MergeTree() PARTITION BY {partition} ORDER BY (account, {column})
 """
+
+
+@dataclass(frozen=True)
+class Span:
+    """A length of time summed into a table of counts (`table`, as `SUMMARY`) and marked
+    in another (`marks`, as `MARKS`), spans numbered ts // ns in `column`. Both tables
+    are partitioned by hour, so that retention drops them as it drops `hours`."""
+
+    table: str
+    marks: str
+    column: str
+    ns: int
+
+    def schemas(self) -> tuple[str, str]:
+        per_hour = HOUR_NS // self.ns
+        partition = self.column if per_hour == 1 else f"intDiv({self.column}, {per_hour})"
+        return (
+            SUMMARY.format(table=self.table, column=self.column, partition=partition),
+            MARKS.format(table=self.marks, column=self.column, partition=partition),
+        )
+
+
+HOUR = Span("hours", "sealed", "hour", HOUR_NS)
+# The hour in progress, a slice at a time: what the view would otherwise count from
+# `samples` at every request shrinks to the slices not summed yet.
+SLICE = Span("slices", "sliced", "slice", SLICE_NS)
 
 
 def owned(prefixes: tuple, params: dict[str, object], tag: str = "n") -> str:

@@ -48,7 +48,7 @@ from clickhouse_driver import errors as ch_errors
 from edgepcap.control.errors import SamplesUnavailable
 from edgepcap.control.samples import chhours, chsql, tally
 from edgepcap.control.samples.admission import MAX_SKEW_NS
-from edgepcap.control.samples.chsql import COLUMNS, HOUR_NS, SCHEMA
+from edgepcap.control.samples.chsql import COLUMNS, HOUR_NS, SCHEMA, SLICE_NS
 from edgepcap.control.samples.segments import SEAL_GRACE_NS
 from edgepcap.control.samples.store import SampleQuery
 from edgepcap.control.samples.traffic import Groups, TrafficQuery
@@ -65,7 +65,7 @@ LIMITS = {241: "over its memory limit", 159: "over its time limit", 160: "over i
 # window (at most 300 s) is one query: two queries of it were slower at 50 M samples than
 # one (BENCHMARKS.md, "Sample ingest and ClickHouse at scale").
 FIRST_SLICE_NS = 300 * NS
-TABLES = ("samples", "hours", "sealed")
+TABLES = ("samples", "hours", "sealed", "slices", "sliced")
 
 
 def database_of(url: str) -> str:
@@ -102,7 +102,7 @@ class ClickHouseStore:
         self._local = threading.local()
         self._clients: list[Client] = []
         self._lock = threading.Lock()
-        for schema in (SCHEMA, chsql.HOURS, chsql.SEALED):
+        for schema in (SCHEMA, *chsql.HOUR.schemas(), *chsql.SLICE.schemas()):
             self.client.execute(schema)
         # Tables made before the machine column: 18.16 has no ADD COLUMN IF NOT EXISTS.
         have = self.client.execute(
@@ -114,6 +114,7 @@ class ClickHouseStore:
         self.retention = retention
         self.partition_ns = partition_seconds * NS
         self._sealed_upto: int | None = None  # the last hour sealed, once known
+        self._sliced_upto: int | None = None  # the last slice sealed, once known
 
     def new_client(self) -> Client:
         """A client of the store's database (one per thread: a client is not shared)."""
@@ -235,10 +236,12 @@ class ClickHouseStore:
         )
 
     def seal(self, now_ns: int, prefixes) -> int:
-        """Sums every hour no sample can reach any more into `hours`, for each account with
+        """Sums every hour no sample can reach any more into `hours`, then every such
+        10-minute slice of the hours not summed yet into `slices`, for each account with
         samples in it that `prefixes` knows (None: counted from `samples` when asked);
         returns how many hours were summed."""
-        ready = (now_ns - MAX_SKEW_NS - SEAL_GRACE_NS) // HOUR_NS  # the first open hour
+        settled = now_ns - MAX_SKEW_NS - SEAL_GRACE_NS
+        ready = settled // HOUR_NS  # the first open hour
         if self._sealed_upto is None:
             last = self.run("SELECT max(hour), count() FROM sealed")[0]
             first, stored = self.run("SELECT min(part), count() FROM samples")[0]
@@ -248,28 +251,41 @@ class ClickHouseStore:
             self._sealed_upto = int(last[0]) if last[1] else oldest
         sealed = 0
         for hour in range(self._sealed_upto + 1, ready):
-            lo, hi = hour * HOUR_NS, (hour + 1) * HOUR_NS - 1
-            accounts = self.run(
-                "SELECT account, count() AS n FROM samples WHERE part >= %(p0)s "
-                "AND part <= %(p1)s AND ts >= %(lo)s AND ts <= %(hi)s GROUP BY account "
-                "ORDER BY n DESC",
-                {"p0": lo // self.partition_ns, "p1": hi // self.partition_ns, "lo": lo, "hi": hi},
-            )
-            batch: dict[str, tuple] = {}
-            size = 0
-            for account, n in accounts:
-                own = prefixes(account.decode())
-                if own:
-                    if batch and size + n > chhours.BATCH:
-                        chhours.seal_hour(self.run, hour, self.partition_ns, batch)
-                        batch, size = {}, 0
-                    batch[account.decode()] = tuple(own)
-                    size += n
-            if batch:
-                chhours.seal_hour(self.run, hour, self.partition_ns, batch)
-            sealed += bool(accounts)
+            sealed += self._seal_span(chsql.HOUR, hour, prefixes)
             self._sealed_upto = hour
+        per = HOUR_NS // SLICE_NS
+        if self._sliced_upto is None:
+            last = self.run("SELECT max(slice), count() FROM sliced")[0]
+            self._sliced_upto = int(last[0]) if last[1] else -1
+        first = max(self._sliced_upto + 1, (self._sealed_upto + 1) * per)
+        for number in range(first, settled // SLICE_NS):
+            self._seal_span(chsql.SLICE, number, prefixes)
+            self._sliced_upto = number
         return sealed
+
+    def _seal_span(self, span: chsql.Span, number: int, prefixes) -> bool:
+        """Sums one span for its accounts, in statements of up to `chhours.BATCH`
+        samples; whether it held any."""
+        lo, hi = number * span.ns, (number + 1) * span.ns - 1
+        accounts = self.run(
+            "SELECT account, count() AS n FROM samples WHERE part >= %(p0)s "
+            "AND part <= %(p1)s AND ts >= %(lo)s AND ts <= %(hi)s GROUP BY account "
+            "ORDER BY n DESC",
+            {"p0": lo // self.partition_ns, "p1": hi // self.partition_ns, "lo": lo, "hi": hi},
+        )
+        batch: dict[str, tuple] = {}
+        size = 0
+        for account, n in accounts:
+            own = prefixes(account.decode())
+            if own:
+                if batch and size + n > chhours.BATCH:
+                    chhours.seal_span(self.run, span, number, self.partition_ns, batch)
+                    batch, size = {}, 0
+                batch[account.decode()] = tuple(own)
+                size += n
+        if batch:
+            chhours.seal_span(self.run, span, number, self.partition_ns, batch)
+        return bool(accounts)
 
     def expire(self, now_ns: int) -> int:
         cutoff = now_ns - int(self.retention.total_seconds() * NS)
