@@ -21,17 +21,22 @@ The traffic view (`chhours`): `hours`, partitioned by hour, ordered by (account,
 proto, hour, t10), holds each sealed hour's counts per 10-s bucket and key, so a query
 reads one range of it: the account's rows of one dimension and protocol (or ANY) over
 the window's hours, in time order. `sealed` (partitioned by hour, ordered by (account,
-hour)) says which hours are summed, under which prefixes. Sealing runs on the
-supervisor's sealing thread for hours that ended MAX_SKEW_NS + SEAL_GRACE_NS ago;
-retention drops the three tables' old partitions together. What the summaries cannot
-answer (filters other than a protocol, the hour in progress, hours sealed under other
-prefixes) is one GROUP BY over those ranges of `samples`, capped per hour in SQL.
+hour)) says which hours are summed, under which prefixes. Until an hour is sealed, its
+10-minute slices are summed the same way into `slices` and `sliced` (partitioned by
+hour too), so the hour in progress is read from `samples` only for its last slices.
+Sealing runs on the supervisor's sealing thread for hours and slices that ended
+MAX_SKEW_NS + SEAL_GRACE_NS ago; retention drops the tables' old partitions together.
+What the summaries cannot answer (filters other than a protocol, the slices not summed
+yet, spans summed under other prefixes) is one GROUP BY over those ranges of `samples`,
+capped per hour in SQL.
 
-What is exact (`tally`'s rules, with one difference): a port or address key's counts in
-an hour are kept when it is among the `tally.HOUR_GROUPS` heaviest of that hour's
+What is exact (`tally`'s rules, with two differences): a port or address key's counts
+in an hour are kept when it is among the `tally.HOUR_GROUPS` heaviest of that hour's
 matching samples; in a sealed hour that the window's start cuts, the heaviest are those of
-the whole hour (the summary's), not of its part inside the window. Every bucket's total
-stays exact; with fewer than HOUR_GROUPS keys an hour the answer equals `aggregate`'s.
+the whole hour (the summary's), not of its part inside the window; in an hour not sealed
+yet, those of each summed slice, and of the rest of the hour read from `samples`. Every
+bucket's total stays exact; with fewer than HOUR_GROUPS keys a slice the answer equals
+`aggregate`'s.
 """
 
 from __future__ import annotations
