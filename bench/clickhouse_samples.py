@@ -27,6 +27,7 @@ from bench.figures import Figure, percentile
 from edgepcap.control.accounts import create_account
 from edgepcap.control.fleet import create_agent_key
 from edgepcap.control.samples import direct
+from edgepcap.control.samples.chsql import SLICE_NS
 from edgepcap.formats import samples as records
 
 ACCOUNTS = 50
@@ -245,14 +246,19 @@ def fill_day(admin: Client, ids: list[str], n: int, end_ns: int, chunk: int) -> 
 
 
 def wait_sealed(admin: Client, end_ns: int, limit_s: float = 3600) -> float:
-    """Until the API's sealer has summed every hour of the day that can be (ClickHouse
-    seals hours once no sample can land: MAX_SKEW_NS + SEAL_GRACE_NS after their end);
-    returns seconds waited."""
+    """Until the API's sealer has summed every hour of the day that can be, and every
+    10-minute slice of the hour after it (ClickHouse sums a span once no sample can land
+    in it: MAX_SKEW_NS + SEAL_GRACE_NS after its end); returns seconds waited."""
     began = time.perf_counter()
-    last = (min(end_ns, time.time_ns() - 330 * 10**9)) // HOUR_NS - 1
+    settled = min(end_ns, time.time_ns() - 330 * 10**9)
+    last, last_slice = settled // HOUR_NS - 1, settled // SLICE_NS - 1
     while time.perf_counter() - began < limit_s:
-        done = admin.execute("SELECT max(hour), count() FROM sealed")[0]
-        if done[1] and done[0] >= last:
+        hours = admin.execute("SELECT max(hour), count() FROM sealed")[0]
+        slices = admin.execute("SELECT max(slice), count() FROM sliced")[0]
+        sliced = last_slice * SLICE_NS < (last + 1) * HOUR_NS or (
+            slices[1] and slices[0] >= last_slice
+        )
+        if hours[1] and hours[0] >= last and sliced:
             break
         time.sleep(1)
     return time.perf_counter() - began
