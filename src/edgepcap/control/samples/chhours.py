@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Callable
 
 from edgepcap.control.samples import chsql, tally
-from edgepcap.control.samples.chsql import ANY, HOUR, HOUR_NS, SLICE, T10_NS, Span
+from edgepcap.control.samples.chsql import ANY, COARSE, HOUR, HOUR_NS, SLICE, T10_NS, Span
 from edgepcap.control.samples.traffic import TrafficQuery
 
 Run = Callable[..., list]
@@ -71,17 +71,28 @@ def seal_span(run: Run, span: Span, number: int, partition_ns: int, nets: dict[s
             params,
             settings=SEALING,
         )
+    grains = 1
+    if span == HOUR:
+        columns = "account, hour, seal, proto, k, fam, hi, lo, machine"
+        run(
+            f"INSERT INTO hours ({columns}, dim, t10, samples, bytes) "  # noqa: S608
+            f"SELECT {columns}, dim + {len(chsql.DIMS)}, intDiv(t10, {COARSE}) * {COARSE} "
+            f"AS t, sum(samples), sum(bytes) FROM hours WHERE hour = {number} "
+            f"AND seal = {seal} AND dim < {len(chsql.DIMS)} GROUP BY {columns}, dim, t"
+        )
+        grains = 2
     run(
-        f"INSERT INTO {span.marks} (account, {span.column}, seal, nets) VALUES",
-        [(a.encode(), number, seal, nets_text(p).encode()) for a, p in nets.items()],
+        f"INSERT INTO {span.marks} (account, {span.column}, seal, nets, grains) VALUES",
+        [(a.encode(), number, seal, nets_text(p).encode(), grains) for a, p in nets.items()],
     )
 
 
 class Summary:
     """What the summed spans answer of a query: the window's hours marked under the
-    account's present prefixes, then the marked slices of its other hours. `covered` are
-    the inclusive ts ranges they count, `columns` reads those counts as columns (b, key
-    columns..., samples, bytes)."""
+    account's present prefixes (their 5-minute rows when the window's start and step are
+    whole 5 minutes and the hour has them), then the marked slices of its other hours.
+    `covered` are the inclusive ts ranges they count, `columns` reads those counts as
+    columns (b, key columns..., samples, bytes)."""
 
     def __init__(self, run: Run, q: TrafficQuery) -> None:
         self.run, self.q = run, q
@@ -90,36 +101,37 @@ class Summary:
         others = f.model_dump(exclude_none=True, exclude={"protocol"})
         by_proto = f.protocol is None or not tally.is_address(self.dim)
         self.usable = not others and f.protocol != ANY and by_proto
-        self.marked: dict[Span, list[tuple[int, int]]] = {}
+        # (span, its (number, seal) marks, dimension code, t10 range [t0, t1) read)
+        self.reads: list[tuple[Span, list, int, int, int]] = []
         self.covered: list[tuple[int, int]] = []
         if not self.usable:
             return
         # Only 10-s buckets wholly inside the window (its start is a multiple of 10 s).
-        self.t0, self.t1 = q.start_ns // T10_NS, q.end_ns // T10_NS
+        t0, t1 = q.start_ns // T10_NS, q.end_ns // T10_NS
+        code = chsql.DIMS.index(self.dim)
         h0, h1 = q.start_ns // HOUR_NS, q.end_ns // HOUR_NS
         hours = self._marks(HOUR, h0, h1)
-        sealed = {h for h, _seal in hours}
+        sealed = {h for h, _seal, _grains in hours}
+        five = COARSE * T10_NS
+        coarse = q.start_ns % five == 0 and q.step_ns % five == 0
+        fine = [(h, seal) for h, seal, grains in hours if not (coarse and grains >= 2)]
+        self._read(HOUR, fine, code, t0, t1)
+        fives = [(h, seal) for h, seal, grains in hours if coarse and grains >= 2]
+        self._read(HOUR, fives, code + len(chsql.DIMS), t0, t1 // COARSE * COARSE)
         open_hours = [h for h in range(h0, h1 + 1) if h not in sealed]
-        slices = []
         if open_hours:
             per = HOUR_NS // SLICE.ns
             found = self._marks(SLICE, open_hours[0] * per, (open_hours[-1] + 1) * per - 1)
-            slices = [(n, seal) for n, seal in found if n // per not in sealed]
-        for span, marks in ((HOUR, hours), (SLICE, slices)):
-            if marks:
-                self.marked[span] = marks
-            for number, _seal in marks:
-                lo = max(number * span.ns, self.t0 * T10_NS)
-                hi = min((number + 1) * span.ns, self.t1 * T10_NS)
-                if lo < hi:
-                    self.covered.append((lo, hi - 1))
+            slices = [(n, seal) for n, seal, _grains in found if n // per not in sealed]
+            self._read(SLICE, slices, code, t0, t1)
         self.covered.sort()
 
     def _marks(self, span: Span, first: int, last: int) -> list:
-        """(number, seal) of the account's spans in [first, last] under its prefixes."""
+        """(number, seal, grains) of the account's spans in [first, last] under its
+        prefixes."""
         c = span.column
         return self.run(
-            f"SELECT {c}, seal FROM {span.marks} WHERE account = %(account)s "  # noqa: S608
+            f"SELECT {c}, seal, grains FROM {span.marks} WHERE account = %(account)s "  # noqa: S608
             f"AND {c} >= %(first)s AND {c} <= %(last)s AND nets = %(nets)s LIMIT 1 BY {c}",
             {
                 "account": self.q.account_id,
@@ -128,6 +140,17 @@ class Summary:
                 "nets": nets_text(self.q.prefixes),
             },
         )
+
+    def _read(self, span: Span, marks: list, code: int, t0: int, t1: int) -> None:
+        """Reads `marks`' rows of dimension `code` in t10 [t0, t1): what they cover."""
+        if not marks:
+            return
+        self.reads.append((span, marks, code, t0, t1))
+        for number, _seal in marks:
+            lo = max(number * span.ns, t0 * T10_NS)
+            hi = min((number + 1) * span.ns, t1 * T10_NS)
+            if lo < hi:
+                self.covered.append((lo, hi - 1))
 
     def columns(self) -> list:
         if not self.covered:
@@ -139,14 +162,14 @@ class Summary:
         else:
             proto = f"proto = {ANY}" if self.dim in tally.CAPPED else "1"
         selects = []
-        for span, marks in self.marked.items():
+        for span, marks, code, t0, t1 in self.reads:
             numbers = ", ".join(f"({int(n)}, {int(s)})" for n, s in marks)
             selects.append(
                 f"SELECT intDiv(toInt64(t10) * {T10_NS} - %(qstart)s, %(step)s) AS b, "  # noqa: S608
                 f"{keys}, sum(samples), sum(bytes) FROM {span.table} "
-                f"WHERE account = %(account)s AND dim = {chsql.DIMS.index(self.dim)} "
-                f"AND {proto} AND ({span.column}, seal) IN ({numbers}) "
-                f"AND t10 >= {self.t0} AND t10 < {self.t1} GROUP BY b, {keys}"
+                f"WHERE account = %(account)s AND dim = {code} AND {proto} "
+                f"AND ({span.column}, seal) IN ({numbers}) AND t10 >= {t0} AND t10 < {t1} "
+                f"GROUP BY b, {keys}"
             )
         return self.run(
             " UNION ALL ".join(selects),

@@ -18,7 +18,8 @@ whole day; instead slices of the window, newest first and growing, are asked unt
 holds `limit` rows (most captures: the first).
 
 The traffic view (`chhours`): `hours`, partitioned by hour, ordered by (account, dim,
-proto, hour, t10), holds each sealed hour's counts per 10-s bucket and key, so a query
+proto, hour, t10), holds each sealed hour's counts per 10-s bucket and key (and again
+per 5 minutes, read by views whose start and step are whole 5 minutes), so a query
 reads one range of it: the account's rows of one dimension and protocol (or ANY) over
 the window's hours, in time order. `sealed` (partitioned by hour, ordered by (account,
 hour)) says which hours are summed, under which prefixes. Until an hour is sealed, its
@@ -116,6 +117,13 @@ class ClickHouseStore:
         )
         if b"machine" not in {name for (name,) in have}:
             self.client.execute("ALTER TABLE samples ADD COLUMN machine String DEFAULT ''")
+        for marks in ("sealed", "sliced"):  # made before `grains`: their hours have 1
+            have = self.client.execute(
+                "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
+                {"db": self.database, "t": marks},
+            )
+            if b"grains" not in {name for (name,) in have}:
+                self.client.execute(f"ALTER TABLE {marks} ADD COLUMN grains UInt8 DEFAULT 1")
         self.retention = retention
         self.partition_ns = partition_seconds * NS
         self._sealed_upto: int | None = None  # the last hour sealed, once known
