@@ -112,12 +112,19 @@ class Summary:
         h0, h1 = q.start_ns // HOUR_NS, q.end_ns // HOUR_NS
         hours = self._marks(HOUR, h0, h1)
         sealed = {h for h, _seal, _grains in hours}
+        # 5-minute rows for hours the window's end does not cut, so that a cut hour is
+        # read as it always is (its 10-s rows to the window's end).
         five = COARSE * T10_NS
         coarse = q.start_ns % five == 0 and q.step_ns % five == 0
-        fine = [(h, seal) for h, seal, grains in hours if not (coarse and grains >= 2)]
+        whole = t1 // COARSE * COARSE
+
+        def by_fives(hour: int, grains: int) -> bool:
+            return coarse and grains >= 2 and (hour + 1) * HOUR_NS <= whole * T10_NS
+
+        fine = [(h, seal) for h, seal, grains in hours if not by_fives(h, grains)]
         self._read(HOUR, fine, code, t0, t1)
-        fives = [(h, seal) for h, seal, grains in hours if coarse and grains >= 2]
-        self._read(HOUR, fives, code + len(chsql.DIMS), t0, t1 // COARSE * COARSE)
+        fives = [(h, seal) for h, seal, grains in hours if by_fives(h, grains)]
+        self._read(HOUR, fives, code + len(chsql.DIMS), t0, whole)
         open_hours = [h for h in range(h0, h1 + 1) if h not in sealed]
         if open_hours:
             per = HOUR_NS // SLICE.ns
