@@ -78,8 +78,9 @@ def wait_sealed(admin: Client, end_ns: int, limit_s: float = 3600) -> float:
     while time.perf_counter() - began < limit_s:
         hours = admin.execute("SELECT max(hour), count() FROM sealed")[0]
         slices = admin.execute("SELECT max(slice), count() FROM sliced")[0]
-        sliced = last_slice * SLICE_NS < (last + 1) * HOUR_NS or (
-            slices[1] and slices[0] >= last_slice
+        # The slice is summed, or its hour is (then it never will be).
+        sliced = (slices[1] and slices[0] >= last_slice) or (
+            hours[1] and (hours[0] + 1) * HOUR_NS > last_slice * SLICE_NS
         )
         if hours[1] and hours[0] >= last and sliced:
             break
