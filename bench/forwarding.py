@@ -29,8 +29,9 @@ from edgepcap.agent.kernel import nft
 CAPTURES = ("mixed_plain", "mixed_captured", "captured", "tcpdump", "floor")
 TABLES = ("plain", "sampler", "sampler_inc", "miss_plain", "miss")
 PARTS = ("hook", "rules", "unread")  # the capture's table cut down (full runs only)
-# Rounds of every mode: `--only forwarding` in ~3-4 minutes, `--quick` in ~1.
-ROUNDS, QUICK_ROUNDS = 5, 3
+# Rounds of every mode: `--only forwarding` in ~3-4 minutes, `--quick` in ~1. The tables'
+# rows get more rounds: their CPU figures are shorter runs, and lie near their targets.
+ROUNDS, CLOCKED_ROUNDS, QUICK_ROUNDS = 5, 9, 3
 # perf samples this often (Hz): ~5 000 samples of a 1 s run, so ~1.4 % sampling error.
 PERF_HZ = 5000
 # Whose CPU time is the forwarding: veth runs the router's and the receiver's stacks in
@@ -160,7 +161,12 @@ def _run(topo: Topology, mode: str, count: int, payload: int, clock: CpuClock | 
 
 
 def forwarding(
-    count: int, payload: int, rounds: int, parts: bool = True, clocked: int | None = None
+    count: int,
+    payload: int,
+    rounds: int,
+    parts: bool = True,
+    clocked: int | None = None,
+    clocked_rounds: int = 0,
 ) -> dict[str, Any]:
     """Forwarded pps through a router, `rounds` rounds of every mode: with no rule; with
     an active capture (its reader on the other core); with tcpdump reading the same rule;
@@ -172,7 +178,8 @@ def forwarding(
     down (the hook alone; its rules without `log`; the `log` with no reader bound, where
     the kernel stops at the group lookup) and tcpdump on the router's ingress device
     (AF_PACKET, no nftables). The tables' runs also give CPU nanoseconds per forwarded
-    packet (None without perf), from runs of `clocked` packets (default `count`)."""
+    packet (None without perf), from runs of `clocked` packets (default `count`); the
+    tables' rows (not the parts) run in `clocked_rounds` rounds when that is more."""
     captures, tables = (
         CAPTURES + (("afpacket",) if parts else ()),
         TABLES + (PARTS if parts else ()),
@@ -181,11 +188,12 @@ def forwarding(
     unclocked = perf_unavailable()
     ns: dict[str, list[float]] = {m: [] for m in tables}
     with routed() as topo:
-        for i in range(rounds):
-            for group, n in ((captures, count), (tables, clocked or count)):
+        for i in range(max(rounds, clocked_rounds)):
+            clocked_group = (tables if i < rounds else TABLES, clocked or count)
+            for group, n in [(captures, count), clocked_group] if i < rounds else [clocked_group]:
                 for mode in group if i % 2 == 0 else group[::-1]:
                     before = topo.counter(topo.rx, SINK)
-                    clock = CpuClock() if group is tables and unclocked is None else None
+                    clock = CpuClock() if mode in ns and unclocked is None else None
                     seconds = _run(topo, mode, n, payload, clock)
                     time.sleep(0.3)  # the last packets through the receiver's sink
                     forwarded = topo.counter(topo.rx, SINK) - before
@@ -217,7 +225,7 @@ def figure(quick: bool) -> list[Figure]:
         return rows(forwarding(200_000, 64, QUICK_ROUNDS, parts=False))
     # The clocked runs need fewer packets: their figure is CPU time per packet, ~0.5 s of
     # samples each, and trafgen's start (~4 ms of CPU) is <1 % of that.
-    return rows(forwarding(1_000_000, 64, ROUNDS, parts=True, clocked=500_000))
+    return rows(forwarding(1_000_000, 64, ROUNDS, True, 500_000, CLOCKED_ROUNDS))
 
 
 def rows(r: dict[str, Any]) -> list[Figure]:
