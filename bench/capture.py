@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import mmap
 import os
@@ -15,9 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.nflog_floor import with_floor
-from bench.topology import DST, SINK, Topology, pair, routed
-from edgepcap.agent import sampler
+from bench.topology import DST, Topology, pair
 from edgepcap.agent.agent import bound_malloc
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.agent.worker import CaptureWorker
@@ -262,84 +259,3 @@ def max_lossless_rate(seconds: int, payload: int, steps: int, low: int, high: in
             result[name] = best
             result[f"{name}_steps"] = log
     return result
-
-
-def _capture_table(ns: str, part: str) -> str:
-    """The capture's own table (the agent's rules) with no reader, up to `part`: "hook"
-    (its chains, no rules), "rules" (without `log`) or "unread" (all of it); or, for
-    "sampler", the agent's always-on sampling table over the same prefixes."""
-    table = f"{nft.TABLE_PREFIX}bench"
-    if part == "sampler":
-        rule = nft.CaptureRule(
-            table=table, prefixes=PREFIX, group=sampler.GROUP, snaplen=160, sample_mod=100
-        )
-    else:
-        rule = nft.CaptureRule(table=table, prefixes=PREFIX, filter=FILTER, group=1502)
-    commands = []
-    for command in nft.ruleset(rule)["nftables"]:
-        r = command.get("add", {}).get("rule")
-        if r is not None and part == "hook":
-            continue
-        if r is not None and part == "rules":
-            r["expr"] = [e for e in r["expr"] if "log" not in e]
-        commands.append(command)
-    nft.apply(ns, {"nftables": commands})
-    return table
-
-
-def forwarding(count: int, payload: int, reps: int, parts: bool = True) -> dict:
-    """Forwarded pps through a router: with no rule; with the capture table's chains
-    alone (the hook); with its rules but no `log` (matching and counting); with the `log`
-    but no reader bound to its group (the kernel stops at the group lookup); with an
-    active capture (its reader on the other core); with tcpdump reading the same rule; with
-    a reader that only receives and discards (the kernel floor, `nflog_floor`); and
-    with tcpdump on the router's ingress device instead (AF_PACKET, no nftables). Then,
-    on traffic of which the capture matches one packet in MIXED_SHARE, with no rule and
-    with the capture; the capture's table (unread) on traffic of which it wants one packet
-    in 100 ("miss"); and the sampler's table, with nobody bound to its group, on the
-    plain traffic. Without `parts`, not the table cut down, nor AF_PACKET."""
-    modes = ("plain", "hook", "rules", "unread", "captured", "tcpdump", "floor", "afpacket")
-    modes += ("mixed_plain", "mixed_captured", "miss", "sampler")
-    if not parts:
-        modes = ("plain", "captured", "tcpdump", "floor", "mixed_plain", "mixed_captured")
-        modes += ("miss", "sampler")
-    results: dict[str, list[float]] = {m: [] for m in modes}
-    kept: list[float] = []  # of the packets tcpdump on the device wrote: it has no counter
-    with routed() as topo:
-        assert topo.router is not None
-        router = topo.at_router()
-        mixed = dataclasses.replace(topo, others=MIXED_SHARE - 1)
-        missed = dataclasses.replace(topo, others=99)
-        for _ in range(reps):
-            for mode in modes:
-                before = topo.counter(topo.rx, SINK)
-                if mode not in ("captured", "tcpdump", "afpacket", "mixed_captured"):
-                    settle()  # every mode from the same memory state (those runs settle)
-                if mode == "captured":
-                    seconds = run_ours(router, count, payload)["gen_seconds"]
-                elif mode == "mixed_captured":
-                    seconds = run_ours(mixed.at_router(), count, payload)["gen_seconds"]
-                elif mode == "tcpdump":
-                    seconds = run_tcpdump(router, count, payload)["gen_seconds"]
-                elif mode == "floor":
-                    rule = nft.CaptureRule(
-                        table=f"{nft.TABLE_PREFIX}floor", prefixes=PREFIX, filter=FILTER, group=1503
-                    )
-                    seconds = with_floor(topo.router, rule, lambda: topo.trafgen(count, payload))
-                elif mode == "afpacket":
-                    r = run_afpacket(router, "i0", count, payload)
-                    seconds = r["gen_seconds"]
-                    kept.append(r["written"] / count)
-                elif mode == "plain":
-                    seconds = topo.trafgen(count, payload)
-                elif mode == "mixed_plain":
-                    seconds = mixed.trafgen(count, payload)
-                else:
-                    table = _capture_table(topo.router, "unread" if mode == "miss" else mode)
-                    try:
-                        seconds = (missed if mode == "miss" else topo).trafgen(count, payload)
-                    finally:
-                        nft.remove(table, topo.router)
-                time.sleep(0.3)
-                results[mode].append((topo.counter(topo.rx, SINK) - before) / seconds)
-    return {f"{m}_pps": v for m, v in results.items()} | ({"afpacket_kept": kept} if kept else {})

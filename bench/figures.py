@@ -30,9 +30,12 @@ class Figure:
         unit: str,
         limits: str,
         detail: Any,
+        judged_on: str | None = None,
     ) -> None:
         self.name, self.ours, self.baseline, self.target = name, ours, baseline, target
         self.ok, self.unit, self.limits, self.detail = ok, unit, limits, detail
+        # The measure PASS/FAIL is decided on, when not the ratio of the two values.
+        self.judged_on = judged_on
 
     @property
     def ratio(self) -> float | None:
@@ -43,7 +46,7 @@ class Figure:
         ratio = "-" if self.ratio is None else f"{self.ratio:.3f}"
         return (
             f"{self.name}\t{self.ours:.4g} {self.unit}\t{base}\t{ratio}\t{self.target}\t"
-            f"{'PASS' if self.ok else 'FAIL'}"
+            f"{'PASS' if self.ok else 'FAIL'}" + (f"\t{self.judged_on}" if self.judged_on else "")
         )
 
 

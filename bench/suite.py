@@ -1,6 +1,7 @@
 """`bench/run [--quick]`: every figure of edgepcap against its baseline, in one run.
 
-Prints one line per figure: figure, edgepcap value, baseline value, ratio, target, PASS/FAIL;
+Prints one line per figure: figure, edgepcap value, baseline value, ratio, target, PASS/FAIL
+(and the measure it is judged on, when not that ratio);
 writes bench/results.json (a quick run: bench/results-quick.json, not in git), whose figures
 BENCHMARKS.md quotes. Needs root (namespaces, nftables).
 """
@@ -19,9 +20,18 @@ import time
 
 import httpx
 
-from bench import capture, clickhouse_samples, fleet_figure, live, sample_memory, samples, triggers
+from bench import (
+    capture,
+    clickhouse_samples,
+    fleet_figure,
+    forwarding,
+    live,
+    sample_memory,
+    samples,
+    triggers,
+)
 from bench.api import Api, fig_api
-from bench.figures import ROOT, Figure, median, percentile
+from bench.figures import ROOT, Figure, percentile
 from edgepcap.control.accounts import create_account
 from edgepcap.control.fleet import create_agent_key
 
@@ -87,75 +97,6 @@ def fig_max_rate(quick: bool) -> Figure:
         "binary search on trafgen -b, which sends each second's packets as one burst",
         r,
     )
-
-
-def fig_forwarding(quick: bool) -> list[Figure]:
-    """Forwarding through a router with capture tables, each row against its baseline in
-    the same run (medians of the repetitions)."""
-    r = capture.forwarding(200_000 if quick else 1_000_000, 64, 1 if quick else 3, not quick)
-    pps = {k[: -len("_pps")]: median(v) for k, v in r.items() if k.endswith("_pps")}
-    parts = ""
-    if "hook" in pps:
-        parts = (
-            "; in parts, of no rule: the table's hook alone {:.2f}x, its rules without log "
-            "{:.2f}x, the log rule with no reader bound {:.2f}x, tcpdump on the ingress "
-            "device (AF_PACKET) {:.2f}x"
-        ).format(*(pps[m] / pps["plain"] for m in ("hook", "rules", "unread", "afpacket")))
-    nflog_cost = "the kernel's NFLOG message per packet on the forwarding core"
-    rows = (
-        (
-            f"forwarding, 1 packet in {capture.MIXED_SHARE} the capture's, against no rule",
-            "mixed_captured",
-            "mixed_plain",
-            0.88,
-            f"{nflog_cost}, for the capture's share of the traffic",
-        ),
-        (
-            "forwarding, every packet the capture's, against tcpdump reading the same rule",
-            "captured",
-            "tcpdump",
-            1.10,
-            "no rule: {:.0f} k pps; capture {:.2f}x of it{}".format(
-                pps["plain"] / 1e3, pps["captured"] / pps["plain"], parts
-            ),
-        ),
-        (
-            "forwarding, every packet the capture's, against the kernel floor (a reader "
-            "that only receives)",
-            "captured",
-            "floor",
-            0.95,
-            f"{nflog_cost}: the floor is {pps['floor'] / pps['plain']:.2f}x of no rule",
-        ),
-        (
-            "forwarding, an active capture's table on packets it does not want (1 in 100 "
-            "its), against no rule",
-            "miss",
-            "plain",
-            0.93,
-            "the table's lookups: prefixes, then the filter",
-        ),
-        (
-            "forwarding, the sampler's table (always there), against no rule",
-            "sampler",
-            "plain",
-            0.95,
-            "the table's prefix lookup and its 1-in-100 draw",
-        ),
-    )
-    return [
-        Figure(
-            name,
-            pps[ours],
-            pps[base],
-            f">= {need:.2f}x",
-            pps[ours] >= need * pps[base],
-            "pps",
-            limits,
-            r if i == 1 else None,
-        )
-        for i, (name, ours, base, need, limits) in enumerate(rows)
-    ]
 
 
 def fig_samples(quick: bool) -> list[Figure]:
@@ -299,7 +240,7 @@ def main() -> int:
     steps = {
         "capture": lambda: fig_capture(args.quick),
         "max_rate": lambda: [fig_max_rate(args.quick)],
-        "forwarding": lambda: fig_forwarding(args.quick),
+        "forwarding": lambda: forwarding.figure(args.quick),
         # The API before the sample store: after the store's ~10 GB are written and freed,
         # 1-worker API runs showed p99 spikes (100-250 ms) that runs before it never did.
         "api": lambda: fig_api(args.quick),
@@ -342,6 +283,7 @@ def main() -> int:
                 "unit": f.unit,
                 "target": f.target,
                 "pass": f.ok,
+                "judged_on": f.judged_on,
                 "limits": f.limits,
                 "detail": f.detail,
             }

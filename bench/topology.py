@@ -34,6 +34,7 @@ class Topology:
     dev: str  # the generator's device
     next_mac: str  # where the generator's frames go
     others: int = 0  # packets to OTHER_DST (no capture's) sent after each one to DST
+    wrap: tuple[str, ...] = ()  # a command trafgen runs under (perf, to clock its CPU)
 
     def trafgen(
         self, count: int, payload: int, seconds: float = 60, rate: str | None = None
@@ -52,23 +53,24 @@ class Topology:
         conf = Path(tempfile.mkstemp(suffix=".cfg")[1])
         conf.write_text(frames)
         try:
+            argv = netns.argv(
+                self.gen,
+                [
+                    "trafgen",
+                    "--dev",
+                    self.dev,
+                    "--conf",
+                    str(conf),
+                    "-n",
+                    str(count),
+                    "--cpus",
+                    "1",
+                    "-q",
+                    *(["-b", rate] if rate else []),
+                ],
+            )
             out = subprocess.run(
-                netns.argv(
-                    self.gen,
-                    [
-                        "trafgen",
-                        "--dev",
-                        self.dev,
-                        "--conf",
-                        str(conf),
-                        "-n",
-                        str(count),
-                        "--cpus",
-                        "1",
-                        "-q",
-                        *(["-b", rate] if rate else []),
-                    ],
-                ),
+                [*self.wrap, *argv],
                 capture_output=True,
                 text=True,
                 timeout=seconds,

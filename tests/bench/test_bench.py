@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import capture, live, samples
+from bench import capture, forwarding, live, samples
 from bench.figures import Figure, percentile
 from bench.topology import SINK, pair, routed
 from edgepcap.agent import sampler
@@ -79,7 +79,7 @@ def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked()
         assert topo.router is not None
         router = topo.at_router()
         for part in ("hook", "rules", "unread"):
-            table = capture._capture_table(topo.router, part)
+            table = forwarding._capture_table(topo.router, part)
             # The bench runs these parts with nobody bound to the group; bound here, a
             # reader shows which part's rules would hand packets to NFLOG at all.
             reader = netns.run_in(topo.router, NflogSocket, 1502)
@@ -106,7 +106,7 @@ def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked()
 def test_the_sampler_part_logs_one_packet_in_a_hundred_of_the_forwarded_traffic():
     with routed() as topo:
         assert topo.router is not None
-        table = capture._capture_table(topo.router, "sampler")
+        table = forwarding._capture_table(topo.router, "sampler")
         reader = netns.run_in(topo.router, NflogSocket, sampler.GROUP)
         try:
             topo.at_router().trafgen(20_000, 64)
@@ -123,6 +123,87 @@ def test_the_sampler_part_logs_one_packet_in_a_hundred_of_the_forwarded_traffic(
         assert counted == len(logged)
         assert {len(p.data) for p in logged} == {20 + 8 + 64}  # whole: under the snaplen
         assert topo.counter(topo.rx, SINK) == 20_000
+
+
+@pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
+def test_the_sampler_variant_drawing_in_turn_logs_exactly_every_hundredth_packet():
+    with routed() as topo:
+        assert topo.router is not None
+        table = forwarding._capture_table(topo.router, "sampler_inc")
+        reader = netns.run_in(topo.router, NflogSocket, sampler.GROUP)
+        try:
+            topo.at_router().trafgen(20_000, 64)
+            logged = []
+            while packets := reader.receive(0.5):
+                logged += packets
+            counted = nft.counters(table, topo.router)[0]
+        finally:
+            reader.close()
+            nft.remove(table, topo.router)
+        # Not a draw: a counter, so the 1st, 101st, ... forwarded packet, 200 of 20 000.
+        assert len(logged) == counted == 200
+        assert topo.counter(topo.rx, SINK) == 20_000
+
+
+@pytest.mark.root  # namespaces, nftables, tcpdump/trafgen, perf
+def test_the_forwarding_step_gives_every_row_its_rounds_and_judges_it():
+    unclocked = forwarding.perf_unavailable()
+    r = forwarding.forwarding(2000, 64, rounds=2, parts=False, clocked_rounds=3)
+    assert set(r["pps"]) == set(forwarding.CAPTURES) | set(forwarding.TABLES), r
+    # The captures' modes in 2 rounds, the tables' in 3: their CPU figures' extra round.
+    assert {len(r["pps"][m]) for m in forwarding.CAPTURES} == {2}
+    assert {len(r["pps"][m]) for m in forwarding.TABLES} == {3}
+    if unclocked is None:
+        # The tables' runs were clocked: CPU time of the forwarding, for every run.
+        assert set(r["cpu_ns"]) == set(forwarding.TABLES)
+        assert all(len(v) == 3 and all(x > 0 for x in v) for v in r["cpu_ns"].values())
+    else:
+        assert r["cpu_ns"] is None and r["perf"] == unclocked
+    figures = forwarding.rows(r)
+    assert len(figures) == 5
+    for f, rounds in zip(figures, (2, 2, 2, 3, 3), strict=True):
+        assert f.judged_on is not None and f"{rounds} rounds" in f.judged_on
+        assert f.line().endswith(f.judged_on)
+    table_rows = figures[3:]
+    steadier = "CPU per forwarded packet" if unclocked is None else "alternating runs"
+    assert all(f.judged_on.startswith(f"judged on {steadier}") for f in table_rows)
+
+
+def fake_runs(pps: dict[str, list[float]], ns: dict[str, list[float]] | None) -> dict:
+    """A forwarding() result of 3 rounds: `pps` and `ns` over 1 M pps and 900 ns for all."""
+    modes = forwarding.CAPTURES + forwarding.TABLES
+    return {
+        "pps": {m: [1e6] * 3 for m in modes} | pps,
+        "cpu_ns": None if ns is None else {m: [900.0] * 3 for m in forwarding.TABLES} | ns,
+        "perf": "cpu-clock" if ns else "perf is not installed",
+    }
+
+
+def test_a_table_row_is_judged_on_cpu_per_packet_not_on_the_rates():
+    # The sampler's rates: its runs happened to meet a quiet machine (ratio of the
+    # medians 1.2), but each costs +100 ns on 900: 0.9x by CPU, under 0.95x.
+    r = fake_runs(
+        {"plain": [1e6, 8e5, 1e6], "sampler": [1.2e6, 1.2e6, 9e5]},
+        {"plain": [900.0, 900.0, 900.0], "sampler": [1000.0, 1000.0, 1010.0]},
+    )
+    sampler_row = forwarding.rows(r)[4]
+    assert sampler_row.ratio == pytest.approx(1.2) and not sampler_row.ok
+    assert "0.900 [0.891-0.900], +100 ns on 900 ns" in sampler_row.judged_on
+    # Without perf, the row is judged on its rounds' ratios of rates (the round at 8e5 pps
+    # no rule is compared with its neighbour, not with the others), and says why.
+    r = fake_runs({"plain": [1e6, 8e5, 1e6], "sampler": [9.6e5, 7.8e5, 9.3e5]}, None)
+    sampler_row = forwarding.rows(r)[4]
+    assert sampler_row.ratio == pytest.approx(0.93)
+    assert sampler_row.ok and "0.960 [0.930-0.975]" in sampler_row.judged_on
+    assert "perf is not installed" in sampler_row.judged_on
+
+
+def test_a_capture_row_is_judged_on_its_rounds_ratios():
+    # Against tcpdump: one round where tcpdump's run met a loaded machine (2x) does not
+    # carry the row; the median of the rounds' ratios (1.0) is under 1.10x.
+    r = fake_runs({"captured": [7e5, 7e5, 7e5], "tcpdump": [7e5, 3.5e5, 7e5]}, None)
+    row = forwarding.rows(r)[1]
+    assert not row.ok and "1.000 [1.000-2.000]" in row.judged_on
 
 
 @pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
@@ -166,6 +247,8 @@ def test_synthetic_samples_belong_to_their_accounts():
 def test_figure_lines_have_the_documented_columns():
     line = Figure("x", 2.0, 4.0, ">= 1", False, "pps", "", {}).line()
     assert line.split("\t") == ["x", "2 pps", "4", "0.500", ">= 1", "FAIL"]
+    line = Figure("x", 2.0, 4.0, ">= 1", True, "pps", "", {}, judged_on="by y: 1.1").line()
+    assert line.split("\t") == ["x", "2 pps", "4", "0.500", ">= 1", "PASS", "by y: 1.1"]
 
 
 def test_percentiles_are_nearest_rank():
