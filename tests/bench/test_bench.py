@@ -14,12 +14,12 @@ import pytest
 from bench import capture, forwarding, live, samples
 from bench.figures import Figure, percentile
 from bench.topology import SINK, pair, routed
-from edgepcap.agent import sampler
 from edgepcap.agent.kernel import netns, nft
 from edgepcap.agent.kernel.nflog import NflogSocket
 from edgepcap.api.live import Hub, Piece, Stream
 from edgepcap.formats import pcapfile as pcap
 from edgepcap.formats import samples as records
+from tests.support.forwarding import through_table
 from tests.support.statistics import binomial_interval
 
 
@@ -104,45 +104,21 @@ def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked()
 
 @pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
 def test_the_sampler_part_logs_one_packet_in_a_hundred_of_the_forwarded_traffic():
-    with routed() as topo:
-        assert topo.router is not None
-        table = forwarding._capture_table(topo.router, "sampler")
-        reader = netns.run_in(topo.router, NflogSocket, sampler.GROUP)
-        try:
-            topo.at_router().trafgen(20_000, 64)
-            logged = []
-            while packets := reader.receive(0.5):
-                logged += packets
-            counted = nft.counters(table, topo.router)[0]
-        finally:
-            reader.close()
-            nft.remove(table, topo.router)
-        # One draw per packet: a binomial count, every drawn packet counted and logged.
-        low, high = binomial_interval(20_000)
-        assert low <= len(logged) <= high, (len(logged), (low, high))
-        assert counted == len(logged)
-        assert {len(p.data) for p in logged} == {20 + 8 + 64}  # whole: under the snaplen
-        assert topo.counter(topo.rx, SINK) == 20_000
+    logged, counted, delivered = through_table("sampler", 20_000)
+    # One draw per packet: a binomial count, every drawn packet counted and logged.
+    low, high = binomial_interval(20_000)
+    assert low <= len(logged) <= high, (len(logged), (low, high))
+    assert counted == len(logged)
+    assert {len(p.data) for p in logged} == {20 + 8 + 64}  # whole: under the snaplen
+    assert delivered == 20_000
 
 
 @pytest.mark.root  # namespaces, nftables, tcpdump/trafgen
 def test_the_sampler_variant_drawing_in_turn_logs_exactly_every_hundredth_packet():
-    with routed() as topo:
-        assert topo.router is not None
-        table = forwarding._capture_table(topo.router, "sampler_inc")
-        reader = netns.run_in(topo.router, NflogSocket, sampler.GROUP)
-        try:
-            topo.at_router().trafgen(20_000, 64)
-            logged = []
-            while packets := reader.receive(0.5):
-                logged += packets
-            counted = nft.counters(table, topo.router)[0]
-        finally:
-            reader.close()
-            nft.remove(table, topo.router)
-        # Not a draw: a counter, so the 1st, 101st, ... forwarded packet, 200 of 20 000.
-        assert len(logged) == counted == 200
-        assert topo.counter(topo.rx, SINK) == 20_000
+    logged, counted, delivered = through_table("sampler_inc", 20_000)
+    # Not a draw: a counter, so the 1st, 101st, ... forwarded packet, 200 of 20 000.
+    assert len(logged) == counted == 200
+    assert delivered == 20_000
 
 
 @pytest.mark.root  # namespaces, nftables, tcpdump/trafgen, perf

@@ -13,6 +13,7 @@ Processes the tests run:
 * `lab` — a running `edgepcap lab` (root) and `Lab`, driving it as a customer would.
 * `agentkeys` — agent keys minted through the CLI, agents run with them.
 * `kernel` — a veth pair in namespaces of the test's own, packets sent across it (root).
+* `forwarding` — packets forwarded past one of the bench's tables, and what it logged (root).
 * `browsers` — Chromium's flags and where screenshots go.
 
 What tests check and build:
