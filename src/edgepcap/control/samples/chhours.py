@@ -71,19 +71,17 @@ def seal_span(run: Run, span: Span, number: int, partition_ns: int, nets: dict[s
             params,
             settings=SEALING,
         )
-    grains = 1
-    if span == HOUR:
-        columns = "account, hour, seal, proto, k, fam, hi, lo, machine"
+    if span.grains == 2:  # the 5-minute rows, from the span's own 10-s rows
+        columns = f"account, {span.column}, seal, proto, k, fam, hi, lo, machine"
         run(
-            f"INSERT INTO hours ({columns}, dim, t10, samples, bytes) "  # noqa: S608
+            f"INSERT INTO {span.table} ({columns}, dim, t10, samples, bytes) "  # noqa: S608
             f"SELECT {columns}, dim + {len(chsql.DIMS)}, intDiv(t10, {COARSE}) * {COARSE} "
-            f"AS t, sum(samples), sum(bytes) FROM hours WHERE hour = {number} "
-            f"AND seal = {seal} AND dim < {len(chsql.DIMS)} GROUP BY {columns}, dim, t"
+            f"AS t, sum(samples), sum(bytes) FROM {span.table} WHERE {span.column} = "
+            f"{number} AND seal = {seal} AND dim < {len(chsql.DIMS)} GROUP BY {columns}, dim, t"
         )
-        grains = 2
     run(
         f"INSERT INTO {span.marks} (account, {span.column}, seal, nets, grains) VALUES",
-        [(a.encode(), number, seal, nets_text(p).encode(), grains) for a, p in nets.items()],
+        [(a.encode(), number, seal, nets_text(p).encode(), span.grains) for a, p in nets.items()],
     )
 
 

@@ -126,6 +126,7 @@ class Span:
     marks: str
     column: str
     ns: int
+    grains: int = 1  # 2: its counts are written again per 5 minutes (`COARSE`)
 
     def schemas(self) -> tuple[str, str]:
         per_hour = HOUR_NS // self.ns
@@ -136,7 +137,7 @@ class Span:
         )
 
 
-HOUR = Span("hours", "sealed", "hour", HOUR_NS)
+HOUR = Span("hours", "sealed", "hour", HOUR_NS, grains=2)
 # A sealed hour's counts are kept twice: per 10-s bucket, and per 5 minutes (`COARSE`
 # t10s, under dimension code + len(DIMS)) for views whose start and step are whole
 # 5 minutes. A key seen in many 10-s buckets of an hour (a busy port, a machine) is then

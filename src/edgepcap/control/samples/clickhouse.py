@@ -110,24 +110,26 @@ class ClickHouseStore:
         self._lock = threading.Lock()
         for schema in (SCHEMA, *chsql.HOUR.schemas(), *chsql.SLICE.schemas()):
             self.client.execute(schema)
-        # Tables made before the machine column: 18.16 has no ADD COLUMN IF NOT EXISTS.
-        have = self.client.execute(
-            "SELECT name FROM system.columns WHERE database = %(db)s AND table = 'samples'",
-            {"db": self.database},
-        )
-        if b"machine" not in {name for (name,) in have}:
-            self.client.execute("ALTER TABLE samples ADD COLUMN machine String DEFAULT ''")
-        for marks in ("sealed", "sliced"):  # made before `grains`: their hours have 1
-            have = self.client.execute(
-                "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
-                {"db": self.database, "t": marks},
-            )
-            if b"grains" not in {name for (name,) in have}:
-                self.client.execute(f"ALTER TABLE {marks} ADD COLUMN grains UInt8 DEFAULT 1")
+        # Tables made before these columns (marks made before `grains`: their hours have
+        # 10-s rows alone).
+        self._add_column("samples", "machine String DEFAULT ''")
+        for marks in (chsql.HOUR.marks, chsql.SLICE.marks):
+            self._add_column(marks, "grains UInt8 DEFAULT 1")
         self.retention = retention
         self.partition_ns = partition_seconds * NS
         self._sealed_upto: int | None = None  # the last hour sealed, once known
         self._sliced_upto: int | None = None  # the last slice sealed, once known
+
+    def _add_column(self, table: str, column: str) -> None:
+        """Adds `column` ("name type ...") to `table` if it lacks it: 18.16 has no ADD
+        COLUMN IF NOT EXISTS."""
+        name = column.split()[0]
+        have = self.client.execute(
+            "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
+            {"db": self.database, "t": table},
+        )
+        if name.encode() not in {n for (n,) in have}:
+            self.client.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def new_client(self) -> Client:
         """A client of the store's database (one per thread: a client is not shared)."""
