@@ -101,7 +101,7 @@ class CpuClock:
         return total
 
 
-def _capture_table(ns: str, part: str) -> str:
+def capture_table(ns: str, part: str) -> str:
     """The capture's own table (the agent's rules) with no reader, up to `part`: "hook"
     (its chains, no rules), "rules" (without `log`) or "unread" (all of it); or, for
     "sampler", the agent's always-on sampling table over the same prefixes, and for
@@ -153,7 +153,7 @@ def _run(topo: Topology, mode: str, count: int, payload: int, clock: CpuClock | 
     sender = {"mixed_plain": mixed, "miss_plain": missed, "miss": missed}.get(mode, wrapped)
     if mode.endswith("plain"):
         return sender.trafgen(count, payload)
-    table = _capture_table(topo.router, "unread" if mode == "miss" else mode)
+    table = capture_table(topo.router, "unread" if mode == "miss" else mode)
     try:
         return sender.trafgen(count, payload)
     finally:

@@ -79,7 +79,7 @@ def test_forwarding_parts_match_every_forwarded_packet_and_log_only_when_asked()
         assert topo.router is not None
         router = topo.at_router()
         for part in ("hook", "rules", "unread"):
-            table = forwarding._capture_table(topo.router, part)
+            table = forwarding.capture_table(topo.router, part)
             # The bench runs these parts with nobody bound to the group; bound here, a
             # reader shows which part's rules would hand packets to NFLOG at all.
             reader = netns.run_in(topo.router, NflogSocket, 1502)

@@ -15,7 +15,7 @@ def through_table(kind: str, packets: int) -> tuple[list, int, int]:
     logged to the sampler's group, the table's counter, the packets the receiver got)."""
     with routed() as topo:
         assert topo.router is not None
-        table = forwarding._capture_table(topo.router, kind)
+        table = forwarding.capture_table(topo.router, kind)
         reader = netns.run_in(topo.router, NflogSocket, sampler.GROUP)
         try:
             topo.at_router().trafgen(packets, 64)
